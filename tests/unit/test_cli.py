@@ -1,0 +1,50 @@
+"""Bad input: one line naming the problem, a hint, a distinct exit status, nothing touched.
+
+These run without root: every case is refused while parsing, before any namespace, socket or
+command is touched (a probe that got further would fail differently, or need root).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tracer import cli
+from tracer.errors import ExitStatus
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["probe", "--dport", "70000"], "port out of range"),
+        (["probe", "--dport", "0"], "port out of range"),
+        (["probe", "--dport", "http"], "not a port number"),
+        (["probe"], "--dport is required"),
+        (["probe", "--dport", "80", "--dst", "300.1.1.1"], "not an IPv4 or IPv6 address"),
+        (["probe", "--dport", "80", "--dst", "192.0.2.1", "--src", "2001:db8::1"], "different address families"),
+        (["probe", "--dport", "53", "--proto", "udp", "--flags", "S"], "--flags only applies to tcp"),
+        (["probe", "--dport", "80", "--flags", "SXZ"], "unknown TCP flag letters"),
+        (["probe", "--proto", "icmp", "--sport", "1000"], "--sport does not apply to icmp"),
+        (["probe", "--proto", "sctp", "--dport", "1"], "invalid choice"),
+        (["probe", "--dport", "80", "--count", "0"], "count out of range"),
+        (["probe", "--dport", "80", "--timeout", "0"], "timeout out of range"),
+        (["probe", "--dport", "80", "-6", "--dst", "192.0.2.1"], "-6 given but --dst"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors(argv: list[str], needle: str, capsys: Any) -> None:
+    assert cli.main(argv) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fwtrace: error: ") and needle in lines[0] and "hint:" in lines[0]
+
+
+def test_help_lists_the_interface(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["probe", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--dport", "--proto", "--flags", "--dst", "--src", "--sport", "--count", "--netns",
+                "--from-netns", "--timeout", "--json"):
+        assert opt in out

@@ -1,0 +1,75 @@
+"""The instrumentation plan: only fwtrace's probes and their replies are traced, nothing is decided."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from tracer.model import PacketSpec, Proto
+from tracer.plan import match_probe, match_replies, roles_from_echo, trace_plan
+
+a = ipaddress.ip_address
+SYN = PacketSpec(Proto.TCP, a("192.0.2.2"), a("192.0.2.1"), 40000, 8080, "S", 1234)
+PING6 = PacketSpec(Proto.ICMP, a("2001:db8::2"), a("2001:db8::1"), 555, 1, "S", 99999)
+
+
+def test_probe_match_pins_the_whole_flow_and_the_ip_id() -> None:
+    assert match_probe(SYN) == "ip saddr 192.0.2.2 ip daddr 192.0.2.1 ip id 1234 tcp sport 40000 tcp dport 8080"
+    assert match_probe(PING6) == (
+        "ip6 saddr 2001:db8::2 ip6 daddr 2001:db8::1 ip6 flowlabel 99999 icmpv6 type echo-request icmpv6 id 555"
+    )
+
+
+def test_reply_matches_direct_reply_and_icmp_errors_quoting_the_probe() -> None:
+    direct, errors = match_replies(SYN)
+    assert direct == "ip daddr 192.0.2.2 tcp dport 40000"
+    # 8 bytes ICMP header + 20 bytes quoted IPv4 header = bit 224: the quoted source port.
+    assert errors.endswith("@th,224,16 40000")
+    _, errors6 = match_replies(PING6)
+    assert errors6.endswith("@th,416,16 555")  # (8 + 40 + 4) * 8: the quoted echo id
+
+
+def test_plan_has_no_verdict_and_hooks_first() -> None:
+    p = trace_plan("0badc0de", [SYN, PING6], 4242)
+    assert p.table == "fwtrace_0badc0de"
+    # Non-terminal: every rule only sets the trace flag; the only verdicts are the chains' policies.
+    for rule in p.rules:
+        assert rule.endswith("meta nftrace set 1")
+        assert not re.search(r"\b(drop|reject|accept|queue|jump|goto|return)\b", rule)
+    assert "policy accept" in p.batch and "priority -1000" in p.batch
+    assert 'comment "fwtrace run 0badc0de pid 4242; safe to delete"' in p.batch
+    assert p.undo == "delete table inet fwtrace_0badc0de\n"
+    assert [e.role for e in p.entries] == ["probe", "reply", "reply"] * 2
+
+
+def test_same_flow_twice_shares_the_reply_rule() -> None:
+    second = PacketSpec(Proto.TCP, SYN.src, SYN.dst, SYN.sport, SYN.dport, "S", 777)
+    p = trace_plan("0badc0de", [SYN, second], 1)
+    assert len(p.entries) == 4
+    assert p.entries[1].idents == frozenset({1234, 777})
+
+
+def test_bad_run_id_is_refused() -> None:
+    with pytest.raises(ValueError):
+        trace_plan("x; flush ruleset", [SYN], 1)
+
+
+def test_roles_from_echo() -> None:
+    p = trace_plan("deadbeef", [SYN], 1)
+    # As printed by `nft --echo --handle -f -` (nft 1.0.6) for this plan.
+    echo = """add table inet fwtrace_deadbeef # handle 5
+add chain inet fwtrace_deadbeef pre { type filter hook prerouting priority -1000; policy accept; } # handle 1
+add chain inet fwtrace_deadbeef out { type filter hook output priority -1000; policy accept; } # handle 2
+add rule inet fwtrace_deadbeef pre ip saddr 192.0.2.2 ip daddr 192.0.2.1 ip id 1234 tcp sport 40000 tcp dport 8080 meta nftrace set 1 # handle 3
+add rule inet fwtrace_deadbeef pre handle 3 ip daddr 192.0.2.2 tcp dport 40000 meta nftrace set 1 # handle 4
+add rule inet fwtrace_deadbeef pre handle 4 ip daddr 192.0.2.2 icmp type { destination-unreachable } @th,224,16 0x9c40 meta nftrace set 1 # handle 6
+add rule inet fwtrace_deadbeef out ip saddr 192.0.2.2 ip daddr 192.0.2.1 ip id 1234 tcp sport 40000 tcp dport 8080 meta nftrace set 1 # handle 7
+add rule inet fwtrace_deadbeef out handle 7 ip daddr 192.0.2.2 tcp dport 40000 meta nftrace set 1 # handle 8
+add rule inet fwtrace_deadbeef out handle 8 ip daddr 192.0.2.2 icmp type { destination-unreachable } @th,224,16 0x9c40 meta nftrace set 1 # handle 9
+"""
+    roles = roles_from_echo(p, echo)
+    assert {k: v.role for k, v in roles.items()} == {
+        ("pre", 3): "probe", ("pre", 4): "reply", ("pre", 6): "reply",
+        ("out", 7): "probe", ("out", 8): "reply", ("out", 9): "reply",
+    }

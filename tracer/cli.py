@@ -1,0 +1,210 @@
+"""The `fwtrace` command: parse arguments into frozen values, dispatch, turn errors into messages."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import ExitStatus, FwtraceError, UsageError
+from .model import ProbeRequest, Proto
+
+EPILOG_PROBE = """\
+examples:
+  fwtrace probe --dport 8080 --netns srv --from-netns client
+        why can't the client reach port 8080 of the host in namespace srv?
+  fwtrace probe --dport 53 --proto udp --dst 192.0.2.1
+  fwtrace probe --proto icmp --dst 2001:db8::1 --json
+  fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
+
+exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
+             3 environment problem (not root, missing tool, unknown namespace), 4 internal error
+"""
+
+TCP_FLAG_LETTERS = set("FSRPAUEC")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range (1-65535): {value}")
+    return value
+
+
+def _addr(text: str) -> Any:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 address: {text!r}") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"count out of range (1-100): {value}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"timeout out of range (0-60 seconds): {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so errors reach the one place that reports them."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every raw trace event as it arrives")
+    p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
+    p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("--dport", type=_port, help="destination port (required for tcp and udp)")
+    pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
+    pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
+    pr.add_argument("--dst", type=_addr, help="destination address (default: the target namespace's first global address)")
+    pr.add_argument("--src", type=_addr, help="source address (default: the address the sender's routing picks)")
+    pr.add_argument("--sport", type=_port, help="source port (default: random per run)")
+    pr.add_argument("--count", type=_count, default=1, help="number of probe packets (default 1)")
+    pr.add_argument("--netns", help="network namespace of the host under diagnosis (default: the current one)")
+    pr.add_argument("--from-netns", help="send from this namespace, as a remote client (default: send locally)")
+    pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
+    pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
+    pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it, tear it down")
+    de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+
+    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
+    cl.add_argument("--netns", help="namespace to clean (default: the current one)")
+    return p
+
+
+def probe_request(ns: argparse.Namespace) -> ProbeRequest:
+    proto = Proto(ns.proto)
+    if proto is not Proto.ICMP and ns.dport is None:
+        raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
+    if ns.flags is not None:
+        if proto is not Proto.TCP:
+            raise UsageError(f"--flags only applies to tcp, not {proto.value}", "drop --flags or use --proto tcp")
+        bad = set(ns.flags.upper()) - TCP_FLAG_LETTERS
+        if not ns.flags or bad:
+            raise UsageError(f"unknown TCP flag letters in --flags {ns.flags!r}", "use letters of FSRPAUEC, e.g. S or SA")
+    if ns.sport is not None and proto is Proto.ICMP:
+        raise UsageError("--sport does not apply to icmp", "drop --sport")
+    if ns.src is not None and ns.dst is not None and ns.src.version != ns.dst.version:
+        raise UsageError(f"--src {ns.src} and --dst {ns.dst} are of different address families", "give both as IPv4 or both as IPv6")
+    if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
+        raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
+    return ProbeRequest(
+        dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
+        sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
+        ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
+    )
+
+
+def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
+    req = probe_request(ns)  # validated before anything heavier is imported or touched
+
+    from .probe import Run
+    from .report import render
+
+    run = Run(req, log, log_events=ns.verbose)
+    report = run.execute()
+    sys.stdout.write(report.dumps() + "\n" if ns.json else render(report))
+    if not report.cleanup_ok:
+        return ExitStatus.ENVIRONMENT
+    return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+
+
+def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
+    from . import lab
+
+    return lab.demo(log, as_json=ns.json)
+
+
+def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
+    from . import cleanup
+
+    removed = cleanup.clean_stale(ns.netns, log)
+    print(f"removed {len(removed)} stale fwtrace table(s)" + (": " + ", ".join(removed) if removed else ""))
+    return ExitStatus.OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "probe": cmd_probe,
+    "demo": cmd_demo,
+    "cleanup": cmd_cleanup,
+}
+
+
+def configure_logging(fmt: str, verbose: bool) -> Any:
+    import structlog
+
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
+        # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    return structlog.get_logger("fwtrace")
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # Raised in the main thread wherever it is, so every ExitStack on the way out undoes its part.
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    ns: Optional[argparse.Namespace] = None
+    try:
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return ExitStatus.USAGE
+        log = configure_logging(ns.log_format, ns.verbose)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _on_signal)
+        return int(COMMANDS[ns.command](ns, log))
+    except FwtraceError as e:
+        print(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        return int(e.status)
+    except (KeyboardInterrupt, _Terminated) as e:
+        print(f"fwtrace: interrupted ({e or 'SIGINT'}); instrumentation removed", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except Exception as e:
+        if ns is not None and ns.traceback:
+            raise
+        print(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)", file=sys.stderr)
+        return int(ExitStatus.INTERNAL)
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Explain a verdict timeline: findings with a code, a message and a concrete fix. No I/O."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .match import PacketFacts, ipt_spec, rule_action, rule_matches
+from .model import Backend, Finding, IPAddress, Listener, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
+from .nftrace import parse_headers
+from .sockets import serves
+
+REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
+
+
+@dataclass(frozen=True)
+class Context:
+    ruleset: Ruleset
+    listeners: tuple[Listener, ...]
+    local: bool  # sent from the target namespace itself (OUTPUT + lo + INPUT)
+
+
+def reached(result: PacketResult, findings: list[Finding]) -> bool:
+    """Did the probe get through to a service?"""
+    if result.verdict is not Verdict.ACCEPT or any(f.code == "no-listener" for f in findings):
+        return False
+    return result.reply.kind in REACHED_REPLIES or result.reply.none
+
+
+def _ipt_cmd(rule_family: str) -> str:
+    return "ip6tables" if rule_family == "ip6" else "iptables"
+
+
+def _table_opt(table: str) -> str:
+    return "" if table == "filter" else f"-t {table} "
+
+
+def _backend(ruleset: Ruleset, ref: RuleRef) -> Backend:
+    t = ruleset.table(ref.family, ref.table)
+    return t.backend if t else Backend.NFT
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The probe's addresses as the deciding chain saw them: after any DNAT or REDIRECT."""
+
+    src: IPAddress
+    dst: IPAddress
+    dport: int
+
+
+_NAT_TO = re.compile(r"(?:--to-destination|\bdnat(?: ip6?)? to)\s+(\S+)")
+_REDIRECT_TO = re.compile(r"(?:--to-ports|\bredirect to)\s+:?(\d+)")
+
+
+def nat_target(text: str) -> tuple[Optional[IPAddress], Optional[int]]:
+    """(address, port) a DNAT/REDIRECT rule rewrites to, from its iptables or nft text."""
+    m = _NAT_TO.search(text)
+    if m is None:
+        r = _REDIRECT_TO.search(text)
+        return None, int(r.group(1)) if r else None
+    tok = m.group(1)
+    if tok.startswith("["):  # [2001:db8::2]:80
+        addr, _, rest = tok[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif tok.count(":") == 1:  # 198.51.100.2:80
+        addr, port = tok.split(":")
+    else:
+        addr, port = tok, ""
+    try:
+        ip: Optional[IPAddress] = ipaddress.ip_address(addr.split("-")[0])
+    except ValueError:
+        ip = None
+    digits = port.split("-")[0]
+    return ip, int(digits) if digits.isdigit() else None
+
+
+def seen(result: PacketResult) -> Seen:
+    """Follow the timeline: header dumps say where the packet is addressed; NAT rules change it."""
+    spec = result.spec
+    cur = Seen(spec.src, spec.dst, spec.dport)
+    for step in result.steps:
+        h = parse_headers(step.event.packet) if step.event.packet else None
+        if h is not None:
+            cur = Seen(h.src, h.dst, h.dport if spec.proto is not Proto.ICMP else spec.dport)
+        if step.rule is not None and rule_action(step.rule) in ("dnat", "redirect"):
+            addr, port = nat_target(step.rule.display)
+            cur = Seen(cur.src, addr or cur.dst, port if port is not None and spec.proto is not Proto.ICMP else cur.dport)
+    return cur
+
+
+def facts(result: PacketResult, iif: Optional[str], oif: Optional[str], h: Seen) -> PacketFacts:
+    spec = result.spec
+    new = spec.proto is not Proto.TCP or spec.flags.upper() in ("S",)
+    return PacketFacts(
+        family=spec.family,
+        proto=spec.proto,
+        src=h.src,
+        dst=h.dst,
+        sport=spec.sport,
+        dport=h.dport,
+        tcp_flags=spec.flags,
+        iif=iif,
+        oif=oif,
+        ct_state="new" if new else None,
+        icmp_type=(8 if spec.family == 4 else 128) if spec.proto is Proto.ICMP else None,
+    )
+
+
+def accept_rule(result: PacketResult, ref: RuleRef, backend: Backend, h: Seen, position: Optional[Rule]) -> str:
+    """A command adding an accept rule for this packet in ref's chain, before `position` if given."""
+    spec = result.spec
+    dport, dst = h.dport, h.dst
+    forward = ref.chain.lower() == "forward" or "forward" in ref.chain.lower()
+    if backend is Backend.NFT:
+        l3 = "ip" if spec.family == 4 else "ip6"
+        daddr = f"{l3} daddr {dst} " if forward and dst else ""
+        if spec.proto is Proto.ICMP:
+            match = f"{daddr}{'icmp' if spec.family == 4 else 'icmpv6'} type echo-request"
+        else:
+            match = f"{daddr}{spec.proto.value} dport {dport}"
+        where = f"insert rule {ref.family} {ref.table} {ref.chain} position {position.handle}" if position and position.handle else f"add rule {ref.family} {ref.table} {ref.chain}"
+        return f"nft {where} {match} accept"
+    cmd = _ipt_cmd(ref.family)
+    d = f"-d {dst} " if forward and dst else ""
+    if spec.proto is Proto.ICMP:
+        match = f"{d}-p {'icmp --icmp-type echo-request' if spec.family == 4 else 'ipv6-icmp --icmpv6-type echo-request'}"
+    else:
+        match = f"{d}-p {spec.proto.value} --dport {dport}"
+    pos = f" {position.number}" if position else ""
+    return f"{cmd} {_table_opt(ref.table)}-I {ref.chain}{pos} {match} -j ACCEPT"
+
+
+def _verb(v: Verdict) -> str:
+    return {Verdict.REJECT: "rejected", Verdict.DROP: "dropped", Verdict.ACCEPT: "accepted"}.get(v, "decided")
+
+
+def _where(ref: RuleRef) -> str:
+    return f"{ref.family} {ref.table} {ref.chain}"
+
+
+def shadowed(result: PacketResult, ctx: Context, pf: PacketFacts) -> Optional[Finding]:
+    ref = result.decided_by
+    if ref is None or ref.rule is None or result.verdict not in (Verdict.DROP, Verdict.REJECT):
+        return None
+    chain = ctx.ruleset.chain(ref.family, ref.table, ref.chain)
+    if chain is None:
+        return None
+    for later in chain.rules[ref.rule.number :]:
+        if rule_action(later) == "accept" and rule_matches(later, pf) is True:
+            decider = ref.rule
+            msg = (
+                f"{ref.chain} rule {decider.number} `{decider.display}` {_verb(result.verdict)} the packet; "
+                f"rule {later.number} `{later.display}` would have accepted it but is never reached, "
+                f"because it comes after rule {decider.number} (appended with -A after a catch-all)."
+            )
+            if _backend(ctx.ruleset, ref) is Backend.NFT or later.ipt is None:
+                where = f"{ref.family} {ref.table} {ref.chain}"
+                cmds = (
+                    f"nft insert rule {where} position {decider.handle} {later.text}",
+                    f"nft delete rule {where} handle {later.handle}",
+                )
+                fix = f"move the rule before rule {decider.number}: {cmds[0]}; then remove the unreachable copy: {cmds[1]}"
+            else:
+                cmd = f"{_ipt_cmd(ref.family)} {_table_opt(ref.table)}"
+                cmds = (f"{cmd}-I {ref.chain} {decider.number} {ipt_spec(later)}", f"{cmd}-D {ref.chain} {later.number + 1}")
+                fix = f"{cmds[0]}; then delete the unreachable copy (now rule {later.number + 1}): {cmds[1]}"
+            return Finding("shadowed-rule", msg, fix, cmds)
+    return None
+
+
+def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
+    findings: list[Finding] = []
+    ref = result.decided_by
+    spec = result.spec
+    h = seen(result)
+    iif = next((s.event.iif for s in result.steps if s.event.iif), None)
+    oif = next((s.event.oif for s in result.steps if s.event.oif), None)
+    pf = facts(result, iif, oif, h)
+
+    if ctx.local:
+        findings.append(Finding(
+            "local-probe",
+            "The probe was sent from the target namespace itself, so it took OUTPUT -> lo -> INPUT: "
+            "rules matching a real interface (-i eth0) or a remote source address were not exercised, "
+            "and an early `-i lo -j ACCEPT` may accept it where a remote client would be blocked.",
+            "send it as a remote client would: --from-netns NS (a namespace on the other side of a link)",
+        ))
+
+    if "forward" in result.path:
+        dnat = next((s for s in result.steps if s.rule is not None and rule_action(s.rule) == "dnat"), None)
+        to = f"{h.dst}:{h.dport}" if spec.proto is not Proto.ICMP else str(h.dst)
+        how = f"DNATed to {to} by {dnat.event.table} {dnat.event.chain} rule {dnat.rule.number} `{dnat.rule.display}`" if dnat and dnat.rule else f"routed on to {to}"
+        fix = None
+        if result.verdict in (Verdict.DROP, Verdict.REJECT) and ref is not None and "forward" in ref.chain.lower():
+            fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, ref.rule)
+        findings.append(Finding(
+            "forwarded",
+            f"The packet was {how} and went through FORWARD, not INPUT: rules in INPUT do not apply to it "
+            "(the usual case for Docker published ports, KVM guests and routers).",
+            fix,
+            (fix,) if fix else (),
+        ))
+
+    if ref is not None and ref.rule is None and ref.policy == "drop":
+        fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, None)
+        findings.append(Finding(
+            "policy",
+            f"No rule in {_where(ref)} matched the packet; the chain's default policy DROP decided.",
+            fix,
+            (fix,),
+        ))
+
+    sh = shadowed(result, ctx, pf)
+    if sh is not None:
+        findings.append(sh)
+    elif ref is not None and ref.rule is not None and result.verdict in (Verdict.DROP, Verdict.REJECT):
+        fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, ref.rule)
+        findings.append(Finding(
+            "blocked-by-rule",
+            f"{_where(ref)} rule {ref.rule.number} `{ref.rule.display}` {_verb(result.verdict)} the packet.",
+            f"if this traffic should be allowed, accept it before that rule: {fix}",
+            (fix,),
+        ))
+
+    if result.verdict is Verdict.ACCEPT and "forward" not in result.path and spec.proto is not Proto.ICMP:
+        refused = result.reply.kind == "rst" or result.reply.kind.endswith("port-unreachable")
+        dst, dport = h.dst, h.dport
+        mine = [l for l in ctx.listeners if l.proto is spec.proto and l.port == dport]
+        if refused and not any(serves(l, dst) for l in mine):
+            elsewhere = ", ".join(f"{l.addr}:{l.port}" for l in mine)
+            msg = (
+                f"The firewall accepted the packet, but nothing listens on {spec.proto.value} port {dport} "
+                f"at {dst}: the kernel answered with {result.reply.kind}."
+            )
+            if elsewhere:
+                msg += f" A listener exists on {elsewhere} only."
+                fix = f"bind the service to {dst} or to all addresses (0.0.0.0 / [::]) instead of {elsewhere}"
+            else:
+                fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
+            findings.append(Finding("no-listener", msg, fix))
+    return findings
+
+
+def conclusion(result: PacketResult, findings: list[Finding]) -> str:
+    spec = result.spec
+    ref = result.decided_by
+    codes = {f.code for f in findings}
+    what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    if result.verdict is Verdict.UNKNOWN:
+        return f"No trace of the probe was seen: it may not have reached {spec.dst} at all (routing, rp_filter, another host)."
+    if "no-listener" in codes:
+        return f"The firewall lets {what} through, but no service listens there."
+    if result.verdict is Verdict.ACCEPT:
+        by = f" ({_where(ref)}: {ref.text})" if ref else ""
+        return f"{what} is reachable: the firewall accepted the probe{by} and the reply was {result.reply.kind}."
+    assert ref is not None
+    if "shadowed-rule" in codes:
+        return f"{what} is blocked: {ref.chain} rule {ref.rule.number if ref.rule else '?'} {_verb(result.verdict)} it before the rule meant to accept it."
+    if ref.rule is None:
+        return f"{what} is blocked: nothing in {_where(ref)} accepted it and the chain's policy {ref.policy.upper() if ref.policy else ''} dropped it."
+    return f"{what} is blocked: {_where(ref)} rule {ref.rule.number} {_verb(result.verdict)} it."

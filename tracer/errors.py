@@ -1,0 +1,47 @@
+"""The one exception family fwtrace reports to users, and the exit statuses it maps to."""
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0  # the probe reached the service
+    BLOCKED = 1  # blocked or unanswered
+    USAGE = 2  # bad command line
+    ENVIRONMENT = 3  # not root, missing tool, unknown namespace, kernel cannot do it
+    INTERNAL = 4  # a bug: an unexpected exception
+    INTERRUPTED = 130
+
+
+class FwtraceError(Exception):
+    """An error with a message for the user, a hint, and the exit status it maps to."""
+
+    status = ExitStatus.INTERNAL
+
+    def __init__(self, message: str, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class UsageError(FwtraceError):
+    status = ExitStatus.USAGE
+
+
+class EnvironmentProblem(FwtraceError):
+    status = ExitStatus.ENVIRONMENT
+
+
+class CommandError(EnvironmentProblem):
+    """A system command failed; carries its argv, exit code and stderr."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str, hint: Optional[str] = None) -> None:
+        first = (stderr.strip().splitlines() or ["(no output)"])[0]
+        super().__init__(f"`{' '.join(argv)}` failed with exit code {returncode}: {first}", hint)
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr

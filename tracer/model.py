@@ -1,0 +1,316 @@
+"""Frozen values shared by the pure core: rulesets, probe packets, trace events, verdicts.
+
+Everything here is built once at the edge (argparse output, parsed command output, netlink
+bytes) and never mutated; the system layer only moves these values around.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class Proto(str, enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"  # ICMP echo for IPv4, ICMPv6 echo for IPv6
+
+
+class Verdict(str, enum.Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+    REJECT = "reject"
+    UNKNOWN = "unknown"
+
+
+class Backend(str, enum.Enum):
+    NFT = "nftables"  # native nft tables
+    IPTABLES_NFT = "iptables-nft"  # x_tables syntax on top of nf_tables
+    IPTABLES_LEGACY = "iptables-legacy"  # x_tables proper (issue: kernel-log evidence)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rulesets
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule as the kernel holds it.
+
+    `number` is the 1-based position in its chain (what `iptables -L --line-numbers` shows);
+    `text` is the rule as `nft -a list ruleset` prints it, without counters and handle comment;
+    `ipt` is the rule as `iptables -S` prints it when the table is managed by iptables.
+    """
+
+    family: str
+    table: str
+    chain: str
+    number: int
+    handle: Optional[int]
+    text: str
+    ipt: Optional[str] = None
+
+    @property
+    def display(self) -> str:
+        return self.ipt if self.ipt is not None else self.text
+
+
+@dataclass(frozen=True)
+class Chain:
+    family: str
+    table: str
+    name: str
+    hook: Optional[str] = None  # None for a regular (user-defined) chain
+    priority: Optional[str] = None  # as nft prints it: "filter", "-350", "dstnat"
+    policy: Optional[str] = None  # "accept" / "drop" for base chains
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def is_base(self) -> bool:
+        return self.hook is not None
+
+
+@dataclass(frozen=True)
+class Table:
+    family: str
+    name: str
+    chains: tuple[Chain, ...] = ()
+    backend: Backend = Backend.NFT
+
+    def chain(self, name: str) -> Optional[Chain]:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        return None
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    tables: tuple[Table, ...] = ()
+
+    def table(self, family: str, name: str) -> Optional[Table]:
+        for t in self.tables:
+            if t.family == family and t.name == name:
+                return t
+        return None
+
+    def chain(self, family: str, table: str, name: str) -> Optional[Chain]:
+        t = self.table(family, table)
+        return t.chain(name) if t else None
+
+    def rule_by_handle(self, family: str, table: str, chain: str, handle: int) -> Optional[Rule]:
+        c = self.chain(family, table, chain)
+        if c is None:
+            return None
+        for r in c.rules:
+            if r.handle == handle:
+                return r
+        return None
+
+    def rules(self) -> Iterator[Rule]:
+        for t in self.tables:
+            for c in t.chains:
+                yield from c.rules
+
+    def without_tables(self, prefix: str) -> "Ruleset":
+        return Ruleset(tuple(t for t in self.tables if not t.name.startswith(prefix)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe packets
+
+
+@dataclass(frozen=True)
+class PacketSpec:
+    """What to send: one probe packet, fully determined before anything is touched."""
+
+    proto: Proto
+    src: IPAddress
+    dst: IPAddress
+    sport: int  # for ICMP echo: the echo identifier
+    dport: int  # for ICMP echo: the echo sequence number
+    flags: str = "S"  # TCP flags in scapy's letters (S, A, SA, F, R, P, U)
+    ident: int = 0  # IPv4 id / IPv6 flow label: marks this packet as ours in traces
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    @property
+    def nfproto(self) -> str:
+        return "ip" if self.family == 4 else "ip6"
+
+    def summary(self) -> str:
+        if self.proto is Proto.ICMP:
+            kind = "icmp" if self.family == 4 else "icmpv6"
+            return f"{kind} echo-request {self.src} > {self.dst} id {self.sport} seq {self.dport}"
+        s = f"{self.proto.value} {_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
+        return s + (f" [{self.flags}]" if self.proto is Proto.TCP else "")
+
+
+def _hostport(addr: IPAddress, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """A probe run as the command line asked for it, validated."""
+
+    dport: int
+    proto: Proto = Proto.TCP
+    flags: str = "S"
+    dst: Optional[IPAddress] = None
+    src: Optional[IPAddress] = None
+    sport: Optional[int] = None
+    count: int = 1
+    netns: Optional[str] = None
+    from_netns: Optional[str] = None
+    timeout: float = 1.0
+    ipv6: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace events
+
+
+class EventKind(str, enum.Enum):
+    PACKET = "packet"  # first event of a chain: the packet as the hook saw it
+    RULE = "rule"  # a rule matched
+    RETURN = "return"  # fell off the end of a regular chain back to its caller
+    POLICY = "policy"  # fell off the end of a base chain: its policy decided
+    LOG = "log"  # a kernel-log line (LOG target, legacy TRACE)
+    CONNTRACK = "conntrack"  # a conntrack observation
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One step of one packet through netfilter, from whatever source saw it."""
+
+    trace_id: int  # groups the events of one packet (nftrace id, or synthesized)
+    kind: EventKind
+    family: str  # "ip", "ip6", "inet", ...
+    table: str
+    chain: str
+    handle: Optional[int] = None  # rule handle for RULE events
+    verdict: Optional[str] = None  # "accept", "drop", "continue", "jump X", "goto X", "return"
+    iif: Optional[str] = None
+    oif: Optional[str] = None
+    hook: Optional[str] = None  # hook name when the source knows it
+    packet: Optional[bytes] = None  # network header + transport header as the hook saw them
+    source: str = "nftrace"
+    text: str = ""  # free text (kernel-log line, conntrack message)
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "kind": self.kind.value,
+            "family": self.family,
+            "table": self.table,
+            "chain": self.chain,
+            "source": self.source,
+        }
+        for k in ("handle", "verdict", "iif", "oif", "hook"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        if self.text:
+            d["text"] = self.text
+        return d
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """The thing that decided a verdict: a rule, or a chain's policy (rule is None)."""
+
+    family: str
+    table: str
+    chain: str
+    rule: Optional[Rule] = None
+    policy: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        if self.rule is not None:
+            return self.rule.display
+        return f"policy {(self.policy or '?').upper()}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "family": self.family,
+            "table": self.table,
+            "chain": self.chain,
+            "rule_number": self.rule.number if self.rule else None,
+            "handle": self.rule.handle if self.rule else None,
+            "rule": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the timeline: an event joined with the rule it refers to."""
+
+    event: TraceEvent
+    rule: Optional[Rule] = None
+
+    def to_json(self) -> dict[str, object]:
+        d = self.event.to_json()
+        if self.rule is not None:
+            d["rule_number"] = self.rule.number
+            d["rule"] = self.rule.display
+        return d
+
+
+@dataclass(frozen=True)
+class Reply:
+    kind: str  # "syn-ack", "rst", "icmp 3/10 host-prohibited", "udp", "echo-reply", "none"
+    summary: str = ""
+
+    @property
+    def none(self) -> bool:
+        return self.kind == "none"
+
+
+@dataclass(frozen=True)
+class PacketResult:
+    spec: PacketSpec
+    verdict: Verdict
+    decided_by: Optional[RuleRef]
+    reply: Reply
+    steps: tuple[Step, ...] = ()
+    path: tuple[str, ...] = ()  # hooks met in order, e.g. ("prerouting", "input")
+    reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "summary": self.spec.summary(),
+            "verdict": self.verdict.value,
+            "decided_by": self.decided_by.to_json() if self.decided_by else None,
+            "reply": self.reply.kind,
+            "reply_summary": self.reply.summary,
+            "path": list(self.path),
+            "events": [s.to_json() for s in self.steps],
+            "reply_events": [s.to_json() for s in self.reply_steps],
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    fix: Optional[str] = None  # what to do, in words and commands
+    commands: tuple[str, ...] = ()  # the fix as commands to run on the target, in order
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "fix": self.fix, "commands": list(self.commands)}
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening (TCP) or bound (UDP) socket in the target namespace."""
+
+    proto: Proto
+    addr: IPAddress
+    port: int
+    v6only: bool = field(default=False, compare=False)

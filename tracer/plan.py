@@ -1,0 +1,137 @@
+"""What fwtrace adds to a firewall for one run, computed as data (no I/O).
+
+The instrumentation is one nft table of fwtrace's own, named after the run id, whose base chains
+hook in before everything else (raw is -300, conntrack -200) and only set `meta nftrace set 1`
+on the probe packets and their replies. The chains' `accept` policy is not a verdict for anybody
+else: in nftables every base chain at a hook runs in turn, and accept in one of them only means
+"go on to the next", so the table cannot change the fate of any packet. Nothing else is touched.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .model import PacketSpec, Proto
+
+TABLE_PREFIX = "fwtrace_"
+TRACE_PRIORITY = -1000
+RUN_ID_RE = re.compile(r"^[0-9a-f]{8}$")
+
+# ICMP error types that quote the offending packet (RFC 792 / RFC 4443).
+_ICMP4_ERRORS = "{ destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem }"
+_ICMP6_ERRORS = "{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem }"
+
+
+def table_name(run_id: str) -> str:
+    return TABLE_PREFIX + run_id
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tracing rule: what it matches, and whose probe or reply that is."""
+
+    match: str
+    role: str  # "probe" or "reply"
+    idents: frozenset[int]  # PacketSpec.ident of the probes it is for
+
+
+@dataclass(frozen=True)
+class TracePlan:
+    run_id: str
+    table: str
+    entries: tuple[Entry, ...]  # in the order they appear in each chain
+    batch: str  # one atomic `nft -f -` batch that adds everything
+    undo: str  # the batch that removes it again
+
+    @property
+    def rules(self) -> list[str]:
+        return [line.strip() for line in self.batch.splitlines() if "nftrace" in line]
+
+
+Roles = dict[tuple[str, int], Entry]  # (our chain, rule handle) -> entry
+
+
+def roles_from_echo(plan: TracePlan, echo: str) -> Roles:
+    """Map rule handles to entries from the output of `nft --echo --handle -f -` (pure).
+
+    nft echoes the rules in the order of the batch, e.g.
+      add rule inet fwtrace_1a2b3c4d pre ip saddr 192.0.2.2 ... meta nftrace set 1 # handle 3
+    """
+    roles: Roles = {}
+    seen: dict[str, int] = {}
+    prefix = f"add rule inet {plan.table} "
+    for line in echo.splitlines():
+        if not line.startswith(prefix) or "# handle " not in line:
+            continue
+        chain = line[len(prefix):].split(" ", 1)[0]
+        i = seen.get(chain, 0)
+        seen[chain] = i + 1
+        if i < len(plan.entries):
+            handle = int(line.rsplit("# handle ", 1)[1].split()[0])
+            roles[(chain, handle)] = plan.entries[i]
+    return roles
+
+
+def _l3(spec: PacketSpec, reply: bool) -> str:
+    ip = "ip" if spec.family == 4 else "ip6"
+    if reply:
+        # A reply may come from a DNAT backend, so only the client side is pinned: the client
+        # address and our random source port / echo id are what make the flow ours.
+        return f"{ip} daddr {spec.src}"
+    return f"{ip} saddr {spec.src} {ip} daddr {spec.dst}"
+
+
+def match_probe(spec: PacketSpec) -> str:
+    # The IPv4 id / IPv6 flow label is random per probe: the client's own stack answering our
+    # SYN-ACK with a RST uses the same ports but never the same id, so it is not taken for a probe.
+    ident = f"ip id {spec.ident}" if spec.family == 4 else f"ip6 flowlabel {spec.ident}"
+    if spec.proto is Proto.ICMP:
+        kind = "icmp" if spec.family == 4 else "icmpv6"
+        return f"{_l3(spec, False)} {ident} {kind} type echo-request {kind} id {spec.sport}"
+    p = spec.proto.value
+    return f"{_l3(spec, False)} {ident} {p} sport {spec.sport} {p} dport {spec.dport}"
+
+
+def match_replies(spec: PacketSpec) -> list[str]:
+    """Rules matching what may come back: the direct reply and ICMP errors quoting the probe."""
+    l3 = _l3(spec, True)
+    kind = "icmp" if spec.family == 4 else "icmpv6"
+    errors = _ICMP4_ERRORS if spec.family == 4 else _ICMP6_ERRORS
+    # An ICMP error quotes the probe after its own 8-byte header: the quoted IP header (20 bytes,
+    # probes carry no options; 40 for IPv6) and then the quoted source port / echo id.
+    quoted = (8 + (20 if spec.family == 4 else 40)) * 8
+    if spec.proto is Proto.ICMP:
+        direct = f"{l3} {kind} type echo-reply {kind} id {spec.sport}"
+        quoted += 32  # echo id sits 4 bytes into the quoted ICMP header
+    else:
+        p = spec.proto.value
+        direct = f"{l3} {p} dport {spec.sport}"
+    return [direct, f"{l3} {kind} type {errors} @th,{quoted},16 {spec.sport}"]
+
+
+def table_comment(run_id: str, pid: int) -> str:
+    return f"fwtrace run {run_id} pid {pid}; safe to delete"
+
+
+COMMENT_RE = re.compile(r'comment "fwtrace run ([0-9a-f]{8}) pid (\d+);')
+
+
+def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
+    if not RUN_ID_RE.match(run_id):
+        raise ValueError(f"bad run id {run_id!r}")
+    table = table_name(run_id)
+    entries: dict[str, Entry] = {}
+    for spec in specs:
+        for role, m in [("probe", match_probe(spec))] + [("reply", r) for r in match_replies(spec)]:
+            old = entries.get(m)  # the same flow twice (--count --sport) shares one reply rule
+            entries[m] = Entry(m, role, (old.idents if old else frozenset()) | {spec.ident})
+    body = "".join(f"\t\t{m} meta nftrace set 1\n" for m in entries)
+    chains = []
+    for chain, hook in (("pre", "prerouting"), ("out", "output")):
+        chains.append(
+            f"\tchain {chain} {{\n"
+            f"\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n"
+            f"{body}\t}}\n"
+        )
+    batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
+    return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")

@@ -1,0 +1,241 @@
+"""One probe run: snapshot, instrument, send, collect, clean up, explain.
+
+The pure parts (plan, correlation, diagnosis) decide; this module carries their decisions out in
+the right namespaces and undoes every change in its own `try`, whatever happens in between.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import compare, correlate, diagnose, plan, snapshot, system
+from .errors import EnvironmentProblem, UsageError
+from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
+from .nftrace import Headers
+from .sockets import parse_proc_net
+
+# After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
+# synchronously while the packet is processed, so a short drain is enough.
+DRAIN = 0.03
+# A REJECT sends its reply right after the drop event; give it this long to arrive.
+REJECT_GRACE = 0.25
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    request: ProbeRequest
+    run_id: str
+    results: tuple[PacketResult, ...]
+    findings: tuple[Finding, ...]
+    cleanup_ok: bool
+    leftover: tuple[str, ...]
+    instrumentation: tuple[str, ...]
+    lost_events: bool = False
+    conclusions: tuple[str, ...] = ()
+    raw_events: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def reached(self) -> bool:
+        return bool(self.results) and all(diagnose.reached(r, list(self.findings)) for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        req = self.request
+        return {
+            "run_id": self.run_id,
+            "target_netns": req.netns,
+            "from_netns": req.from_netns,
+            "mode": "from-netns" if req.from_netns else "local",
+            "packets": [r.to_json() for r in self.results],
+            "findings": [f.to_json() for f in self.findings],
+            "conclusion": " ".join(dict.fromkeys(self.conclusions)),
+            "instrumentation": list(self.instrumentation),
+            "events_lost": self.lost_events,
+            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover)},
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+def new_run_id() -> str:
+    return os.urandom(4).hex()
+
+
+def pick_address(addr_json: str, version: int) -> Optional[IPAddress]:
+    """The first global address of an up interface in `ip -j addr` output (pure)."""
+    try:
+        links = json.loads(addr_json)
+    except ValueError:
+        return None
+    for link in links:
+        if "UP" not in link.get("flags", []) or link.get("ifname") == "lo":
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("scope") != "global":
+                continue
+            ip = ipaddress.ip_address(a["local"])
+            if ip.version == version:
+                return ip
+    return None
+
+
+def listeners() -> tuple[Listener, ...]:
+    out: list[Listener] = []
+    for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
+        out.extend(parse_proc_net(system.proc_net(name), proto))
+    return tuple(out)
+
+
+def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
+    specs = []
+    base = req.sport if req.sport is not None else rng.randrange(33000, 60000)
+    for i in range(req.count):
+        sport = base if req.sport is not None else base + i
+        ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+        dport = req.dport if req.proto is not Proto.ICMP else i + 1  # echo sequence number
+        specs.append(PacketSpec(req.proto, src, dst, sport, dport, req.flags, ident))
+    return specs
+
+
+def _resolve_dst(req: ProbeRequest) -> IPAddress:
+    if req.dst is not None:
+        return req.dst
+    version = 6 if req.ipv6 else 4
+    addr = pick_address(system.run(["ip", "-j", "addr", "show"]).stdout, version)
+    if addr is None:
+        if req.from_netns is None:
+            return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
+        raise UsageError(
+            f"the target namespace has no global IPv{version} address to probe",
+            "give the address with --dst",
+        )
+    return addr
+
+
+class Run:
+    """The side effects of one probe run, each undone in its own `try` by the exit stack."""
+
+    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False) -> None:
+        self.req = req
+        self.log = log
+        self.run_id = run_id or new_run_id()
+        self.rng = random.Random()
+        self.log_events = log_events
+
+    def execute(self) -> ProbeReport:
+        system.require_root()
+        with system.netns(self.req.netns):
+            return self._in_target()
+
+    def _in_target(self) -> ProbeReport:
+        req = self.req
+        before = snapshot.take()
+        self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
+        dst = _resolve_dst(req)
+        with system.netns(req.from_netns):
+            src = req.src or _source_for(dst)
+        if src.version != dst.version:
+            raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
+        specs = build_specs(req, src, dst, self.rng)
+        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+
+        from .collect import TraceSocket
+        from .inject import Injector, build, describe
+
+        datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
+        results: list[PacketResult] = []
+        cleanup_errors: list[str] = []
+        events: list[TraceEvent] = []
+        with contextlib.ExitStack() as stack:
+            tsock = TraceSocket(system.interface_names())
+            stack.callback(tsock.close)
+            with system.netns(req.from_netns):
+                inj = Injector()
+            stack.callback(inj.close)
+
+            applied = False
+
+            def undo() -> None:
+                try:
+                    system.run(["nft", "-f", "-"], input=tplan.undo)
+                    self.log.info("removed", table=tplan.table)
+                except Exception as e:  # reported in the cleanup section, never swallowed
+                    if applied:  # an nft batch is atomic: one that failed added nothing
+                        cleanup_errors.append(str(e))
+
+            self.log.info("instrument", table=tplan.table, rules=len(tplan.rules))
+            stack.callback(undo)  # registered first: a batch that failed half-way leaves nothing
+            echo = system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout
+            applied = True
+            roles = plan.roles_from_echo(tplan, echo)
+            on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
+            for spec, data in zip(specs, datas):
+                reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
+                events.extend(evs)
+                summary = describe(reply[1]) if reply else ""
+                results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+        after = snapshot.take()
+        left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
+        if plan.table_name(self.run_id) in after.nft_text:
+            left.append(f"table inet {plan.table_name(self.run_id)} still present")
+        ctx = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None)
+        findings: list[Finding] = []
+        conclusions = []
+        for r in results:
+            fs = diagnose.diagnose(r, ctx)
+            conclusions.append(diagnose.conclusion(r, fs))
+            findings.extend(f for f in fs if f not in findings)
+        return ProbeReport(
+            req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
+            tuple(tplan.rules), tsock.lost, tuple(conclusions), tuple(tsock.raw),
+        )
+
+    def _exchange(
+        self, tsock: Any, inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles
+    ) -> tuple[Optional[tuple[Headers, bytes]], list[TraceEvent]]:
+        """Send one probe; wait for its reply and trace (or the timeout)."""
+        events: list[TraceEvent] = []
+        reply: Optional[tuple[Headers, bytes]] = None
+        sent = inj.send(spec, data)
+        self.log.debug("sent", packet=spec.summary())
+        deadline = sent + self.req.timeout
+        settle: Optional[float] = None  # once known, stop at this time
+        while True:
+            now = time.monotonic()
+            stop = min(deadline, settle) if settle is not None else deadline
+            if now >= stop:
+                break
+            select.select([tsock.sock, inj.recv], [], [], stop - now)
+            events.extend(tsock.poll(0, on_event))
+            if reply is None:
+                for cap in inj.poll(0):
+                    if correlate.is_reply(cap.headers, spec):
+                        reply = (cap.headers, cap.data)
+                        self.log.debug("reply", ifname=cap.ifname)
+                        break
+            if reply is not None:
+                settle = min(settle or deadline, time.monotonic() + DRAIN)
+            elif settle is None and _dropped(events, spec, roles):
+                settle = time.monotonic() + REJECT_GRACE
+        return reply, events
+
+
+def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
+    probe, _ = correlate.split_events(events, spec, roles)
+    return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def _source_for(dst: IPAddress) -> IPAddress:
+    from .inject import source_address
+
+    src = source_address(dst)
+    if src is None:
+        raise EnvironmentProblem(f"no route to {dst} from the sending namespace", "check `ip route get` there, or give --src")
+    return src

@@ -1,0 +1,75 @@
+"""Render a probe report as the text an admin reads on a terminal. No I/O."""
+from __future__ import annotations
+
+from .model import EventKind, PacketResult, Step
+from .nftrace import parse_headers
+from .probe import ProbeReport
+
+
+def _step_line(step: Step) -> str:
+    ev = step.event
+    where = f"{ev.family} {ev.table} {ev.chain}"
+    if ev.kind is EventKind.POLICY:
+        return f"{where:<28} policy {(ev.verdict or '?').upper()}"
+    if ev.kind is EventKind.RETURN:
+        return f"{where:<28} end of chain, return to caller"
+    if step.rule is not None:
+        verdict = f"  -> {ev.verdict}" if ev.verdict else ""
+        return f"{where:<28} rule {step.rule.number:<3} {step.rule.display}{verdict}"
+    return f"{where:<28} rule handle {ev.handle} -> {ev.verdict}"
+
+
+def _packet(i: int, r: PacketResult) -> list[str]:
+    lines = [f"packet {i}: {r.spec.summary()}"]
+    if r.path:
+        lines.append(f"  path: {' -> '.join(r.path)}")
+    last_hdr = None
+    for step in r.steps:
+        h = parse_headers(step.event.packet) if step.event.packet else None
+        if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
+            lines.append(f"    (packet now addressed to {h.dst}:{h.dport})")
+        if h is not None:
+            last_hdr = h
+        iface = f" [in {step.event.iif}]" if step.event.iif and step.event.packet else ""
+        lines.append(f"    {_step_line(step)}{iface}")
+    if not r.steps:
+        lines.append("    (no chain of the ruleset saw this packet)")
+    if r.decided_by is not None:
+        d = r.decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        lines.append(f"  verdict: {r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}")
+    else:
+        lines.append(f"  verdict: {r.verdict.value.upper()}")
+    reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
+    lines.append(f"  reply:   {reply}")
+    for step in r.reply_steps:
+        lines.append(f"    reply {_step_line(step)}")
+    return lines
+
+
+def render(report: ProbeReport) -> str:
+    req = report.request
+    target = req.netns or "the current namespace"
+    how = f"sent from namespace {req.from_netns}" if req.from_netns else "sent locally (OUTPUT -> lo -> INPUT)"
+    out = [f"fwtrace run {report.run_id}: probing {target}, {how}", ""]
+    for i, r in enumerate(report.results, 1):
+        out.extend(_packet(i, r))
+        out.append("")
+    if report.findings:
+        out.append("findings:")
+        for f in report.findings:
+            out.append(f"  [{f.code}] {f.message}")
+            if f.fix:
+                out.append(f"      fix: {f.fix}")
+        out.append("")
+    for c in dict.fromkeys(report.conclusions):
+        out.append(f"conclusion: {c}")
+    if report.lost_events:
+        out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
+    if report.cleanup_ok:
+        out.append("cleanup: instrumentation removed; ruleset after the run equals the one before (counters aside)")
+    else:
+        out.append("cleanup: FAILED, the ruleset differs from before the run:")
+        out.extend(f"  {line}" for line in report.leftover)
+        out.append("  run `fwtrace cleanup` or delete the table named fwtrace_" + report.run_id)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,142 @@
+"""The thin system layer: run commands, switch network namespaces, read and write sysctls.
+
+Every iptables/nft/ip call goes through `run()`: an argv list (never a shell), LC_ALL=C so the
+output is what the parsers were tested on, and a `CommandError` naming the argv on failure.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from .errors import CommandError, EnvironmentProblem, UsageError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+def run(argv: list[str], input: Optional[str] = None, check: bool = True, timeout: float = 30.0) -> Completed:
+    """Run one command in the calling thread's network namespace."""
+    exe = shutil.which(argv[0])
+    if exe is None:
+        raise EnvironmentProblem(
+            f"required command not found: {argv[0]}",
+            "install it (Debian: scripts/setup installs iptables, nftables, iproute2)",
+        )
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        p = subprocess.run(
+            [exe, *argv[1:]], input=input, capture_output=True, text=True, env=env, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise CommandError(argv, -1, f"timed out after {timeout}s") from e
+    if check and p.returncode != 0:
+        raise CommandError(argv, p.returncode, p.stderr)
+    return Completed(tuple(argv), p.stdout, p.stderr, p.returncode)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("fwtrace needs root (CAP_NET_ADMIN) to read and trace netfilter", "run it with sudo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Network namespaces
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise EnvironmentProblem(f"setns failed: {os.strerror(err)}", "fwtrace needs root to enter namespaces")
+
+
+def netns_path(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise UsageError(f"invalid network namespace name: {name!r}", "see `ip netns list`")
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not os.path.exists(path):
+        raise UsageError(f"unknown network namespace: {name}", "see `ip netns list` for the namespaces that exist")
+    return path
+
+
+@contextlib.contextmanager
+def netns(name: Optional[str]) -> Iterator[None]:
+    """Move the calling thread into namespace `name` for the block (None: stay where we are).
+
+    setns() switches only the calling thread; subprocesses started inside the block inherit the
+    namespace, and sockets created inside stay bound to it after we switch back.
+    """
+    if name is None:
+        yield
+        return
+    path = netns_path(name)
+    with open("/proc/thread-self/ns/net") as home, open(path) as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
+def netns_list() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# sysctls (per network namespace for net.*: /proc/sys is resolved against the opener's netns)
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def sysctl_get(key: str) -> Optional[str]:
+    try:
+        with open(sysctl_path(key)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def sysctl_set(key: str, value: str) -> None:
+    try:
+        with open(sysctl_path(key), "w") as f:
+            f.write(value)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise EnvironmentProblem(f"cannot set {key}: {e.strerror}", "run as root") from e
+        raise
+
+
+def proc_net(name: str) -> str:
+    """/proc/self/net/NAME of the calling thread's namespace ('' when absent, e.g. no IPv6)."""
+    try:
+        with open(f"/proc/thread-self/net/{name}") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def interface_names() -> dict[int, str]:
+    import socket
+
+    return {idx: name for idx, name in socket.if_nameindex()}
