@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
+                    "(report, rulesets before/after, instrumentation, raw trace, replies)")
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
@@ -131,7 +133,13 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
     run = Run(req, log, log_events=ns.verbose)
     report = run.execute()
-    sys.stdout.write(report.dumps() + "\n" if ns.json else render(report))
+    text = render(report)
+    sys.stdout.write(report.dumps() + "\n" if ns.json else text)
+    if ns.evidence:
+        from .evidence import bundle_files, write_bundle
+
+        write_bundle(ns.evidence, bundle_files(report, text))
+        log.info("evidence written", directory=ns.evidence)
     if not report.cleanup_ok:
         return ExitStatus.ENVIRONMENT
     return ExitStatus.OK if report.reached else ExitStatus.BLOCKED

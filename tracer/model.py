@@ -283,8 +283,11 @@ class PacketResult:
     reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
 
     def to_json(self) -> dict[str, object]:
+        spec = self.spec
         return {
-            "summary": self.spec.summary(),
+            "summary": spec.summary(),
+            "probe": {"proto": spec.proto.value, "src": str(spec.src), "dst": str(spec.dst), "sport": spec.sport,
+                      "dport": spec.dport, "flags": spec.flags, "ident": spec.ident},
             "verdict": self.verdict.value,
             "decided_by": self.decided_by.to_json() if self.decided_by else None,
             "reply": self.reply.kind,

@@ -29,6 +29,19 @@ REJECT_GRACE = 0.25
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """The raw material a report was made from: enough to replay the correlation offline."""
+
+    nft_before: str
+    nft_after: str
+    ipt_before: dict[str, str]
+    batch: str
+    echo: str
+    trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
+    replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
+
+
+@dataclass(frozen=True)
 class ProbeReport:
     request: ProbeRequest
     run_id: str
@@ -39,7 +52,7 @@ class ProbeReport:
     instrumentation: tuple[str, ...]
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
-    raw_events: tuple[bytes, ...] = field(default=(), repr=False)
+    evidence: Optional["Evidence"] = field(default=None, repr=False)
 
     @property
     def reached(self) -> bool:
@@ -153,6 +166,7 @@ class Run:
         results: list[PacketResult] = []
         cleanup_errors: list[str] = []
         events: list[TraceEvent] = []
+        replies: list[bytes] = []
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
@@ -179,6 +193,7 @@ class Run:
             for spec, data in zip(specs, datas):
                 reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
                 events.extend(evs)
+                replies.append(reply[1] if reply else b"")
                 summary = describe(reply[1]) if reply else ""
                 results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
         after = snapshot.take()
@@ -194,7 +209,8 @@ class Run:
             findings.extend(f for f in fs if f not in findings)
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
-            tuple(tplan.rules), tsock.lost, tuple(conclusions), tuple(tsock.raw),
+            tuple(tplan.rules), tsock.lost, tuple(conclusions),
+            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw), tuple(replies)),
         )
 
     def _exchange(
