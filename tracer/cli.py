@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import ExitStatus, FwtraceError, UsageError
@@ -127,6 +128,8 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
 
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
+    # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
+    threading.Thread(target=_import_scapy, daemon=True).start()
 
     from .probe import Run
     from .report import render
@@ -157,6 +160,13 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     removed = cleanup.clean_stale(ns.netns, log)
     print(f"removed {len(removed)} stale fwtrace table(s)" + (": " + ", ".join(removed) if removed else ""))
     return ExitStatus.OK
+
+
+def _import_scapy() -> None:
+    try:
+        import scapy.layers.inet  # noqa: F401
+    except ImportError:
+        pass  # reported where it is used
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
