@@ -158,7 +158,7 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from . import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
-    print(f"removed {len(removed)} stale fwtrace table(s)" + (": " + ", ".join(removed) if removed else ""))
+    print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))
     return ExitStatus.OK
 
 

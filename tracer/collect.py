@@ -38,6 +38,9 @@ class TraceSocket:
         self.raw: list[bytes] = []  # every datagram, kept for the evidence bundle and golden tests
         self.lost = False
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def poll(self, until: float, on_event: Optional[Callable[[TraceEvent], None]] = None) -> list[TraceEvent]:
         """Read what arrives until the monotonic deadline `until` (returns at once when past it)."""
         events: list[TraceEvent] = []

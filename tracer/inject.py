@@ -88,6 +88,9 @@ class Injector:
         sock.sendto(data, (str(spec.dst), 0))
         return time.monotonic()
 
+    def fileno(self) -> int:
+        return self.recv.fileno()
+
     def poll(self, until: float) -> list[Captured]:
         """Incoming IP packets until the deadline (our own outgoing copies are skipped)."""
         out: list[Captured] = []

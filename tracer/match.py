@@ -56,21 +56,25 @@ def rule_matches(rule: Rule, pkt: PacketFacts) -> Tri:
 
     The `iptables -S` form decides when there is one. iptables-nft can mistranslate what nft
     added to its tables (it prints `tcp dport { 1, 2 } accept` as `-p tcp -j ACCEPT`), so when
-    nft's own text gives the opposite known answer the result is None, not a guess.
+    nft's own text (if any) gives the opposite known answer the result is None, not a guess.
     """
     family = _family_sees(rule.family, pkt)
-    nft = _nft_matches(rule.text, pkt)
     if rule.ipt is None:
-        return _and([family, nft])
+        return _and([family, _nft_matches(rule.text, pkt)])
     ipt = _ipt_matches(rule.ipt, pkt)
+    nft = _nft_matches(rule.text, pkt) if rule.text.strip() else None
     if ipt is not None and nft is not None and ipt != nft:
         ipt = None
     return _and([family, ipt])
 
 
 def rule_action(rule: Rule) -> str:
-    """"accept", "drop", "reject", "return", "jump X", "goto X", "dnat", "snat", "masquerade",
-    "redirect", "continue" (no verdict: LOG, counter, MARK, ...) or "other" (queue, vmap, ...)."""
+    """What the rule does when it matches.
+
+    One of "accept", "drop", "reject", "return", "jump X", "goto X", "dnat", "snat",
+    "masquerade", "redirect", "continue" (no verdict: LOG, counter, MARK, nftrace, ...) or
+    "other" (queue, vmap, tproxy, ...).
+    """
     if rule.ipt is not None:
         return _ipt_action(rule.ipt)
     return _nft_action(rule.text)
@@ -598,6 +602,8 @@ def _nft_l4(proto: str, c: _Cursor, pkt: PacketFacts) -> Tri:
     if key in ("dport", "sport"):
         port = pkt.dport if key == "dport" else pkt.sport
         op, vals = c.op(), c.values()
+        if l4 is None:
+            return None
         if op in _NFT_ORDER:
             n = _int(vals[0]) if vals and len(vals) == 1 else None
             return _and([l4, None if n is None else _NFT_ORDER[op](port, n)])

@@ -11,15 +11,20 @@ import json
 import os
 import random
 import select
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from . import compare, correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
+from .journal import Journal, Undo, nft_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
 from .nftrace import Headers
 from .sockets import parse_proc_net
+
+T = TypeVar("T")
 
 # After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
 # synchronously while the packet is processed, so a short drain is enough.
@@ -132,8 +137,28 @@ def _resolve_dst(req: ProbeRequest) -> IPAddress:
     return addr
 
 
+KILL_ENV = "FWTRACE_TEST_KILL_AT"
+
+
+def checkpoint(phase: str) -> None:
+    """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all)."""
+    if os.environ.get(KILL_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Cleanup must not be cut short by a second Ctrl-C: hold INT/TERM/HUP until it is done."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Run:
-    """The side effects of one probe run, each undone in its own `try` by the exit stack."""
+    """The side effects of one probe run: each change journaled first, all undone at the end."""
 
     def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False) -> None:
         self.req = req
@@ -141,16 +166,52 @@ class Run:
         self.run_id = run_id or new_run_id()
         self.rng = random.Random()
         self.log_events = log_events
+        self.journal: Optional[Journal] = None
+        self.changes = 0
 
     def execute(self) -> ProbeReport:
         system.require_root()
+        from .cleanup import warn_stale
+
+        warn_stale(self.log)
         with system.netns(self.req.netns):
             return self._in_target()
+
+    def change(self, undo: Undo, apply: Callable[[], T]) -> T:
+        """Make one change to the system: journal its undo first, then apply it."""
+        assert self.journal is not None
+        self.journal.record(undo)
+        self.log.info("change", what=undo.what, netns=undo.netns)
+        result = apply()
+        self.changes += 1
+        checkpoint(f"instrument-{self.changes}")
+        return result
+
+    def _undo_all(self) -> list[str]:
+        """Take every journaled change back, newest first, each in its own try."""
+        from .cleanup import apply_undo
+
+        errors: list[str] = []
+        if self.journal is None:
+            return errors
+        with signals_blocked():
+            for index, undo in self.journal.pending():
+                err = apply_undo(undo)
+                if err is None:
+                    self.journal.mark(index, "undone")
+                    self.log.info("undone", what=undo.what, netns=undo.netns)
+                else:
+                    errors.append(f"{undo.what}: {err}")
+                checkpoint("cleanup")
+            if not errors:
+                self.journal.remove()
+        return errors
 
     def _in_target(self) -> ProbeReport:
         req = self.req
         before = snapshot.take()
         self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
+        checkpoint("snapshot")
         dst = _resolve_dst(req)
         with system.netns(req.from_netns):
             src = req.src or _source_for(dst)
@@ -164,38 +225,30 @@ class Run:
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
         results: list[PacketResult] = []
-        cleanup_errors: list[str] = []
         events: list[TraceEvent] = []
         replies: list[bytes] = []
+        cleanup_errors: list[str] = []
+        echo = ""
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
             with system.netns(req.from_netns):
                 inj = Injector()
             stack.callback(inj.close)
-
-            applied = False
-
-            def undo() -> None:
-                try:
-                    system.run(["nft", "-f", "-"], input=tplan.undo)
-                    self.log.info("removed", table=tplan.table)
-                except Exception as e:  # reported in the cleanup section, never swallowed
-                    if applied:  # an nft batch is atomic: one that failed added nothing
-                        cleanup_errors.append(str(e))
-
-            self.log.info("instrument", table=tplan.table, rules=len(tplan.rules))
-            stack.callback(undo)  # registered first: a batch that failed half-way leaves nothing
-            echo = system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout
-            applied = True
-            roles = plan.roles_from_echo(tplan, echo)
-            on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
-            for spec, data in zip(specs, datas):
-                reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
-                events.extend(evs)
-                replies.append(reply[1] if reply else b"")
-                summary = describe(reply[1]) if reply else ""
-                results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+            self.journal = Journal(self.run_id, list(sys.argv))
+            try:
+                undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
+                echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
+                roles = plan.roles_from_echo(tplan, echo)
+                on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
+                for spec, data in zip(specs, datas):
+                    reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
+                    events.extend(evs)
+                    replies.append(reply[1] if reply else b"")
+                    summary = describe(reply[1]) if reply else ""
+                    results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+            finally:
+                cleanup_errors = self._undo_all()
         after = snapshot.take()
         left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
         if plan.table_name(self.run_id) in after.nft_text:
@@ -221,6 +274,7 @@ class Run:
         reply: Optional[tuple[Headers, bytes]] = None
         sent = inj.send(spec, data)
         self.log.debug("sent", packet=spec.summary())
+        checkpoint("inject")
         deadline = sent + self.req.timeout
         settle: Optional[float] = None  # once known, stop at this time
         while True:
@@ -228,8 +282,11 @@ class Run:
             stop = min(deadline, settle) if settle is not None else deadline
             if now >= stop:
                 break
-            select.select([tsock.sock, inj.recv], [], [], stop - now)
-            events.extend(tsock.poll(0, on_event))
+            select.select([tsock.fileno(), inj.fileno()], [], [], stop - now)
+            new = tsock.poll(0, on_event)
+            if new:
+                events.extend(new)
+                checkpoint("collect")
             if reply is None:
                 for cap in inj.poll(0):
                     if correlate.is_reply(cap.headers, spec):
