@@ -19,6 +19,7 @@ examples:
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
+  fwtrace probe --dport 22 --log          (also LOG the probe in every iptables chain: dmesg shows it)
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
              3 environment problem (not root, missing tool, unknown namespace), 4 internal error
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    pr.add_argument("--log", action="store_true", help="also log the probes with temporary rate-limited LOG rules "
+                    "in every iptables chain of their family (kernel-log evidence, as dmesg shows it)")
     pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
                     "(report, rulesets before/after, instrumentation, raw trace, replies)")
 
@@ -122,7 +125,7 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
+        log=ns.log, ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
 
 

@@ -11,11 +11,13 @@ from typing import Iterable, Optional
 
 from .match import rule_action
 from .model import (
+    Backend,
     EventKind,
     PacketResult,
     PacketSpec,
     Proto,
     Reply,
+    Rule,
     RuleRef,
     Ruleset,
     Step,
@@ -126,24 +128,90 @@ def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
 def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     if ev.table.startswith(TABLE_PREFIX):
         return {"pre": "prerouting", "out": "output"}.get(ev.chain)
-    chain = ruleset.chain(ev.family, ev.table, ev.chain)
+    if ev.kind in (EventKind.LOG, EventKind.CONNTRACK):
+        return None
+    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
     return chain.hook if chain is not None else None
+
+
+# Named nft priorities (nft(8), "PRIORITY"): what x_tables' NF_IP_PRI_* numbers are called.
+_NAMED_PRIORITY = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+
+
+def priority_value(text: Optional[str]) -> int:
+    """`-300`, `filter`, `srcnat + 10`, `mangle - 5` -> a number (0 when unreadable)."""
+    if not text:
+        return 0
+    words = text.replace("+", " + ").replace(" - ", " + -").split()
+    total = 0
+    for w in words:
+        if w == "+":
+            continue
+        try:
+            total += int(w)
+        except ValueError:
+            total += _NAMED_PRIORITY.get(w, 0)
+    return total
+
+
+_INBOUND = ("prerouting", "input", "forward", "postrouting")
+_LOCAL = ("output", "postrouting", "prerouting", "input")
+
+
+def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent]:
+    """One packet's events from nftrace and the kernel log, in the order the packet met them.
+
+    Each source is in order by itself; between them, netfilter runs the base chains of a hook
+    by priority (x_tables tables register at NF_IP_PRI_*, nft chains at theirs), so events are
+    ordered by (hook, priority). Regular chains, LOG and conntrack lines take the place of the
+    base chain event before them in their own source; a stable sort keeps ties in arrival order.
+    """
+    sources = {e.source for e in events}
+    if len(sources) < 2:
+        return events
+    hooks = [hook_of(ruleset, e) for e in events]
+    order = _LOCAL if any(h == "output" for h in hooks) else _INBOUND
+    last: dict[str, tuple[int, int]] = {}
+    keyed = []
+    for i, (ev, hook) in enumerate(zip(events, hooks)):
+        if hook in order:
+            if ev.table.startswith(TABLE_PREFIX):
+                prio = -1000
+            else:
+                chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
+                prio = priority_value(chain.priority if chain else None)
+            key = (order.index(hook), prio)
+            last[ev.source] = key
+        elif ev.kind is EventKind.CONNTRACK:
+            key = (last.get(ev.source, (0, 0))[0], -200)  # conntrack runs at NF_IP_PRI_CONNTRACK
+        else:
+            key = last.get(ev.source, (0, -10**6))
+        keyed.append((key, i, ev))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [ev for _, _, ev in keyed]
+
+
+def _rule_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[Rule]:
+    if ev.kind is not EventKind.RULE:
+        return None
+    if ev.legacy and ev.number is not None:
+        return ruleset.rule_by_number(ev.family, ev.table, ev.chain, ev.number, legacy=True)
+    if ev.handle is not None:
+        return ruleset.rule_by_handle(ev.family, ev.table, ev.chain, ev.handle)
+    return None
 
 
 def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], list[str]]:
     """Steps outside fwtrace's own table, joined with their rules, and the hooks met in order."""
     steps: list[Step] = []
     path: list[str] = []
-    for ev in events:
+    for ev in merge_sources(events, ruleset):
         hook = hook_of(ruleset, ev)
         if hook is not None and (not path or path[-1] != hook):
             path.append(hook)
         if ev.table.startswith(TABLE_PREFIX):
             continue
-        rule = None
-        if ev.kind is EventKind.RULE and ev.handle is not None:
-            rule = ruleset.rule_by_handle(ev.family, ev.table, ev.chain, ev.handle)
-        steps.append(Step(ev, rule))
+        steps.append(Step(ev, _rule_of(ruleset, ev)))
     return steps, path
 
 
@@ -171,10 +239,17 @@ def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, 
 def _ref(step: Step, ruleset: Ruleset) -> RuleRef:
     ev = step.event
     if ev.kind is EventKind.POLICY:
-        chain = ruleset.chain(ev.family, ev.table, ev.chain)
+        chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
         policy = (ev.verdict or (chain.policy if chain else None) or "?").split()[0]
-        return RuleRef(ev.family, ev.table, ev.chain, None, policy)
-    return RuleRef(ev.family, ev.table, ev.chain, step.rule)
+        return RuleRef(ev.family, ev.table, ev.chain, None, policy, _backend(ruleset, ev))
+    return RuleRef(ev.family, ev.table, ev.chain, step.rule, backend=_backend(ruleset, ev))
+
+
+def _backend(ruleset: Ruleset, ev: TraceEvent) -> Backend:
+    if ev.legacy:
+        return Backend.IPTABLES_LEGACY
+    t = ruleset.table(ev.family, ev.table)
+    return t.backend if t is not None else Backend.NFT
 
 
 def packet_result(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .match import PacketFacts, ipt_spec, rule_action, rule_matches
-from .model import Backend, Finding, IPAddress, Listener, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
+from .model import Backend, EventKind, Finding, IPAddress, Listener, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
 from .nftrace import parse_headers
 from .sockets import serves
 
@@ -19,6 +19,7 @@ class Context:
     ruleset: Ruleset
     listeners: tuple[Listener, ...]
     local: bool  # sent from the target namespace itself (OUTPUT + lo + INPUT)
+    tcp_loose: Optional[int] = None  # net.netfilter.nf_conntrack_tcp_loose of the target, when read
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
@@ -28,8 +29,9 @@ def reached(result: PacketResult, findings: list[Finding]) -> bool:
     return result.reply.kind in REACHED_REPLIES or result.reply.none
 
 
-def _ipt_cmd(rule_family: str) -> str:
-    return "ip6tables" if rule_family == "ip6" else "iptables"
+def _ipt_cmd(rule_family: str, legacy: bool = False) -> str:
+    cmd = "ip6tables" if rule_family == "ip6" else "iptables"
+    return cmd + "-legacy" if legacy else cmd
 
 
 def _table_opt(table: str) -> str:
@@ -37,6 +39,8 @@ def _table_opt(table: str) -> str:
 
 
 def _backend(ruleset: Ruleset, ref: RuleRef) -> Backend:
+    if ref.legacy:
+        return Backend.IPTABLES_LEGACY
     t = ruleset.table(ref.family, ref.table)
     return t.backend if t else Backend.NFT
 
@@ -122,7 +126,7 @@ def accept_rule(result: PacketResult, ref: RuleRef, backend: Backend, h: Seen, p
             match = f"{daddr}{spec.proto.value} dport {dport}"
         where = f"insert rule {ref.family} {ref.table} {ref.chain} position {position.handle}" if position and position.handle else f"add rule {ref.family} {ref.table} {ref.chain}"
         return f"nft {where} {match} accept"
-    cmd = _ipt_cmd(ref.family)
+    cmd = _ipt_cmd(ref.family, ref.legacy)
     d = f"-d {dst} " if forward and dst else ""
     if spec.proto is Proto.ICMP:
         match = f"{d}-p {'icmp --icmp-type echo-request' if spec.family == 4 else 'ipv6-icmp --icmpv6-type echo-request'}"
@@ -137,14 +141,15 @@ def _verb(v: Verdict) -> str:
 
 
 def _where(ref: RuleRef) -> str:
-    return f"{ref.family} {ref.table} {ref.chain}"
+    legacy = " (iptables-legacy)" if ref.legacy else ""
+    return f"{ref.family} {ref.table} {ref.chain}{legacy}"
 
 
 def shadowed(result: PacketResult, ctx: Context, pf: PacketFacts) -> Optional[Finding]:
     ref = result.decided_by
     if ref is None or ref.rule is None or result.verdict not in (Verdict.DROP, Verdict.REJECT):
         return None
-    chain = ctx.ruleset.chain(ref.family, ref.table, ref.chain)
+    chain = ctx.ruleset.chain(ref.family, ref.table, ref.chain, ref.legacy)
     if chain is None:
         return None
     for later in chain.rules[ref.rule.number :]:
@@ -163,11 +168,68 @@ def shadowed(result: PacketResult, ctx: Context, pf: PacketFacts) -> Optional[Fi
                 )
                 fix = f"move the rule before rule {decider.number}: {cmds[0]}; then remove the unreachable copy: {cmds[1]}"
             else:
-                cmd = f"{_ipt_cmd(ref.family)} {_table_opt(ref.table)}"
+                cmd = f"{_ipt_cmd(ref.family, ref.legacy)} {_table_opt(ref.table)}"
                 cmds = (f"{cmd}-I {ref.chain} {decider.number} {ipt_spec(later)}", f"{cmd}-D {ref.chain} {later.number + 1}")
                 fix = f"{cmds[0]}; then delete the unreachable copy (now rule {later.number + 1}): {cmds[1]}"
             return Finding("shadowed-rule", msg, fix, cmds)
     return None
+
+
+def mixed_backends(result: PacketResult, ctx: Context) -> Optional[Finding]:
+    """iptables-legacy and nf_tables rules on one host: both run on every packet, and each
+    tool shows only its own half (`iptables` is iptables-nft on current distributions)."""
+    if not (ctx.ruleset.has_legacy and ctx.ruleset.has_nft):
+        return None
+    met = {("iptables-legacy" if s.event.legacy else "nf_tables") for s in result.steps if s.event.kind is not EventKind.CONNTRACK}
+    ref = result.decided_by
+    by = ""
+    if ref is not None:
+        by = f" This packet's verdict came from the {'iptables-legacy' if ref.legacy else 'nf_tables'} side ({_where(ref)})."
+    legacy_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables if t.backend is Backend.IPTABLES_LEGACY})
+    nft_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables if t.backend is not Backend.IPTABLES_LEGACY})
+    msg = (f"This host has rules in both iptables-legacy (x_tables: {', '.join(legacy_tables)}) and nf_tables "
+           f"({', '.join(nft_tables)}); every packet passes through both, but `iptables -S` (iptables-nft) and "
+           f"`nft list ruleset` do not show the legacy rules, and `iptables-legacy -S` does not show the nft ones. "
+           f"The probe met {' and '.join(sorted(met)) or 'neither'}.{by}")
+    fix = ("move to one backend: `iptables-legacy-save > legacy.rules`, load them with `iptables-nft-restore`, then "
+           "flush the legacy tables (`iptables-legacy -F; iptables-legacy -X` per table) and stop whatever still "
+           "calls iptables-legacy (update-alternatives --display iptables)")
+    return Finding("mixed-backends", msg, fix)
+
+
+_INVALID_RULE = re.compile(r"(?:--ctstate|--state)\s+\S*INVALID|\bct state\s+\S*invalid\b", re.I)
+
+
+def conntrack_invalid(result: PacketResult, ctx: Context) -> Optional[Finding]:
+    """The probe was INVALID to conntrack: say why, and which rule then dropped it."""
+    spec = result.spec
+    lines = [s.event.text for s in result.steps if s.event.kind is EventKind.CONNTRACK]
+    ref = result.decided_by
+    by_invalid_rule = ref is not None and ref.rule is not None and bool(_INVALID_RULE.search(ref.rule.display))
+    if not lines and not by_invalid_rule:
+        return None
+    if lines:
+        why = f"conntrack logged: \"{lines[0]}\""
+    elif spec.proto is Proto.TCP and "S" not in spec.flags and result.conntrack in (None, "none"):
+        loose = ctx.tcp_loose
+        why = (f"the TCP packet has flags [{spec.flags}] and no SYN, and conntrack holds no connection for it "
+               f"(conntrack entry: {result.conntrack or 'not read'}); ")
+        if loose == 0:
+            why += ("with net.netfilter.nf_conntrack_tcp_loose=0 conntrack does not pick up connections in mid-stream, so "
+                    "the packet gets no conntrack entry and matches --ctstate INVALID (the kernel logs nothing for this case)")
+        else:
+            why += "conntrack treats a packet it cannot place in a connection as INVALID"
+    else:
+        why = f"the deciding rule matches INVALID packets (conntrack entry: {result.conntrack or 'not read'})"
+    dropped = ""
+    if ref is not None and result.verdict in (Verdict.DROP, Verdict.REJECT):
+        what = f"rule {ref.rule.number} `{ref.rule.display}`" if ref.rule else f"policy {ref.policy or '?'}"
+        dropped = f" Then {_where(ref)} {what} {_verb(result.verdict)} it."
+    msg = f"conntrack found the probe INVALID: {why}.{dropped}"
+    fix = ("expected for a stray packet of no connection (a scan, a late ACK after the connection was forgotten); "
+           "to test whether the port is open, probe with a SYN (--flags S). If mid-stream pickup is wanted (e.g. "
+           "after a firewall failover), `sysctl -w net.netfilter.nf_conntrack_tcp_loose=1`")
+    return Finding("conntrack-invalid", msg, fix)
 
 
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
@@ -203,6 +265,14 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,) if fix else (),
         ))
 
+    mixed = mixed_backends(result, ctx)
+    if mixed is not None:
+        findings.append(mixed)
+
+    invalid = conntrack_invalid(result, ctx)
+    if invalid is not None:
+        findings.append(invalid)
+
     if ref is not None and ref.rule is None and ref.policy == "drop":
         fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, None)
         findings.append(Finding(
@@ -212,7 +282,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
-    sh = shadowed(result, ctx, pf)
+    # Moving an ACCEPT before the INVALID drop would let stray packets in: not a fix to offer.
+    sh = shadowed(result, ctx, pf) if invalid is None else None
     if sh is not None:
         findings.append(sh)
     elif ref is not None and ref.rule is not None and result.verdict in (Verdict.DROP, Verdict.REJECT):

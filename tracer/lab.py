@@ -110,8 +110,9 @@ class Lab:
         with system.netns(ns):
             return system.run(argv, input=input)
 
-    def iptables_restore(self, ns: str, rules: str, ipv6: bool = False) -> None:
-        self.run(ns, ["ip6tables-restore" if ipv6 else "iptables-restore"], input=rules)
+    def iptables_restore(self, ns: str, rules: str, ipv6: bool = False, legacy: bool = False) -> None:
+        tool = ("ip6tables" if ipv6 else "iptables") + ("-legacy" if legacy else "") + "-restore"
+        self.run(ns, [tool], input=rules)
 
     def nft(self, ns: str, rules: str) -> None:
         self.run(ns, ["nft", "-f", "-"], input=rules)

@@ -91,14 +91,17 @@ class Table:
 class Ruleset:
     tables: tuple[Table, ...] = ()
 
-    def table(self, family: str, name: str) -> Optional[Table]:
+    # iptables-legacy tables live beside nf_tables tables of the same family and name on mixed
+    # hosts (x_tables "filter" and iptables-nft's "ip filter" both hook INPUT): every lookup
+    # says which world it means, and nf_tables is the default.
+    def table(self, family: str, name: str, legacy: bool = False) -> Optional[Table]:
         for t in self.tables:
-            if t.family == family and t.name == name:
+            if t.family == family and t.name == name and (t.backend is Backend.IPTABLES_LEGACY) == legacy:
                 return t
         return None
 
-    def chain(self, family: str, table: str, name: str) -> Optional[Chain]:
-        t = self.table(family, table)
+    def chain(self, family: str, table: str, name: str, legacy: bool = False) -> Optional[Chain]:
+        t = self.table(family, table, legacy)
         return t.chain(name) if t else None
 
     def rule_by_handle(self, family: str, table: str, chain: str, handle: int) -> Optional[Rule]:
@@ -109,6 +112,21 @@ class Ruleset:
             if r.handle == handle:
                 return r
         return None
+
+    def rule_by_number(self, family: str, table: str, chain: str, number: int, legacy: bool = False) -> Optional[Rule]:
+        c = self.chain(family, table, chain, legacy)
+        if c is None or not 1 <= number <= len(c.rules):
+            return None
+        return c.rules[number - 1]
+
+    @property
+    def has_legacy(self) -> bool:
+        return any(t.backend is Backend.IPTABLES_LEGACY for t in self.tables)
+
+    @property
+    def has_nft(self) -> bool:
+        return any(t.backend is not Backend.IPTABLES_LEGACY and any(c.rules or c.is_base for c in t.chains)
+                   for t in self.tables)
 
     def rules(self) -> Iterator[Rule]:
         for t in self.tables:
@@ -170,6 +188,7 @@ class ProbeRequest:
     from_netns: Optional[str] = None
     timeout: float = 1.0
     ipv6: bool = False
+    log: bool = False  # also log the probes with temporary LOG rules (kernel-log evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +219,10 @@ class TraceEvent:
     oif: Optional[str] = None
     hook: Optional[str] = None  # hook name when the source knows it
     packet: Optional[bytes] = None  # network header + transport header as the hook saw them
-    source: str = "nftrace"
+    source: str = "nftrace"  # "nftrace", "kmsg" (kernel log: LOG, legacy TRACE, conntrack)
     text: str = ""  # free text (kernel-log line, conntrack message)
+    number: Optional[int] = None  # rule number for sources that count rules (legacy TRACE)
+    legacy: bool = False  # the table is an iptables-legacy (x_tables) one
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -211,12 +232,14 @@ class TraceEvent:
             "chain": self.chain,
             "source": self.source,
         }
-        for k in ("handle", "verdict", "iif", "oif", "hook"):
+        for k in ("handle", "number", "verdict", "iif", "oif", "hook"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
         if self.text:
             d["text"] = self.text
+        if self.legacy:
+            d["backend"] = Backend.IPTABLES_LEGACY.value
         return d
 
 
@@ -229,6 +252,11 @@ class RuleRef:
     chain: str
     rule: Optional[Rule] = None
     policy: Optional[str] = None
+    backend: Backend = Backend.NFT
+
+    @property
+    def legacy(self) -> bool:
+        return self.backend is Backend.IPTABLES_LEGACY
 
     @property
     def text(self) -> str:
@@ -244,6 +272,7 @@ class RuleRef:
             "rule_number": self.rule.number if self.rule else None,
             "handle": self.rule.handle if self.rule else None,
             "rule": self.text,
+            "backend": self.backend.value,
         }
 
 
@@ -281,6 +310,7 @@ class PacketResult:
     steps: tuple[Step, ...] = ()
     path: tuple[str, ...] = ()  # hooks met in order, e.g. ("prerouting", "input")
     reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
+    conntrack: Optional[str] = None  # the flow's conntrack entry after the probe, "none" when absent
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -295,6 +325,7 @@ class PacketResult:
             "path": list(self.path),
             "events": [s.to_json() for s in self.steps],
             "reply_events": [s.to_json() for s in self.reply_steps],
+            "conntrack": self.conntrack,
         }
 
 

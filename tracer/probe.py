@@ -6,6 +6,7 @@ the right namespaces and undoes every change in its own `try`, whatever happens 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -17,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from . import compare, correlate, diagnose, plan, snapshot, system
+from . import compare, correlate, diagnose, kernlog, kernplan, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
-from .journal import Journal, Undo, nft_undo
+from .journal import Journal, Undo, nft_undo, sysctl_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
 from .nftrace import Headers
 from .sockets import parse_proc_net
@@ -44,6 +45,8 @@ class Evidence:
     echo: str
     trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
+    legacy_before: dict[str, str] = field(default_factory=dict)  # iptables-legacy-save output per family
+    kmsg: tuple[bytes, ...] = ()  # /dev/kmsg records read during the run (kernel-log evidence)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class ProbeReport:
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()  # what the run did beyond its own table (sysctls set for the run, ...)
 
     @property
     def reached(self) -> bool:
@@ -75,6 +79,7 @@ class ProbeReport:
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
+            "notes": list(self.notes),
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover)},
         }
 
@@ -168,6 +173,7 @@ class Run:
         self.log_events = log_events
         self.journal: Optional[Journal] = None
         self.changes = 0
+        self.notes: list[str] = []
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -224,14 +230,28 @@ class Run:
         from .inject import Injector, build, describe
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
+        # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE
+        # in the kernel log) or --log. The default nft-only path never opens /dev/kmsg.
+        kplan = kernplan.kern_plan(self.run_id, specs, before.ruleset, req.log) if (
+            req.log or before.ruleset.has_legacy) else None
         results: list[PacketResult] = []
         events: list[TraceEvent] = []
         replies: list[bytes] = []
         cleanup_errors: list[str] = []
         echo = ""
+        kmsg_raw: list[bytes] = []
+        tcp_loose: Optional[str] = None
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
+            sources: list[Any] = [tsock]
+            if kplan is not None:
+                from .kmsg import KmsgSource
+
+                ctx = kernlog.KernContext(self.run_id, before.ruleset, kplan.offsets, kplan.log_points)
+                ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
+                stack.callback(ksrc.close)
+                sources.append(ksrc)
             with system.netns(req.from_netns):
                 inj = Injector()
             stack.callback(inj.close)
@@ -240,34 +260,90 @@ class Run:
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
                 echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
                 roles = plan.roles_from_echo(tplan, echo)
+                own: frozenset[tuple[str, str, int]] = frozenset()
+                if kplan is not None:
+                    own = self._kernel_setup(kplan)
+                    tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):
-                    reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
+                    reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
+                    evs = [e for e in evs if e.handle is None or (e.family, e.table, e.handle) not in own]
                     events.extend(evs)
                     replies.append(reply[1] if reply else b"")
                     summary = describe(reply[1]) if reply else ""
-                    results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+                    r = correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles)
+                    if kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
+                        r = dataclasses.replace(r, conntrack=_conntrack_entry(spec))
+                    results.append(r)
             finally:
                 cleanup_errors = self._undo_all()
+                if kplan is not None:
+                    kmsg_raw = list(ksrc.raw)
         after = snapshot.take()
         left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
+        left += compare.leftover(before.legacy_listing, after.legacy_listing)
         if plan.table_name(self.run_id) in after.nft_text:
             left.append(f"table inet {plan.table_name(self.run_id)} still present")
-        ctx = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None)
+        ctx_d = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None,
+                                 tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None)
         findings: list[Finding] = []
         conclusions = []
         for r in results:
-            fs = diagnose.diagnose(r, ctx)
+            fs = diagnose.diagnose(r, ctx_d)
             conclusions.append(diagnose.conclusion(r, fs))
             findings.extend(f for f in fs if f not in findings)
+        instrumentation = tuple(tplan.rules) + (tuple(kplan.rules) if kplan is not None else ())
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
-            tuple(tplan.rules), tsock.lost, tuple(conclusions),
-            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw), tuple(replies)),
+            instrumentation, tsock.lost, tuple(conclusions),
+            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw),
+                     tuple(replies), before.legacy_text, tuple(kmsg_raw)),
+            tuple(self.notes),
         )
 
+    def _kernel_setup(self, kplan: kernplan.KernPlan) -> frozenset[tuple[str, str, int]]:
+        """The kernel log's prerequisites and the legacy TRACE / LOG rules, each journaled.
+
+        Returns the (family, table, handle) of LOG rules iptables-nft put into nf_tables, so their
+        trace events are not taken for the user's rules.
+        """
+        ns = self.req.netns
+        for family in kplan.families:
+            # nf_log sends TRACE and LOG to the logger bound for the family in this namespace;
+            # with none bound (NONE) they vanish silently.
+            key = kernplan.NF_LOG_SYSCTL[family]
+            old = system.sysctl_get(key)
+            if old == "NONE":
+                logger = kernplan.NF_LOGGER[family]
+                self.change(sysctl_undo(ns, key, old), lambda: system.sysctl_set(key, logger))
+                self.notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
+        old = system.sysctl_get(kernplan.LOG_INVALID)
+        if old is not None and old != "255":
+            self.change(sysctl_undo(ns, kernplan.LOG_INVALID, old), lambda: system.sysctl_set(kernplan.LOG_INVALID, "255"))
+        if not system.in_initial_netns():
+            # nf_log_syslog prints nothing for a non-initial namespace unless this GLOBAL switch
+            # is on (net/netfilter/nf_log_syslog.c: nf_log_allowed()).
+            with system.netns(system.HOME_NETNS):
+                old = system.sysctl_get(kernplan.ALL_NETNS)
+            if old is None:
+                self.notes.append(f"fwtrace runs outside the initial namespace, so it cannot set {kernplan.ALL_NETNS}: "
+                                  "the kernel log may show nothing of the target namespace")
+            elif old != "1":
+                def on() -> None:
+                    with system.netns(system.HOME_NETNS):
+                        system.sysctl_set(kernplan.ALL_NETNS, "1")
+
+                self.change(sysctl_undo(system.HOME_NETNS, kernplan.ALL_NETNS, old), on)
+                self.notes.append(f"set the global sysctl {kernplan.ALL_NETNS}=1 for the run (the target is a "
+                                  f"namespace, whose LOG/TRACE lines the kernel log drops otherwise); restored to {old}")
+        for c in kplan.changes:
+            self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), lambda c=c: system.run(list(c.apply)))
+        if any(p.legacy is False for p in kplan.log_points.values()):
+            return kernplan.own_handles(system.run(["nft", "-a", "list", "ruleset"]).stdout, self.run_id)
+        return frozenset()
+
     def _exchange(
-        self, tsock: Any, inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles
+        self, sources: list[Any], inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles
     ) -> tuple[Optional[tuple[Headers, bytes]], list[TraceEvent]]:
         """Send one probe; wait for its reply and trace (or the timeout)."""
         events: list[TraceEvent] = []
@@ -282,8 +358,8 @@ class Run:
             stop = min(deadline, settle) if settle is not None else deadline
             if now >= stop:
                 break
-            select.select([tsock.fileno(), inj.fileno()], [], [], stop - now)
-            new = tsock.poll(0, on_event)
+            select.select([src.fileno() for src in sources] + [inj.fileno()], [], [], stop - now)
+            new = [ev for src in sources for ev in src.poll(0, on_event)]
             if new:
                 events.extend(new)
                 checkpoint("collect")
@@ -303,6 +379,23 @@ class Run:
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def _conntrack_entry(spec: PacketSpec) -> str:
+    """The probe flow's conntrack entry in the calling thread's namespace, or "none"."""
+    argv = ["conntrack", "-L", "-f", "ipv6" if spec.family == 6 else "ipv4",
+            "-p", spec.proto.value if spec.proto is not Proto.ICMP else ("icmp" if spec.family == 4 else "icmpv6"),
+            "-s", str(spec.src)]
+    if spec.proto is not Proto.ICMP:
+        argv += ["--sport", str(spec.sport)]
+    try:
+        out = system.run(argv, check=False).stdout
+    except EnvironmentProblem:
+        return "unknown (conntrack tool not installed)"
+    for e in kernlog.parse_conntrack(out):
+        if e.orig.src == spec.src and e.orig.sport == spec.sport:
+            return e.describe()
+    return "none"
 
 
 def _source_for(dst: IPAddress) -> IPAddress:

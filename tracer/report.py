@@ -8,7 +8,12 @@ from .probe import ProbeReport
 
 def _step_line(step: Step) -> str:
     ev = step.event
-    where = f"{ev.family} {ev.table} {ev.chain}"
+    where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
+    if ev.kind is EventKind.CONNTRACK:
+        return f"{'conntrack':<28} INVALID: {ev.text}"
+    if ev.kind is EventKind.LOG:
+        prefix = ev.text.split(" IN=", 1)[0].strip()
+        return f"{where:<28} LOG \"{prefix}\" (fwtrace's LOG rule; also in dmesg)"
     if ev.kind is EventKind.POLICY:
         return f"{where:<28} policy {(ev.verdict or '?').upper()}"
     if ev.kind is EventKind.RETURN:
@@ -16,6 +21,8 @@ def _step_line(step: Step) -> str:
     if step.rule is not None:
         verdict = f"  -> {ev.verdict}" if ev.verdict else ""
         return f"{where:<28} rule {step.rule.number:<3} {step.rule.display}{verdict}"
+    if ev.number is not None:
+        return f"{where:<28} rule {ev.number} (not in the snapshot) -> {ev.verdict}"
     return f"{where:<28} rule handle {ev.handle} -> {ev.verdict}"
 
 
@@ -37,11 +44,14 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     if r.decided_by is not None:
         d = r.decided_by
         num = f" rule {d.rule.number}" if d.rule else ""
-        lines.append(f"  verdict: {r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}")
+        legacy = " (iptables-legacy)" if d.legacy else ""
+        lines.append(f"  verdict: {r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}")
     else:
         lines.append(f"  verdict: {r.verdict.value.upper()}")
     reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
     lines.append(f"  reply:   {reply}")
+    if r.conntrack is not None:
+        lines.append(f"  conntrack: {r.conntrack}")
     for step in r.reply_steps:
         lines.append(f"    reply {_step_line(step)}")
     return lines
@@ -64,6 +74,8 @@ def render(report: ProbeReport) -> str:
         out.append("")
     for c in dict.fromkeys(report.conclusions):
         out.append(f"conclusion: {c}")
+    for note in report.notes:
+        out.append(f"note: {note}")
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
     if report.cleanup_ok:

@@ -19,6 +19,13 @@ from .errors import CommandError, EnvironmentProblem, UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
+# The namespace fwtrace was started in (normally the initial one, where the global netfilter
+# sysctls live: nf_log_all_netns is registered for init_net only). `netns(HOME_NETNS)` goes
+# back there from inside a target namespace; a journaled undo naming it is replayed by
+# `fwtrace cleanup` in the namespace cleanup runs in. (/proc/1/ns/net may be unreadable even
+# for root in a sandbox, so the namespace is kept open from import time instead.)
+HOME_NETNS = "@home"
+_HOME_FD = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ def _setns(fd: int) -> None:
 
 
 def netns_path(name: str) -> str:
+    if name == HOME_NETNS:
+        return f"/proc/self/fd/{_HOME_FD}"
     if not name or "/" in name or name in (".", ".."):
         raise UsageError(f"invalid network namespace name: {name!r}", "see `ip netns list`")
     path = os.path.join(NETNS_RUN_DIR, name)
@@ -92,6 +101,12 @@ def netns(name: Optional[str]) -> Iterator[None]:
             yield
         finally:
             _setns(home.fileno())
+
+
+def in_initial_netns() -> bool:
+    """Is the calling thread in the initial network namespace? Only init_net has
+    nf_log_all_netns (net/netfilter/nf_log.c registers it for init_net alone)."""
+    return os.path.exists("/proc/sys/net/netfilter/nf_log_all_netns")
 
 
 def netns_list() -> list[str]:

@@ -9,8 +9,13 @@ import pytest
 from tracer import system
 from tracer.lab import Lab
 
-GLOBAL_SYSCTLS = ("net.netfilter.nf_log_all_netns",)
-PREFIX = "fwtrace-test"
+# Global, or the initial namespace's own: tests run against lab namespaces only, and the
+# kernel-log path (tracer/kernplan.py) sets nf_log_all_netns and may bind nf_log loggers.
+GLOBAL_SYSCTLS = ("net.netfilter.nf_log_all_netns", "net.netfilter.nf_log.2", "net.netfilter.nf_log.10",
+                  "net.netfilter.nf_conntrack_log_invalid")
+# Several engineers' test runs may share the machine: each run names its namespaces after its
+# pid, so the leak check below only sees its own.
+PREFIX = f"fwtrace-test{os.getpid()}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -24,11 +29,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def host_untouched() -> Iterator[None]:
     """The machine's own namespace: same ruleset, same global sysctls, no leftover test netns."""
     before_rules = system.run(["nft", "list", "ruleset"]).stdout
+    before_legacy = _legacy_rules()
     before_sysctl = {k: system.sysctl_get(k) for k in GLOBAL_SYSCTLS}
     yield
     assert system.run(["nft", "list", "ruleset"]).stdout == before_rules, "host ruleset changed"
+    assert _legacy_rules() == before_legacy, "host iptables-legacy rules changed"
     assert {k: system.sysctl_get(k) for k in GLOBAL_SYSCTLS} == before_sysctl, "global sysctl not restored"
     assert not [n for n in system.netns_list() if n.startswith(PREFIX)], "test namespaces left behind"
+
+
+def _legacy_rules() -> str:
+    """The host's x_tables rules without counters and dates (reading creates no table)."""
+    out = []
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        text = system.run([tool], check=False).stdout
+        out += [line.split(" [")[0] for line in text.splitlines() if not line.startswith("#")]
+    return "\n".join(out)
 
 
 @pytest.fixture

@@ -1,0 +1,182 @@
+"""The kernel-log side of a run, computed as data (no I/O): iptables-legacy tables in the model,
+the legacy TRACE rules, the LOG evidence rules (`--log`) and the sysctls the kernel log needs.
+
+Only used when the target has iptables-legacy rules or `--log` was given: the default
+(nft-only) path stays one nft batch and one trace socket.
+
+Every rule fwtrace inserts carries the run id (`-m comment --comment fwtrace:<runid>`, or the
+LOG prefix `fwtrace:<runid>:<n> `), is inserted at the top of its chain and never decides
+anything (TRACE and LOG are non-terminal), and is taken back with `-D` and the same spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .kernlog import BUILTIN_HOOKS, LogPoint, log_prefix
+from .model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
+from .ruleset import IptTable
+
+LEGACY_SAVE = {"ip": "iptables-legacy-save", "ip6": "ip6tables-legacy-save"}
+LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
+NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}
+# /proc/net/ip_tables_names lists the x_tables tables instantiated in a namespace: empty means
+# no legacy rules at all, without running anything.
+LEGACY_NAMES = {"ip": "ip_tables_names", "ip6": "ip6_tables_names"}
+# "Bad rule (does a matching rule exist in that chain?)": -D of a rule that is already gone.
+IPT_GONE = ("Bad rule", "does a matching rule exist", "No chain/target/match by that name")
+NF_LOG_SYSCTL = {"ip": "net.netfilter.nf_log.2", "ip6": "net.netfilter.nf_log.10"}
+NF_LOGGER = {"ip": "nf_log_ipv4", "ip6": "nf_log_ipv6"}
+ALL_NETNS = "net.netfilter.nf_log_all_netns"
+LOG_INVALID = "net.netfilter.nf_conntrack_log_invalid"
+LOG_RATE = "50/second"
+
+# x_tables hook priorities (include/uapi/linux/netfilter_ipv4.h, NF_IP_PRI_*); nat's depends on
+# the hook: DNAT before filter, SNAT after.
+_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
+
+
+def legacy_priority(table: str, chain: str) -> Optional[int]:
+    if table == "nat":
+        return -100 if chain in ("PREROUTING", "OUTPUT") else 100
+    return _PRIORITY.get(table)
+
+
+def legacy_tables(family: str, saved: dict[str, IptTable]) -> tuple[Table, ...]:
+    """The tables of `iptables-legacy-save` output as model tables (backend IPTABLES_LEGACY).
+
+    A table is kept only when it holds something: a rule, a user chain or a policy other than
+    ACCEPT (x_tables instantiates empty tables on any listing, and fwtrace's own TRACE rules
+    leave an empty raw table behind that cannot be unregistered).
+    """
+    tables = []
+    for name, t in saved.items():
+        chains = []
+        for c in t.chains:
+            hook = BUILTIN_HOOKS.get(c.name) if c.policy is not None else None
+            prio = legacy_priority(name, c.name)
+            rules = tuple(Rule(family, name, c.name, i, None, line, line) for i, line in enumerate(c.rules, 1))
+            chains.append(Chain(family, name, c.name, hook, str(prio) if hook and prio is not None else None,
+                                c.policy.lower() if c.policy else None, rules))
+        if any(c.rules or not c.is_base or c.policy != "accept" for c in chains):
+            tables.append(Table(family, name, tuple(chains), Backend.IPTABLES_LEGACY))
+    return tuple(tables)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instrumentation
+
+
+@dataclass(frozen=True)
+class Change:
+    """One command that changes the target, and the one that takes it back."""
+
+    what: str
+    apply: tuple[str, ...]
+    undo: tuple[str, ...]
+    input: str = ""
+    undo_input: str = ""
+
+
+@dataclass(frozen=True)
+class KernPlan:
+    run_id: str
+    changes: tuple[Change, ...] = ()
+    offsets: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    log_points: dict[int, LogPoint] = field(default_factory=dict)
+    families: tuple[str, ...] = ()  # nf_log families the kernel log is needed for
+
+    @property
+    def rules(self) -> list[str]:
+        return [" ".join(c.apply) for c in self.changes]
+
+
+def _mask(spec: PacketSpec) -> str:
+    return "/32" if spec.family == 4 else "/128"
+
+
+def _l4(spec: PacketSpec, sports: str, dport: bool) -> list[str]:
+    if spec.proto is Proto.ICMP:
+        if spec.family == 4:
+            return ["-p", "icmp", "--icmp-type", "echo-request"]
+        return ["-p", "ipv6-icmp", "--icmpv6-type", "echo-request"]
+    m = ["-p", spec.proto.value, "--sport", sports]
+    return m + (["--dport", str(spec.dport)] if dport else [])
+
+
+def trace_match(spec: PacketSpec) -> list[str]:
+    """Exactly this probe packet: addresses, ports, and its random IPv4 id / IPv6 flow label.
+
+    u32 reads 4 bytes at the offset: bytes 2-5 of an IPv4 header end with the id; bytes 0-3 of
+    an IPv6 header end with the 20-bit flow label.
+    """
+    u32 = f"2&0xFFFF={spec.ident}" if spec.family == 4 else f"0&0xFFFFF={spec.ident}"
+    return ["-s", f"{spec.src}{_mask(spec)}", "-d", f"{spec.dst}{_mask(spec)}", *_l4(spec, str(spec.sport), True),
+            "-m", "u32", "--u32", u32]
+
+
+def log_match(specs: list[PacketSpec]) -> list[str]:
+    """The probes' source side only: NAT may change the destination before a later chain.
+    Other packets of the same source are told apart by correlation (ident), not here."""
+    s = specs[0]
+    lo, hi = min(x.sport for x in specs), max(x.sport for x in specs)
+    return ["-s", f"{s.src}{_mask(s)}", *_l4(s, str(lo) if lo == hi else f"{lo}:{hi}", False)]
+
+
+def _ipt(cmd: str, table: str, op: str, chain: str, rest: list[str]) -> tuple[str, ...]:
+    pos = ["1"] if op == "-I" else []
+    return (cmd, "-w", "-t", table, op, chain, *pos, *rest)
+
+
+def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: bool) -> KernPlan:
+    """TRACE rules for the legacy tables; with `log`, a LOG rule at the top of every chain of the
+    probe's family that iptables manages (legacy and iptables-nft). Native nft chains get none:
+    a LOG rule there could only be undone by a handle known after it exists, and nftrace already
+    reports every rule the packet meets in them."""
+    family = specs[0].nfproto
+    comment = ["-m", "comment", "--comment", f"fwtrace:{run_id}"]
+    changes: list[Change] = []
+    offsets: dict[tuple[str, str, str], int] = {}
+    points: dict[int, LogPoint] = {}
+    legacy = [t for t in ruleset.tables if t.backend is Backend.IPTABLES_LEGACY and t.family == family]
+    cmd = LEGACY_CMD[family]
+
+    if log:
+        limit = ["-m", "limit", "--limit", LOG_RATE, "--limit-burst", "50"]
+        for t in [t for t in ruleset.tables if t.family == family and t.backend is not Backend.NFT]:
+            tool = cmd if t.backend is Backend.IPTABLES_LEGACY else NFT_IPT_CMD[family]
+            for c in t.chains:
+                n = len(points) + 1
+                points[n] = LogPoint(family, t.name, c.name, t.backend is Backend.IPTABLES_LEGACY)
+                rest = [*log_match(specs), *limit, "-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
+                changes.append(Change(f"{tool} -t {t.name} LOG rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
+                                      _ipt(tool, t.name, "-D", c.name, rest)))
+                if t.backend is Backend.IPTABLES_LEGACY:
+                    offsets[(family, t.name, c.name)] = offsets.get((family, t.name, c.name), 0) + 1
+
+    if legacy:
+        for spec in specs:
+            rest = [*trace_match(spec), *comment, "-j", "TRACE"]
+            for chain in ("PREROUTING", "OUTPUT"):
+                changes.append(Change(f"{cmd} -t raw TRACE rule in {chain}", _ipt(cmd, "raw", "-I", chain, rest),
+                                      _ipt(cmd, "raw", "-D", chain, rest)))
+                offsets[(family, "raw", chain)] = offsets.get((family, "raw", chain), 0) + 1
+
+    return KernPlan(run_id, tuple(changes), offsets, points, (family,))
+
+
+def own_handles(nft_listing: str, run_id: str) -> frozenset[tuple[str, str, int]]:
+    """(family, table, handle) of the rules carrying this run's marks in `nft -a list ruleset`
+    output: the LOG rules iptables-nft inserted, which nftrace reports like any other rule."""
+    out = set()
+    table = ("", "")
+    for line in nft_listing.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "table":
+            table = (words[1], words[2])
+        elif f"fwtrace:{run_id}" in line and "# handle " in line:
+            try:
+                out.add((table[0], table[1], int(line.rsplit("# handle ", 1)[1].split()[0])))
+            except (ValueError, IndexError):
+                pass
+    return frozenset(out)
