@@ -10,6 +10,11 @@ import shutil
 
 import pytest
 
+# Journals of this test session in a directory of its own (tracer.journal reads this at import,
+# and fwtrace subprocesses inherit it): other sessions sharing the machine -- other worktrees'
+# suites running SIGKILL tests -- neither see nor replay each other's journals.
+os.environ.setdefault("FWTRACE_RUN_DIR", f"/run/fwtrace-tests/{os.getpid()}")
+
 KERNEL_TOOLS = ("ip", "nft", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore")
 
 
@@ -32,3 +37,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(msg + " (CI runs every tier: install them, see scripts/setup)", pytrace=False)
         pytest.skip(msg)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        os.rmdir(os.environ["FWTRACE_RUN_DIR"])  # only when empty: a journal left is a failure to see
+    except OSError:
+        pass

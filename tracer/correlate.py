@@ -131,6 +131,8 @@ def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     if ev.kind in (EventKind.LOG, EventKind.CONNTRACK):
         return None
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
+    if chain is None and ev.legacy:
+        return ev.hook  # a built-in chain of a table fwtrace instantiated for TRACE
     return chain.hook if chain is not None else None
 
 
@@ -158,37 +160,67 @@ _INBOUND = ("prerouting", "input", "forward", "postrouting")
 _LOCAL = ("output", "postrouting", "prerouting", "input")
 
 
+def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...]) -> tuple[int, int]:
+    if ev.table.startswith(TABLE_PREFIX):
+        return order.index(hook), -1000
+    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
+    if chain is not None and chain.priority is not None:
+        return order.index(hook), priority_value(chain.priority)
+    if ev.legacy:  # a table fwtrace itself instantiated (raw, for TRACE): not in the snapshot
+        from .kernplan import legacy_priority
+
+        return order.index(hook), legacy_priority(ev.table, ev.chain) or 0
+    return order.index(hook), 0
+
+
 def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent]:
     """One packet's events from nftrace and the kernel log, in the order the packet met them.
 
     Each source is in order by itself; between them, netfilter runs the base chains of a hook
     by priority (x_tables tables register at NF_IP_PRI_*, nft chains at theirs), so events are
-    ordered by (hook, priority). Regular chains, LOG and conntrack lines take the place of the
-    base chain event before them in their own source; a stable sort keeps ties in arrival order.
+    ordered by (hook, priority). Regular chains and conntrack lines take the place of the event
+    before them in their own source. A LOG rule sits at the top of its chain: its line goes
+    first in that chain, before the other source's events there (iptables-nft chains are
+    traced by nftrace but logged through the kernel log). Ties keep arrival order.
     """
-    sources = {e.source for e in events}
-    if len(sources) < 2:
+    if len({e.source for e in events}) < 2:
         return events
     hooks = [hook_of(ruleset, e) for e in events]
     order = _LOCAL if any(h == "output" for h in hooks) else _INBOUND
-    last: dict[str, tuple[int, int]] = {}
-    keyed = []
+    Key = tuple[int, int, float]
+    keys: list[Optional[Key]] = []
+    anchors: dict[int, int] = {}  # LOG event index -> index of the first other-source event in its chain
+    last: dict[str, Key] = {}
     for i, (ev, hook) in enumerate(zip(events, hooks)):
-        if hook in order:
-            if ev.table.startswith(TABLE_PREFIX):
-                prio = -1000
+        key: Optional[Key] = None
+        if ev.kind is EventKind.LOG and not ev.legacy:
+            chain = ruleset.chain(ev.family, ev.table, ev.chain)
+            if chain is not None and chain.hook in order:
+                key = (*_base_key(ruleset, ev, chain.hook, order), -1.0)
             else:
-                chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
-                prio = priority_value(chain.priority if chain else None)
-            key = (order.index(hook), prio)
+                j = next((j for j, o in enumerate(events) if o.source != ev.source and o.kind is not EventKind.LOG
+                          and (o.family, o.table, o.chain) == (ev.family, ev.table, ev.chain)), None)
+                if j is not None:
+                    anchors[i] = j
+                    keys.append(None)
+                    continue
+        elif hook in order:
+            key = (*_base_key(ruleset, ev, hook, order), float(i))
             last[ev.source] = key
         elif ev.kind is EventKind.CONNTRACK:
-            key = (last.get(ev.source, (0, 0))[0], -200)  # conntrack runs at NF_IP_PRI_CONNTRACK
-        else:
-            key = last.get(ev.source, (0, -10**6))
-        keyed.append((key, i, ev))
-    keyed.sort(key=lambda k: (k[0], k[1]))
-    return [ev for _, _, ev in keyed]
+            prev = last.get(ev.source, (0, 0, 0.0))
+            key = (prev[0], -200, float(i))  # conntrack runs at NF_IP_PRI_CONNTRACK
+        if key is None:
+            prev = last.get(ev.source, (0, -10**6, 0.0))
+            key = (prev[0], prev[1], float(i))
+            if ev.kind is not EventKind.LOG:
+                last[ev.source] = key
+        keys.append(key)
+    for i, j in anchors.items():
+        a = keys[j] or (0, 0, float(j))
+        keys[i] = (a[0], a[1], a[2] - 0.5)
+    ranked = sorted(range(len(events)), key=lambda i: keys[i] or (0, 0, float(i)))
+    return [events[i] for i in ranked]
 
 
 def _rule_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[Rule]:
@@ -211,6 +243,8 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
             path.append(hook)
         if ev.table.startswith(TABLE_PREFIX):
             continue
+        if ev.legacy and ruleset.chain(ev.family, ev.table, ev.chain, True) is None:
+            continue  # the raw table fwtrace's TRACE rules instantiated: not the user's
         steps.append(Step(ev, _rule_of(ruleset, ev)))
     return steps, path
 

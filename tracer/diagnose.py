@@ -286,7 +286,7 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     sh = shadowed(result, ctx, pf) if invalid is None else None
     if sh is not None:
         findings.append(sh)
-    elif ref is not None and ref.rule is not None and result.verdict in (Verdict.DROP, Verdict.REJECT):
+    elif invalid is None and ref is not None and ref.rule is not None and result.verdict in (Verdict.DROP, Verdict.REJECT):
         fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, ref.rule)
         findings.append(Finding(
             "blocked-by-rule",
@@ -327,6 +327,10 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         by = f" ({_where(ref)}: {ref.text})" if ref else ""
         return f"{what} is reachable: the firewall accepted the probe{by} and the reply was {result.reply.kind}."
     assert ref is not None
+    if "conntrack-invalid" in codes:
+        rule = f"rule {ref.rule.number}" if ref.rule else "policy"
+        return (f"{what}: conntrack found the probe INVALID and {_where(ref)} {rule} {_verb(result.verdict)} it; "
+                f"a stray [{spec.flags}] packet says nothing about whether the port is open (probe with --flags S).")
     if "shadowed-rule" in codes:
         return f"{what} is blocked: {ref.chain} rule {ref.rule.number if ref.rule else '?'} {_verb(result.verdict)} it before the rule meant to accept it."
     if ref.rule is None:

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Mapping
 
-from . import correlate, plan, snapshot
+from . import correlate, kernlog, kernplan, plan, snapshot
 from .model import PacketResult, PacketSpec, Proto
 from .nftrace import parse_headers, parse_messages
 
@@ -33,6 +33,11 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     }
     for family, saved in ev.ipt_before.items():
         files[f"{snapshot.IPT_SAVE[family]}.txt"] = saved.encode()
+    for family, saved in ev.legacy_before.items():
+        files[f"{kernplan.LEGACY_SAVE[family]}.txt"] = saved.encode()
+    if ev.kmsg:
+        # One /dev/kmsg record per line: continuation lines (" SUBSYSTEM=...") are dropped.
+        files["kmsg.txt"] = b"".join(r.split(b"\n", 1)[0] + b"\n" for r in ev.kmsg)
     for i, reply in enumerate(ev.replies, 1):
         if reply:
             files[f"reply-{i}.ip"] = reply
@@ -63,11 +68,16 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     """Redo the correlation from a bundle's raw material (pure)."""
     doc = json.loads(files["report.json"])
     ipt = {fam: files[f"{tool}.txt"].decode() for fam, tool in snapshot.IPT_SAVE.items() if f"{tool}.txt" in files}
-    ruleset = snapshot.assemble(files["ruleset-before.nft"].decode(), "", ipt)
+    legacy = {fam: files[f"{tool}.txt"].decode() for fam, tool in kernplan.LEGACY_SAVE.items() if f"{tool}.txt" in files}
+    ruleset = snapshot.assemble(files["ruleset-before.nft"].decode(), "", ipt, legacy)
     specs = [spec_from_json(p["probe"]) for p in doc["packets"]]
     tplan = plan.trace_plan(doc["run_id"], specs, 0)
     roles = plan.roles_from_echo(tplan, files["instrumentation-echo.txt"].decode())
     events = parse_messages(files["trace.nlmsg"])
+    if "kmsg.txt" in files:
+        kp = kernplan.kern_plan(doc["run_id"], specs, ruleset, bool(doc.get("log")))
+        ctx = kernlog.KernContext(doc["run_id"], ruleset, kp.offsets, kp.log_points)
+        events += [e for e in (kernlog.event_of_record(r, ctx) for r in files["kmsg.txt"].splitlines()) if e is not None]
     results = []
     for i, spec in enumerate(specs, 1):
         raw = files.get(f"reply-{i}.ip", b"")

@@ -74,6 +74,7 @@ class ProbeReport:
             "target_netns": req.netns,
             "from_netns": req.from_netns,
             "mode": "from-netns" if req.from_netns else "local",
+            "log": req.log,
             "packets": [r.to_json() for r in self.results],
             "findings": [f.to_json() for f in self.findings],
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
@@ -336,6 +337,10 @@ class Run:
                 self.change(sysctl_undo(system.HOME_NETNS, kernplan.ALL_NETNS, old), on)
                 self.notes.append(f"set the global sysctl {kernplan.ALL_NETNS}=1 for the run (the target is a "
                                   f"namespace, whose LOG/TRACE lines the kernel log drops otherwise); restored to {old}")
+        for family in kplan.families:
+            if before_has_raw(family) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
+                self.notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
+                                  "empty (x_tables cannot unregister a table) and changes no packet")
         for c in kplan.changes:
             self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), lambda c=c: system.run(list(c.apply)))
         if any(p.legacy is False for p in kplan.log_points.values()):
@@ -379,6 +384,10 @@ class Run:
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def before_has_raw(family: str) -> bool:
+    return "raw" in system.proc_net(kernplan.LEGACY_NAMES[family]).split()
 
 
 def _conntrack_entry(spec: PacketSpec) -> str:

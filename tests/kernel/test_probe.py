@@ -116,7 +116,8 @@ def test_open_port_answers_syn_ack_via_cli(lab: Lab, capsys: Any) -> None:
     [p] = doc["packets"]
     assert p["verdict"] == "accept" and p["reply"] == "syn-ack"
     assert p["decided_by"] == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 1,
-                               "handle": p["decided_by"]["handle"], "rule": "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"}
+                               "handle": p["decided_by"]["handle"], "rule": "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT",
+                               "backend": "iptables-nft"}
     assert isinstance(p["decided_by"]["handle"], int)
     assert doc["cleanup"] == {"ok": True, "leftover": []}
     assert doc["findings"] == []
