@@ -19,7 +19,8 @@ examples:
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
-  fwtrace probe --dport 22 --log          (also LOG the probe in every iptables chain: dmesg shows it)
+  fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
+  fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
              3 environment problem (not root, missing tool, unknown namespace), 4 internal error
@@ -93,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    pr.add_argument("--log", action="store_true", help="also log the probes with temporary rate-limited LOG rules "
-                    "in every iptables chain of their family (kernel-log evidence, as dmesg shows it)")
+    pr.add_argument("--log", nargs="?", const="nflog", choices=("nflog", "kmsg"), default="",
+                    help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
+                    "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
+                    "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
     pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
                     "(report, rulesets before/after, instrumentation, raw trace, replies)")
 

@@ -6,12 +6,14 @@ then nothing can be missed and no `nft monitor` process has to be started and wa
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import nftrace
+from .errors import EnvironmentProblem
 from .model import TraceEvent
 
 SOL_NETLINK = 270
@@ -62,3 +64,61 @@ class TraceSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class NflogSocket:
+    """fwtrace's NFLOG group in the namespace it is created in (the target's): bound before any
+    rule logs to it, so no logged probe packet is missed."""
+
+    def __init__(self, group: int, ctx: Any, ifnames: dict[int, str]) -> None:
+        from . import nflog
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nftrace.NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            self.sock.bind((0, 0))
+            for seq, req in enumerate((nflog.config_request(group, 1, command=nflog.NFULNL_CFG_CMD_BIND),
+                                       nflog.config_request(group, 2, copy_range=nflog.COPY_RANGE)), 1):
+                self.sock.send(req)
+                errs = nflog.errors(self.sock.recv(1 << 16))
+                if any(e != 0 for e in errs):
+                    code = -next(e for e in errs if e != 0)
+                    raise EnvironmentProblem(f"cannot bind NFLOG group {group}: {os.strerror(code)}",
+                                             "another program may hold the group; rerun (the group follows the run id) "
+                                             "or use --log kmsg")
+        except BaseException:
+            self.sock.close()
+            raise
+        self.group = group
+        self.ctx = ctx
+        self.ifnames = ifnames
+        self.raw: list[bytes] = []
+        self.lost = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def poll(self, until: float, on_event: Optional[Callable[[TraceEvent], None]] = None) -> list[TraceEvent]:
+        from . import nflog
+
+        events: list[TraceEvent] = []
+        while True:
+            left = until - time.monotonic()
+            ready, _, _ = select.select([self.sock], [], [], max(left, 0))
+            if not ready:
+                return events
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                self.lost = True
+                continue
+            self.raw.append(data)
+            for p in nflog.parse_packets(data):
+                ev = nflog.to_event(p, self.ctx, self.ifnames)
+                if ev is not None:
+                    events.append(ev)
+                    if on_event is not None:
+                        on_event(ev)
+
+    def close(self) -> None:
+        self.sock.close()  # closing the socket unbinds the group (nfulnl_rcv_nl_event)

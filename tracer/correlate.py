@@ -179,9 +179,9 @@ def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent
     Each source is in order by itself; between them, netfilter runs the base chains of a hook
     by priority (x_tables tables register at NF_IP_PRI_*, nft chains at theirs), so events are
     ordered by (hook, priority). Regular chains and conntrack lines take the place of the event
-    before them in their own source. A LOG rule sits at the top of its chain: its line goes
-    first in that chain, before the other source's events there (iptables-nft chains are
-    traced by nftrace but logged through the kernel log). Ties keep arrival order.
+    before them in their own source. A LOG/NFLOG rule sits at the top of its chain: its event
+    goes first in that chain, before the tracing source's events there (iptables-nft chains
+    are traced by nftrace but logged through the kernel log or NFLOG). Ties keep arrival order.
     """
     if len({e.source for e in events}) < 2:
         return events
@@ -193,13 +193,16 @@ def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent
     last: dict[str, Key] = {}
     for i, (ev, hook) in enumerate(zip(events, hooks)):
         key: Optional[Key] = None
-        if ev.kind is EventKind.LOG and not ev.legacy:
-            chain = ruleset.chain(ev.family, ev.table, ev.chain)
+        if ev.kind is EventKind.LOG and not (ev.legacy and ev.source == "kmsg"):
+            # Logged by another source than the one tracing its chain (LOG lines of iptables-nft
+            # chains, NFLOG packets of any chain): placed at the top of that chain.
+            chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
             if chain is not None and chain.hook in order:
                 key = (*_base_key(ruleset, ev, chain.hook, order), -1.0)
             else:
                 j = next((j for j, o in enumerate(events) if o.source != ev.source and o.kind is not EventKind.LOG
-                          and (o.family, o.table, o.chain) == (ev.family, ev.table, ev.chain)), None)
+                          and (o.family, o.table, o.chain, o.legacy) == (ev.family, ev.table, ev.chain, ev.legacy)),
+                         None)
                 if j is not None:
                     anchors[i] = j
                     keys.append(None)

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Mapping
 
-from . import correlate, kernlog, kernplan, plan, snapshot
+from . import correlate, kernlog, kernplan, nflog, plan, snapshot
 from .model import PacketResult, PacketSpec, Proto
 from .nftrace import parse_headers, parse_messages
 
@@ -35,6 +35,8 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
         files[f"{snapshot.IPT_SAVE[family]}.txt"] = saved.encode()
     for family, saved in ev.legacy_before.items():
         files[f"{kernplan.LEGACY_SAVE[family]}.txt"] = saved.encode()
+    if ev.nflog:
+        files["nflog.nlmsg"] = ev.nflog
     if ev.kmsg:
         # One /dev/kmsg record per line: continuation lines (" SUBSYSTEM=...") are dropped.
         files["kmsg.txt"] = b"".join(r.split(b"\n", 1)[0] + b"\n" for r in ev.kmsg)
@@ -74,10 +76,11 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     tplan = plan.trace_plan(doc["run_id"], specs, 0)
     roles = plan.roles_from_echo(tplan, files["instrumentation-echo.txt"].decode())
     events = parse_messages(files["trace.nlmsg"])
-    if "kmsg.txt" in files:
-        kp = kernplan.kern_plan(doc["run_id"], specs, ruleset, bool(doc.get("log")))
+    if "kmsg.txt" in files or "nflog.nlmsg" in files:
+        kp = kernplan.kern_plan(doc["run_id"], specs, ruleset, doc.get("log") or "")
         ctx = kernlog.KernContext(doc["run_id"], ruleset, kp.offsets, kp.log_points)
-        events += [e for e in (kernlog.event_of_record(r, ctx) for r in files["kmsg.txt"].splitlines()) if e is not None]
+        events += [e for e in (kernlog.event_of_record(r, ctx) for r in files.get("kmsg.txt", b"").splitlines()) if e]
+        events += [e for e in (nflog.to_event(p, ctx) for p in nflog.parse_packets(files.get("nflog.nlmsg", b""))) if e]
     results = []
     for i, spec in enumerate(specs, 1):
         raw = files.get(f"reply-{i}.ip", b"")

@@ -177,10 +177,14 @@ def ct_invalid_of(line: LogLine) -> Optional[tuple[int, str]]:
     return (int(m.group("proto")), m.group("msg")) if m else None
 
 
-def own_log_of(line: LogLine, run_id: str) -> Optional[int]:
-    """The log point number of one of this run's LOG rules, else None."""
-    m = _OWN_LOG.match(line.prefix)
+def own_log_prefix(prefix: str, run_id: str) -> Optional[int]:
+    """The log point number in a prefix of one of this run's LOG/NFLOG rules, else None."""
+    m = _OWN_LOG.match(prefix)
     return int(m.group("n")) if m and m.group("run") == run_id else None
+
+
+def own_log_of(line: LogLine, run_id: str) -> Optional[int]:
+    return own_log_prefix(line.prefix, run_id)
 
 
 def log_prefix(run_id: str, n: int) -> str:
@@ -234,7 +238,11 @@ def packet_key(line: LogLine) -> int:
     """Groups the lines of one packet, as the nftrace id does: what NAT leaves alone (the
     source side, the protocol and the IP id / flow label). Kept apart from nftrace ids."""
     port = line.sport if line.sport is not None else line.icmp_id
-    return (1 << 40) | zlib.crc32(f"{line.src}|{ipproto(line)}|{port}|{line.ident}".encode())
+    return packet_key_of(str(line.src), ipproto(line), port, line.ident)
+
+
+def packet_key_of(src: str, proto: int, port: Optional[int], ident: Optional[int]) -> int:
+    return (1 << 40) | zlib.crc32(f"{src}|{proto}|{port or 0}|{ident or 0}".encode())
 
 
 @dataclass(frozen=True)

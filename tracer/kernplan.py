@@ -85,6 +85,8 @@ class KernPlan:
     offsets: dict[tuple[str, str, str], int] = field(default_factory=dict)
     log_points: dict[int, LogPoint] = field(default_factory=dict)
     families: tuple[str, ...] = ()  # nf_log families the kernel log is needed for
+    kmsg: bool = True  # read /dev/kmsg (legacy TRACE, LOG rules, conntrack INVALID lines)
+    nflog_group: Optional[int] = None  # the NFLOG rules' group, read over netlink
 
     @property
     def rules(self) -> list[str]:
@@ -128,9 +130,14 @@ def _ipt(cmd: str, table: str, op: str, chain: str, rest: list[str]) -> tuple[st
     return (cmd, "-w", "-t", table, op, chain, *pos, *rest)
 
 
-def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: bool) -> KernPlan:
-    """TRACE rules for the legacy tables; with `log`, a LOG rule at the top of every chain of the
-    probe's family that iptables manages (legacy and iptables-nft). Native nft chains get none:
+def nflog_group(run_id: str) -> int:
+    """A group of the run's own (group 0 is where nf_log's nfnetlink_log backend sends)."""
+    return 0x8000 | (int(run_id, 16) & 0x7FFF)
+
+
+def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) -> KernPlan:
+    """TRACE rules for the legacy tables; with `log` ("nflog" or "kmsg"), an NFLOG or LOG rule at
+    the top of every chain of the probe's family that iptables manages (legacy and iptables-nft). Native nft chains get none:
     a LOG rule there could only be undone by a handle known after it exists, and nftrace already
     reports every rule the packet meets in them."""
     family = specs[0].nfproto
@@ -141,6 +148,7 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: bool)
     legacy = [t for t in ruleset.tables if t.backend is Backend.IPTABLES_LEGACY and t.family == family]
     cmd = LEGACY_CMD[family]
 
+    group = nflog_group(run_id) if log == "nflog" else None
     if log:
         limit = ["-m", "limit", "--limit", LOG_RATE, "--limit-burst", "50"]
         for t in [t for t in ruleset.tables if t.family == family and t.backend is not Backend.NFT]:
@@ -148,8 +156,13 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: bool)
             for c in t.chains:
                 n = len(points) + 1
                 points[n] = LogPoint(family, t.name, c.name, t.backend is Backend.IPTABLES_LEGACY)
-                rest = [*log_match(specs), *limit, "-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
-                changes.append(Change(f"{tool} -t {t.name} LOG rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
+                if group is not None:
+                    target = ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-prefix", log_prefix(run_id, n).strip(),
+                              "--nflog-size", "128"]
+                else:
+                    target = ["-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
+                rest = [*log_match(specs), *limit, *target]
+                changes.append(Change(f"{tool} -t {t.name} {target[1]} rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
                                       _ipt(tool, t.name, "-D", c.name, rest)))
                 if t.backend is Backend.IPTABLES_LEGACY:
                     offsets[(family, t.name, c.name)] = offsets.get((family, t.name, c.name), 0) + 1
@@ -162,7 +175,8 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: bool)
                                       _ipt(cmd, "raw", "-D", chain, rest)))
                 offsets[(family, "raw", chain)] = offsets.get((family, "raw", chain), 0) + 1
 
-    return KernPlan(run_id, tuple(changes), offsets, points, (family,))
+    kmsg = bool(legacy) or log == "kmsg"
+    return KernPlan(run_id, tuple(changes), offsets, points, (family,), kmsg, group)
 
 
 def own_handles(nft_listing: str, run_id: str) -> frozenset[tuple[str, str, int]]:

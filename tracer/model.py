@@ -188,7 +188,7 @@ class ProbeRequest:
     from_netns: Optional[str] = None
     timeout: float = 1.0
     ipv6: bool = False
-    log: bool = False  # also log the probes with temporary LOG rules (kernel-log evidence)
+    log: str = ""  # "nflog" / "kmsg": also log the probes with temporary NFLOG / LOG rules
 
 
 # ---------------------------------------------------------------------------------------------

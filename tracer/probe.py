@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -47,6 +48,7 @@ class Evidence:
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
     legacy_before: dict[str, str] = field(default_factory=dict)  # iptables-legacy-save output per family
     kmsg: tuple[bytes, ...] = ()  # /dev/kmsg records read during the run (kernel-log evidence)
+    nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
 
 
 @dataclass(frozen=True)
@@ -241,18 +243,28 @@ class Run:
         cleanup_errors: list[str] = []
         echo = ""
         kmsg_raw: list[bytes] = []
+        nflog_raw: list[bytes] = []
         tcp_loose: Optional[str] = None
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
             sources: list[Any] = [tsock]
+            ksrc: Any = None
+            nsrc: Any = None
             if kplan is not None:
-                from .kmsg import KmsgSource
-
                 ctx = kernlog.KernContext(self.run_id, before.ruleset, kplan.offsets, kplan.log_points)
-                ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
-                stack.callback(ksrc.close)
-                sources.append(ksrc)
+                if kplan.kmsg:
+                    from .kmsg import KmsgSource
+
+                    ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
+                    stack.callback(ksrc.close)
+                    sources.append(ksrc)
+                if kplan.nflog_group is not None:
+                    from .collect import NflogSocket
+
+                    nsrc = NflogSocket(kplan.nflog_group, ctx, system.interface_names())
+                    stack.callback(nsrc.close)
+                    sources.append(nsrc)
             with system.netns(req.from_netns):
                 inj = Injector()
             stack.callback(inj.close)
@@ -262,9 +274,9 @@ class Run:
                 echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
                 roles = plan.roles_from_echo(tplan, echo)
                 own: frozenset[tuple[str, str, int]] = frozenset()
+                tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 if kplan is not None:
                     own = self._kernel_setup(kplan)
-                    tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):
                     reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
@@ -278,8 +290,10 @@ class Run:
                     results.append(r)
             finally:
                 cleanup_errors = self._undo_all()
-                if kplan is not None:
+                if ksrc is not None:
                     kmsg_raw = list(ksrc.raw)
+                if nsrc is not None:
+                    nflog_raw = list(nsrc.raw)
         after = snapshot.take()
         left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
         left += compare.leftover(before.legacy_listing, after.legacy_listing)
@@ -298,16 +312,30 @@ class Run:
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             instrumentation, tsock.lost, tuple(conclusions),
             Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw),
-                     tuple(replies), before.legacy_text, tuple(kmsg_raw)),
+                     tuple(replies), before.legacy_text, tuple(kmsg_raw), b"".join(nflog_raw)),
             tuple(self.notes),
         )
 
     def _kernel_setup(self, kplan: kernplan.KernPlan) -> frozenset[tuple[str, str, int]]:
-        """The kernel log's prerequisites and the legacy TRACE / LOG rules, each journaled.
+        """The kernel log's prerequisites and the legacy TRACE / LOG / NFLOG rules, each journaled.
 
         Returns the (family, table, handle) of LOG rules iptables-nft put into nf_tables, so their
         trace events are not taken for the user's rules.
         """
+        ns = self.req.netns
+        if kplan.kmsg:
+            self._kmsg_setup(kplan)
+        for family in kplan.families:
+            if before_has_raw(family) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
+                self.notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
+                                  "empty (x_tables cannot unregister a table) and changes no packet")
+        for c in kplan.changes:
+            self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), functools.partial(system.run, list(c.apply)))
+        if any(p.legacy is False for p in kplan.log_points.values()):
+            return kernplan.own_handles(system.run(["nft", "-a", "list", "ruleset"]).stdout, self.run_id)
+        return frozenset()
+
+    def _kmsg_setup(self, kplan: kernplan.KernPlan) -> None:
         ns = self.req.netns
         for family in kplan.families:
             # nf_log sends TRACE and LOG to the logger bound for the family in this namespace;
@@ -337,15 +365,6 @@ class Run:
                 self.change(sysctl_undo(system.HOME_NETNS, kernplan.ALL_NETNS, old), on)
                 self.notes.append(f"set the global sysctl {kernplan.ALL_NETNS}=1 for the run (the target is a "
                                   f"namespace, whose LOG/TRACE lines the kernel log drops otherwise); restored to {old}")
-        for family in kplan.families:
-            if before_has_raw(family) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
-                self.notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
-                                  "empty (x_tables cannot unregister a table) and changes no packet")
-        for c in kplan.changes:
-            self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), lambda c=c: system.run(list(c.apply)))
-        if any(p.legacy is False for p in kplan.log_points.values()):
-            return kernplan.own_handles(system.run(["nft", "-a", "list", "ruleset"]).stdout, self.run_id)
-        return frozenset()
 
     def _exchange(
         self, sources: list[Any], inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles

@@ -12,6 +12,8 @@ def _step_line(step: Step) -> str:
     if ev.kind is EventKind.CONNTRACK:
         return f"{'conntrack':<28} INVALID: {ev.text}"
     if ev.kind is EventKind.LOG:
+        if ev.source == "nflog":
+            return f"{where:<28} NFLOG \"{ev.text.split(' ', 1)[-1]}\" (fwtrace's NFLOG rule, read over netlink)"
         prefix = ev.text.split(" IN=", 1)[0].strip()
         return f"{where:<28} LOG \"{prefix}\" (fwtrace's LOG rule; also in dmesg)"
     if ev.kind is EventKind.POLICY:

@@ -221,7 +221,7 @@ def test_bad_flag_combination_is_logged_by_conntrack(lab: Lab) -> None:
 
 def test_log_rules_show_the_probe_and_keep_rule_numbers(lab: Lab) -> None:
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
-    report = probe(lab, dport=8080, log=True)
+    report = probe(lab, dport=8080, log="kmsg")
     [r] = report.results
     # Rule numbers are the snapshot's: fwtrace's LOG rule at the top of INPUT is not counted.
     assert r.decided_by is not None and r.decided_by.rule is not None
@@ -235,7 +235,7 @@ def test_log_rules_show_the_probe_and_keep_rule_numbers(lab: Lab) -> None:
 
 def test_log_rules_in_user_chain_and_with_iptables_nft(lab: Lab) -> None:
     lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CLIENT4)))  # iptables-nft
-    report = probe(lab, dport=22, log=True)
+    report = probe(lab, dport=22, log="kmsg")
     [r] = report.results
     assert r.decided_by is not None and r.decided_by.rule is not None
     assert (r.decided_by.chain, r.decided_by.rule.number) == ("fail2ban-SSH", 2)
@@ -246,7 +246,7 @@ def test_log_rules_in_user_chain_and_with_iptables_nft(lab: Lab) -> None:
 
 def test_log_with_stray_ack_invalid(lab: Lab, tcp_loose_off: None) -> None:
     lab.iptables_restore(lab.server, INVALID, legacy=True)
-    report = probe(lab, dport=8080, flags="A", log=True)
+    report = probe(lab, dport=8080, flags="A", log="kmsg")
     [r] = report.results
     assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 1
     # No raw table before the run: no LOG rule there, and the raw table the TRACE rules
@@ -254,6 +254,30 @@ def test_log_with_stray_ack_invalid(lab: Lab, tcp_loose_off: None) -> None:
     assert [s.event.kind.value for s in r.steps] == ["log", "rule"]
     assert r.path == ("prerouting", "input")
     assert "conntrack-invalid" in codes(report)
+
+
+def test_nflog_rules_need_no_kernel_log(lab: Lab) -> None:
+    # iptables-nft only: NFLOG over netlink, so /dev/kmsg is not read and no global sysctl is set.
+    lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CLIENT4)))
+    report = probe(lab, dport=22, log="nflog")
+    [r] = report.results
+    got = [(s.event.kind.value, s.event.source, s.event.chain, s.rule.number if s.rule else None) for s in r.steps]
+    assert got == [("log", "nflog", "INPUT", None), ("rule", "nftrace", "INPUT", 1),
+                   ("log", "nflog", "fail2ban-SSH", None), ("rule", "nftrace", "fail2ban-SSH", 2)]
+    assert r.steps[0].event.iif == "eth0" and r.steps[0].event.hook == "input"
+    assert report.evidence is not None and report.evidence.kmsg == () and report.evidence.nflog
+    assert report.notes == ()
+    assert any("-j NFLOG --nflog-group" in rule for rule in report.instrumentation)
+
+
+def test_nflog_with_legacy_trace(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CLIENT4)), legacy=True)
+    report = probe(lab, dport=22, log="nflog")
+    [r] = report.results
+    got = [(s.event.kind.value, s.event.source, s.event.chain, s.rule.number if s.rule else None) for s in r.steps]
+    assert got == [("log", "nflog", "INPUT", None), ("rule", "kmsg", "INPUT", 1),
+                   ("log", "nflog", "fail2ban-SSH", None), ("rule", "kmsg", "fail2ban-SSH", 2)]
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 2
 
 
 def _send_raw(ns: str, packets: list[bytes], stop: threading.Event) -> None:
@@ -283,7 +307,7 @@ def test_unrelated_log_traffic_stays_out_of_the_timeline(lab: Lab) -> None:
     sender = threading.Thread(target=_send_raw, args=(lab.client, noise, stop))
     sender.start()
     try:
-        report = probe(lab, dport=8080, sport=sport, log=True)
+        report = probe(lab, dport=8080, sport=sport, log="kmsg")
     finally:
         stop.set()
         sender.join()
@@ -295,3 +319,32 @@ def test_unrelated_log_traffic_stays_out_of_the_timeline(lab: Lab) -> None:
     # The noise was there: the kernel log held unrelated lines and our LOG rules' lines for it.
     raw = b"".join(report.evidence.kmsg if report.evidence else ())
     assert b"unrelated " in raw and b" ID=1001 " in raw and f"fwtrace:{report.run_id}:".encode() in raw
+
+
+@pytest.mark.parametrize("phase", ["instrument-3", "instrument-5", "inject"])
+def test_sigkill_then_cleanup_restores_global_sysctl_and_legacy_rules(lab: Lab, phase: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tracer.probe import KILL_ENV
+
+    lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
+    start = state(lab)
+    global_before = system.sysctl_get(kernplan.ALL_NETNS)
+    env = {**os.environ, KILL_ENV: phase}
+    killed = subprocess.run([sys.executable, "-m", "tracer", "probe", "--dport", "8080", "--netns", lab.server,
+                             "--from-netns", lab.client, "--timeout", "0.5", "--log", "kmsg"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # Changes 1-3: the trace table, nf_conntrack_log_invalid, then the GLOBAL nf_log_all_netns.
+    assert system.sysctl_get(kernplan.ALL_NETNS) == "1"
+    if phase != "instrument-3":
+        assert "fwtrace:" in lab.run(lab.server, ["iptables-legacy-save"]).stdout
+    cleaned = subprocess.run([sys.executable, "-m", "tracer", "cleanup", "--netns", lab.server], capture_output=True,
+                             text=True, timeout=60)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "nf_log_all_netns" in cleaned.stdout
+    assert system.sysctl_get(kernplan.ALL_NETNS) == global_before
+    assert state(lab) == start

@@ -3,13 +3,15 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import struct
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer import correlate, kernlog, kernplan, snapshot
+from tracer import correlate, kernlog, kernplan, nflog, snapshot
 from tracer.model import Backend, EventKind, PacketSpec, Proto, Ruleset
 
 DATA = Path(__file__).parent.parent / "data"
@@ -186,19 +188,24 @@ def test_legacy_tables_skip_empty_ones() -> None:
 def test_kern_plan_trace_and_log_rules() -> None:
     rs = snapshot.with_legacy(Ruleset(), {"ip": LEGACY4})
     spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
-    p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log=False)
+    p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="")
     assert [c.apply for c in p.changes] == [
         ("iptables-legacy", "-w", "-t", "raw", "-I", chain, "1", "-s", "192.0.2.2/32", "-d", "192.0.2.1/32",
          "-p", "tcp", "--sport", "40001", "--dport", "8080", "-m", "u32", "--u32", "2&0xFFFF=4660",
          "-m", "comment", "--comment", "fwtrace:1a2b3c4d", "-j", "TRACE") for chain in ("PREROUTING", "OUTPUT")]
     assert [c.undo[4] for c in p.changes] == ["-D", "-D"] and p.changes[0].undo[7:] == p.changes[0].apply[8:]
     assert p.offsets == {("ip", "raw", "PREROUTING"): 1, ("ip", "raw", "OUTPUT"): 1}
-    logged = kernplan.kern_plan("1a2b3c4d", [spec], rs, log=True)
+    logged = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="kmsg")
     assert len(logged.log_points) == 6  # raw PREROUTING/OUTPUT, filter INPUT/FORWARD/OUTPUT/blocklist
     assert logged.offsets[("ip", "filter", "blocklist")] == 1 and logged.offsets[("ip", "raw", "PREROUTING")] == 2
     first = logged.changes[0].apply
     assert "--log-prefix" in first and first[first.index("--log-prefix") + 1] == "fwtrace:1a2b3c4d:1 "
     assert "limit" in first
+    nfl = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="nflog")
+    assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: TRACE still needs the kernel log
+    assert "NFLOG" in nfl.changes[0].apply and "fwtrace:1a2b3c4d:1" in nfl.changes[0].apply
+    nft_only = kernplan.kern_plan("1a2b3c4d", [spec], Ruleset(), log="nflog")
+    assert not nft_only.kmsg and nft_only.changes == ()
     v6 = PacketSpec(Proto.TCP, C6, S6, 40001, 8080, "S", 0xABCDE)
     assert "0&0xFFFFF=703710" in kernplan.trace_match(v6)
 
@@ -244,3 +251,44 @@ def test_any_text_never_crashes(text: str) -> None:
     if line is not None:
         kernlog.to_event(line, _ctx(), text)
     kernlog.parse_conntrack(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# NFLOG (tests/data/nflog.nlmsg, captured by scripts/capture-kmsg-data)
+
+
+def test_nflog_packets_from_the_capture() -> None:
+    packets = nflog.parse_packets((DATA / "nflog.nlmsg").read_bytes())
+    assert {(p.family, p.hook, p.prefix) for p in packets} == {(2, "input", "fwtrace:1a2b3c4d:1"),
+                                                                (10, "input", "fwtrace:1a2b3c4d:1")}
+    ctx = kernlog.KernContext("1a2b3c4d", Ruleset(), {}, {1: kernlog.LogPoint("ip", "filter", "INPUT", True)})
+    evs = [e for e in (nflog.to_event(p, ctx, {2: "eth0"}) for p in packets) if e is not None]
+    spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1001)
+    probe, _ = correlate.split_events(evs, spec)
+    [ev] = probe
+    assert (ev.kind, ev.source, ev.table, ev.chain, ev.iif, ev.hook) == (EventKind.LOG, "nflog", "filter", "INPUT", "eth0", "input")
+    echo = PacketSpec(Proto.ICMP, C4, S4, 4242, 7, "S", 0x1003)
+    assert len(correlate.split_events(evs, echo)[0]) == 1
+    v6 = PacketSpec(Proto.TCP, C6, S6, 40011, 8080, "S", 0x1001)
+    assert len(correlate.split_events(evs, v6)[0]) == 1
+    # Another run's prefix is not ours.
+    assert not [e for e in (nflog.to_event(p, dataclasses.replace(ctx, run_id="deadbeef")) for p in packets) if e]
+
+
+def test_nflog_config_requests() -> None:
+    bind = nflog.config_request(33000, 7, command=nflog.NFULNL_CFG_CMD_BIND)
+    # nlmsghdr (len, type ULOG<<8|CONFIG, flags REQUEST|ACK, seq 7, pid 0), nfgenmsg (AF_UNSPEC, v0, group), CMD attr
+    assert bind == struct.pack("=IHHII", 28, 0x401, 5, 7, 0) + struct.pack(">BBH", 0, 0, 33000) + struct.pack("=HH", 8, 1) + b"\1\0\0\0"
+    mode = nflog.config_request(33000, 8, copy_range=128)
+    assert struct.pack(">IBB", 128, 2, 0) in mode and len(mode) % 4 == 0
+    ack = struct.pack("=IHHII", 36, 2, 0, 7, 0) + struct.pack("=i", -16) + bind[:16]
+    assert nflog.errors(ack) == [-16]
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=400))
+def test_nflog_parser_never_crashes(raw: bytes) -> None:
+    ctx = kernlog.KernContext("1a2b3c4d", Ruleset(), {}, {1: kernlog.LogPoint("ip", "filter", "INPUT", True)})
+    for p in nflog.parse_packets(raw):
+        nflog.to_event(p, ctx)
+    nflog.errors(raw)
