@@ -134,6 +134,20 @@ def test_legacy_ipv6_multiport_drop_by_flow_label(lab: Lab) -> None:
     assert all(f"FLOWLBL={r.spec.ident} " in s.event.text for s in r.steps)
 
 
+def test_unbound_nf_log_backend_is_bound_for_the_run(lab: Lab) -> None:
+    # With no logger bound for the family, TRACE lines go nowhere: fwtrace binds nf_log_ipv4 for
+    # the run and puts NONE back (probe() checks the namespace's sysctls afterwards).
+    lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
+    with system.netns(lab.server):
+        system.sysctl_set("net.netfilter.nf_log.2", "NONE")
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 2
+    assert any("nf_log_ipv4" in n and "NONE" in n for n in report.notes)
+    with system.netns(lab.server):
+        assert system.sysctl_get("net.netfilter.nf_log.2") == "NONE"
+
+
 def test_legacy_user_chain(lab: Lab) -> None:
     lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CLIENT4)), legacy=True)
     report = probe(lab, dport=22)
