@@ -15,14 +15,10 @@ from typing import Optional
 
 from .kernlog import BUILTIN_HOOKS, LogPoint, log_prefix
 from .model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
-from .ruleset import IptTable
+from .ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  (re-exported)
 
-LEGACY_SAVE = {"ip": "iptables-legacy-save", "ip6": "ip6tables-legacy-save"}
 LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
 NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}
-# /proc/net/ip_tables_names lists the x_tables tables instantiated in a namespace: empty means
-# no legacy rules at all, without running anything.
-LEGACY_NAMES = {"ip": "ip_tables_names", "ip6": "ip6_tables_names"}
 # "Bad rule (does a matching rule exist in that chain?)": -D of a rule that is already gone.
 IPT_GONE = ("Bad rule", "does a matching rule exist", "No chain/target/match by that name")
 NF_LOG_SYSCTL = {"ip": "net.netfilter.nf_log.2", "ip6": "net.netfilter.nf_log.10"}

@@ -17,14 +17,17 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
-from . import compare, correlate, diagnose, kernlog, kernplan, plan, snapshot, system
+from . import compare, correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
 from .journal import Journal, Undo, nft_undo, sysctl_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
 from .nftrace import Headers
 from .sockets import parse_proc_net
+
+if TYPE_CHECKING:
+    from . import kernplan
 
 T = TypeVar("T")
 
@@ -235,8 +238,11 @@ class Run:
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
         # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE
         # in the kernel log) or --log. The default nft-only path never opens /dev/kmsg.
-        kplan = kernplan.kern_plan(self.run_id, specs, before.ruleset, req.log) if (
-            req.log or before.ruleset.has_legacy) else None
+        kplan = None
+        if req.log or before.ruleset.has_legacy:
+            from . import kernplan
+
+            kplan = kernplan.kern_plan(self.run_id, specs, before.ruleset, req.log)
         results: list[PacketResult] = []
         events: list[TraceEvent] = []
         replies: list[bytes] = []
@@ -252,6 +258,8 @@ class Run:
             ksrc: Any = None
             nsrc: Any = None
             if kplan is not None:
+                from . import kernlog
+
                 ctx = kernlog.KernContext(self.run_id, before.ruleset, kplan.offsets, kplan.log_points)
                 if kplan.kmsg:
                     from .kmsg import KmsgSource
@@ -322,6 +330,8 @@ class Run:
         Returns the (family, table, handle) of LOG rules iptables-nft put into nf_tables, so their
         trace events are not taken for the user's rules.
         """
+        from . import kernplan
+
         ns = self.req.netns
         if kplan.kmsg:
             self._kmsg_setup(kplan)
@@ -336,6 +346,8 @@ class Run:
         return frozenset()
 
     def _kmsg_setup(self, kplan: kernplan.KernPlan) -> None:
+        from . import kernplan
+
         ns = self.req.netns
         for family in kplan.families:
             # nf_log sends TRACE and LOG to the logger bound for the family in this namespace;
@@ -406,11 +418,13 @@ def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> b
 
 
 def before_has_raw(family: str) -> bool:
-    return "raw" in system.proc_net(kernplan.LEGACY_NAMES[family]).split()
+    return "raw" in system.proc_net(snapshot.LEGACY_NAMES[family]).split()
 
 
 def _conntrack_entry(spec: PacketSpec) -> str:
     """The probe flow's conntrack entry in the calling thread's namespace, or "none"."""
+    from . import kernlog
+
     argv = ["conntrack", "-L", "-f", "ipv6" if spec.family == 6 else "ipv4",
             "-p", spec.proto.value if spec.proto is not Proto.ICMP else ("icmp" if spec.family == 4 else "icmpv6"),
             "-s", str(spec.src)]

@@ -181,6 +181,11 @@ def managed_tables(stderr: str) -> frozenset[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # iptables-save / ip6tables-save
 
+LEGACY_SAVE = {"ip": "iptables-legacy-save", "ip6": "ip6tables-legacy-save"}
+# /proc/net/ip_tables_names lists the x_tables tables instantiated in a namespace: empty means
+# no iptables-legacy rules at all, without running anything.
+LEGACY_NAMES = {"ip": "ip_tables_names", "ip6": "ip6_tables_names"}
+
 
 @dataclass(frozen=True)
 class IptChain:

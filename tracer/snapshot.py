@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .kernplan import LEGACY_NAMES, LEGACY_SAVE, legacy_tables
 from .model import Backend, Ruleset
-from .ruleset import attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
+from .ruleset import LEGACY_NAMES, LEGACY_SAVE, attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
 from .system import proc_net, run
 
 
@@ -43,6 +42,10 @@ def with_iptables(ruleset: Ruleset, ipt: dict[str, str]) -> Ruleset:
 
 def with_legacy(ruleset: Ruleset, legacy: dict[str, str]) -> Ruleset:
     """Add the iptables-legacy tables (pure); they keep their own backend beside nft's."""
+    if not legacy:
+        return ruleset
+    from .kernplan import legacy_tables  # the nft-only path never loads the kernel-log modules
+
     extra = tuple(t for family, text in legacy.items() for t in legacy_tables(family, parse_iptables_save(text)))
     return Ruleset(ruleset.tables + extra)
 
