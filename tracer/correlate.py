@@ -61,6 +61,12 @@ def is_reply(h: Headers, spec: PacketSpec) -> bool:
     return spec.proto is not Proto.ICMP and h.proto == _IPPROTO[spec.proto] and h.dport == spec.sport
 
 
+def without_handles(events: list[TraceEvent], own: "frozenset[tuple[str, str, int]] | set[tuple[str, str, int]]") -> list[TraceEvent]:
+    """Drop nftrace events of rules fwtrace itself inserted into the user's chains (LOG/NFLOG
+    rules in iptables-nft tables): the rule's own log event stands for it."""
+    return [e for e in events if e.handle is None or (e.family, e.table, e.handle) not in own]
+
+
 def group_by_packet(events: Iterable[TraceEvent]) -> dict[int, list[TraceEvent]]:
     groups: dict[int, list[TraceEvent]] = {}
     for ev in events:

@@ -37,6 +37,8 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
         files[f"{kernplan.LEGACY_SAVE[family]}.txt"] = saved.encode()
     if ev.nflog:
         files["nflog.nlmsg"] = ev.nflog
+    if ev.own_handles:
+        files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
     if ev.kmsg:
         # One /dev/kmsg record per line: continuation lines (" SUBSYSTEM=...") are dropped.
         files["kmsg.txt"] = b"".join(r.split(b"\n", 1)[0] + b"\n" for r in ev.kmsg)
@@ -75,7 +77,8 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     specs = [spec_from_json(p["probe"]) for p in doc["packets"]]
     tplan = plan.trace_plan(doc["run_id"], specs, 0)
     roles = plan.roles_from_echo(tplan, files["instrumentation-echo.txt"].decode())
-    events = parse_messages(files["trace.nlmsg"])
+    own = {(f, t, int(h)) for f, t, h in json.loads(files.get("instrumentation-handles.json", b"[]"))}
+    events = correlate.without_handles(parse_messages(files["trace.nlmsg"]), own)
     if "kmsg.txt" in files or "nflog.nlmsg" in files:
         kp = kernplan.kern_plan(doc["run_id"], specs, ruleset, doc.get("log") or "")
         ctx = kernlog.KernContext(doc["run_id"], ruleset, kp.offsets, kp.log_points)

@@ -52,6 +52,7 @@ class Evidence:
     legacy_before: dict[str, str] = field(default_factory=dict)  # iptables-legacy-save output per family
     kmsg: tuple[bytes, ...] = ()  # /dev/kmsg records read during the run (kernel-log evidence)
     nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
+    own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ class Run:
         echo = ""
         kmsg_raw: list[bytes] = []
         nflog_raw: list[bytes] = []
+        own: frozenset[tuple[str, str, int]] = frozenset()
         tcp_loose: Optional[str] = None
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
@@ -281,14 +283,13 @@ class Run:
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
                 echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
                 roles = plan.roles_from_echo(tplan, echo)
-                own: frozenset[tuple[str, str, int]] = frozenset()
                 tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 if kplan is not None:
                     own = self._kernel_setup(kplan)
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):
                     reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
-                    evs = [e for e in evs if e.handle is None or (e.family, e.table, e.handle) not in own]
+                    evs = correlate.without_handles(evs, own)
                     events.extend(evs)
                     replies.append(reply[1] if reply else b"")
                     summary = describe(reply[1]) if reply else ""
@@ -320,7 +321,7 @@ class Run:
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             instrumentation, tsock.lost, tuple(conclusions),
             Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw),
-                     tuple(replies), before.legacy_text, tuple(kmsg_raw), b"".join(nflog_raw)),
+                     tuple(replies), before.legacy_text, tuple(kmsg_raw), b"".join(nflog_raw), tuple(sorted(own))),
             tuple(self.notes),
         )
 

@@ -30,6 +30,7 @@ from tracer.errors import ExitStatus
         (["probe", "--dport", "80", "--timeout", "0"], "timeout out of range"),
         (["probe", "--dport", "80", "-6", "--dst", "192.0.2.1"], "-6 given but --dst"),
         (["frobnicate"], "invalid choice"),
+        (["probe", "--dport", "80", "--log", "syslog"], "invalid choice"),
     ],
 )
 def test_usage_errors(argv: list[str], needle: str, capsys: Any) -> None:
@@ -46,5 +47,11 @@ def test_help_lists_the_interface(capsys: Any) -> None:
     assert e.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--dport", "--proto", "--flags", "--dst", "--src", "--sport", "--count", "--netns",
-                "--from-netns", "--timeout", "--json"):
+                "--from-netns", "--timeout", "--json", "--log"):
         assert opt in out
+
+
+@pytest.mark.parametrize("argv, log", [([], ""), (["--log"], "nflog"), (["--log", "kmsg"], "kmsg"), (["--log", "nflog"], "nflog")])
+def test_log_option(argv: list[str], log: str) -> None:
+    ns = cli.build_parser().parse_args(["probe", "--dport", "80", *argv])
+    assert cli.probe_request(ns).log == log

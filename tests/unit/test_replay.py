@@ -51,6 +51,17 @@ def test_legacy_user_chain_with_log_rules_replays_from_the_kernel_log() -> None:
     assert all(s.event.source == "kmsg" for s in r.steps)
 
 
+def test_nflog_rules_in_iptables_nft_chains_replay() -> None:
+    files = read_bundle(str(BUNDLES / "nft-user-chain-nflog"))
+    [r] = replay(files)
+    # The NFLOG rules' own nftrace events are left out (instrumentation-handles.json); their
+    # logged packets sit at the top of the chains they were inserted into.
+    assert [(s.event.kind.value, s.event.source, s.event.chain) for s in r.steps] == [
+        ("log", "nflog", "INPUT"), ("rule", "nftrace", "INPUT"), ("log", "nflog", "fail2ban-SSH"),
+        ("rule", "nftrace", "fail2ban-SSH")]
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 2
+
+
 def test_stray_ack_replays_as_conntrack_invalid() -> None:
     files = read_bundle(str(BUNDLES / "legacy-stray-ack-invalid"))
     [r] = replay(files)
