@@ -178,17 +178,20 @@ def shadowed(result: PacketResult, ctx: Context, pf: PacketFacts) -> Optional[Fi
 def mixed_backends(result: PacketResult, ctx: Context) -> Optional[Finding]:
     """iptables-legacy and nf_tables rules on one host: both run on every packet, and each
     tool shows only its own half (`iptables` is iptables-nft on current distributions)."""
-    if not (ctx.ruleset.has_legacy and ctx.ruleset.has_nft):
-        return None
+    fam = result.spec.nfproto
+    legacy_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables
+                            if t.backend is Backend.IPTABLES_LEGACY and t.family == fam})
+    nft_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables if t.backend is not Backend.IPTABLES_LEGACY
+                         and t.family in (fam, "inet") and any(c.rules or c.is_base for c in t.chains)})
+    if not (legacy_tables and nft_tables):
+        return None  # one backend for this packet's family (the other family may differ)
     met = {("iptables-legacy" if s.event.legacy else "nf_tables") for s in result.steps if s.event.kind is not EventKind.CONNTRACK}
     ref = result.decided_by
     by = ""
     if ref is not None:
         by = f" This packet's verdict came from the {'iptables-legacy' if ref.legacy else 'nf_tables'} side ({_where(ref)})."
-    legacy_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables if t.backend is Backend.IPTABLES_LEGACY})
-    nft_tables = sorted({f"{t.family} {t.name}" for t in ctx.ruleset.tables if t.backend is not Backend.IPTABLES_LEGACY})
     msg = (f"This host has rules in both iptables-legacy (x_tables: {', '.join(legacy_tables)}) and nf_tables "
-           f"({', '.join(nft_tables)}); every packet passes through both, but `iptables -S` (iptables-nft) and "
+           f"({', '.join(nft_tables)}); every IPv{result.spec.family} packet passes through both, but `iptables -S` (iptables-nft) and "
            f"`nft list ruleset` do not show the legacy rules, and `iptables-legacy -S` does not show the nft ones. "
            f"The probe met {' and '.join(sorted(met)) or 'neither'}.{by}")
     fix = ("move to one backend: `iptables-legacy-save > legacy.rules`, load them with `iptables-nft-restore`, then "
