@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from .model import Backend, EventKind, IPAddress, Ruleset, TraceEvent
+from .model import EventKind, IPAddress, Ruleset, TraceEvent
 
 # ---------------------------------------------------------------------------------------------
 # /dev/kmsg records

@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from tracer import cli, kernplan, snapshot, system
-from tracer.lab import CLIENT4, CLIENT6, SEED_RULESET, SERVER4, SERVER6, Lab
+from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import EventKind, ProbeRequest, Proto, Ruleset
 from tracer.probe import ProbeReport, Run
 
