@@ -19,6 +19,11 @@ def apply_undo(undo: Undo) -> Optional[str]:
             if undo.kind == "sysctl":
                 system.sysctl_set(undo.key, undo.value)
                 return None
+            if undo.kind == "shared":
+                from . import shared
+
+                shared.release(undo.key, undo.value, system.sysctl_set)
+                return None
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):

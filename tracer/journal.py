@@ -22,7 +22,9 @@ class Undo:
     """How to take one change back.
 
     kind "cmd": run argv (with input) in netns; a failure whose stderr contains one of `gone`
-    means the thing is already gone. kind "sysctl": write value to key in netns.
+    means the thing is already gone. kind "sysctl": write value to key in netns. kind "shared":
+    run `value` no longer needs the global switch `key` (tracer/shared.py restores it when no
+    live run does).
     """
 
     kind: str
@@ -52,6 +54,10 @@ def nft_undo(netns: Optional[str], batch: str, what: str) -> Undo:
 
 def sysctl_undo(netns: Optional[str], key: str, old: str) -> Undo:
     return Undo("sysctl", f"{key}={old}", netns, key=key, value=old)
+
+
+def shared_undo(netns: Optional[str], key: str, run_id: str) -> Undo:
+    return Undo("shared", f"{key} (global: restored once no fwtrace run needs it)", netns, key=key, value=run_id)
 
 
 @dataclass

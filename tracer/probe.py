@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from . import compare, correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
-from .journal import Journal, Undo, nft_undo, sysctl_undo
+from .journal import Journal, Undo, nft_undo, shared_undo, sysctl_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
 from .nftrace import Headers
 from .sockets import parse_proc_net
@@ -366,18 +366,29 @@ class Run:
             # nf_log_syslog prints nothing for a non-initial namespace unless this GLOBAL switch
             # is on (net/netfilter/nf_log_syslog.c: nf_log_allowed()).
             with system.netns(system.HOME_NETNS):
-                old = system.sysctl_get(kernplan.ALL_NETNS)
-            if old is None:
+                current = system.sysctl_get(kernplan.ALL_NETNS)
+            if current is None:
                 self.notes.append(f"fwtrace runs outside the initial namespace, so it cannot set {kernplan.ALL_NETNS}: "
                                   "the kernel log may show nothing of the target namespace")
-            elif old != "1":
-                def on() -> None:
-                    with system.netns(system.HOME_NETNS):
-                        system.sysctl_set(kernplan.ALL_NETNS, "1")
+                return
+            # One switch for the whole machine: concurrent runs share it (tracer/shared.py), so
+            # one run's cleanup cannot turn it off under another's feet.
+            orig: list[Optional[str]] = []
 
-                self.change(sysctl_undo(system.HOME_NETNS, kernplan.ALL_NETNS, old), on)
+            def on() -> None:
+                from . import shared
+
+                with system.netns(system.HOME_NETNS):
+                    orig.append(shared.acquire(kernplan.ALL_NETNS, "1", self.run_id, system.sysctl_get, system.sysctl_set))
+
+            self.change(shared_undo(system.HOME_NETNS, kernplan.ALL_NETNS, self.run_id), on)
+            if orig and orig[0] is not None and orig[0] != "1":
                 self.notes.append(f"set the global sysctl {kernplan.ALL_NETNS}=1 for the run (the target is a "
-                                  f"namespace, whose LOG/TRACE lines the kernel log drops otherwise); restored to {old}")
+                                  f"namespace, whose LOG/TRACE lines the kernel log drops otherwise); restored to "
+                                  f"{orig[0]} after, once no other fwtrace run needs it")
+            elif orig and orig[0] is None:
+                self.notes.append(f"the global sysctl {kernplan.ALL_NETNS}=1 was already set by another running fwtrace "
+                                  "probe; the last run to finish restores it")
 
     def _exchange(
         self, sources: list[Any], inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles

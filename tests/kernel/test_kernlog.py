@@ -148,6 +148,25 @@ def test_unbound_nf_log_backend_is_bound_for_the_run(lab: Lab) -> None:
         assert system.sysctl_get("net.netfilter.nf_log.2") == "NONE"
 
 
+def test_concurrent_run_keeps_the_global_switch(lab: Lab) -> None:
+    # Another fwtrace run (registered like a live one) relies on nf_log_all_netns: this run must
+    # neither turn it off at its end nor lose it; the last one to finish restores it.
+    from tracer import shared
+
+    lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
+    before = system.sysctl_get(kernplan.ALL_NETNS)
+    assert shared.acquire(kernplan.ALL_NETNS, "1", "0ther0ne", system.sysctl_get, system.sysctl_set) == before
+    try:
+        report = probe(lab, dport=8080)
+        [r] = report.results
+        assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 2
+        assert any("already set by another running fwtrace" in n for n in report.notes)
+        assert system.sysctl_get(kernplan.ALL_NETNS) == "1"
+    finally:
+        assert shared.release(kernplan.ALL_NETNS, "0ther0ne", system.sysctl_set)
+    assert system.sysctl_get(kernplan.ALL_NETNS) == before
+
+
 def test_legacy_user_chain(lab: Lab) -> None:
     lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CLIENT4)), legacy=True)
     report = probe(lab, dport=22)
