@@ -134,7 +134,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     from .probe import Run
     from .report import render
 
-    run = Run(req, log, log_events=ns.verbose)
+    run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
     report = run.execute()
     text = render(report)
     sys.stdout.write(report.dumps() + "\n" if ns.json else text)

@@ -23,7 +23,7 @@ from .model import (
     Verdict,
 )
 from .nftrace import Headers, parse_headers
-from .plan import TABLE_PREFIX, Roles
+from .plan import TABLE_PREFIX, Roles, hook_of_chain
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -78,8 +78,8 @@ def _role(group: list[TraceEvent], spec: PacketSpec, roles: Optional[Roles]) -> 
     """
     if roles:
         for ev in group:
-            if ev.table.startswith(TABLE_PREFIX) and ev.handle is not None:
-                entry = roles.get((ev.chain, ev.handle))
+            if ev.table.startswith(TABLE_PREFIX) and ev.kind is EventKind.RULE:
+                entry = roles.get(ev.chain)
                 if entry is not None and spec.ident in entry.idents:
                     return entry.role
     hs = _headers(group)
@@ -125,7 +125,7 @@ def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
 
 def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     if ev.table.startswith(TABLE_PREFIX):
-        return {"pre": "prerouting", "out": "output"}.get(ev.chain)
+        return hook_of_chain(ev.chain)
     chain = ruleset.chain(ev.family, ev.table, ev.chain)
     return chain.hook if chain is not None else None
 

@@ -175,3 +175,31 @@ def parse_headers(buf: bytes) -> Optional[Headers]:
         echo_id = struct.unpack(">H", l4[4:6])[0]
         return Headers(version, src, dst, proto, itype, code, icmp_id=echo_id, ident=ident, inner=inner)
     return h
+
+
+# ---------------------------------------------------------------------------------------------
+# Ruleset generation: every committed nftables transaction increments it (NFT_MSG_GETGEN).
+
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+NLM_F_REQUEST = 1
+
+
+def getgen_request(seq: int) -> bytes:
+    nfgen = struct.pack("=BBH", 0, 0, 0)  # AF_UNSPEC, NFNETLINK_V0, res_id
+    return struct.pack("=IHHII", 16 + len(nfgen), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0) + nfgen
+
+
+def parse_generation(data: bytes) -> Optional[int]:
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype = struct.unpack_from("=IH", data, off)
+        if length < 16 or off + length > len(data):
+            return None
+        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN) and length >= 20:
+            for t, v in _attrs(data[off + 20 : off + length]):
+                if t == NFTA_GEN_ID and len(v) == 4:
+                    return int(struct.unpack(">I", v)[0])
+        off += (length + 3) & ~3
+    return None

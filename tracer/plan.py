@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from .model import PacketSpec, Proto
 
@@ -48,28 +49,25 @@ class TracePlan:
         return [line.strip() for line in self.batch.splitlines() if "nftrace" in line]
 
 
-Roles = dict[tuple[str, int], Entry]  # (our chain, rule handle) -> entry
+Roles = dict[str, Entry]  # our chain name -> the entry whose rule it holds
+
+_HOOKS = (("pre", "prerouting"), ("out", "output"))
 
 
-def roles_from_echo(plan: TracePlan, echo: str) -> Roles:
-    """Map rule handles to entries from the output of `nft --echo --handle -f -` (pure).
+def chain_names(index: int) -> list[str]:
+    return [f"{prefix}{index}" for prefix, _ in _HOOKS]
 
-    nft echoes the rules in the order of the batch, e.g.
-      add rule inet fwtrace_1a2b3c4d pre ip saddr 192.0.2.2 ... meta nftrace set 1 # handle 3
-    """
-    roles: Roles = {}
-    seen: dict[str, int] = {}
-    prefix = f"add rule inet {plan.table} "
-    for line in echo.splitlines():
-        if not line.startswith(prefix) or "# handle " not in line:
-            continue
-        chain = line[len(prefix):].split(" ", 1)[0]
-        i = seen.get(chain, 0)
-        seen[chain] = i + 1
-        if i < len(plan.entries):
-            handle = int(line.rsplit("# handle ", 1)[1].split()[0])
-            roles[(chain, handle)] = plan.entries[i]
-    return roles
+
+def hook_of_chain(name: str) -> Optional[str]:
+    for prefix, hook in _HOOKS:
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return hook
+    return None
+
+
+def roles(plan: TracePlan) -> Roles:
+    """Which entry each of our chains is for (pure): a trace event's chain name says it."""
+    return {name: entry for i, entry in enumerate(plan.entries) for name in chain_names(i)}
 
 
 def _l3(spec: PacketSpec, reply: bool) -> str:
@@ -125,13 +123,16 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
         for role, m in [("probe", match_probe(spec))] + [("reply", r) for r in match_replies(spec)]:
             old = entries.get(m)  # the same flow twice (--count --sport) shares one reply rule
             entries[m] = Entry(m, role, (old.idents if old else frozenset()) | {spec.ident})
-    body = "".join(f"\t\t{m} meta nftrace set 1\n" for m in entries)
+    # One base chain per rule and hook: the chain named in a trace event then says which probe
+    # (or reply) set the trace flag, with no need to learn rule handles (nft --echo --handle
+    # costs a full ruleset cache fetch: a second on 50k rules).
     chains = []
-    for chain, hook in (("pre", "prerouting"), ("out", "output")):
-        chains.append(
-            f"\tchain {chain} {{\n"
-            f"\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n"
-            f"{body}\t}}\n"
-        )
+    for i, m in enumerate(entries):
+        for (prefix, hook), name in zip(_HOOKS, chain_names(i)):
+            chains.append(
+                f"\tchain {name} {{\n"
+                f"\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n"
+                f"\t\t{m} meta nftrace set 1\n\t}}\n"
+            )
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
     return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")

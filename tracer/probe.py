@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from . import compare, correlate, diagnose, plan, snapshot, system
+from . import correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
 from .journal import Journal, Undo, nft_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
@@ -37,11 +37,9 @@ REJECT_GRACE = 0.25
 class Evidence:
     """The raw material a report was made from: enough to replay the correlation offline."""
 
-    nft_before: str
-    nft_after: str
-    ipt_before: dict[str, str]
+    nft_rules: str  # nft's listing: the whole ruleset before the run, or the chains the probes met
+    ipt_rules: dict[str, str]  # "ip"/"ip6" -> iptables-save style text for the same
     batch: str
-    echo: str
     trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
 
@@ -58,6 +56,17 @@ class ProbeReport:
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
+    generations: tuple[int, ...] = ()  # nft ruleset generation before, after adding, after removing
+
+    @property
+    def ruleset_unchanged(self) -> Optional[bool]:
+        """True when the generations show exactly fwtrace's two transactions: its add, then its
+        delete of the same table, so the ruleset is the one from before. False when other
+        writers committed meanwhile (nothing can then be said), None when not measured."""
+        g = self.generations
+        if len(g) != 3:
+            return None
+        return self.cleanup_ok and g[1] == g[0] + 1 and g[2] == g[1] + 1
 
     @property
     def reached(self) -> bool:
@@ -75,7 +84,8 @@ class ProbeReport:
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
-            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover)},
+            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
+                        "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations)},
         }
 
     def dumps(self) -> str:
@@ -160,8 +170,10 @@ def signals_blocked() -> Iterator[None]:
 class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
-    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False) -> None:
+    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
+                 full_snapshot: bool = False) -> None:
         self.req = req
+        self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
         self.log = log
         self.run_id = run_id or new_run_id()
         self.rng = random.Random()
@@ -209,8 +221,7 @@ class Run:
 
     def _in_target(self) -> ProbeReport:
         req = self.req
-        before = snapshot.take()
-        self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
+        full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
         dst = _resolve_dst(req)
         with system.netns(req.from_netns):
@@ -219,16 +230,15 @@ class Run:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+        roles = plan.roles(tplan)
 
-        from .collect import TraceSocket
+        from .collect import TraceSocket, ruleset_generation
         from .inject import Injector, build, describe
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
-        results: list[PacketResult] = []
-        events: list[TraceEvent] = []
-        replies: list[bytes] = []
+        exchanges: list[tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]] = []
         cleanup_errors: list[str] = []
-        echo = ""
+        gens: list[int] = []
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
@@ -237,33 +247,43 @@ class Run:
             stack.callback(inj.close)
             self.journal = Journal(self.run_id, list(sys.argv))
             try:
+                gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
-                echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
-                roles = plan.roles_from_echo(tplan, echo)
+                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch))
+                gens.append(ruleset_generation())
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):
                     reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
-                    events.extend(evs)
-                    replies.append(reply[1] if reply else b"")
-                    summary = describe(reply[1]) if reply else ""
-                    results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+                    exchanges.append((spec, evs, reply))
             finally:
                 cleanup_errors = self._undo_all()
-        after = snapshot.take()
-        left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
-        if plan.table_name(self.run_id) in after.nft_text:
-            left.append(f"table inet {plan.table_name(self.run_id)} still present")
-        ctx = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None)
+        gens.append(ruleset_generation())
+        gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
+        left = cleanup_errors + ([] if gone else [f"table inet {tplan.table} still present"])
+
+        # The rules are read now, chain by chain, for the chains the probes met: handles do not
+        # change, and the generations prove whether anything else changed meanwhile.
+        met = {(e.family, e.table, e.chain) for _, evs, _ in exchanges for e in evs if not e.table.startswith(plan.TABLE_PREFIX)}
+        snap = snapshot.chains(met)
+        results = [
+            correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
+                                    describe(reply[1]) if reply else "", roles)
+            for spec, evs, reply in exchanges
+        ]
+        ctx = diagnose.Context(snap.ruleset, listeners(), local=req.from_netns is None)
         findings: list[Finding] = []
         conclusions = []
         for r in results:
             fs = diagnose.diagnose(r, ctx)
             conclusions.append(diagnose.conclusion(r, fs))
             findings.extend(f for f in fs if f not in findings)
+        events = [e for _, evs, _ in exchanges for e in evs]
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             tuple(tplan.rules), tsock.lost, tuple(conclusions),
-            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw), tuple(replies)),
+            Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
+                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges)),
+            tuple(gens),
         )
 
     def _exchange(

@@ -66,8 +66,14 @@ def render(report: ProbeReport) -> str:
         out.append(f"conclusion: {c}")
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
-    if report.cleanup_ok:
-        out.append("cleanup: instrumentation removed; ruleset after the run equals the one before (counters aside)")
+    g = report.generations
+    if report.cleanup_ok and report.ruleset_unchanged:
+        out.append(f"cleanup: instrumentation removed; the ruleset is the one from before the run "
+                   f"(generation {g[0]} -> {g[2]}: only fwtrace's add and delete)")
+    elif report.cleanup_ok:
+        out.append(f"cleanup: instrumentation removed; other writers changed the ruleset during the run "
+                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown" if len(g) == 3 else
+                   "cleanup: instrumentation removed")
     else:
         out.append("cleanup: FAILED, the ruleset differs from before the run:")
         out.extend(f"  {line}" for line in report.leftover)

@@ -29,6 +29,7 @@ def probe(lab: Lab, **kw: Any) -> ProbeReport:
     after = lab.run(lab.server, ["nft", "list", "ruleset"]).stdout
     assert compare.leftover(before, after) == [], "ruleset changed by the probe"
     assert report.cleanup_ok and report.leftover == ()
+    assert report.ruleset_unchanged is True
     assert "fwtrace" not in after
     return report
 
@@ -118,7 +119,8 @@ def test_open_port_answers_syn_ack_via_cli(lab: Lab, capsys: Any) -> None:
     assert p["decided_by"] == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 1,
                                "handle": p["decided_by"]["handle"], "rule": "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"}
     assert isinstance(p["decided_by"]["handle"], int)
-    assert doc["cleanup"] == {"ok": True, "leftover": []}
+    assert doc["cleanup"]["ok"] is True and doc["cleanup"]["leftover"] == []
+    assert doc["cleanup"]["ruleset_unchanged"] is True
     assert doc["findings"] == []
 
 
