@@ -59,49 +59,43 @@ def is_reply(h: Headers, spec: PacketSpec) -> bool:
     return spec.proto is not Proto.ICMP and h.proto == _IPPROTO[spec.proto] and h.dport == spec.sport
 
 
-def group_by_packet(events: Iterable[TraceEvent]) -> dict[int, list[TraceEvent]]:
-    groups: dict[int, list[TraceEvent]] = {}
-    for ev in events:
-        groups.setdefault(ev.trace_id, []).append(ev)
-    return groups
-
-
-def _headers(group: list[TraceEvent]) -> list[Headers]:
-    return [h for h in (parse_headers(e.packet) for e in group if e.packet) if h is not None]
-
-
-def _role(group: list[TraceEvent], spec: PacketSpec, roles: Optional[Roles]) -> Optional[str]:
-    """'probe' or 'reply' when this packet's events are spec's, else None.
-
-    Which of fwtrace's own tracing rules marked the packet says it best (an ICMP error's quoted
-    packet is not in the trace's header dump); the headers are the fallback without a role map.
-    """
-    if roles:
-        for ev in group:
-            if ev.table.startswith(TABLE_PREFIX) and ev.kind is EventKind.RULE:
-                entry = roles.get(ev.chain)
-                if entry is not None and spec.ident in entry.idents:
-                    return entry.role
-    hs = _headers(group)
-    if any(is_probe(h, spec) for h in hs):
-        return "probe"
-    if any(is_reply(h, spec) for h in hs):
-        return "reply"
-    return None
+def _key(h: Headers) -> tuple[object, ...]:
+    return (h.proto, h.ident)  # NAT rewrites addresses and ports, never these
 
 
 def split_events(
     events: Iterable[TraceEvent], spec: PacketSpec, roles: Optional[Roles] = None
 ) -> tuple[list[TraceEvent], list[TraceEvent]]:
-    """(events of the probe packet, events of its replies), each in arrival order."""
+    """(events of the probe packet, events of its replies), each in arrival order.
+
+    The kernel's trace id is derived from the skb's address, so a later packet in a recycled
+    skb gets the same id: the id only groups events between two header dumps. A packet's trace
+    always starts with the rule that set its trace flag, and rule events carry the headers, so
+    each header dump (re)decides whose packet this is; events without headers (policies) follow
+    the last dump of their id. Which of fwtrace's own chains set the flag says it best (an ICMP
+    error's quoted packet is not in the dump); otherwise the headers are matched.
+    """
     probe: list[TraceEvent] = []
     reply: list[TraceEvent] = []
-    for group in group_by_packet(events).values():
-        role = _role(group, spec, roles)
+    current: dict[int, tuple[Optional[str], Optional[tuple[object, ...]]]] = {}
+    for ev in events:
+        role, key = current.get(ev.trace_id, (None, None))
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None:
+            entry = roles.get((ev.table, ev.chain)) if roles else None  # another run's table: not ours
+            if entry is not None and ev.kind is EventKind.RULE:
+                role = entry.role if spec.ident in entry.idents else None
+            elif is_probe(h, spec):
+                role = "probe"
+            elif is_reply(h, spec):
+                role = "reply"
+            elif _key(h) != key:  # same id, other headers: another packet (or NAT seen earlier)
+                role = None
+            current[ev.trace_id] = (role, _key(h))
         if role == "probe":
-            probe.extend(group)
+            probe.append(ev)
         elif role == "reply":
-            reply.extend(group)
+            reply.append(ev)
     return probe, reply
 
 

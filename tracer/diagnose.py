@@ -224,6 +224,15 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
+    if result.verdict is Verdict.REJECT and result.reply.none:
+        findings.append(Finding(
+            "reply-missing",
+            "The packet was rejected, but its reject reply did not arrive within the timeout: the kernel "
+            "rate-limits ICMP errors (net.ipv4.icmp_ratelimit, net.ipv4.icmp_msgs_per_sec; icmpv6 likewise), "
+            "so under load a client sees a silent drop instead of a refusal.",
+            None,
+        ))
+
     if result.verdict is Verdict.ACCEPT and "forward" not in result.path and spec.proto is not Proto.ICMP:
         refused = result.reply.kind == "rst" or result.reply.kind.endswith("port-unreachable")
         dst, dport = h.dst, h.dport

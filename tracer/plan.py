@@ -49,7 +49,7 @@ class TracePlan:
         return [line.strip() for line in self.batch.splitlines() if "nftrace" in line]
 
 
-Roles = dict[str, Entry]  # our chain name -> the entry whose rule it holds
+Roles = dict[tuple[str, str], Entry]  # (our table, chain) -> the entry whose rule it holds
 
 _HOOKS = (("pre", "prerouting"), ("out", "output"))
 
@@ -67,7 +67,7 @@ def hook_of_chain(name: str) -> Optional[str]:
 
 def roles(plan: TracePlan) -> Roles:
     """Which entry each of our chains is for (pure): a trace event's chain name says it."""
-    return {name: entry for i, entry in enumerate(plan.entries) for name in chain_names(i)}
+    return {(plan.table, name): entry for i, entry in enumerate(plan.entries) for name in chain_names(i)}
 
 
 def _l3(spec: PacketSpec, reply: bool) -> str:
