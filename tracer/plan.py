@@ -46,7 +46,8 @@ class TracePlan:
 
     @property
     def rules(self) -> list[str]:
-        return [line.strip() for line in self.batch.splitlines() if "nftrace" in line]
+        """The matching rules, as they stand in the base chains."""
+        return [line.strip() for line in self.batch.splitlines() if " jump " in line]
 
 
 Roles = dict[tuple[str, str], Entry]  # (our table, chain) -> the entry whose rule it holds
@@ -60,7 +61,7 @@ def chain_names(index: int) -> list[str]:
 
 def hook_of_chain(name: str) -> Optional[str]:
     for prefix, hook in _HOOKS:
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
+        if name.startswith(prefix) and (name == prefix or name[len(prefix):].isdigit()):
             return hook
     return None
 
@@ -123,16 +124,14 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
         for role, m in [("probe", match_probe(spec))] + [("reply", r) for r in match_replies(spec)]:
             old = entries.get(m)  # the same flow twice (--count --sport) shares one reply rule
             entries[m] = Entry(m, role, (old.idents if old else frozenset()) | {spec.ident})
-    # One base chain per rule and hook: the chain named in a trace event then says which probe
-    # (or reply) set the trace flag, with no need to learn rule handles (nft --echo --handle
-    # costs a full ruleset cache fetch: a second on 50k rules).
+    # One base chain per hook tests the matches and jumps to a regular chain per match that sets
+    # the flag: the chain named in the first trace event then says which probe (or reply) it is,
+    # with no need to learn rule handles (nft --echo --handle costs a full ruleset cache fetch:
+    # a second on 50k rules), and other packets pay for one base chain per hook, not one per rule.
     chains = []
-    for i, m in enumerate(entries):
-        for (prefix, hook), name in zip(_HOOKS, chain_names(i)):
-            chains.append(
-                f"\tchain {name} {{\n"
-                f"\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n"
-                f"\t\t{m} meta nftrace set 1\n\t}}\n"
-            )
+    for prefix, hook in _HOOKS:
+        jumps = "".join(f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries))
+        chains.append(f"\tchain {prefix} {{\n\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n{jumps}\t}}\n")
+        chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
     return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")

@@ -183,6 +183,7 @@ class Run:
 
     def execute(self) -> ProbeReport:
         system.require_root()
+        system.require_tools("nft", "ip")
         from .cleanup import warn_stale
 
         warn_stale(self.log)

@@ -12,6 +12,7 @@ from typing import Iterable
 
 from .model import Backend, Ruleset, Table
 from .ruleset import attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
+from .errors import CommandError
 from .system import run
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
@@ -81,13 +82,17 @@ def take() -> Snapshot:
 
 
 def chains(keys: Iterable[ChainKey]) -> Snapshot:
-    """Only the given chains (a chain that vanished meanwhile is skipped)."""
+    """Only the given chains (a chain deleted meanwhile is skipped; any other failure to read
+    one is an error: explaining a verdict with rules we could not read would be guesswork)."""
     texts, errs = [], []
     ipt: dict[str, dict[str, dict[str, list[str]]]] = {}
     for family, table, chain in sorted(set(keys)):
         listed = run(["nft", "-a", "list", "chain", family, table, chain], check=False)
         if listed.returncode != 0:
-            continue
+            if "No such file or directory" in listed.stderr:
+                continue
+            raise CommandError(list(listed.argv), listed.returncode, listed.stderr,
+                               "the ruleset cannot be read by this nft; is it older than the tool that wrote the rules?")
         texts.append(listed.stdout)
         errs.append(listed.stderr)
         if family in IPT and table in XTABLES_NAMES:

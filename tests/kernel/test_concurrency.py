@@ -60,8 +60,8 @@ def test_two_probes_in_the_same_namespace(lab: Lab) -> None:
         assert da["cleanup"]["ok"] and db["cleanup"]["ok"]
 
 
-def test_two_probes_in_different_namespaces() -> None:
-    with Lab(prefix="fwtrace-test") as one, Lab(prefix="fwtrace-test") as two:
+def test_two_probes_in_different_namespaces(make_lab: Any) -> None:
+    with make_lab() as one, make_lab() as two:
         one.iptables_restore(one.server, SEED_RULESET)
         two.nft(two.server, "table inet f {\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
         a, b = start_probe(one, "--dport", "8080"), start_probe(two, "--dport", "8080")
