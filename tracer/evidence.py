@@ -27,6 +27,8 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     }
     for family, saved in ev.ipt_rules.items():
         files[f"{snapshot.IPT_SAVE[family]}.txt"] = saved.encode()
+    if ev.ruleset_diff is not None:
+        files["ruleset-diff.txt"] = "".join(line + "\n" for line in ev.ruleset_diff).encode() or b"(identical)\n"
     for i, reply in enumerate(ev.replies, 1):
         if reply:
             files[f"reply-{i}.ip"] = reply

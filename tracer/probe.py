@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from . import correlate, diagnose, plan, snapshot, system
+from . import compare, correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
 from .journal import Journal, Undo, nft_undo
 from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
@@ -42,6 +42,7 @@ class Evidence:
     batch: str
     trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
+    ruleset_diff: Optional[tuple[str, ...]] = None  # full listings before/after compared (bundles only)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,8 @@ class Run:
             finally:
                 cleanup_errors = self._undo_all()
         gens.append(ruleset_generation())
+        # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
+        diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
         gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
         left = cleanup_errors + ([] if gone else [f"table inet {tplan.table} still present"])
 
@@ -283,7 +286,8 @@ class Run:
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             tuple(tplan.rules), tsock.lost, tuple(conclusions),
             Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
-                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges)),
+                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges),
+                     tuple(diff) if full else None),
             tuple(gens),
         )
 
