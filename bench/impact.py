@@ -90,7 +90,7 @@ def main() -> None:
             stop = threading.Event()
             docs: list[dict] = []
 
-            def loop() -> None:
+            def loop(stop: threading.Event = stop, docs: list[dict] = docs) -> None:
                 while not stop.is_set():
                     out = subprocess.run([FWTRACE, "probe", "--dport", "8080", "--netns", lab.server, "--from-netns",
                                           lab.client, "--json", "--timeout", "0.3"], capture_output=True, text=True).stdout

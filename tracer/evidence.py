@@ -15,6 +15,7 @@ from . import correlate, plan, snapshot
 from .model import PacketResult, PacketSpec, Proto
 from .nftrace import parse_headers, parse_messages
 
+
 def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     """File name -> content for a ProbeReport (pure)."""
     ev = report.evidence

@@ -30,7 +30,10 @@ class Captured:
 
 def build(spec: PacketSpec) -> bytes:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Packet
 
+    l3: Packet
+    l4: Packet
     if spec.family == 4:
         l3 = IP(src=str(spec.src), dst=str(spec.dst), id=spec.ident, ttl=64)
     else:

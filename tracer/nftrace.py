@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional
 
-from .model import EventKind, TraceEvent
+from .model import EventKind, IPAddress, TraceEvent
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
@@ -133,8 +133,8 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
 @dataclass(frozen=True)
 class Headers:
     version: int
-    src: ipaddress.IPv4Address | ipaddress.IPv6Address
-    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src: IPAddress
+    dst: IPAddress
     proto: int  # IPPROTO_* of the transport header (6 tcp, 17 udp, 1 icmp, 58 icmpv6)
     sport: int = 0  # ICMP: type
     dport: int = 0  # ICMP: code
@@ -149,6 +149,8 @@ def parse_headers(buf: bytes) -> Optional[Headers]:
     if not buf:
         return None
     version = buf[0] >> 4
+    src: IPAddress
+    dst: IPAddress
     if version == 4 and len(buf) >= 20:
         ihl = (buf[0] & 0x0F) * 4
         proto = buf[9]

@@ -281,7 +281,6 @@ class Run:
             fs = diagnose.diagnose(r, ctx)
             conclusions.append(diagnose.conclusion(r, fs))
             findings.extend(f for f in fs if f not in findings)
-        events = [e for _, evs, _ in exchanges for e in evs]
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             tuple(tplan.rules), tsock.lost, tuple(conclusions),

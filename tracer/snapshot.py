@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
+from .errors import CommandError
 from .model import Backend, Ruleset, Table
 from .ruleset import attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
-from .errors import CommandError
 from .system import run
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})

@@ -15,9 +15,9 @@ import pytest
 
 from tracer import system
 from tracer.inject import build
+from tracer.journal import RUN_DIR
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import PacketSpec, Proto
-from tracer.journal import RUN_DIR
 
 
 def start_probe(lab: Lab, *args: str) -> subprocess.Popen[str]:
@@ -105,7 +105,7 @@ def test_verdict_unchanged_under_look_alike_flood(lab: Lab, flood: dict[str, int
     assert rate > 1000, f"the flood was too thin to prove anything: {rate:.0f} packets/s"
     # The kernel rate-limits ICMP errors (icmp_msgs_per_sec): under a flood of rejected look-alikes
     # the probe's own reply may be suppressed, and fwtrace must then say why it is missing.
-    for packet, got in zip(doc["packets"], verdicts(doc)):
+    for got in verdicts(doc):
         assert got[0] == "reject" and got[2:] == ("INPUT", 7, 1)
         assert got[1] in ("icmp 3/10 host-prohibited", "none")
     if any(p["reply"] == "none" for p in doc["packets"]):
