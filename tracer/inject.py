@@ -88,7 +88,12 @@ class Injector:
 
     def send(self, spec: PacketSpec, data: bytes) -> float:
         sock = self.send4 if spec.family == 4 else self.send6
-        sock.sendto(data, (str(spec.dst), 0))
+        try:
+            sock.sendto(data, (str(spec.dst), 0))
+        except PermissionError:
+            # A locally sent packet dropped in OUTPUT/POSTROUTING fails the send with EPERM;
+            # the trace has already recorded who dropped it.
+            pass
         return time.monotonic()
 
     def fileno(self) -> int:
