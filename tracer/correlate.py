@@ -23,7 +23,7 @@ from .model import (
     Verdict,
 )
 from .nftrace import Headers, parse_headers
-from .plan import TABLE_PREFIX, Roles, hook_of_chain
+from .plan import DELIVERED, TABLE_PREFIX, Roles, hook_of_chain
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -141,8 +141,15 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
     return steps, path
 
 
-def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, Optional[RuleRef]]:
-    """The verdict and what decided it: the first drop, or else the last accept."""
+def delivered(events: list[TraceEvent]) -> bool:
+    """Did the packet's trace end in one of our end-of-hook chains (through netfilter)?"""
+    last = events[-1] if events else None
+    return last is not None and last.table.startswith(TABLE_PREFIX) and last.chain in DELIVERED
+
+
+def decide(steps: list[Step], ruleset: Ruleset, traced: bool, through: bool = True) -> tuple[Verdict, Optional[RuleRef]]:
+    """The verdict and what decided it: the first drop, or else the last accept if the packet
+    got `through` netfilter; a packet that vanished without a drop has no netfilter verdict."""
     last_accept: Optional[Step] = None
     for step in steps:
         ev = step.event
@@ -156,6 +163,8 @@ def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, 
             return verdict, _ref(step, ruleset)
         if word == "accept":
             last_accept = step
+    if not through:
+        return Verdict.UNKNOWN, None
     if last_accept is not None:
         return Verdict.ACCEPT, _ref(last_accept, ruleset)
     # Traced by our own table but met no other chain: nothing in netfilter stopped it.
@@ -182,7 +191,7 @@ def packet_result(
     probe_events, reply_events = split_events(events, spec, roles)
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
-    verdict, ref = decide(steps, ruleset, traced=bool(probe_events))
+    verdict, ref = decide(steps, ruleset, traced=bool(probe_events), through=delivered(probe_events))
     r = classify_reply(reply, spec)
     return PacketResult(
         spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)

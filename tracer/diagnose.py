@@ -227,6 +227,15 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
+    if result.verdict is Verdict.UNKNOWN and result.path:
+        findings.append(Finding(
+            "stack-drop",
+            f"The packet passed {' -> '.join(result.path)} without any drop verdict and then vanished: the kernel "
+            "dropped it outside the firewall (no route, a martian source, reverse-path filtering, a full queue).",
+            f"check `ip route get {result.spec.src} from {result.spec.dst}`, the rp_filter sysctls "
+            "(net.ipv4.conf.*.rp_filter) and `nstat -az | grep -i drop`",
+        ))
+
     if result.verdict is Verdict.REJECT and result.reply.none:
         findings.append(Finding(
             "reply-missing",
@@ -260,6 +269,8 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     ref = result.decided_by
     codes = {f.code for f in findings}
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
+        return f"{what} is not reachable, but not because of a firewall rule: the kernel dropped the probe after {result.path[-1]}."
     if result.verdict is Verdict.UNKNOWN:
         return f"No trace of the probe was seen: it may not have reached {spec.dst} at all (routing, rp_filter, another host)."
     if "no-listener" in codes:

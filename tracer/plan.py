@@ -53,6 +53,12 @@ class TracePlan:
 Roles = dict[tuple[str, str], Entry]  # (our table, chain) -> the entry whose rule it holds
 
 _HOOKS = (("pre", "prerouting"), ("out", "output"))
+# Empty chains of ours at the end of the later hooks: a traced packet leaves a policy event in
+# each, so the path shows every hook it passed, and the last one tells whether it got through
+# netfilter to local delivery or out of the box, or vanished in between (routing, rp_filter).
+END_CHAINS = {"in_end": "input", "fwd_end": "forward", "post_end": "postrouting"}
+DELIVERED = ("in_end", "post_end")
+END_PRIORITY = 1000
 
 
 def chain_names(index: int) -> list[str]:
@@ -60,6 +66,8 @@ def chain_names(index: int) -> list[str]:
 
 
 def hook_of_chain(name: str) -> Optional[str]:
+    if name in END_CHAINS:
+        return END_CHAINS[name]
     for prefix, hook in _HOOKS:
         if name.startswith(prefix) and (name == prefix or name[len(prefix):].isdigit()):
             return hook
@@ -133,5 +141,7 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
         jumps = "".join(f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries))
         chains.append(f"\tchain {prefix} {{\n\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n{jumps}\t}}\n")
         chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
+    for name, hook in END_CHAINS.items():
+        chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
     return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")

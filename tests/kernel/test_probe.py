@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from tracer import cli, compare
+from tracer import cli, compare, system
 from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import ProbeRequest, Proto
 from tracer.probe import ProbeReport, Run
@@ -245,3 +245,21 @@ def test_output_path_decides_outgoing_probe(lab: Lab) -> None:
     assert d is not None and d.rule is not None
     assert (d.chain, d.rule.number, d.rule.display) == ("OUTPUT", 2, "-A OUTPUT -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset")
     assert r.reply.kind == "rst"
+
+
+def test_packet_dropped_outside_netfilter_is_not_called_accepted(router_lab: Lab) -> None:
+    """rp_filter drops a source whose route back is via another link: no rule decided."""
+    lab = router_lab
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 8080 -j ACCEPT\nCOMMIT\n")
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "1")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    lab.ip(lab.client, "addr", "add", "203.0.113.5/32", "dev", "eth0")
+    with system.netns(lab.client):  # ARP from the client's own link address, or rp_filter eats the ARP too
+        system.sysctl_set("net.ipv4.conf.all.arp_announce", "2")
+    report = probe(lab, dport=8080, src=ipaddress.ip_address("203.0.113.5"), timeout=0.3)
+    [r] = report.results
+    assert r.verdict.value == "unknown" and r.decided_by is None
+    assert r.path == ("prerouting",)
+    assert "stack-drop" in codes(report)

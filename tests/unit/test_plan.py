@@ -41,7 +41,10 @@ def test_plan_has_no_verdict_and_hooks_first() -> None:
     for line in body:
         assert line == "meta nftrace set 1" or re.fullmatch(r".* jump (pre|out)\d+", line), line
         assert not re.search(r"\b(drop|reject|accept|queue|goto|return|dnat|snat|mark|ct)\b", line.split(" jump ")[0])
-    assert p.batch.count("policy accept") == 2 and "priority -1000" in p.batch
+    assert p.batch.count("policy accept") == 5 and "priority -1000" in p.batch
+    # The end-of-hook chains hold no rule at all: only their policy event marks the path.
+    for name, hook in (("in_end", "input"), ("fwd_end", "forward"), ("post_end", "postrouting")):
+        assert f"\tchain {name} {{\n\t\ttype filter hook {hook} priority 1000; policy accept;\n\t}}\n" in p.batch
     assert 'comment "fwtrace run 0badc0de pid 4242; safe to delete"' in p.batch
     assert p.undo == "delete table inet fwtrace_0badc0de\n"
     assert [e.role for e in p.entries] == ["probe", "reply", "reply"] * 2
