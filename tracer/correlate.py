@@ -25,7 +25,7 @@ from .model import (
     Verdict,
 )
 from .nftrace import Headers, parse_headers
-from .plan import TABLE_PREFIX, Roles
+from .plan import DELIVERED, END_CHAINS, END_PRIORITY, TABLE_PREFIX, Roles, hook_of_chain
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -67,49 +67,43 @@ def without_handles(events: list[TraceEvent], own: "frozenset[tuple[str, str, in
     return [e for e in events if e.handle is None or (e.family, e.table, e.handle) not in own]
 
 
-def group_by_packet(events: Iterable[TraceEvent]) -> dict[int, list[TraceEvent]]:
-    groups: dict[int, list[TraceEvent]] = {}
-    for ev in events:
-        groups.setdefault(ev.trace_id, []).append(ev)
-    return groups
-
-
-def _headers(group: list[TraceEvent]) -> list[Headers]:
-    return [h for h in (parse_headers(e.packet) for e in group if e.packet) if h is not None]
-
-
-def _role(group: list[TraceEvent], spec: PacketSpec, roles: Optional[Roles]) -> Optional[str]:
-    """'probe' or 'reply' when this packet's events are spec's, else None.
-
-    Which of fwtrace's own tracing rules marked the packet says it best (an ICMP error's quoted
-    packet is not in the trace's header dump); the headers are the fallback without a role map.
-    """
-    if roles:
-        for ev in group:
-            if ev.table.startswith(TABLE_PREFIX) and ev.handle is not None:
-                entry = roles.get((ev.chain, ev.handle))
-                if entry is not None and spec.ident in entry.idents:
-                    return entry.role
-    hs = _headers(group)
-    if any(is_probe(h, spec) for h in hs):
-        return "probe"
-    if any(is_reply(h, spec) for h in hs):
-        return "reply"
-    return None
+def _key(h: Headers) -> tuple[object, ...]:
+    return (h.proto, h.ident)  # NAT rewrites addresses and ports, never these
 
 
 def split_events(
     events: Iterable[TraceEvent], spec: PacketSpec, roles: Optional[Roles] = None
 ) -> tuple[list[TraceEvent], list[TraceEvent]]:
-    """(events of the probe packet, events of its replies), each in arrival order."""
+    """(events of the probe packet, events of its replies), each in arrival order.
+
+    The kernel's trace id is derived from the skb's address, so a later packet in a recycled
+    skb gets the same id: the id only groups events between two header dumps. A packet's trace
+    always starts with the rule that set its trace flag, and rule events carry the headers, so
+    each header dump (re)decides whose packet this is; events without headers (policies) follow
+    the last dump of their id. Which of fwtrace's own chains set the flag says it best (an ICMP
+    error's quoted packet is not in the dump); otherwise the headers are matched.
+    """
     probe: list[TraceEvent] = []
     reply: list[TraceEvent] = []
-    for group in group_by_packet(events).values():
-        role = _role(group, spec, roles)
+    current: dict[int, tuple[Optional[str], Optional[tuple[object, ...]]]] = {}
+    for ev in events:
+        role, key = current.get(ev.trace_id, (None, None))
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None:
+            entry = roles.get((ev.table, ev.chain)) if roles else None  # another run's table: not ours
+            if entry is not None and ev.kind is EventKind.RULE:
+                role = entry.role if spec.ident in entry.idents else None
+            elif is_probe(h, spec):
+                role = "probe"
+            elif is_reply(h, spec):
+                role = "reply"
+            elif _key(h) != key:  # same id, other headers: another packet (or NAT seen earlier)
+                role = None
+            current[ev.trace_id] = (role, _key(h))
         if role == "probe":
-            probe.extend(group)
+            probe.append(ev)
         elif role == "reply":
-            reply.extend(group)
+            reply.append(ev)
     return probe, reply
 
 
@@ -133,7 +127,7 @@ def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
 
 def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     if ev.table.startswith(TABLE_PREFIX):
-        return {"pre": "prerouting", "out": "output"}.get(ev.chain)
+        return hook_of_chain(ev.chain)
     if ev.kind in (EventKind.LOG, EventKind.CONNTRACK):
         return None
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
@@ -167,8 +161,8 @@ _LOCAL = ("output", "postrouting", "prerouting", "input")
 
 
 def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...]) -> tuple[int, int]:
-    if ev.table.startswith(TABLE_PREFIX):
-        return order.index(hook), -1000
+    if ev.table.startswith(TABLE_PREFIX):  # tracing chains first, end-of-hook chains last
+        return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -1000
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
     if chain is not None and chain.priority is not None:
         return order.index(hook), priority_value(chain.priority)
@@ -258,8 +252,17 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
     return steps, path
 
 
-def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, Optional[RuleRef]]:
-    """The verdict and what decided it: the first drop, or else the last accept."""
+def delivered(events: list[TraceEvent]) -> bool:
+    """Did the packet's trace end in one of our end-of-hook chains (through netfilter)? Only
+    nftrace events count: kernel-log and NFLOG events arrive later, whatever their place."""
+    traced = [e for e in events if e.source == "nftrace"]
+    last = traced[-1] if traced else None
+    return last is not None and last.table.startswith(TABLE_PREFIX) and last.chain in DELIVERED
+
+
+def decide(steps: list[Step], ruleset: Ruleset, traced: bool, through: bool = True) -> tuple[Verdict, Optional[RuleRef]]:
+    """The verdict and what decided it: the first drop, or else the last accept if the packet
+    got `through` netfilter; a packet that vanished without a drop has no netfilter verdict."""
     last_accept: Optional[Step] = None
     for step in steps:
         ev = step.event
@@ -273,6 +276,8 @@ def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, 
             return verdict, _ref(step, ruleset)
         if word == "accept":
             last_accept = step
+    if not through:
+        return Verdict.UNKNOWN, None
     if last_accept is not None:
         return Verdict.ACCEPT, _ref(last_accept, ruleset)
     # Traced by our own table but met no other chain: nothing in netfilter stopped it.
@@ -306,7 +311,7 @@ def packet_result(
     probe_events, reply_events = split_events(events, spec, roles)
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
-    verdict, ref = decide(steps, ruleset, traced=bool(probe_events))
+    verdict, ref = decide(steps, ruleset, traced=bool(probe_events), through=delivered(probe_events))
     r = classify_reply(reply, spec)
     return PacketResult(
         spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)

@@ -1,7 +1,8 @@
 """The evidence bundle: everything a probe saw, written to a directory for a ticket.
 
-A bundle can be replayed offline (`replay`): the ruleset, the raw nfnetlink trace datagrams, the
-instrumentation's echo and the captured replies give back the same verdict timeline. The unit
+A bundle can be replayed offline (`replay`): the ruleset, the raw nfnetlink trace datagrams (and
+kernel-log records / NFLOG datagrams with the places of fwtrace's own LOG rules) and the captured
+replies give back the same verdict timeline. The unit
 tests replay bundles captured on the real kernel (scripts/capture-trace-data).
 """
 from __future__ import annotations
@@ -11,12 +12,9 @@ import json
 import os
 from typing import Any, Mapping
 
-from . import correlate, kernlog, kernplan, nflog, plan, snapshot
+from . import correlate, plan, snapshot
 from .model import PacketResult, PacketSpec, Proto
 from .nftrace import parse_headers, parse_messages
-
-FILES = ("report.json", "report.txt", "ruleset-before.nft", "ruleset-after.nft", "instrumentation.nft",
-         "instrumentation-echo.txt", "trace.nlmsg")
 
 
 def bundle_files(report: Any, text: str) -> dict[str, bytes]:
@@ -25,20 +23,22 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     files: dict[str, bytes] = {
         "report.json": report.dumps().encode() + b"\n",
         "report.txt": text.encode(),
-        "ruleset-before.nft": ev.nft_before.encode(),
-        "ruleset-after.nft": ev.nft_after.encode(),
+        "ruleset.nft": ev.nft_rules.encode(),
         "instrumentation.nft": ev.batch.encode(),
-        "instrumentation-echo.txt": ev.echo.encode(),
         "trace.nlmsg": ev.trace,
     }
-    for family, saved in ev.ipt_before.items():
+    for family, saved in ev.ipt_rules.items():
         files[f"{snapshot.IPT_SAVE[family]}.txt"] = saved.encode()
-    for family, saved in ev.legacy_before.items():
-        files[f"{kernplan.LEGACY_SAVE[family]}.txt"] = saved.encode()
+    if ev.ruleset_diff is not None:
+        files["ruleset-diff.txt"] = "".join(line + "\n" for line in ev.ruleset_diff).encode() or b"(identical)\n"
+    for family, saved in ev.legacy_rules.items():
+        files[f"{snapshot.LEGACY_SAVE[family]}.txt"] = saved.encode()
     if ev.nflog:
         files["nflog.nlmsg"] = ev.nflog
     if ev.own_handles:
         files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
+    if ev.kern_plan is not None:
+        files["instrumentation-kernel.json"] = json.dumps(ev.kern_plan, sort_keys=True).encode() + b"\n"
     if ev.kmsg:
         # One /dev/kmsg record per line: continuation lines (" SUBSYSTEM=...") are dropped.
         files["kmsg.txt"] = b"".join(r.split(b"\n", 1)[0] + b"\n" for r in ev.kmsg)
@@ -72,15 +72,18 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     """Redo the correlation from a bundle's raw material (pure)."""
     doc = json.loads(files["report.json"])
     ipt = {fam: files[f"{tool}.txt"].decode() for fam, tool in snapshot.IPT_SAVE.items() if f"{tool}.txt" in files}
-    legacy = {fam: files[f"{tool}.txt"].decode() for fam, tool in kernplan.LEGACY_SAVE.items() if f"{tool}.txt" in files}
-    ruleset = snapshot.assemble(files["ruleset-before.nft"].decode(), "", ipt, legacy)
+    legacy = {fam: files[f"{tool}.txt"].decode() for fam, tool in snapshot.LEGACY_SAVE.items() if f"{tool}.txt" in files}
+    ruleset = snapshot.assemble(files["ruleset.nft"].decode(), "", ipt, legacy)
     specs = [spec_from_json(p["probe"]) for p in doc["packets"]]
-    tplan = plan.trace_plan(doc["run_id"], specs, 0)
-    roles = plan.roles_from_echo(tplan, files["instrumentation-echo.txt"].decode())
+    roles = plan.roles(plan.trace_plan(doc["run_id"], specs, 0))
     own = {(f, t, int(h)) for f, t, h in json.loads(files.get("instrumentation-handles.json", b"[]"))}
     events = correlate.without_handles(parse_messages(files["trace.nlmsg"]), own)
     if "kmsg.txt" in files or "nflog.nlmsg" in files:
-        kp = kernplan.kern_plan(doc["run_id"], specs, ruleset, doc.get("log") or "")
+        from . import kernlog, kernplan, nflog
+
+        # Where the run put its LOG/NFLOG rules and how many TRACE/LOG rules it inserted at the
+        # top of legacy chains: recorded at the run (its plan came from the chains before it).
+        kp = kernplan.plan_from_json(json.loads(files["instrumentation-kernel.json"]))
         ctx = kernlog.KernContext(doc["run_id"], ruleset, kp.offsets, kp.log_points)
         events += [e for e in (kernlog.event_of_record(r, ctx) for r in files.get("kmsg.txt", b"").splitlines()) if e]
         events += [e for e in (nflog.to_event(p, ctx) for p in nflog.parse_packets(files.get("nflog.nlmsg", b""))) if e]

@@ -83,10 +83,17 @@ class KernPlan:
     families: tuple[str, ...] = ()  # nf_log families the kernel log is needed for
     kmsg: bool = True  # read /dev/kmsg (legacy TRACE, LOG rules, conntrack INVALID lines)
     nflog_group: Optional[int] = None  # the NFLOG rules' group, read over netlink
+    # the chains the plan was made from (listed before the run): the kernel log's rule numbers
+    # and legacy verdicts are read against them
+    ruleset: Ruleset = field(default_factory=Ruleset)
 
     @property
     def rules(self) -> list[str]:
         return [" ".join(c.apply) for c in self.changes]
+
+    @property
+    def legacy_changes(self) -> bool:
+        return any(c.apply[0] in LEGACY_CMD.values() for c in self.changes)
 
 
 def _mask(spec: PacketSpec) -> str:
@@ -172,7 +179,7 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
                 offsets[(family, "raw", chain)] = offsets.get((family, "raw", chain), 0) + 1
 
     kmsg = bool(legacy) or log == "kmsg"
-    return KernPlan(run_id, tuple(changes), offsets, points, (family,), kmsg, group)
+    return KernPlan(run_id, tuple(changes), offsets, points, (family,), kmsg, group, ruleset)
 
 
 def own_handles(nft_listing: str, run_id: str) -> frozenset[tuple[str, str, int]]:
@@ -190,3 +197,41 @@ def own_handles(nft_listing: str, run_id: str) -> frozenset[tuple[str, str, int]
             except (ValueError, IndexError):
                 pass
     return frozenset(out)
+
+
+def iptables_nft_tables(family: str, saved: dict[str, IptTable]) -> tuple[Table, ...]:
+    """The tables of `iptables-nft-save` output as model tables (backend IPTABLES_NFT), chains and
+    rule texts only: where `--log` puts its rules before the run, with no full nft listing."""
+    tables = []
+    for name, t in saved.items():
+        chains = tuple(
+            Chain(family, name, c.name, BUILTIN_HOOKS.get(c.name) if c.policy is not None else None, None,
+                  c.policy.lower() if c.policy else None,
+                  tuple(Rule(family, name, c.name, i, None, line, line) for i, line in enumerate(c.rules, 1)))
+            for c in t.chains
+        )
+        tables.append(Table(family, name, chains, Backend.IPTABLES_NFT))
+    return tuple(tables)
+
+
+def plan_to_json(kp: KernPlan) -> dict[str, object]:
+    """What replaying a bundle needs of the plan: where the LOG/NFLOG rules were, and how many
+    rules fwtrace put at the top of each legacy chain (the plan itself came from chains listed
+    before the run, which a bundle does not hold)."""
+    return {
+        "offsets": [[f, t, c, n] for (f, t, c), n in sorted(kp.offsets.items())],
+        "log_points": {str(n): [p.family, p.table, p.chain, p.legacy] for n, p in sorted(kp.log_points.items())},
+        "families": list(kp.families),
+        "kmsg": kp.kmsg,
+        "nflog_group": kp.nflog_group,
+        "rules": kp.rules,
+    }
+
+
+def plan_from_json(doc: dict[str, object]) -> KernPlan:
+    offsets = {(str(f), str(t), str(c)): int(n) for f, t, c, n in doc.get("offsets", [])}  # type: ignore[attr-defined]
+    points = {int(n): LogPoint(str(f), str(t), str(c), bool(lg))
+              for n, (f, t, c, lg) in doc.get("log_points", {}).items()}  # type: ignore[attr-defined]
+    group = doc.get("nflog_group")
+    return KernPlan("", (), offsets, points, tuple(doc.get("families", ())),  # type: ignore[arg-type]
+                    bool(doc.get("kmsg", True)), int(group) if group is not None else None)  # type: ignore[call-overload]

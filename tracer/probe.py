@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 from . import compare, correlate, diagnose, plan, snapshot, system
 from .errors import EnvironmentProblem, UsageError
 from .journal import Journal, Undo, nft_undo, shared_undo, sysctl_undo
-from .model import Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, TraceEvent
+from .model import EventKind, Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, Ruleset, TraceEvent
 from .nftrace import Headers
 from .sockets import parse_proc_net
 
@@ -42,17 +42,17 @@ REJECT_GRACE = 0.25
 class Evidence:
     """The raw material a report was made from: enough to replay the correlation offline."""
 
-    nft_before: str
-    nft_after: str
-    ipt_before: dict[str, str]
+    nft_rules: str  # nft's listing: the whole ruleset before the run, or the chains the probes met
+    ipt_rules: dict[str, str]  # "ip"/"ip6" -> iptables-save style text for the same
     batch: str
-    echo: str
     trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
-    legacy_before: dict[str, str] = field(default_factory=dict)  # iptables-legacy-save output per family
+    ruleset_diff: Optional[tuple[str, ...]] = None  # full listings before/after compared (bundles only)
+    legacy_rules: dict[str, str] = field(default_factory=dict)  # iptables-legacy-save output per family
     kmsg: tuple[bytes, ...] = ()  # /dev/kmsg records read during the run (kernel-log evidence)
     nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
     own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
+    kern_plan: Optional[dict[str, object]] = None  # kernplan.plan_to_json of the run's kernel-log plan
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,23 @@ class ProbeReport:
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
+    generations: tuple[int, ...] = ()  # nft ruleset generation before, after adding, after removing
     notes: tuple[str, ...] = ()  # what the run did beyond its own table (sysctls set for the run, ...)
+    # nft transactions fwtrace itself committed between its add and its delete: iptables-nft
+    # inserting and deleting the --log rules, one each
+    own_commits: int = 0
+    legacy_unchanged: Optional[bool] = None  # iptables-legacy tables listed before and after: equal?
+
+    @property
+    def ruleset_unchanged(self) -> Optional[bool]:
+        """True when the generations show exactly fwtrace's own transactions: its add, its
+        --log rules in and out, then its delete of the same table, so the ruleset is the one from
+        before. False when other writers committed meanwhile (nothing can then be said), None
+        when not measured. (x_tables has no generation: legacy_unchanged compares listings.)"""
+        g = self.generations
+        if len(g) != 3:
+            return None
+        return self.cleanup_ok and g[1] == g[0] + 1 and g[2] == g[1] + 1 + self.own_commits
 
     @property
     def reached(self) -> bool:
@@ -87,7 +103,9 @@ class ProbeReport:
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),
-            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover)},
+            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
+                        "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
+                        "legacy_unchanged": self.legacy_unchanged},
         }
 
     def dumps(self) -> str:
@@ -172,8 +190,10 @@ def signals_blocked() -> Iterator[None]:
 class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
-    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False) -> None:
+    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
+                 full_snapshot: bool = False) -> None:
         self.req = req
+        self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
         self.log = log
         self.run_id = run_id or new_run_id()
         self.rng = random.Random()
@@ -181,9 +201,11 @@ class Run:
         self.journal: Optional[Journal] = None
         self.changes = 0
         self.notes: list[str] = []
+        self.nft_log_rules = 0  # --log rules iptables-nft put into nf_tables
 
     def execute(self) -> ProbeReport:
         system.require_root()
+        system.require_tools("nft", "ip")
         from .cleanup import warn_stale
 
         warn_stale(self.log)
@@ -222,8 +244,7 @@ class Run:
 
     def _in_target(self) -> ProbeReport:
         req = self.req
-        before = snapshot.take()
-        self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
+        full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
         dst = _resolve_dst(req)
         with system.netns(req.from_netns):
@@ -232,23 +253,22 @@ class Run:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+        roles = plan.roles(tplan)
 
-        from .collect import TraceSocket
+        from .collect import TraceSocket, ruleset_generation
         from .inject import Injector, build, describe
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
         # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE
-        # in the kernel log) or --log. The default nft-only path never opens /dev/kmsg.
-        kplan = None
-        if req.log or before.ruleset.has_legacy:
-            from . import kernplan
-
-            kplan = kernplan.kern_plan(self.run_id, specs, before.ruleset, req.log)
-        results: list[PacketResult] = []
-        events: list[TraceEvent] = []
-        replies: list[bytes] = []
+        # in the kernel log) or --log. The default nft-only path never opens /dev/kmsg and runs no
+        # iptables tool: whether x_tables has tables is read from /proc. x_tables has no per-chain
+        # listing nor a generation, so its tables are saved whole now and again after the run.
+        legacy_saved = full.legacy_text if full else snapshot.legacy()
+        kplan = kernel_plan(self.run_id, specs, req.log, legacy_saved)
+        exchanges: list[tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]] = []
+        conntrack: dict[int, str] = {}
         cleanup_errors: list[str] = []
-        echo = ""
+        gens: list[int] = []
         kmsg_raw: list[bytes] = []
         nflog_raw: list[bytes] = []
         own: frozenset[tuple[str, str, int]] = frozenset()
@@ -262,7 +282,7 @@ class Run:
             if kplan is not None:
                 from . import kernlog
 
-                ctx = kernlog.KernContext(self.run_id, before.ruleset, kplan.offsets, kplan.log_points)
+                ctx = kernlog.KernContext(self.run_id, kplan.ruleset, kplan.offsets, kplan.log_points)
                 if kplan.kmsg:
                     from .kmsg import KmsgSource
 
@@ -280,35 +300,50 @@ class Run:
             stack.callback(inj.close)
             self.journal = Journal(self.run_id, list(sys.argv))
             try:
+                gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
-                echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
-                roles = plan.roles_from_echo(tplan, echo)
+                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch))
+                gens.append(ruleset_generation())
                 tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 if kplan is not None:
                     own = self._kernel_setup(kplan)
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
-                for spec, data in zip(specs, datas):
+                for i, (spec, data) in enumerate(zip(specs, datas)):
                     reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
-                    evs = correlate.without_handles(evs, own)
-                    events.extend(evs)
-                    replies.append(reply[1] if reply else b"")
-                    summary = describe(reply[1]) if reply else ""
-                    r = correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles)
+                    exchanges.append((spec, correlate.without_handles(evs, own), reply))
                     if kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
-                        r = dataclasses.replace(r, conntrack=_conntrack_entry(spec))
-                    results.append(r)
+                        conntrack[i] = _conntrack_entry(spec)  # now, while the flow's entry is fresh
             finally:
                 cleanup_errors = self._undo_all()
                 if ksrc is not None:
                     kmsg_raw = list(ksrc.raw)
                 if nsrc is not None:
                     nflog_raw = list(nsrc.raw)
-        after = snapshot.take()
-        left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
-        left += compare.leftover(before.legacy_listing, after.legacy_listing)
-        if plan.table_name(self.run_id) in after.nft_text:
-            left.append(f"table inet {plan.table_name(self.run_id)} still present")
-        ctx_d = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None,
+        gens.append(ruleset_generation())
+        # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
+        diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
+        gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
+        left = cleanup_errors + ([] if gone else [f"table inet {tplan.table} still present"])
+        legacy_unchanged: Optional[bool] = None
+        if legacy_saved or (kplan is not None and kplan.legacy_changes):
+            before_legacy = snapshot.legacy_listing(snapshot.with_legacy(Ruleset(), legacy_saved))
+            after_legacy = snapshot.legacy_listing(snapshot.with_legacy(Ruleset(), snapshot.legacy()))
+            legacy_diff = compare.leftover(before_legacy, after_legacy)
+            legacy_unchanged = not legacy_diff
+            left += legacy_diff
+
+        # The rules are read now, chain by chain, for the chains the probes met: handles do not
+        # change, and the generations prove whether anything else changed meanwhile. Legacy
+        # tables come from their save before the run (the kernel log's rule numbers count those).
+        met = {(e.family, e.table, e.chain) for _, evs, _ in exchanges for e in evs
+               if not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
+        snap = snapshot.chains(met, legacy_saved)
+        results = []
+        for i, (spec, evs, reply) in enumerate(exchanges):
+            r = correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
+                                        describe(reply[1]) if reply else "", roles)
+            results.append(dataclasses.replace(r, conntrack=conntrack[i]) if i in conntrack else r)
+        ctx_d = diagnose.Context(snap.ruleset, listeners(), local=req.from_netns is None,
                                  tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None)
         findings: list[Finding] = []
         conclusions = []
@@ -320,9 +355,11 @@ class Run:
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             instrumentation, tsock.lost, tuple(conclusions),
-            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw),
-                     tuple(replies), before.legacy_text, tuple(kmsg_raw), b"".join(nflog_raw), tuple(sorted(own))),
-            tuple(self.notes),
+            Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
+                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges),
+                     tuple(diff) if full else None, legacy_saved, tuple(kmsg_raw), b"".join(nflog_raw),
+                     tuple(sorted(own)), kernplan_json(kplan)),
+            tuple(gens), tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
         )
 
     def _kernel_setup(self, kplan: kernplan.KernPlan) -> frozenset[tuple[str, str, int]]:
@@ -342,9 +379,12 @@ class Run:
                                   "empty (x_tables cannot unregister a table) and changes no packet")
         for c in kplan.changes:
             self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), functools.partial(system.run, list(c.apply)))
-        if any(p.legacy is False for p in kplan.log_points.values()):
-            return kernplan.own_handles(system.run(["nft", "-a", "list", "ruleset"]).stdout, self.run_id)
-        return frozenset()
+            if c.apply[0] in kernplan.NFT_IPT_CMD.values():
+                self.nft_log_rules += 1  # one nft transaction in, one out: the generations count them
+        # The handles of the LOG rules iptables-nft made, from their chains only (no full listing).
+        nft_points = sorted({(p.family, p.table, p.chain) for p in kplan.log_points.values() if not p.legacy})
+        listed = "".join(system.run(["nft", "-a", "list", "chain", *key]).stdout for key in nft_points)
+        return kernplan.own_handles(listed, self.run_id) if nft_points else frozenset()
 
     def _kmsg_setup(self, kplan: kernplan.KernPlan) -> None:
         from . import kernplan
@@ -427,6 +467,35 @@ class Run:
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: dict[str, str]) -> Optional[kernplan.KernPlan]:
+    """The kernel-log plan, or None on the default path (no x_tables rules, no --log).
+
+    It needs the chains before the run: the legacy tables from their save, and with --log the
+    iptables-nft tables of the probe's family from iptables-nft-save (--log is opt-in; the
+    default path lists nothing in full)."""
+    if not log and not legacy_saved:
+        return None
+    from . import kernplan
+    from .ruleset import parse_iptables_save
+
+    tables = snapshot.with_legacy(Ruleset(), legacy_saved).tables
+    if not log and not tables:
+        return None  # only empty x_tables tables (e.g. the raw table an earlier TRACE left)
+    if log:
+        family = specs[0].nfproto
+        saved = system.run([snapshot.IPT_SAVE[family]], check=False).stdout
+        tables = kernplan.iptables_nft_tables(family, parse_iptables_save(saved)) + tables
+    return kernplan.kern_plan(run_id, specs, Ruleset(tables), log)
+
+
+def kernplan_json(kplan: Optional[kernplan.KernPlan]) -> Optional[dict[str, object]]:
+    if kplan is None:
+        return None
+    from . import kernplan
+
+    return kernplan.plan_to_json(kplan)
 
 
 def before_has_raw(family: str) -> bool:

@@ -1,6 +1,8 @@
 """Render a probe report as the text an admin reads on a terminal. No I/O."""
 from __future__ import annotations
 
+from typing import Optional
+
 from .model import EventKind, PacketResult, Step
 from .nftrace import parse_headers
 from .probe import ProbeReport
@@ -33,7 +35,26 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     if r.path:
         lines.append(f"  path: {' -> '.join(r.path)}")
     last_hdr = None
+    # (family, table, chain, legacy): x_tables and nf_tables may both have "ip filter INPUT"
+    pos: dict[tuple[str, str, str, bool], int] = {}  # rules of each chain already accounted for
+    jumped: Optional[tuple[str, str, str, bool]] = None  # the chain the previous step jumped to
     for step in r.steps:
+        ev = step.event
+        key = (ev.family, ev.table, ev.chain, ev.legacy)
+        if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
+            # The kernel reports no event for falling off a regular chain: say it here.
+            lines.append(f"    {' '.join(jumped[:3]):<28} no rule matched, back to the caller")
+        jumped = None
+        if step.rule is not None:
+            skipped = range(pos.get(key, 0) + 1, step.rule.number)
+            if skipped:
+                span = f"rule {skipped[0]}" if len(skipped) == 1 else f"rules {skipped[0]}-{skipped[-1]}"
+                where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
+                lines.append(f"    {where:<28} {span}: no match")
+            pos[key] = step.rule.number
+            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
+                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+                pos[jumped] = 0
         h = parse_headers(step.event.packet) if step.event.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
             lines.append(f"    (packet now addressed to {h.dst}:{h.dport})")
@@ -80,9 +101,19 @@ def render(report: ProbeReport) -> str:
         out.append(f"note: {note}")
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
-    if report.cleanup_ok:
-        out.append("cleanup: instrumentation removed; ruleset after the run equals the one before (counters aside)")
-    else:
+    g = report.generations
+    own = "only fwtrace's add and delete" if not report.own_commits else \
+        f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
+    if report.cleanup_ok and report.ruleset_unchanged:
+        out.append(f"cleanup: instrumentation removed; the ruleset is the one from before the run "
+                   f"(generation {g[0]} -> {g[2]}: {own})")
+    elif report.cleanup_ok:
+        out.append(f"cleanup: instrumentation removed; other writers changed the ruleset during the run "
+                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown" if len(g) == 3 else
+                   "cleanup: instrumentation removed")
+    if report.cleanup_ok and report.legacy_unchanged:
+        out.append("cleanup: the iptables-legacy tables listed after the run equal those before (counters aside)")
+    if not report.cleanup_ok:
         out.append("cleanup: FAILED, the ruleset differs from before the run:")
         out.extend(f"  {line}" for line in report.leftover)
         out.append("  run `fwtrace cleanup` or delete the table named fwtrace_" + report.run_id)

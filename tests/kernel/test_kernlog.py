@@ -75,6 +75,10 @@ def probe(lab: Lab, **kw: Any) -> ProbeReport:
     report = Run(ProbeRequest(**kw), log).execute()
     assert state(lab) == before, "the run left the server namespace changed"
     assert report.cleanup_ok and report.leftover == (), report.leftover
+    # The nft generations account for every transaction of the run, iptables-nft's --log rules
+    # included; legacy tables, which have no generation, are compared listing to listing.
+    assert report.ruleset_unchanged is True, report.generations
+    assert report.legacy_unchanged in (None, True)
     return report
 
 
@@ -118,7 +122,8 @@ def test_legacy_multiport_drop(lab: Lab, capsys: Any) -> None:
         ("policy", "raw", "PREROUTING", 2, "kmsg"), ("rule", "filter", "INPUT", 2, "kmsg")]
     assert p["events"][0]["text"].startswith("TRACE: raw:PREROUTING:policy:3 IN=eth0 ")
     assert p["path"] == ["prerouting", "input"]
-    assert doc["cleanup"] == {"ok": True, "leftover": []}
+    c = doc["cleanup"]
+    assert (c["ok"], c["leftover"], c["ruleset_unchanged"], c["legacy_unchanged"]) == (True, [], True, True)
     assert any("nf_log_all_netns=1" in n for n in doc["notes"])
     assert "mixed-backends" not in {f["code"] for f in doc["findings"]}
 
@@ -301,6 +306,8 @@ def test_nflog_rules_need_no_kernel_log(lab: Lab) -> None:
     assert report.evidence is not None and report.evidence.kmsg == () and report.evidence.nflog
     assert report.notes == ()
     assert any("-j NFLOG --nflog-group" in rule for rule in report.instrumentation)
+    # four NFLOG rules (INPUT, FORWARD, OUTPUT, fail2ban-SSH) in and out: eight nft transactions
+    assert report.own_commits == 8 and report.generations[2] - report.generations[0] == 10
 
 
 def test_nflog_with_legacy_trace(lab: Lab) -> None:

@@ -292,3 +292,24 @@ def test_nflog_parser_never_crashes(raw: bytes) -> None:
     for p in nflog.parse_packets(raw):
         nflog.to_event(p, ctx)
     nflog.errors(raw)
+
+
+def test_kern_plan_survives_the_bundle_round_trip() -> None:
+    specs = [PacketSpec(Proto.TCP, C4, S4, 40000, 22, "S", 0x1001)]
+    saved = snapshot.parse_iptables_save("*filter\n:INPUT ACCEPT [0:0]\n:blocklist - [0:0]\n"
+                                          "-A INPUT -j blocklist\nCOMMIT\n")
+    rs = Ruleset(kernplan.iptables_nft_tables("ip", saved) + kernplan.legacy_tables("ip", saved))
+    kp = kernplan.kern_plan("0badc0de", specs, rs, "kmsg")
+    assert {p.legacy for p in kp.log_points.values()} == {True, False} and kp.legacy_changes
+    back = kernplan.plan_from_json(kernplan.plan_to_json(kp))
+    assert (back.offsets, back.log_points, back.families, back.kmsg, back.nflog_group) == \
+        (kp.offsets, kp.log_points, kp.families, kp.kmsg, kp.nflog_group)
+
+
+def test_only_nftrace_events_say_whether_the_probe_got_through() -> None:
+    # A kernel-log event read after the trace ended in our in_end chain does not make it "vanished".
+    from tracer.model import TraceEvent
+
+    end = TraceEvent(1, EventKind.POLICY, "inet", "fwtrace_0badc0de", "in_end", verdict="accept")
+    late = TraceEvent(2, EventKind.LOG, "ip", "filter", "INPUT", source="kmsg", legacy=True)
+    assert correlate.delivered([end, late]) and not correlate.delivered([late])

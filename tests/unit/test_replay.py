@@ -66,7 +66,7 @@ def test_stray_ack_replays_as_conntrack_invalid() -> None:
     files = read_bundle(str(BUNDLES / "legacy-stray-ack-invalid"))
     [r] = replay(files)
     legacy = {"ip": files["iptables-legacy-save.txt"].decode()}
-    c = diagnose.Context(assemble(files["ruleset-before.nft"].decode(), "", {}, legacy), (), False, tcp_loose=0)
+    c = diagnose.Context(assemble(files["ruleset.nft"].decode(), "", {}, legacy), (), False, tcp_loose=0)
     r = dataclasses.replace(r, conntrack="none")
     findings = {f.code: f for f in diagnose.diagnose(r, c)}
     assert set(findings) == {"conntrack-invalid"}
@@ -76,7 +76,7 @@ def test_stray_ack_replays_as_conntrack_invalid() -> None:
 
 def ctx(files: dict[str, bytes], local: bool = False) -> diagnose.Context:
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
-    return diagnose.Context(assemble(files["ruleset-before.nft"].decode(), "", ipt), (), local)
+    return diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local)
 
 
 def test_seed_is_a_shadowed_rule_with_the_textbook_fix() -> None:
