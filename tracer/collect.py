@@ -77,8 +77,8 @@ class NflogSocket:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             self.sock.bind((0, 0))
-            for seq, req in enumerate((nflog.config_request(group, 1, command=nflog.NFULNL_CFG_CMD_BIND),
-                                       nflog.config_request(group, 2, copy_range=nflog.COPY_RANGE)), 1):
+            for req in ((nflog.config_request(group, 1, command=nflog.NFULNL_CFG_CMD_BIND),
+                                       nflog.config_request(group, 2, copy_range=nflog.COPY_RANGE))):
                 self.sock.send(req)
                 errs = nflog.errors(self.sock.recv(1 << 16))
                 if any(e != 0 for e in errs):

@@ -374,9 +374,9 @@ def _tuple(d: dict[str, str]) -> Optional[Tuple]:
     src, dst = _addr(d.get("src")), _addr(d.get("dst"))
     if src is None or dst is None:
         return None
-    port = (lambda k: _int(d.get(k)))
-    return Tuple(src, dst, port("sport") if "sport" in d else _int(d.get("id")),
-                 port("dport") if "dport" in d else _int(d.get("id")))
+    ident = _int(d.get("id"))
+    return Tuple(src, dst, _int(d.get("sport")) if "sport" in d else ident,
+                 _int(d.get("dport")) if "dport" in d else ident)
 
 
 def parse_conntrack(text: str) -> list[CtEntry]:

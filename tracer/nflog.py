@@ -92,6 +92,11 @@ def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
         off += (length + 3) & ~3
 
 
+def _ifindex(fields: Mapping[int, bytes], attr: int) -> Optional[int]:
+    raw = fields.get(attr, b"")
+    return int(struct.unpack(">I", raw)[0]) if len(raw) == 4 else None
+
+
 def parse_packets(data: bytes) -> list[Logged]:
     """Every NFULNL_MSG_PACKET in one datagram read from the socket; anything else is skipped."""
     out = []
@@ -102,12 +107,8 @@ def parse_packets(data: bytes) -> list[Logged]:
         hdr = fields.get(NFULA_PACKET_HDR, b"")
         hook = HOOKS.get(hdr[2]) if len(hdr) >= 3 else None
 
-        def ifindex(attr: int) -> Optional[int]:
-            raw = fields.get(attr, b"")
-            return struct.unpack(">I", raw)[0] if len(raw) == 4 else None
-
         prefix = fields.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
-        out.append(Logged(body[0], hook, prefix, ifindex(NFULA_IFINDEX_INDEV), ifindex(NFULA_IFINDEX_OUTDEV),
+        out.append(Logged(body[0], hook, prefix, _ifindex(fields, NFULA_IFINDEX_INDEV), _ifindex(fields, NFULA_IFINDEX_OUTDEV),
                           fields.get(NFULA_PAYLOAD, b"")))
     return out
 

@@ -397,7 +397,7 @@ class Run:
             old = system.sysctl_get(key)
             if old == "NONE":
                 logger = kernplan.NF_LOGGER[family]
-                self.change(sysctl_undo(ns, key, old), lambda: system.sysctl_set(key, logger))
+                self.change(sysctl_undo(ns, key, old), functools.partial(system.sysctl_set, key, logger))
                 self.notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
         old = system.sysctl_get(kernplan.LOG_INVALID)
         if old is not None and old != "255":

@@ -77,48 +77,48 @@ def test_ipv4_trace_tcp_line() -> None:
 
 def test_ipv4_trace_path_into_user_chain() -> None:
     got = [(t.table, t.chain, t.type, t.number) for t in
-           (kernlog.trace_of(l) for l in lines("kmsg-ipv4.txt") if l.ident == 0x1001) if t]
+           (kernlog.trace_of(ln) for ln in lines("kmsg-ipv4.txt") if ln.ident == 0x1001) if t]
     assert got == [("raw", "PREROUTING", "policy", 2), ("filter", "INPUT", "rule", 2),
                    ("filter", "INPUT", "rule", 4), ("filter", "blocklist", "rule", 1)]
 
 
 def test_icmp_echo_keeps_ip_id_apart_from_echo_id() -> None:
     # ... ID=4099 PROTO=ICMP TYPE=8 CODE=0 ID=4242 SEQ=7
-    [line] = [l for l in lines("kmsg-ipv4.txt") if l.proto == "ICMP" and l.prefix.startswith("fwtrace:")]
+    [line] = [ln for ln in lines("kmsg-ipv4.txt") if ln.proto == "ICMP" and ln.prefix.startswith("fwtrace:")]
     assert (line.ident, line.icmp_type, line.icmp_code, line.icmp_id) == (0x1003, 8, 0, 4242)
     assert line.sport is None and line.dport is None
 
 
 def test_icmp_error_quoting_the_probe_is_the_error_not_the_quote() -> None:
     # icmp-out IN= OUT=eth0 SRC=192.0.2.1 DST=192.0.2.2 ... PROTO=ICMP TYPE=3 CODE=3 [SRC=192.0.2.2 ... SPT=40002 DPT=5353 LEN=8 ]
-    [line] = [l for l in lines("kmsg-ipv4.txt") if l.prefix == "icmp-out "]
+    [line] = [ln for ln in lines("kmsg-ipv4.txt") if ln.prefix == "icmp-out "]
     assert (line.iif, line.oif, line.src, line.dst) == (None, "eth0", S4, C4)
     assert (line.icmp_type, line.icmp_code) == (3, 3) and line.ident != 0x1002
 
 
 def test_conntrack_invalid_line() -> None:
     # nf_ct_proto_6: invalid tcp flag combination IN=eth0 ... ID=4101 PROTO=TCP SPT=40005 DPT=8080 ... URG PSH FIN URGP=0
-    [line] = [l for l in lines("kmsg-ipv4.txt") if l.prefix.startswith("nf_ct_proto_")]
+    [line] = [ln for ln in lines("kmsg-ipv4.txt") if ln.prefix.startswith("nf_ct_proto_")]
     assert kernlog.ct_invalid_of(line) == (6, "invalid tcp flag combination")
     assert line.ident == 0x1005 and {"URG", "PSH", "FIN"} <= line.flags
     # The stray ACK (id 0x1004) was INVALID too, but conntrack logs nothing for it (tcp_loose=0).
-    assert not [l for l in lines("kmsg-ipv4.txt") if l.ident == 0x1004 and kernlog.ct_invalid_of(l)]
+    assert not [ln for ln in lines("kmsg-ipv4.txt") if ln.ident == 0x1004 and kernlog.ct_invalid_of(ln)]
 
 
 def test_ipv6_lines_use_the_flow_label() -> None:
     ls = lines("kmsg-ipv6.txt")
-    trace = [l for l in ls if kernlog.trace_of(l) and l.ident == 0x1001]
-    assert trace and all((l.src, l.dst, l.family, l.sport, l.dport) == (C6, S6, "ip6", 40011, 8080) for l in trace)
-    [echo] = [l for l in ls if l.prefix.startswith("fwtrace:") and l.proto == "ICMPv6" and l.icmp_type == 128]
+    trace = [ln for ln in ls if kernlog.trace_of(ln) and ln.ident == 0x1001]
+    assert trace and all((ln.src, ln.dst, ln.family, ln.sport, ln.dport) == (C6, S6, "ip6", 40011, 8080) for ln in trace)
+    [echo] = [ln for ln in ls if ln.prefix.startswith("fwtrace:") and ln.proto == "ICMPv6" and ln.icmp_type == 128]
     assert (echo.ident, echo.icmp_id) == (0x1003, 4242)
-    [ct] = [l for l in ls if kernlog.ct_invalid_of(l)]
+    [ct] = [ln for ln in ls if kernlog.ct_invalid_of(ln)]
     assert kernlog.ct_invalid_of(ct) == (6, "invalid tcp flag combination") and ct.ident == 0x1005
-    [err] = [l for l in ls if l.prefix == "icmp-out " and l.icmp_type == 1]
+    [err] = [ln for ln in ls if ln.prefix == "icmp-out " and ln.icmp_type == 1]
     assert err.icmp_code == 4 and err.ident != 0x1002  # the quoted FLOWLBL=4098 is inside brackets
 
 
 def test_own_log_prefix_only_for_this_run() -> None:
-    line = next(l for l in lines("kmsg-ipv4.txt") if l.prefix.startswith("fwtrace:"))
+    line = next(ln for ln in lines("kmsg-ipv4.txt") if ln.prefix.startswith("fwtrace:"))
     assert kernlog.own_log_of(line, "1a2b3c4d") == 1
     assert kernlog.own_log_of(line, "deadbeef") is None
     assert kernlog.log_prefix("1a2b3c4d", 12) == "fwtrace:1a2b3c4d:12 " and len(kernlog.log_prefix("1a2b3c4d", 999)) <= 29
