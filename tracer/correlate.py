@@ -189,6 +189,12 @@ def packet_result(
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
     verdict, ref = decide(steps, ruleset, traced=bool(probe_events))
+    if reply is None:
+        # Not captured (still queued for ARP, or dropped on its way out on purpose): the trace of
+        # its way through OUTPUT carries its headers, which say as much about its kind.
+        traced = next((h for h in _headers(reply_events) if is_reply(h, spec)), None)
+        if traced is not None:
+            reply, reply_summary = traced, "seen in the trace of OUTPUT, not captured"
     r = classify_reply(reply, spec)
     return PacketResult(
         spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)

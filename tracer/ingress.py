@@ -203,8 +203,13 @@ def frame(dst_mac: bytes, src_mac: bytes, packet: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # undo commands (run with `tc`/`ip` inside the target namespace; idempotent via `gone`)
 
-GONE = ("Cannot find device", "No such file or directory", "Invalid handle", "Cannot find specified qdisc",
-        "Filter with specified priority/protocol not found", "Invalid argument")
+# What ip/tc print when the thing is already gone (a second cleanup, or the crash came first):
+# `ip link del` "Cannot find device", `tc qdisc del` "Invalid handle" / "Cannot find specified
+# qdisc", `tc filter del` "Cannot find specified filter chain" (no clsact) or "Filter with
+# specified priority/protocol not found". "Specified filter kind does not match" is NOT here:
+# somebody else's filter sits at that preference, and it is left alone.
+GONE = ("Cannot find device", "Invalid handle", "Cannot find specified qdisc", "Cannot find specified filter chain",
+        "Filter with specified priority/protocol not found")
 
 
 def undo_port(inject: str) -> tuple[str, ...]:

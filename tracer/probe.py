@@ -58,6 +58,9 @@ class ProbeReport:
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
+    mode: str = ""  # how the probe was sent in the end: "ingress", "local", "from-netns"
+    via: Optional[str] = None  # simulated ingress: the interface it arrived on
+    caveats: tuple[str, ...] = ()
 
     @property
     def reached(self) -> bool:
@@ -69,7 +72,9 @@ class ProbeReport:
             "run_id": self.run_id,
             "target_netns": req.netns,
             "from_netns": req.from_netns,
-            "mode": "from-netns" if req.from_netns else "local",
+            "mode": self.mode or req.mode,
+            "via": self.via,
+            "caveats": list(self.caveats),
             "packets": [r.to_json() for r in self.results],
             "findings": [f.to_json() for f in self.findings],
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
@@ -86,14 +91,16 @@ def new_run_id() -> str:
     return os.urandom(4).hex()
 
 
-def pick_address(addr_json: str, version: int) -> Optional[IPAddress]:
-    """The first global address of an up interface in `ip -j addr` output (pure)."""
+def pick_address(addr_json: str, version: int, ifname: Optional[str] = None) -> Optional[IPAddress]:
+    """The first global address of an up interface (of `ifname` if given) in `ip -j addr` output (pure)."""
     try:
         links = json.loads(addr_json)
     except ValueError:
         return None
     for link in links:
         if "UP" not in link.get("flags", []) or link.get("ifname") == "lo":
+            continue
+        if ifname is not None and link.get("ifname") != ifname:
             continue
         for a in link.get("addr_info", []):
             if a.get("scope") != "global":
@@ -126,9 +133,11 @@ def _resolve_dst(req: ProbeRequest) -> IPAddress:
     if req.dst is not None:
         return req.dst
     version = 6 if req.ipv6 else 4
-    addr = pick_address(system.run(["ip", "-j", "addr", "show"]).stdout, version)
+    text = system.run(["ip", "-j", "addr", "show"]).stdout
+    # Simulated ingress on --via: an address of that interface is what a client there would use.
+    addr = (pick_address(text, version, req.via) if req.via else None) or pick_address(text, version)
     if addr is None:
-        if req.from_netns is None:
+        if req.mode == "local":
             return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
         raise UsageError(
             f"the target namespace has no global IPv{version} address to probe",
@@ -213,12 +222,25 @@ class Run:
         self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
         checkpoint("snapshot")
         dst = _resolve_dst(req)
-        with system.netns(req.from_netns):
-            src = req.src or _source_for(dst)
+        mode = req.mode
+        via: Optional[str] = None
+        back = None
+        caveats: list[str] = []
+        if mode == "ingress":
+            from . import ingress, simulate
+
+            src = req.src or ingress.default_source(dst.version)
+            back = simulate.route_to(src)
+            via = req.via or (back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None)
+            if via is None:
+                raise UsageError(f"the target namespace has no route back to {src}, so no interface it would arrive on",
+                                 "name the interface with --via (e.g. --via eth0), or add the route")
+        else:
+            with system.netns(req.from_netns):
+                src = req.src or _source_for(dst)
         if src.version != dst.version:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
-        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
 
         from .collect import TraceSocket
         from .inject import Injector, build, describe
@@ -229,14 +251,29 @@ class Run:
         replies: list[bytes] = []
         cleanup_errors: list[str] = []
         echo = ""
+        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
-            with system.netns(req.from_netns):
-                inj = Injector()
-            stack.callback(inj.close)
             self.journal = Journal(self.run_id, list(sys.argv))
             try:
+                inj: Any = None
+                if mode == "ingress":
+                    assert via is not None
+                    inj, reason = self._open_port(specs, via, back)
+                    if inj is None:
+                        # Fall back to a local probe, from a local address: a spoofed source's
+                        # replies would leave the machine now that nothing catches them.
+                        caveats.append(f"simulated ingress on {via} is not possible here ({reason}); "
+                                       "the probe was sent locally instead")
+                        mode, via = "local", None
+                        specs = build_specs(req, _source_for(dst), dst, self.rng)
+                        datas = [build(s) for s in specs]
+                        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+                if inj is None:
+                    with system.netns(req.from_netns):
+                        inj = Injector()
+                stack.callback(inj.close)
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
                 echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
                 roles = plan.roles_from_echo(tplan, echo)
@@ -246,14 +283,21 @@ class Run:
                     events.extend(evs)
                     replies.append(reply[1] if reply else b"")
                     summary = describe(reply[1]) if reply else ""
-                    results.append(correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles))
+                    result = correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles)
+                    results.append(result)
+                    if mode == "ingress" and result.reply.kind == "syn-ack":
+                        self._reset(inj, spec)
             finally:
                 cleanup_errors = self._undo_all()
         after = snapshot.take()
         left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
         if plan.table_name(self.run_id) in after.nft_text:
             left.append(f"table inet {plan.table_name(self.run_id)} still present")
-        ctx = diagnose.Context(before.ruleset, listeners(), local=req.from_netns is None)
+        rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and dst.version == 4 else False
+        ctx = diagnose.Context(before.ruleset, listeners(), local=mode == "local", mode=mode, via=via,
+                               src=specs[0].src if specs else None,
+                               route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
+                               fallback=caveats[0] if caveats else None)
         findings: list[Finding] = []
         conclusions = []
         for r in results:
@@ -264,7 +308,42 @@ class Run:
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             tuple(tplan.rules), tsock.lost, tuple(conclusions),
             Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw), tuple(replies)),
+            mode, via, tuple(caveats),
         )
+
+    def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, str]:
+        """The injection port, or (None, why not) when this kernel or these interfaces cannot."""
+        from .errors import CommandError
+        from .tcbpf import BpfUnavailable
+        from . import simulate
+
+        printer = _print_bpf if self.req.print_bpf else None
+        try:
+            port_plan = simulate.plan_port(via, back)
+            return simulate.open_port(self.change, self.req.netns, self.run_id, specs, port_plan, self.log, printer), ""
+        except (BpfUnavailable, CommandError, OSError) as e:
+            reason = str(e)
+        self.log.warning("simulated ingress unavailable; probing locally", via=via, reason=reason)
+        errors = self._undo_all()  # whatever part of the port was made
+        if errors:
+            raise EnvironmentProblem("could not remove the partly built injection port: " + "; ".join(errors),
+                                     "run `fwtrace cleanup`")
+        return None, reason
+
+    def _reset(self, inj: Any, spec: PacketSpec) -> None:
+        """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""
+        from .inject import build
+        from .simulate import rst_for_synack
+
+        rst, seq = rst_for_synack(spec)
+        inj.send(rst, build(rst, seq))
+        self.log.debug("sent", packet=rst.summary(), why="reset the half-open connection the probe made")
+
+    def _rp_filter(self, via: str, back: Any) -> bool:
+        from . import ingress, simulate
+
+        rp_all, rp_dev = simulate.rp_filter(via)
+        return ingress.rp_filter_drops(rp_all, rp_dev, via, back)
 
     def _exchange(
         self, tsock: Any, inj: Any, spec: PacketSpec, data: bytes, on_event: Any, roles: plan.Roles
@@ -312,3 +391,7 @@ def _source_for(dst: IPAddress) -> IPAddress:
     if src is None:
         raise EnvironmentProblem(f"no route to {dst} from the sending namespace", "check `ip route get` there, or give --src")
     return src
+
+
+def _print_bpf(title: str, listing: str) -> None:
+    sys.stderr.write(f"# {title}\n{listing}")

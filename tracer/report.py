@@ -50,8 +50,18 @@ def _packet(i: int, r: PacketResult) -> list[str]:
 def render(report: ProbeReport) -> str:
     req = report.request
     target = req.netns or "the current namespace"
-    how = f"sent from namespace {req.from_netns}" if req.from_netns else "sent locally (OUTPUT -> lo -> INPUT)"
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        how = f"sent from namespace {req.from_netns}"
+    elif mode == "ingress":
+        src = report.results[0].spec.src if report.results else req.src
+        how = f"simulated as received on {report.via} from {src} (replies caught before leaving)"
+    else:
+        how = "sent locally (OUTPUT -> lo -> INPUT)"
     out = [f"fwtrace run {report.run_id}: probing {target}, {how}", ""]
+    out.extend(f"caveat: {c}" for c in report.caveats)
+    if report.caveats:
+        out.append("")
     for i, r in enumerate(report.results, 1):
         out.extend(_packet(i, r))
         out.append("")

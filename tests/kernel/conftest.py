@@ -10,7 +10,7 @@ from tracer import system
 from tracer.lab import Lab
 
 GLOBAL_SYSCTLS = ("net.netfilter.nf_log_all_netns",)
-PREFIX = "fwtrace-test"
+PREFIX = f"fwtrace-test{os.getpid()}"  # ours only: other test runs may share the machine
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -224,7 +224,7 @@ def test_icmp_echo_and_local_probe(lab: Lab) -> None:
     [r] = remote.results
     assert r.verdict.value == "drop" and r.decided_by is not None and r.decided_by.rule is not None
     assert r.decided_by.rule.number == 2
-    local = probe(lab, dport=0, proto=Proto.ICMP, from_netns=None, dst=ipaddress.ip_address(str(SERVER4)))
+    local = probe(lab, dport=0, proto=Proto.ICMP, from_netns=None, local=True, dst=ipaddress.ip_address(str(SERVER4)))
     [r] = local.results
     assert r.verdict.value == "accept" and r.reply.kind == "echo-reply"
     assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.display == "-A INPUT -i lo -j ACCEPT"

@@ -1,0 +1,164 @@
+"""Simulated ingress, carried out: build the injection port, attach the tc programs, send, capture.
+
+`tracer.ingress` decides (pure); this module makes the changes through `Run.change`, so every
+one of them is journaled before it is made and taken back at the end or by `fwtrace cleanup`.
+Everything here runs in the target namespace (the calling thread is already in it).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import bpfasm, ingress, system
+from .errors import UsageError
+from .inject import ETH_P_ALL, Injector
+from .journal import Undo
+from .model import IPAddress, PacketSpec, Proto
+from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls
+
+Change = Callable[[Undo, Callable[[], Any]], Any]  # Run.change
+
+
+def route_to(addr: IPAddress) -> Optional[ingress.Route]:
+    """The route the target namespace would use to send to addr (None: none at all)."""
+    done = system.run(["ip", "-j", "route", "get", str(addr)], check=False)
+    return ingress.parse_route_get(done.stdout) if done.returncode == 0 else None
+
+
+def rp_filter(dev: str) -> tuple[Optional[int], Optional[int]]:
+    """(net.ipv4.conf.all.rp_filter, net.ipv4.conf.DEV.rp_filter) of the calling thread's netns."""
+    def get(key: str) -> Optional[int]:
+        v = system.sysctl_get(key)
+        return int(v) if v is not None and v.lstrip("-").isdigit() else None
+
+    return get("net.ipv4.conf.all.rp_filter"), get(f"net.ipv4.conf.{dev}.rp_filter")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the probe enters and which interfaces its replies could leave by."""
+
+    via: ingress.Link
+    egress: tuple[tuple[ingress.Link, int, bool, int], ...]  # (link, link header length, add clsact?, pref)
+
+
+def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
+    """Check the interfaces (read-only); BpfUnavailable when tc cannot be used safely there."""
+    links = ingress.parse_links(system.run(["ip", "-j", "link", "show"]).stdout)
+    link = links.get(via)
+    if link is None:
+        raise UsageError(f"no interface {via} in the target namespace", "see `ip link` there, or drop --via")
+    if link.mac is None:
+        raise BpfUnavailable(f"{via} is not an Ethernet interface ({link.link_type}): its receive path cannot be fed from a veth")
+    if not link.up:
+        raise UsageError(f"{via} is down: nothing can arrive on it", "bring it up, or choose another with --via")
+    names = [via] + ([back.dev] if back is not None and back.dev and back.dev not in (via, "lo") else [])
+    egress = []
+    for name in names:
+        out = links.get(name)
+        if out is None:
+            continue
+        l2 = ingress.link_header_len(out)
+        if l2 is None:
+            raise BpfUnavailable(f"replies would leave by {name} ({out.link_type}), whose frames fwtrace cannot match")
+        state = ingress.parse_tc_state(
+            system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout,
+            system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout,
+        )
+        if state.ingress_qdisc and not state.clsact:
+            raise BpfUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
+        pref = ingress.egress_pref(state)
+        if pref is None:
+            raise BpfUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
+        egress.append((out, l2, not state.clsact, pref))
+    return Plan(link, tuple(egress))
+
+
+class IngressPort(Injector):
+    """The run's end of the injection veth: frames written here enter `via`'s receive path, and
+    the probe's replies, redirected here by the egress programs, are read here."""
+
+    def __init__(self, ifname: str, via_mac: bytes) -> None:  # Injector's IP sockets are not wanted here
+        ifindex = socket.if_nametoindex(ifname)
+        self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: sends only
+        self.tx.bind((ifname, 0))
+        self.recv = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        self.recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.recv.bind((ifname, ETH_P_ALL))
+        self.ifindex = ifindex
+        self.src_mac = self.tx.getsockname()[4][:6]
+        self.via_mac = via_mac
+
+    def send(self, spec: PacketSpec, data: bytes) -> float:
+        self.tx.send(ingress.frame(self.via_mac, self.src_mac, data))
+        return time.monotonic()
+
+    def close(self) -> None:
+        for s in (self.tx, self.recv):
+            s.close()
+
+
+def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[PacketSpec], plan: Plan,
+              log: Any, print_bpf: Optional[Callable[[str, str], None]] = None) -> IngressPort:
+    """Make the injection port and attach the programs, each change journaled first."""
+    inj, peer = ingress.port_names(run_id)
+    change(Undo("cmd", f"veth {inj} (injection port)", netns, ingress.undo_port(inj), gone=ingress.GONE),
+           lambda: _make_veth(inj, peer))
+    inj_index, peer_index = socket.if_nametoindex(inj), socket.if_nametoindex(peer)
+    via = plan.via
+    assert via.mac is not None
+    for link, l2, add_qdisc, pref in plan.egress:
+        prog = ingress.reply_program(specs, inj_index, l2)
+        _show(log, print_bpf, f"reply catcher, tc egress of {link.name} (pref {pref})", prog)
+        if add_qdisc:
+            change(Undo("cmd", f"clsact qdisc on {link.name}", netns, ingress.undo_qdisc(link.name), gone=ingress.GONE),
+                   lambda name=link.name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]))
+        change(Undo("cmd", f"tc egress filter pref {pref} on {link.name}", netns,
+                    ingress.undo_filter(link.name, "egress", pref), gone=ingress.GONE),
+               lambda link=link, pref=pref, prog=prog: _attach(link.ifindex, "egress", pref, prog, f"fwtrace_r{run_id}"))
+    prog = ingress.inject_program(via.ifindex, via.mac)
+    _show(log, print_bpf, f"injector, tc ingress of {peer} -> {via.name}", prog)
+    # The qdisc and filter on our own veth go with it: the veth's undo above covers them.
+    system.run(["tc", "qdisc", "add", "dev", peer, "clsact"])
+    _attach(peer_index, "ingress", ingress.PREF_WANTED, prog, f"fwtrace_i{run_id}")
+    return IngressPort(inj, via.mac)
+
+
+def _show(log: Any, print_bpf: Optional[Callable[[str, str], None]], title: str, prog: list[bpfasm.Insn]) -> None:
+    listing = bpfasm.disassemble(prog)
+    log.debug("bpf program", what=title, insns=len(prog), listing=listing)
+    if print_bpf is not None:
+        print_bpf(title, listing)
+
+
+def _make_veth(inj: str, peer: str) -> None:
+    system.run(["ip", "link", "add", inj, "type", "veth", "peer", "name", peer])
+    for dev in (inj, peer):
+        # No IPv6 on the port: its own router solicitations or MLD reports must never be sent
+        # (and the peer's program would drop them anyway). The setting dies with the device.
+        if system.sysctl_get(f"net.ipv6.conf.{dev}.disable_ipv6") is not None:
+            system.sysctl_set(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+    system.run(["ip", "-batch", "-"], input=f"link set {inj} up\nlink set {peer} up\n")
+
+
+def _attach(ifindex: int, direction: str, pref: int, prog: list[bpfasm.Insn], name: str) -> None:
+    fd = load_sched_cls(prog, name)
+    try:
+        attach_filter(ifindex, direction, pref, fd, name)
+    finally:
+        os.close(fd)  # the filter holds its own reference to the program
+
+
+def rst_for_synack(spec: PacketSpec) -> tuple[PacketSpec, int]:
+    """The RST (and its sequence number) a real client's stack sends when a SYN-ACK answers.
+
+    Without it the server's request socket retransmits the SYN-ACK for a minute, after
+    fwtrace's reply catcher is gone: toward the real address. The SYN-ACK acknowledged the
+    probe's sequence number plus one; IPv4 id / flow label 0 keeps it out of the probe's trace.
+    """
+    from .inject import tcp_seq
+
+    return PacketSpec(Proto.TCP, spec.src, spec.dst, spec.sport, spec.dport, "R", 0), (tcp_seq(spec) + 1) & 0xFFFFFFFF

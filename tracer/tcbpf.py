@@ -1,0 +1,77 @@
+"""Load a tc program with the bpf(2) syscall and attach it with one rtnetlink request.
+
+No bcc and no clang: the programs are a few dozen instructions assembled by `tracer.bpfasm`, so
+loading them costs a syscall. `tc` itself cannot attach a program by file descriptor, hence the
+netlink request (built by `tracer.ingress.filter_request`); removing it again is a plain
+`tc filter del`, which is what the journal records. Failures raise `BpfUnavailable` with the
+kernel's reason, so the caller can fall back and say why.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import socket
+import struct
+
+from . import system
+from .bpfasm import Insn, assemble
+from .ingress import filter_request
+
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_SCHED_CLS = 3
+ATTR_SIZE = 128  # the part of union bpf_attr fwtrace fills; the kernel zero-checks what it knows past it
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+NETLINK_ROUTE = 0
+NLMSG_ERROR = 2
+
+
+class BpfUnavailable(Exception):
+    """The kernel refused a step of simulated ingress; the message says which and why."""
+
+
+def load_sched_cls(insns: list[Insn], name: str) -> int:
+    """BPF_PROG_LOAD a SCHED_CLS program; returns its fd (the caller closes it)."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise BpfUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
+    code = assemble(insns)
+    insn_buf = ctypes.create_string_buffer(code, len(code))
+    license = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    for log_level in (0, 1):  # retry with the verifier log only when it failed: it costs time
+        attr = ctypes.create_string_buffer(ATTR_SIZE)
+        struct.pack_into("=IIQQIIQII16s", attr, 0, BPF_PROG_TYPE_SCHED_CLS, len(insns),
+                         ctypes.addressof(insn_buf), ctypes.addressof(license),
+                         log_level, len(log) if log_level else 0, ctypes.addressof(log) if log_level else 0,
+                         0, 0, name.encode()[:15])
+        fd = system.libc().syscall(ctypes.c_long(nr), ctypes.c_int(BPF_PROG_LOAD), attr, ctypes.c_uint(ATTR_SIZE))
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if log_level == 0 and err in (errno.EACCES, errno.EINVAL):
+            continue
+        break
+    detail = log.value.decode(errors="replace").strip().splitlines()
+    why = f": {detail[-1]}" if detail else ""
+    raise BpfUnavailable(f"bpf(BPF_PROG_LOAD) failed: {os.strerror(err)}{why}")
+
+
+def attach_filter(ifindex: int, direction: str, pref: int, prog_fd: int, name: str) -> None:
+    """Attach prog_fd as a direct-action cls_bpf filter on the clsact qdisc of ifindex.
+
+    The netlink socket is opened here, so this acts in the calling thread's network namespace.
+    """
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as s:
+        s.bind((0, 0))
+        s.send(filter_request(ifindex, direction, pref, prog_fd, name))
+        reply = s.recv(65536)
+    if len(reply) >= 20:
+        _, mtype = struct.unpack_from("=IH", reply, 0)
+        if mtype == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", reply, 16)
+            if code == 0:
+                return
+            raise BpfUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(-code)}")
+    raise BpfUnavailable("adding the cls_bpf filter: unexpected netlink answer")
