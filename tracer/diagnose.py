@@ -24,7 +24,7 @@ class Context:
     src: Optional[IPAddress] = None  # the probe's source address
     route_dev: Optional[str] = None  # the interface the route back to src leaves by
     rp_filter_drops: bool = False  # rp_filter is on for `via` and the route back does not pass it
-    fallback: Optional[str] = None  # why simulated ingress was not possible, when it was asked for
+    fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
 
 
 NOT_REACHED = ("no-listener", "rp-filter")
@@ -189,8 +189,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     pf = facts(result, iif, oif, h)
 
     if ctx.local:
-        why = (f"Simulated ingress was asked for but {ctx.fallback.split('; ')[0].removeprefix('simulated ingress ')}, "
-               "so the probe was sent locally instead") if ctx.fallback else "The probe was sent from the target namespace itself (--local)"
+        why = (f"Simulated ingress was not possible ({ctx.fallback}), so the probe was sent locally instead"
+               if ctx.fallback else "The probe was sent from the target namespace itself (--local)")
         findings.append(Finding(
             "local-probe",
             f"{why}: it took OUTPUT -> lo -> INPUT, so rules matching a real interface (-i eth0) or a remote "

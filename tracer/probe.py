@@ -226,6 +226,7 @@ class Run:
         via: Optional[str] = None
         back = None
         caveats: list[str] = []
+        fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible"
         if mode == "ingress":
             from . import ingress, simulate
 
@@ -264,6 +265,7 @@ class Run:
                     if inj is None:
                         # Fall back to a local probe, from a local address: a spoofed source's
                         # replies would leave the machine now that nothing catches them.
+                        fallback = f"{via}: {reason}"
                         caveats.append(f"simulated ingress on {via} is not possible here ({reason}); "
                                        "the probe was sent locally instead")
                         mode, via = "local", None
@@ -297,7 +299,7 @@ class Run:
         ctx = diagnose.Context(before.ruleset, listeners(), local=mode == "local", mode=mode, via=via,
                                src=specs[0].src if specs else None,
                                route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
-                               fallback=caveats[0] if caveats else None)
+                               fallback=fallback)
         findings: list[Finding] = []
         conclusions = []
         for r in results:

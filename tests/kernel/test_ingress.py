@@ -265,3 +265,36 @@ def test_sigkill_then_cleanup_removes_port_and_filters(lab: Lab) -> None:
     assert cleaned.returncode == 0, cleaned.stderr
     assert "veth fwi" in cleaned.stdout and "clsact qdisc on eth0" in cleaned.stdout
     assert state(lab) == start
+
+
+def test_filter_at_pref_1_means_fallback_to_local(lab: Lab) -> None:
+    routed(lab)
+    lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+    lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "1", "protocol", "all",
+                         "u32", "match", "u32", "0", "0", "classid", "1:1"])
+    before = state(lab)
+    report = ingress(lab, dport=8080, src=None)
+    assert report.mode == "local" and report.via is None
+    [caveat] = report.caveats
+    assert "simulated ingress on eth0 is not possible here" in caveat and "preference 1" in caveat
+    [r] = report.results
+    assert r.spec.src == SERVER4  # never the made-up address: its replies would leave the machine
+    assert "local-probe" in codes(report)
+    assert state(lab) == before
+
+
+def test_kernel_refusal_midway_undoes_the_port_and_falls_back(lab: Lab, sniff: Sniffer, monkeypatch: Any) -> None:
+    from tracer import simulate
+    from tracer.tcbpf import BpfUnavailable
+
+    def refuse(insns: Any, name: str) -> int:
+        raise BpfUnavailable("bpf(BPF_PROG_LOAD) failed: Operation not permitted")
+
+    monkeypatch.setattr(simulate, "load_sched_cls", refuse)
+    routed(lab)
+    before = state(lab)
+    report = ingress(lab, dport=8080, src=None)
+    assert report.mode == "local"
+    assert "Operation not permitted" in report.caveats[0]
+    assert state(lab) == before  # the veth and eth0's clsact, made before the refusal, are gone
+    assert of_flow(sniff.frames(0.05), CUSTOMER) == []
