@@ -252,6 +252,7 @@ class Run:
         replies: list[bytes] = []
         cleanup_errors: list[str] = []
         echo = ""
+        port_plan: Any = None
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
@@ -261,7 +262,7 @@ class Run:
                 inj: Any = None
                 if mode == "ingress":
                     assert via is not None
-                    inj, reason = self._open_port(specs, via, back)
+                    inj, port_plan, reason = self._open_port(specs, via, back)
                     if inj is None:
                         # Fall back to a local probe, from a local address: a spoofed source's
                         # replies would leave the machine now that nothing catches them.
@@ -291,6 +292,10 @@ class Run:
                         self._reset(inj, spec)
             finally:
                 cleanup_errors = self._undo_all()
+                if port_plan is not None:
+                    from .simulate import leftovers
+
+                    cleanup_errors += leftovers(port_plan, self.run_id)
         after = snapshot.take()
         left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
         if plan.table_name(self.run_id) in after.nft_text:
@@ -313,8 +318,8 @@ class Run:
             mode, via, tuple(caveats),
         )
 
-    def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, str]:
-        """The injection port, or (None, why not) when this kernel or these interfaces cannot."""
+    def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
+        """(injection port, its plan, ""), or (None, None, why not) when the kernel or the interfaces cannot."""
         from .errors import CommandError
         from .tcbpf import BpfUnavailable
         from . import simulate
@@ -322,7 +327,8 @@ class Run:
         printer = _print_bpf if self.req.print_bpf else None
         try:
             port_plan = simulate.plan_port(via, back)
-            return simulate.open_port(self.change, self.req.netns, self.run_id, specs, port_plan, self.log, printer), ""
+            port = simulate.open_port(self.change, self.req.netns, self.run_id, specs, port_plan, self.log, printer)
+            return port, port_plan, ""
         except (BpfUnavailable, CommandError, OSError) as e:
             reason = str(e)
         self.log.warning("simulated ingress unavailable; probing locally", via=via, reason=reason)
@@ -330,7 +336,7 @@ class Run:
         if errors:
             raise EnvironmentProblem("could not remove the partly built injection port: " + "; ".join(errors),
                                      "run `fwtrace cleanup`")
-        return None, reason
+        return None, None, reason
 
     def _reset(self, inj: Any, spec: PacketSpec) -> None:
         """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""

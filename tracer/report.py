@@ -77,7 +77,8 @@ def render(report: ProbeReport) -> str:
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
     if report.cleanup_ok:
-        out.append("cleanup: instrumentation removed; ruleset after the run equals the one before (counters aside)")
+        port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
+        out.append(f"cleanup: {port}instrumentation removed; ruleset after the run equals the one before (counters aside)")
     else:
         out.append("cleanup: FAILED, the ruleset differs from before the run:")
         out.extend(f"  {line}" for line in report.leftover)

@@ -43,6 +43,11 @@ class Plan:
 
     via: ingress.Link
     egress: tuple[tuple[ingress.Link, int, bool, int], ...]  # (link, link header length, add clsact?, pref)
+    tc_before: str = ""  # tc's view of those interfaces before the run: compared after it
+
+    @property
+    def devices(self) -> list[str]:
+        return [link.name for link, *_ in self.egress]
 
 
 def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
@@ -57,6 +62,7 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
         raise UsageError(f"{via} is down: nothing can arrive on it", "bring it up, or choose another with --via")
     names = [via] + ([back.dev] if back is not None and back.dev and back.dev not in (via, "lo") else [])
     egress = []
+    seen = []
     for name in names:
         out = links.get(name)
         if out is None:
@@ -64,17 +70,35 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
         l2 = ingress.link_header_len(out)
         if l2 is None:
             raise BpfUnavailable(f"replies would leave by {name} ({out.link_type}), whose frames fwtrace cannot match")
-        state = ingress.parse_tc_state(
-            system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout,
-            system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout,
-        )
+        qdiscs = system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout
+        filters = system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout
+        seen.append(_tc_text(name, qdiscs, filters))
+        state = ingress.parse_tc_state(qdiscs, filters)
         if state.ingress_qdisc and not state.clsact:
             raise BpfUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
         pref = ingress.egress_pref(state)
         if pref is None:
             raise BpfUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
         egress.append((out, l2, not state.clsact, pref))
-    return Plan(link, tuple(egress))
+    return Plan(link, tuple(egress), "".join(seen))
+
+
+def _tc_text(name: str, qdiscs: str, filters: str) -> str:
+    return f"{name} qdisc {qdiscs.strip()}\n{name} egress {filters.strip()}\n"
+
+
+def leftovers(plan: Plan, run_id: str) -> list[str]:
+    """What of the port is still there after the undos (for the report's cleanup line)."""
+    left = []
+    inj, _ = ingress.port_names(run_id)
+    if system.run(["ip", "link", "show", "dev", inj], check=False).returncode == 0:
+        left.append(f"injection port {inj} still present")
+    after = "".join(_tc_text(name, system.run(["tc", "-j", "qdisc", "show", "dev", name], check=False).stdout,
+                             system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout)
+                    for name in plan.devices)
+    if after != plan.tc_before:
+        left.append(f"tc qdiscs/egress filters of {', '.join(plan.devices)} differ from before the run")
+    return left
 
 
 class IngressPort(Injector):
