@@ -129,13 +129,12 @@ def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.R
     return specs
 
 
-def _resolve_dst(req: ProbeRequest) -> IPAddress:
+def _resolve_dst(req: ProbeRequest, via: Optional[str] = None) -> IPAddress:
     if req.dst is not None:
         return req.dst
-    version = 6 if req.ipv6 else 4
+    version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
     text = system.run(["ip", "-j", "addr", "show"]).stdout
-    # Simulated ingress on --via: an address of that interface is what a client there would use.
-    addr = (pick_address(text, version, req.via) if req.via else None) or pick_address(text, version)
+    addr = (pick_address(text, version, via) if via else None) or pick_address(text, version)
     if addr is None:
         if req.mode == "local":
             return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
@@ -221,7 +220,6 @@ class Run:
         before = snapshot.take()
         self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
         checkpoint("snapshot")
-        dst = _resolve_dst(req)
         mode = req.mode
         via: Optional[str] = None
         back = None
@@ -230,13 +228,19 @@ class Run:
         if mode == "ingress":
             from . import ingress, simulate
 
-            src = req.src or ingress.default_source(dst.version)
-            back = simulate.route_to(src)
+            version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
+            src = req.src or ingress.default_source(version)
+            back = simulate.route_to(src, req.dst)
             via = req.via or (back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None)
             if via is None:
                 raise UsageError(f"the target namespace has no route back to {src}, so no interface it would arrive on",
                                  "name the interface with --via (e.g. --via eth0), or add the route")
+            # Without --dst: an address of the interface it arrives on, as a client there would use.
+            dst = _resolve_dst(req, via)
+            if req.dst is None:
+                back = simulate.route_to(src, dst) or back
         else:
+            dst = _resolve_dst(req)
             with system.netns(req.from_netns):
                 src = req.src or _source_for(dst)
         if src.version != dst.version:

@@ -22,8 +22,17 @@ from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls
 Change = Callable[[Undo, Callable[[], Any]], Any]  # Run.change
 
 
-def route_to(addr: IPAddress) -> Optional[ingress.Route]:
-    """The route the target namespace would use to send to addr (None: none at all)."""
+def route_to(addr: IPAddress, local: Optional[IPAddress] = None) -> Optional[ingress.Route]:
+    """The route the target namespace would send a reply to addr by (None: none at all).
+
+    Asked `from` the local address the reply comes from when known, so source-based policy
+    routing (`ip rule from ...`) is taken into account; iproute2 refuses a non-local `from`,
+    and then the plain lookup is the best answer there is.
+    """
+    if local is not None:
+        done = system.run(["ip", "-j", "route", "get", str(addr), "from", str(local)], check=False)
+        if done.returncode == 0:
+            return ingress.parse_route_get(done.stdout)
     done = system.run(["ip", "-j", "route", "get", str(addr)], check=False)
     return ingress.parse_route_get(done.stdout) if done.returncode == 0 else None
 
@@ -91,8 +100,11 @@ def leftovers(plan: Plan, run_id: str) -> list[str]:
     """What of the port is still there after the undos (for the report's cleanup line)."""
     left = []
     inj, _ = ingress.port_names(run_id)
-    if system.run(["ip", "link", "show", "dev", inj], check=False).returncode == 0:
+    try:
+        socket.if_nametoindex(inj)
         left.append(f"injection port {inj} still present")
+    except OSError:
+        pass
     after = "".join(_tc_text(name, system.run(["tc", "-j", "qdisc", "show", "dev", name], check=False).stdout,
                              system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout)
                     for name in plan.devices)

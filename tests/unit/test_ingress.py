@@ -139,3 +139,16 @@ def test_local_probe_wording_for_local_and_fallback() -> None:
     assert f.message.startswith("Simulated ingress was not possible (eth0: bpf(BPF_PROG_LOAD) failed: Operation not "
                                 "permitted), so the probe was sent locally instead: it took OUTPUT -> lo -> INPUT")
     assert "--from-netns" in (f.fix or "")
+
+
+def test_pick_address_prefers_the_via_interface() -> None:
+    from tracer.probe import pick_address
+
+    addrs = ('[{"ifname":"lo","flags":["UP"],"addr_info":[{"local":"127.0.0.1","scope":"host"}]},'
+             '{"ifname":"eth0","flags":["UP"],"addr_info":[{"local":"192.0.2.1","scope":"global"},'
+             '{"local":"2001:db8:1::1","scope":"global"}]},'
+             '{"ifname":"eth1","flags":["UP"],"addr_info":[{"local":"198.51.100.1","scope":"global"}]}]')
+    assert pick_address(addrs, 4) == a("192.0.2.1")
+    assert pick_address(addrs, 4, "eth1") == a("198.51.100.1")
+    assert pick_address(addrs, 6, "eth1") is None
+    assert pick_address(addrs, 6) == a("2001:db8:1::1")
