@@ -126,6 +126,8 @@ def redirect_program(patterns: list[Pattern], ifindex: int, flags: int, default:
             out[i] = _target(out[i], i, len(out))
     out.append(Insn(ALU64 | MOV | K, dst=0, imm=default))
     out.append(Insn(JMP | EXIT))
+    if not patterns:
+        return out  # the verifier refuses unreachable instructions
     redirect = len(out)
     for i in to_redirect:
         out[i] = _target(out[i], i, redirect)

@@ -17,7 +17,7 @@ from .errors import UsageError
 from .inject import ETH_P_ALL, Injector
 from .journal import Undo
 from .model import IPAddress, PacketSpec, Proto
-from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls
+from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
 
 Change = Callable[[Undo, Callable[[], Any]], Any]  # Run.change
 
@@ -47,16 +47,27 @@ def rp_filter(dev: str) -> tuple[Optional[int], Optional[int]]:
 
 
 @dataclass(frozen=True)
+class Egress:
+    """An interface a reply could leave by, and how fwtrace's reply catcher goes on it."""
+
+    link: ingress.Link
+    l2: int  # bytes of link header before the IP header
+    tcx: bool = False  # tcx programs are there: attach ours through tcx, in front of them
+    add_clsact: bool = False  # classic: no clsact qdisc yet, fwtrace adds (and removes) one
+    pref: int = ingress.PREF_WANTED  # classic: the filter preference, before every other filter
+
+
+@dataclass(frozen=True)
 class Plan:
     """Where the probe enters and which interfaces its replies could leave by."""
 
     via: ingress.Link
-    egress: tuple[tuple[ingress.Link, int, bool, int], ...]  # (link, link header length, add clsact?, pref)
+    egress: tuple[Egress, ...]
     tc_before: str = ""  # tc's view of those interfaces before the run: compared after it
 
     @property
     def devices(self) -> list[str]:
-        return [link.name for link, *_ in self.egress]
+        return [e.link.name for e in self.egress]
 
 
 def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
@@ -82,13 +93,16 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
         qdiscs = system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout
         filters = system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout
         seen.append(_tc_text(name, qdiscs, filters))
+        if tcx_count(out.ifindex, "egress"):
+            egress.append(Egress(out, l2, tcx=True))
+            continue
         state = ingress.parse_tc_state(qdiscs, filters)
         if state.ingress_qdisc and not state.clsact:
             raise BpfUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
         pref = ingress.egress_pref(state)
         if pref is None:
             raise BpfUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
-        egress.append((out, l2, not state.clsact, pref))
+        egress.append(Egress(out, l2, add_clsact=not state.clsact, pref=pref))
     return Plan(link, tuple(egress), "".join(seen))
 
 
@@ -117,7 +131,8 @@ class IngressPort(Injector):
     """The run's end of the injection veth: frames written here enter `via`'s receive path, and
     the probe's replies, redirected here by the egress programs, are read here."""
 
-    def __init__(self, ifname: str, via_mac: bytes) -> None:  # Injector's IP sockets are not wanted here
+    def __init__(self, ifname: str, via_mac: bytes, links: list[int]) -> None:  # not Injector's IP sockets
+        self.links = links  # tcx link fds: closing them detaches the programs
         ifindex = socket.if_nametoindex(ifname)
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: sends only
         self.tx.bind((ifname, 0))
@@ -135,6 +150,12 @@ class IngressPort(Injector):
     def close(self) -> None:
         for s in (self.tx, self.recv):
             s.close()
+        _close_all(self.links)
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[PacketSpec], plan: Plan,
@@ -146,21 +167,36 @@ def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[Pac
     inj_index, peer_index = socket.if_nametoindex(inj), socket.if_nametoindex(peer)
     via = plan.via
     assert via.mac is not None
-    for link, l2, add_qdisc, pref in plan.egress:
-        prog = ingress.reply_program(specs, inj_index, l2)
-        _show(log, print_bpf, f"reply catcher, tc egress of {link.name} (pref {pref})", prog)
-        if add_qdisc:
-            change(Undo("cmd", f"clsact qdisc on {link.name}", netns, ingress.undo_qdisc(link.name), gone=ingress.GONE),
-                   lambda name=link.name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]))
-        change(Undo("cmd", f"tc egress filter pref {pref} on {link.name}", netns,
-                    ingress.undo_filter(link.name, "egress", pref), gone=ingress.GONE),
-               lambda link=link, pref=pref, prog=prog: _attach(link.ifindex, "egress", pref, prog, f"fwtrace_r{run_id}"))
+    links: list[int] = []
+    try:
+        for e in plan.egress:
+            name = e.link.name
+            prog = ingress.reply_program(specs, inj_index, e.l2)
+            if e.tcx:
+                _show(log, print_bpf, f"reply catcher, tcx egress of {name} (first)", prog)
+                links.append(_tcx(e.link.ifindex, prog, f"fwtrace_r{run_id}"))
+                log.info("change", what=f"tcx egress program on {name} (detached when fwtrace exits)", netns=netns)
+                continue
+            _show(log, print_bpf, f"reply catcher, tc egress of {name} (pref {e.pref})", prog)
+            if e.add_clsact:
+                change(Undo("cmd", f"clsact qdisc on {name}", netns, ingress.undo_qdisc(name), gone=ingress.GONE),
+                       lambda name=name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]))
+            change(Undo("cmd", f"tc egress filter pref {e.pref} on {name}", netns,
+                        ingress.undo_filter(name, "egress", e.pref), gone=ingress.GONE),
+                   lambda e=e, prog=prog: _attach(e.link.ifindex, "egress", e.pref, prog, f"fwtrace_r{run_id}"))
+    except BaseException:
+        _close_all(links)
+        raise
     prog = ingress.inject_program(via.ifindex, via.mac)
     _show(log, print_bpf, f"injector, tc ingress of {peer} -> {via.name}", prog)
     # The qdisc and filter on our own veth go with it: the veth's undo above covers them.
-    system.run(["tc", "qdisc", "add", "dev", peer, "clsact"])
-    _attach(peer_index, "ingress", ingress.PREF_WANTED, prog, f"fwtrace_i{run_id}")
-    return IngressPort(inj, via.mac)
+    try:
+        system.run(["tc", "qdisc", "add", "dev", peer, "clsact"])
+        _attach(peer_index, "ingress", ingress.PREF_WANTED, prog, f"fwtrace_i{run_id}")
+        return IngressPort(inj, via.mac, links)
+    except BaseException:
+        _close_all(links)
+        raise
 
 
 def _show(log: Any, print_bpf: Optional[Callable[[str, str], None]], title: str, prog: list[bpfasm.Insn]) -> None:
@@ -178,6 +214,14 @@ def _make_veth(inj: str, peer: str) -> None:
         if system.sysctl_get(f"net.ipv6.conf.{dev}.disable_ipv6") is not None:
             system.sysctl_set(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
     system.run(["ip", "-batch", "-"], input=f"link set {inj} up\nlink set {peer} up\n")
+
+
+def _tcx(ifindex: int, prog: list[bpfasm.Insn], name: str) -> int:
+    fd = load_sched_cls(prog, name)
+    try:
+        return tcx_attach(ifindex, "egress", fd)
+    finally:
+        os.close(fd)  # the link holds its own reference to the program
 
 
 def _attach(ifindex: int, direction: str, pref: int, prog: list[bpfasm.Insn], name: str) -> None:

@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import struct
+from typing import Optional
 
 from . import system
 from .bpfasm import Insn, assemble
@@ -53,7 +54,9 @@ def load_sched_cls(insns: list[Insn], name: str) -> int:
         if log_level == 0 and err in (errno.EACCES, errno.EINVAL):
             continue
         break
-    detail = log.value.decode(errors="replace").strip().splitlines()
+    # The verifier's reason is the last line before its statistics ("processed N insns ...").
+    detail = [ln for ln in log.value.decode(errors="replace").strip().splitlines()
+              if ln and not ln.startswith(("processed ", "verification time"))]
     why = f": {detail[-1]}" if detail else ""
     raise BpfUnavailable(f"bpf(BPF_PROG_LOAD) failed: {os.strerror(err)}{why}")
 
@@ -75,3 +78,45 @@ def attach_filter(ifindex: int, direction: str, pref: int, prog_fd: int, name: s
                 return
             raise BpfUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(-code)}")
     raise BpfUnavailable("adding the cls_bpf filter: unexpected netlink answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# tcx (Linux 6.6+): bpf_link-based tc programs. They run BEFORE every classic clsact filter, and
+# one that returns TCX_PASS ends the walk there: a classic reply catcher would never see the
+# frame. Where tcx programs are attached, fwtrace attaches its own through tcx too, in front of
+# them (BPF_F_BEFORE with no anchor: first of all). A tcx link lives as long as its fd: it goes
+# away with the process, even on SIGKILL, so nothing has to be journaled for it.
+
+BPF_PROG_QUERY = 16
+BPF_LINK_CREATE = 28
+BPF_TCX = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS (enum bpf_attach_type)
+BPF_F_BEFORE = 1 << 3
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:  # type: ignore[type-arg]
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise BpfUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
+    ret = system.libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    return int(ret) if ret >= 0 else -ctypes.get_errno()
+
+
+def tcx_count(ifindex: int, direction: str) -> Optional[int]:
+    """How many tcx programs the interface has in that direction; None: this kernel has no tcx."""
+    attr = ctypes.create_string_buffer(ATTR_SIZE)
+    struct.pack_into("=II", attr, 0, ifindex, BPF_TCX[direction])  # query.target_ifindex, attach_type
+    ret = _bpf(BPF_PROG_QUERY, attr)
+    if ret < 0:
+        return None  # EINVAL before 6.6: no tcx, so nothing can run before classic filters
+    return int(struct.unpack_from("=I", attr, 24)[0])  # query.prog_cnt
+
+
+def tcx_attach(ifindex: int, direction: str, prog_fd: int) -> int:
+    """Attach prog_fd first among the interface's tcx programs; returns the link fd (close = detach)."""
+    attr = ctypes.create_string_buffer(ATTR_SIZE)
+    # link_create: prog_fd, target_ifindex, attach_type, flags; tcx.relative_fd 0 with BPF_F_BEFORE: first
+    struct.pack_into("=IIII", attr, 0, prog_fd, ifindex, BPF_TCX[direction], BPF_F_BEFORE)
+    ret = _bpf(BPF_LINK_CREATE, attr)
+    if ret < 0:
+        raise BpfUnavailable(f"attaching the tcx {direction} program failed: {os.strerror(-ret)}")
+    return ret

@@ -298,3 +298,29 @@ def test_kernel_refusal_midway_undoes_the_port_and_falls_back(lab: Lab, sniff: S
     assert "Operation not permitted" in report.caveats[0]
     assert state(lab) == before  # the veth and eth0's clsact, made before the refusal, are gone
     assert of_flow(sniff.frames(0.05), CUSTOMER) == []
+
+
+def test_tcx_program_in_front_of_tc_is_overtaken(lab: Lab, sniff: Sniffer) -> None:
+    """A tcx program (Cilium and friends, 6.6+) runs before every clsact filter, and TCX_PASS ends
+    the walk: a classic reply catcher would never see the reply. fwtrace goes through tcx then."""
+    from tracer import bpfasm, tcbpf
+
+    routed(lab)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    with system.netns(lab.server):
+        eth0 = socket.if_nametoindex("eth0")
+        ok = [bpfasm.Insn(bpfasm.ALU64 | bpfasm.MOV | bpfasm.K, dst=0, imm=bpfasm.TC_ACT_OK), bpfasm.Insn(bpfasm.JMP | bpfasm.EXIT)]
+        passing = tcbpf.load_sched_cls(ok, "test_pass")
+        link = tcbpf.tcx_attach(eth0, "egress", passing)
+    os.close(passing)
+    try:
+        before = state(lab)
+        report = ingress(lab, dport=8080)
+        [r] = report.results
+        assert r.reply.kind == "syn-ack" and "captured" not in r.reply.summary
+        assert of_flow(sniff.frames(0.05), CUSTOMER) == []
+        assert state(lab) == before
+        with system.netns(lab.server):
+            assert tcbpf.tcx_count(eth0, "egress") == 1  # the admin's program, still there and alone
+    finally:
+        os.close(link)
