@@ -33,14 +33,24 @@ exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
 TCP_FLAG_LETTERS = set("FSRPAUEC")
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range (1-65535): {value}")
-    return value
+def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, name: str, low_open: bool = False) -> Any:
+    """An argparse type: `convert` the text, then check lo <= value <= hi (lo < value if low_open)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not ((lo < value) if low_open else (lo <= value)) or value > hi:
+            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {value}")
+        return value
+
+    return parse
+
+
+_port = _bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
+_count = _bounded(int, 1, 100, "a number", "count")
+_timeout = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
 
 
 def _addr(text: str) -> Any:
@@ -48,26 +58,6 @@ def _addr(text: str) -> Any:
         return ipaddress.ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 address: {text!r}") from None
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"count out of range (1-100): {value}")
-    return value
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"timeout out of range (0-60 seconds): {value}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,7 +145,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     from .probe import Run
     from .report import render
 
-    run = Run(req, log, log_events=ns.verbose)
+    run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
     report = run.execute()
     text = render(report)
     sys.stdout.write(report.dumps() + "\n" if ns.json else text)

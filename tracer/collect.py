@@ -62,3 +62,15 @@ class TraceSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def ruleset_generation() -> int:
+    """The nftables ruleset generation of the calling thread's namespace (one netlink round trip)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nftrace.NETLINK_NETFILTER) as s:
+        s.bind((0, 0))
+        s.settimeout(2.0)
+        s.send(nftrace.getgen_request(1))
+        gen = nftrace.parse_generation(s.recv(1 << 16))
+    if gen is None:
+        raise OSError("no NFT_MSG_NEWGEN answer from the kernel")
+    return gen

@@ -23,7 +23,7 @@ from .model import (
     Verdict,
 )
 from .nftrace import Headers, parse_headers
-from .plan import TABLE_PREFIX, Roles
+from .plan import DELIVERED, TABLE_PREFIX, Roles, hook_of_chain
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -59,50 +59,61 @@ def is_reply(h: Headers, spec: PacketSpec) -> bool:
     return spec.proto is not Proto.ICMP and h.proto == _IPPROTO[spec.proto] and h.dport == spec.sport
 
 
-def group_by_packet(events: Iterable[TraceEvent]) -> dict[int, list[TraceEvent]]:
-    groups: dict[int, list[TraceEvent]] = {}
-    for ev in events:
-        groups.setdefault(ev.trace_id, []).append(ev)
-    return groups
-
-
-def _headers(group: list[TraceEvent]) -> list[Headers]:
-    return [h for h in (parse_headers(e.packet) for e in group if e.packet) if h is not None]
-
-
-def _role(group: list[TraceEvent], spec: PacketSpec, roles: Optional[Roles]) -> Optional[str]:
-    """'probe' or 'reply' when this packet's events are spec's, else None.
-
-    Which of fwtrace's own tracing rules marked the packet says it best (an ICMP error's quoted
-    packet is not in the trace's header dump); the headers are the fallback without a role map.
-    """
-    if roles:
-        for ev in group:
-            if ev.table.startswith(TABLE_PREFIX) and ev.handle is not None:
-                entry = roles.get((ev.chain, ev.handle))
-                if entry is not None and spec.ident in entry.idents:
-                    return entry.role
-    hs = _headers(group)
-    if any(is_probe(h, spec) for h in hs):
-        return "probe"
-    if any(is_reply(h, spec) for h in hs):
-        return "reply"
-    return None
+def _key(h: Headers) -> tuple[object, ...]:
+    return (h.proto, h.ident)  # NAT rewrites addresses and ports, never these
 
 
 def split_events(
     events: Iterable[TraceEvent], spec: PacketSpec, roles: Optional[Roles] = None
 ) -> tuple[list[TraceEvent], list[TraceEvent]]:
-    """(events of the probe packet, events of its replies), each in arrival order."""
+    """(events of the probe packet, events of its replies), each in arrival order.
+
+    The kernel's trace id is derived from the skb's address, so a later packet in a recycled
+    skb gets the same id: the id only groups events between two header dumps. A packet's trace
+    always starts with the rule that set its trace flag, and rule events carry the headers, so
+    each header dump (re)decides whose packet this is; events without headers (policies) follow
+    the last dump of their id. Which of fwtrace's own chains set the flag says it best (an ICMP
+    error's quoted packet is not in the dump); otherwise the headers are matched.
+    """
     probe: list[TraceEvent] = []
     reply: list[TraceEvent] = []
-    for group in group_by_packet(events).values():
-        role = _role(group, spec, roles)
+    current: dict[int, tuple[Optional[str], Optional[tuple[object, ...]]]] = {}
+    for ev in events:
+        role, key = current.get(ev.trace_id, (None, None))
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None:
+            entry = roles.get((ev.table, ev.chain)) if roles else None  # another run's table: not ours
+            if entry is not None and ev.kind is EventKind.RULE:
+                role = entry.role if spec.ident in entry.idents else None
+            elif is_probe(h, spec):
+                role = "probe"
+            elif is_reply(h, spec):
+                role = "reply"
+            elif _key(h) != key:  # same id, other headers: another packet (or NAT seen earlier)
+                role = None
+            current[ev.trace_id] = (role, _key(h))
         if role == "probe":
-            probe.extend(group)
+            probe.append(ev)
         elif role == "reply":
-            reply.extend(group)
+            reply.append(ev)
     return probe, reply
+
+
+def traced_reply(reply_events: list[TraceEvent], spec: PacketSpec) -> Optional[Headers]:
+    """A reply that was not captured (still queued for ARP, or dropped on its way out on purpose)
+    still left its headers in the trace of its way through OUTPUT: as good for telling its kind."""
+    for ev in reply_events:
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None and is_reply(h, spec):
+            return h
+    return None
+
+
+def reply_kind(spec: PacketSpec, events: list[TraceEvent], captured: Optional[Headers], roles: Optional[Roles] = None) -> str:
+    """The kind of the probe's reply, captured or else traced, before any ruleset is read."""
+    if captured is None:
+        captured = traced_reply(split_events(events, spec, roles)[1], spec)
+    return classify_reply(captured, spec).kind
 
 
 def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
@@ -125,7 +136,7 @@ def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
 
 def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     if ev.table.startswith(TABLE_PREFIX):
-        return {"pre": "prerouting", "out": "output"}.get(ev.chain)
+        return hook_of_chain(ev.chain)
     chain = ruleset.chain(ev.family, ev.table, ev.chain)
     return chain.hook if chain is not None else None
 
@@ -147,8 +158,15 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
     return steps, path
 
 
-def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, Optional[RuleRef]]:
-    """The verdict and what decided it: the first drop, or else the last accept."""
+def delivered(events: list[TraceEvent]) -> bool:
+    """Did the packet's trace end in one of our end-of-hook chains (through netfilter)?"""
+    last = events[-1] if events else None
+    return last is not None and last.table.startswith(TABLE_PREFIX) and last.chain in DELIVERED
+
+
+def decide(steps: list[Step], ruleset: Ruleset, traced: bool, through: bool = True) -> tuple[Verdict, Optional[RuleRef]]:
+    """The verdict and what decided it: the first drop, or else the last accept if the packet
+    got `through` netfilter; a packet that vanished without a drop has no netfilter verdict."""
     last_accept: Optional[Step] = None
     for step in steps:
         ev = step.event
@@ -162,6 +180,8 @@ def decide(steps: list[Step], ruleset: Ruleset, traced: bool) -> tuple[Verdict, 
             return verdict, _ref(step, ruleset)
         if word == "accept":
             last_accept = step
+    if not through:
+        return Verdict.UNKNOWN, None
     if last_accept is not None:
         return Verdict.ACCEPT, _ref(last_accept, ruleset)
     # Traced by our own table but met no other chain: nothing in netfilter stopped it.
@@ -188,13 +208,11 @@ def packet_result(
     probe_events, reply_events = split_events(events, spec, roles)
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
-    verdict, ref = decide(steps, ruleset, traced=bool(probe_events))
+    verdict, ref = decide(steps, ruleset, traced=bool(probe_events), through=delivered(probe_events))
     if reply is None:
-        # Not captured (still queued for ARP, or dropped on its way out on purpose): the trace of
-        # its way through OUTPUT carries its headers, which say as much about its kind.
-        traced = next((h for h in _headers(reply_events) if is_reply(h, spec)), None)
-        if traced is not None:
-            reply, reply_summary = traced, "seen in the trace of OUTPUT, not captured"
+        reply = traced_reply(reply_events, spec)
+        if reply is not None:
+            reply_summary = "seen in the trace of OUTPUT, not captured"
     r = classify_reply(reply, spec)
     return PacketResult(
         spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)

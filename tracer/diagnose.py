@@ -129,7 +129,8 @@ def accept_rule(result: PacketResult, ref: RuleRef, backend: Backend, h: Seen, p
             match = f"{daddr}{'icmp' if spec.family == 4 else 'icmpv6'} type echo-request"
         else:
             match = f"{daddr}{spec.proto.value} dport {dport}"
-        where = f"insert rule {ref.family} {ref.table} {ref.chain} position {position.handle}" if position and position.handle else f"add rule {ref.family} {ref.table} {ref.chain}"
+        chain = f"{ref.family} {ref.table} {ref.chain}"
+        where = f"insert rule {chain} position {position.handle}" if position and position.handle else f"add rule {chain}"
         return f"nft {where} {match} accept"
     cmd = _ipt_cmd(ref.family)
     d = f"-d {dst} " if forward and dst else ""
@@ -217,7 +218,9 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     if "forward" in result.path:
         dnat = next((s for s in result.steps if s.rule is not None and rule_action(s.rule) == "dnat"), None)
         to = f"{h.dst}:{h.dport}" if spec.proto is not Proto.ICMP else str(h.dst)
-        how = f"DNATed to {to} by {dnat.event.table} {dnat.event.chain} rule {dnat.rule.number} `{dnat.rule.display}`" if dnat and dnat.rule else f"routed on to {to}"
+        how = f"routed on to {to}"
+        if dnat and dnat.rule:
+            how = f"DNATed to {to} by {dnat.event.table} {dnat.event.chain} rule {dnat.rule.number} `{dnat.rule.display}`"
         fix = None
         if result.verdict in (Verdict.DROP, Verdict.REJECT) and ref is not None and "forward" in ref.chain.lower():
             fix = accept_rule(result, ref, _backend(ctx.ruleset, ref), h, ref.rule)
@@ -250,12 +253,30 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
+    if result.verdict is Verdict.UNKNOWN and result.path and not any(f.code == "rp-filter" for f in findings):
+        findings.append(Finding(
+            "stack-drop",
+            f"The packet passed {' -> '.join(result.path)} without any drop verdict and then vanished: the kernel "
+            "dropped it outside the firewall (no route, a martian source, reverse-path filtering, a full queue).",
+            f"check `ip route get {result.spec.src} from {result.spec.dst}`, the rp_filter sysctls "
+            "(net.ipv4.conf.*.rp_filter) and `nstat -az | grep -i drop`",
+        ))
+
+    if result.verdict is Verdict.REJECT and result.reply.none:
+        findings.append(Finding(
+            "reply-missing",
+            "The packet was rejected, but its reject reply did not arrive within the timeout: the kernel "
+            "rate-limits ICMP errors (net.ipv4.icmp_ratelimit, net.ipv4.icmp_msgs_per_sec; icmpv6 likewise), "
+            "so under load a client sees a silent drop instead of a refusal.",
+            None,
+        ))
+
     if result.verdict is Verdict.ACCEPT and "forward" not in result.path and spec.proto is not Proto.ICMP:
         refused = result.reply.kind == "rst" or result.reply.kind.endswith("port-unreachable")
         dst, dport = h.dst, h.dport
-        mine = [l for l in ctx.listeners if l.proto is spec.proto and l.port == dport]
-        if refused and not any(serves(l, dst) for l in mine):
-            elsewhere = ", ".join(f"{l.addr}:{l.port}" for l in mine)
+        mine = [sock for sock in ctx.listeners if sock.proto is spec.proto and sock.port == dport]
+        if refused and not any(serves(sock, dst) for sock in mine):
+            elsewhere = ", ".join(f"{sock.addr}:{sock.port}" for sock in mine)
             msg = (
                 f"The firewall accepted the packet, but nothing listens on {spec.proto.value} port {dport} "
                 f"at {dst}: the kernel answered with {result.reply.kind}."
@@ -276,6 +297,8 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
     if "rp-filter" in codes:
         return f"{what} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
+    if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
+        return f"{what} is not reachable, but not because of a firewall rule: the kernel dropped the probe after {result.path[-1]}."
     if result.verdict is Verdict.UNKNOWN:
         return f"No trace of the probe was seen: it may not have reached {spec.dst} at all (routing, rp_filter, another host)."
     if "no-listener" in codes:

@@ -15,9 +15,6 @@ from . import correlate, plan, snapshot
 from .model import PacketResult, PacketSpec, Proto
 from .nftrace import parse_headers, parse_messages
 
-FILES = ("report.json", "report.txt", "ruleset-before.nft", "ruleset-after.nft", "instrumentation.nft",
-         "instrumentation-echo.txt", "trace.nlmsg")
-
 
 def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     """File name -> content for a ProbeReport (pure)."""
@@ -25,14 +22,14 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
     files: dict[str, bytes] = {
         "report.json": report.dumps().encode() + b"\n",
         "report.txt": text.encode(),
-        "ruleset-before.nft": ev.nft_before.encode(),
-        "ruleset-after.nft": ev.nft_after.encode(),
+        "ruleset.nft": ev.nft_rules.encode(),
         "instrumentation.nft": ev.batch.encode(),
-        "instrumentation-echo.txt": ev.echo.encode(),
         "trace.nlmsg": ev.trace,
     }
-    for family, saved in ev.ipt_before.items():
+    for family, saved in ev.ipt_rules.items():
         files[f"{snapshot.IPT_SAVE[family]}.txt"] = saved.encode()
+    if ev.ruleset_diff is not None:
+        files["ruleset-diff.txt"] = "".join(line + "\n" for line in ev.ruleset_diff).encode() or b"(identical)\n"
     for i, reply in enumerate(ev.replies, 1):
         if reply:
             files[f"reply-{i}.ip"] = reply
@@ -63,10 +60,9 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     """Redo the correlation from a bundle's raw material (pure)."""
     doc = json.loads(files["report.json"])
     ipt = {fam: files[f"{tool}.txt"].decode() for fam, tool in snapshot.IPT_SAVE.items() if f"{tool}.txt" in files}
-    ruleset = snapshot.assemble(files["ruleset-before.nft"].decode(), "", ipt)
+    ruleset = snapshot.assemble(files["ruleset.nft"].decode(), "", ipt)
     specs = [spec_from_json(p["probe"]) for p in doc["packets"]]
-    tplan = plan.trace_plan(doc["run_id"], specs, 0)
-    roles = plan.roles_from_echo(tplan, files["instrumentation-echo.txt"].decode())
+    roles = plan.roles(plan.trace_plan(doc["run_id"], specs, 0))
     events = parse_messages(files["trace.nlmsg"])
     results = []
     for i, spec in enumerate(specs, 1):

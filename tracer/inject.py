@@ -35,7 +35,10 @@ def tcp_seq(spec: PacketSpec) -> int:
 
 def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Packet
 
+    l3: Packet
+    l4: Packet
     if spec.family == 4:
         l3 = IP(src=str(spec.src), dst=str(spec.dst), id=spec.ident, ttl=64)
     else:
@@ -91,7 +94,12 @@ class Injector:
 
     def send(self, spec: PacketSpec, data: bytes) -> float:
         sock = self.send4 if spec.family == 4 else self.send6
-        sock.sendto(data, (str(spec.dst), 0))
+        try:
+            sock.sendto(data, (str(spec.dst), 0))
+        except PermissionError:
+            # A locally sent packet dropped in OUTPUT/POSTROUTING fails the send with EPERM;
+            # the trace has already recorded who dropped it.
+            pass
         return time.monotonic()
 
     def fileno(self) -> int:

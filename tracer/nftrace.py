@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional
 
-from .model import EventKind, TraceEvent
+from .model import EventKind, IPAddress, TraceEvent
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
@@ -133,8 +133,8 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
 @dataclass(frozen=True)
 class Headers:
     version: int
-    src: ipaddress.IPv4Address | ipaddress.IPv6Address
-    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    src: IPAddress
+    dst: IPAddress
     proto: int  # IPPROTO_* of the transport header (6 tcp, 17 udp, 1 icmp, 58 icmpv6)
     sport: int = 0  # ICMP: type
     dport: int = 0  # ICMP: code
@@ -149,6 +149,8 @@ def parse_headers(buf: bytes) -> Optional[Headers]:
     if not buf:
         return None
     version = buf[0] >> 4
+    src: IPAddress
+    dst: IPAddress
     if version == 4 and len(buf) >= 20:
         ihl = (buf[0] & 0x0F) * 4
         proto = buf[9]
@@ -175,3 +177,31 @@ def parse_headers(buf: bytes) -> Optional[Headers]:
         echo_id = struct.unpack(">H", l4[4:6])[0]
         return Headers(version, src, dst, proto, itype, code, icmp_id=echo_id, ident=ident, inner=inner)
     return h
+
+
+# ---------------------------------------------------------------------------------------------
+# Ruleset generation: every committed nftables transaction increments it (NFT_MSG_GETGEN).
+
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+NLM_F_REQUEST = 1
+
+
+def getgen_request(seq: int) -> bytes:
+    nfgen = struct.pack("=BBH", 0, 0, 0)  # AF_UNSPEC, NFNETLINK_V0, res_id
+    return struct.pack("=IHHII", 16 + len(nfgen), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0) + nfgen
+
+
+def parse_generation(data: bytes) -> Optional[int]:
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype = struct.unpack_from("=IH", data, off)
+        if length < 16 or off + length > len(data):
+            return None
+        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN) and length >= 20:
+            for t, v in _attrs(data[off + 20 : off + length]):
+                if t == NFTA_GEN_ID and len(v) == 4:
+                    return int(struct.unpack(">I", v)[0])
+        off += (length + 3) & ~3
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from .model import PacketSpec, Proto
 
@@ -45,31 +46,37 @@ class TracePlan:
 
     @property
     def rules(self) -> list[str]:
-        return [line.strip() for line in self.batch.splitlines() if "nftrace" in line]
+        """The matching rules, as they stand in the base chains."""
+        return [line.strip() for line in self.batch.splitlines() if " jump " in line]
 
 
-Roles = dict[tuple[str, int], Entry]  # (our chain, rule handle) -> entry
+Roles = dict[tuple[str, str], Entry]  # (our table, chain) -> the entry whose rule it holds
+
+_HOOKS = (("pre", "prerouting"), ("out", "output"))
+# Empty chains of ours at the end of the later hooks: a traced packet leaves a policy event in
+# each, so the path shows every hook it passed, and the last one tells whether it got through
+# netfilter to local delivery or out of the box, or vanished in between (routing, rp_filter).
+END_CHAINS = {"in_end": "input", "fwd_end": "forward", "post_end": "postrouting"}
+DELIVERED = ("in_end", "post_end")
+END_PRIORITY = 1000
 
 
-def roles_from_echo(plan: TracePlan, echo: str) -> Roles:
-    """Map rule handles to entries from the output of `nft --echo --handle -f -` (pure).
+def chain_names(index: int) -> list[str]:
+    return [f"{prefix}{index}" for prefix, _ in _HOOKS]
 
-    nft echoes the rules in the order of the batch, e.g.
-      add rule inet fwtrace_1a2b3c4d pre ip saddr 192.0.2.2 ... meta nftrace set 1 # handle 3
-    """
-    roles: Roles = {}
-    seen: dict[str, int] = {}
-    prefix = f"add rule inet {plan.table} "
-    for line in echo.splitlines():
-        if not line.startswith(prefix) or "# handle " not in line:
-            continue
-        chain = line[len(prefix):].split(" ", 1)[0]
-        i = seen.get(chain, 0)
-        seen[chain] = i + 1
-        if i < len(plan.entries):
-            handle = int(line.rsplit("# handle ", 1)[1].split()[0])
-            roles[(chain, handle)] = plan.entries[i]
-    return roles
+
+def hook_of_chain(name: str) -> Optional[str]:
+    if name in END_CHAINS:
+        return END_CHAINS[name]
+    for prefix, hook in _HOOKS:
+        if name.startswith(prefix) and (name == prefix or name[len(prefix):].isdigit()):
+            return hook
+    return None
+
+
+def roles(plan: TracePlan) -> Roles:
+    """Which entry each of our chains is for (pure): a trace event's chain name says it."""
+    return {(plan.table, name): entry for i, entry in enumerate(plan.entries) for name in chain_names(i)}
 
 
 def _l3(spec: PacketSpec, reply: bool) -> str:
@@ -125,13 +132,16 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
         for role, m in [("probe", match_probe(spec))] + [("reply", r) for r in match_replies(spec)]:
             old = entries.get(m)  # the same flow twice (--count --sport) shares one reply rule
             entries[m] = Entry(m, role, (old.idents if old else frozenset()) | {spec.ident})
-    body = "".join(f"\t\t{m} meta nftrace set 1\n" for m in entries)
+    # One base chain per hook tests the matches and jumps to a regular chain per match that sets
+    # the flag: the chain named in the first trace event then says which probe (or reply) it is,
+    # with no need to learn rule handles (nft --echo --handle costs a full ruleset cache fetch:
+    # a second on 50k rules), and other packets pay for one base chain per hook, not one per rule.
     chains = []
-    for chain, hook in (("pre", "prerouting"), ("out", "output")):
-        chains.append(
-            f"\tchain {chain} {{\n"
-            f"\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n"
-            f"{body}\t}}\n"
-        )
+    for prefix, hook in _HOOKS:
+        jumps = "".join(f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries))
+        chains.append(f"\tchain {prefix} {{\n\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n{jumps}\t}}\n")
+        chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
+    for name, hook in END_CHAINS.items():
+        chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
     return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")

@@ -37,13 +37,12 @@ REJECT_GRACE = 0.25
 class Evidence:
     """The raw material a report was made from: enough to replay the correlation offline."""
 
-    nft_before: str
-    nft_after: str
-    ipt_before: dict[str, str]
+    nft_rules: str  # nft's listing: the whole ruleset before the run, or the chains the probes met
+    ipt_rules: dict[str, str]  # "ip"/"ip6" -> iptables-save style text for the same
     batch: str
-    echo: str
     trace: bytes  # the nfnetlink datagrams as read, concatenated (each holds whole messages)
     replies: tuple[bytes, ...]  # per probe packet, b"" when nothing came back
+    ruleset_diff: Optional[tuple[str, ...]] = None  # full listings before/after compared (bundles only)
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,20 @@ class ProbeReport:
     lost_events: bool = False
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
+    generations: tuple[int, ...] = ()  # nft ruleset generation before, after adding, after removing
     mode: str = ""  # how the probe was sent in the end: "ingress", "local", "from-netns"
     via: Optional[str] = None  # simulated ingress: the interface it arrived on
     caveats: tuple[str, ...] = ()
+
+    @property
+    def ruleset_unchanged(self) -> Optional[bool]:
+        """True when the generations show exactly fwtrace's two transactions: its add, then its
+        delete of the same table, so the ruleset is the one from before. False when other
+        writers committed meanwhile (nothing can then be said), None when not measured."""
+        g = self.generations
+        if len(g) != 3:
+            return None
+        return self.cleanup_ok and g[1] == g[0] + 1 and g[2] == g[1] + 1
 
     @property
     def reached(self) -> bool:
@@ -80,7 +90,8 @@ class ProbeReport:
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
-            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover)},
+            "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
+                        "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations)},
         }
 
     def dumps(self) -> str:
@@ -168,8 +179,10 @@ def signals_blocked() -> Iterator[None]:
 class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
-    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False) -> None:
+    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
+                 full_snapshot: bool = False) -> None:
         self.req = req
+        self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
         self.log = log
         self.run_id = run_id or new_run_id()
         self.rng = random.Random()
@@ -179,6 +192,7 @@ class Run:
 
     def execute(self) -> ProbeReport:
         system.require_root()
+        system.require_tools("nft", "ip")
         from .cleanup import warn_stale
 
         warn_stale(self.log)
@@ -217,8 +231,7 @@ class Run:
 
     def _in_target(self) -> ProbeReport:
         req = self.req
-        before = snapshot.take()
-        self.log.debug("snapshot", tables=len(before.ruleset.tables), rules=sum(1 for _ in before.ruleset.rules()))
+        full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
         mode = req.mode
         via: Optional[str] = None
@@ -247,17 +260,14 @@ class Run:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
 
-        from .collect import TraceSocket
+        from .collect import TraceSocket, ruleset_generation
         from .inject import Injector, build, describe
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
-        results: list[PacketResult] = []
-        events: list[TraceEvent] = []
-        replies: list[bytes] = []
+        exchanges: list[tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]] = []
         cleanup_errors: list[str] = []
-        echo = ""
+        gens: list[int] = []
         port_plan: Any = None
-        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
@@ -276,23 +286,21 @@ class Run:
                         mode, via = "local", None
                         specs = build_specs(req, _source_for(dst), dst, self.rng)
                         datas = [build(s) for s in specs]
-                        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
                 if inj is None:
                     with system.netns(req.from_netns):
                         inj = Injector()
                 stack.callback(inj.close)
+                tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+                roles = plan.roles(tplan)
+                gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
-                echo = self.change(undo, lambda: system.run(["nft", "--echo", "--handle", "-f", "-"], input=tplan.batch).stdout)
-                roles = plan.roles_from_echo(tplan, echo)
+                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch))
+                gens.append(ruleset_generation())
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):
                     reply, evs = self._exchange(tsock, inj, spec, data, on_event, roles)
-                    events.extend(evs)
-                    replies.append(reply[1] if reply else b"")
-                    summary = describe(reply[1]) if reply else ""
-                    result = correlate.packet_result(spec, evs, before.ruleset, reply[0] if reply else None, summary, roles)
-                    results.append(result)
-                    if mode == "ingress" and result.reply.kind == "syn-ack":
+                    exchanges.append((spec, evs, reply))
+                    if mode == "ingress" and correlate.reply_kind(spec, evs, reply[0] if reply else None, roles) == "syn-ack":
                         self._reset(inj, spec)
             finally:
                 cleanup_errors = self._undo_all()
@@ -300,12 +308,23 @@ class Run:
                     from .simulate import leftovers
 
                     cleanup_errors += leftovers(port_plan, self.run_id)
-        after = snapshot.take()
-        left = compare.leftover(before.nft_text, after.nft_text) + cleanup_errors
-        if plan.table_name(self.run_id) in after.nft_text:
-            left.append(f"table inet {plan.table_name(self.run_id)} still present")
+        gens.append(ruleset_generation())
+        # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
+        diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
+        gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
+        left = cleanup_errors + ([] if gone else [f"table inet {tplan.table} still present"])
+
+        # The rules are read now, chain by chain, for the chains the probes met: handles do not
+        # change, and the generations prove whether anything else changed meanwhile.
+        met = {(e.family, e.table, e.chain) for _, evs, _ in exchanges for e in evs if not e.table.startswith(plan.TABLE_PREFIX)}
+        snap = snapshot.chains(met)
+        results = [
+            correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
+                                    describe(reply[1]) if reply else "", roles)
+            for spec, evs, reply in exchanges
+        ]
         rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and dst.version == 4 else False
-        ctx = diagnose.Context(before.ruleset, listeners(), local=mode == "local", mode=mode, via=via,
+        ctx = diagnose.Context(snap.ruleset, listeners(), local=mode == "local", mode=mode, via=via,
                                src=specs[0].src if specs else None,
                                route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
                                fallback=fallback)
@@ -318,8 +337,10 @@ class Run:
         return ProbeReport(
             req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
             tuple(tplan.rules), tsock.lost, tuple(conclusions),
-            Evidence(before.nft_text, after.nft_text, before.ipt_text, tplan.batch, echo, b"".join(tsock.raw), tuple(replies)),
-            mode, via, tuple(caveats),
+            Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
+                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges),
+                     tuple(diff) if full else None),
+            tuple(gens), mode, via, tuple(caveats),
         )
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:

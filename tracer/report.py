@@ -1,6 +1,8 @@
 """Render a probe report as the text an admin reads on a terminal. No I/O."""
 from __future__ import annotations
 
+from typing import Optional
+
 from .model import EventKind, PacketResult, Step
 from .nftrace import parse_headers
 from .probe import ProbeReport
@@ -24,7 +26,24 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     if r.path:
         lines.append(f"  path: {' -> '.join(r.path)}")
     last_hdr = None
+    pos: dict[tuple[str, str, str], int] = {}  # rules of each chain already accounted for
+    jumped: Optional[tuple[str, str, str]] = None  # the chain the previous step jumped to
     for step in r.steps:
+        ev = step.event
+        key = (ev.family, ev.table, ev.chain)
+        if jumped is not None and jumped[:2] == key[:2] and jumped != key:
+            # The kernel reports no event for falling off a regular chain: say it here.
+            lines.append(f"    {' '.join(jumped):<28} no rule matched, back to the caller")
+        jumped = None
+        if step.rule is not None:
+            skipped = range(pos.get(key, 0) + 1, step.rule.number)
+            if skipped:
+                span = f"rule {skipped[0]}" if len(skipped) == 1 else f"rules {skipped[0]}-{skipped[-1]}"
+                lines.append(f"    {ev.family + ' ' + ev.table + ' ' + ev.chain:<28} {span}: no match")
+            pos[key] = step.rule.number
+            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
+                jumped = (ev.family, ev.table, ev.verdict.split()[1])
+                pos[jumped] = 0
         h = parse_headers(step.event.packet) if step.event.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
             lines.append(f"    (packet now addressed to {h.dst}:{h.dport})")
@@ -76,9 +95,15 @@ def render(report: ProbeReport) -> str:
         out.append(f"conclusion: {c}")
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
-    if report.cleanup_ok:
-        port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
-        out.append(f"cleanup: {port}instrumentation removed; ruleset after the run equals the one before (counters aside)")
+    g = report.generations
+    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
+    if report.cleanup_ok and report.ruleset_unchanged:
+        out.append(f"cleanup: {port}instrumentation removed; the ruleset is the one from before the run "
+                   f"(generation {g[0]} -> {g[2]}: only fwtrace's add and delete)")
+    elif report.cleanup_ok:
+        out.append(f"cleanup: {port}instrumentation removed; other writers changed the ruleset during the run "
+                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown" if len(g) == 3 else
+                   f"cleanup: {port}instrumentation removed")
     else:
         out.append("cleanup: FAILED, the ruleset differs from before the run:")
         out.extend(f"  {line}" for line in report.leftover)

@@ -29,14 +29,20 @@ class Completed:
     returncode: int
 
 
+def require_tools(*names: str) -> None:
+    """Fail before anything is touched when a command the run needs is missing."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise EnvironmentProblem(
+            f"required command{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}",
+            "install them (Debian: scripts/setup installs iptables, nftables, iproute2)",
+        )
+
+
 def run(argv: list[str], input: Optional[str] = None, check: bool = True, timeout: float = 30.0) -> Completed:
     """Run one command in the calling thread's network namespace."""
-    exe = shutil.which(argv[0])
-    if exe is None:
-        raise EnvironmentProblem(
-            f"required command not found: {argv[0]}",
-            "install it (Debian: scripts/setup installs iptables, nftables, iproute2)",
-        )
+    require_tools(argv[0])
+    exe = shutil.which(argv[0]) or argv[0]
     env = dict(os.environ, LC_ALL="C")
     try:
         p = subprocess.run(

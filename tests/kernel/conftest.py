@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -41,3 +41,9 @@ def lab() -> Iterator[Lab]:
 def router_lab() -> Iterator[Lab]:
     with Lab(prefix=PREFIX, backend=True) as lab_:
         yield lab_
+
+
+@pytest.fixture
+def make_lab() -> Callable[..., Lab]:
+    """Labs beyond the one of the `lab` fixture, named so the guard knows them as ours."""
+    return lambda **kw: Lab(prefix=PREFIX, **kw)

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from tracer import cli, compare
+from tracer import cli, compare, system
 from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import ProbeRequest, Proto
 from tracer.probe import ProbeReport, Run
@@ -29,6 +29,7 @@ def probe(lab: Lab, **kw: Any) -> ProbeReport:
     after = lab.run(lab.server, ["nft", "list", "ruleset"]).stdout
     assert compare.leftover(before, after) == [], "ruleset changed by the probe"
     assert report.cleanup_ok and report.leftover == ()
+    assert report.ruleset_unchanged is True
     assert "fwtrace" not in after
     return report
 
@@ -118,7 +119,8 @@ def test_open_port_answers_syn_ack_via_cli(lab: Lab, capsys: Any) -> None:
     assert p["decided_by"] == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 1,
                                "handle": p["decided_by"]["handle"], "rule": "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"}
     assert isinstance(p["decided_by"]["handle"], int)
-    assert doc["cleanup"] == {"ok": True, "leftover": []}
+    assert doc["cleanup"]["ok"] is True and doc["cleanup"]["leftover"] == []
+    assert doc["cleanup"]["ruleset_unchanged"] is True
     assert doc["findings"] == []
 
 
@@ -229,3 +231,35 @@ def test_icmp_echo_and_local_probe(lab: Lab) -> None:
     assert r.verdict.value == "accept" and r.reply.kind == "echo-reply"
     assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.display == "-A INPUT -i lo -j ACCEPT"
     assert "local-probe" in codes(local)
+
+
+def test_output_path_decides_outgoing_probe(lab: Lab) -> None:
+    """Sent from the server itself towards the client: OUTPUT decides, POSTROUTING never sees it."""
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         "-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p tcp --dport 5432 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
+    report = probe(lab, dport=5432, from_netns=None, local=True, dst=CLIENT4, timeout=0.5)
+    [r] = report.results
+    assert r.path == ("output",)
+    assert r.verdict.value == "reject"
+    d = r.decided_by
+    assert d is not None and d.rule is not None
+    assert (d.chain, d.rule.number, d.rule.display) == ("OUTPUT", 2, "-A OUTPUT -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset")
+    assert r.reply.kind == "rst"
+
+
+def test_packet_dropped_outside_netfilter_is_not_called_accepted(router_lab: Lab) -> None:
+    """rp_filter drops a source whose route back is via another link: no rule decided."""
+    lab = router_lab
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 8080 -j ACCEPT\nCOMMIT\n")
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "1")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    lab.ip(lab.client, "addr", "add", "203.0.113.5/32", "dev", "eth0")
+    with system.netns(lab.client):  # ARP from the client's own link address, or rp_filter eats the ARP too
+        system.sysctl_set("net.ipv4.conf.all.arp_announce", "2")
+    report = probe(lab, dport=8080, src=ipaddress.ip_address("203.0.113.5"), timeout=0.3)
+    [r] = report.results
+    assert r.verdict.value == "unknown" and r.decided_by is None
+    assert r.path == ("prerouting",)
+    assert "stack-drop" in codes(report)

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
-from tracer.journal import RUN_DIR
 from tracer.lab import Lab
 from tracer.probe import KILL_ENV
 
@@ -26,6 +26,14 @@ RULESET = """table inet filter {
 PHASES = ["snapshot", "instrument-1", "inject", "collect", "cleanup"]
 
 
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path_factory: Any, monkeypatch: Any) -> str:
+    """A journal directory of this test's own: other fwtrace runs on the machine keep theirs."""
+    d = str(tmp_path_factory.mktemp("run"))
+    monkeypatch.setenv("FWTRACE_RUN_DIR", d)
+    return d
+
+
 def fwtrace(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=60, **kw)  # type: ignore[call-overload]
@@ -37,7 +45,8 @@ def state(lab: Lab) -> tuple[str, str]:
 
 
 def journals() -> list[str]:
-    return sorted(os.listdir(RUN_DIR)) if os.path.isdir(RUN_DIR) else []
+    d = os.environ["FWTRACE_RUN_DIR"]
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -90,3 +99,49 @@ def test_unknown_namespace_touches_nothing(lab: Lab) -> None:
     r = fwtrace("probe", "--dport", "80", "--netns", lab.server, "--from-netns", "nope-fwtrace")
     assert r.returncode == 2 and "unknown network namespace: nope-fwtrace" in r.stderr
     assert state(lab) == start
+
+
+def fake_tool_dir(tmp_path: Any, name: str, script: str) -> str:
+    """A stand-in for a broken system tool (the one mock here: a real nft cannot be made to fail
+    reading a ruleset on demand). It forwards everything but `list` to the real nft."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    tool = d / name
+    tool.write_text(script)
+    tool.chmod(0o755)
+    return f"{d}:{os.environ['PATH']}"
+
+
+def test_not_root_is_refused_before_anything() -> None:
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tracer",
+                        "probe", "--dport", "80"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert r.stderr.strip() == ("fwtrace: error: fwtrace needs root (CAP_NET_ADMIN) to read and trace netfilter "
+                                "(hint: run it with sudo)")
+
+
+def test_missing_nft_is_refused_before_anything(lab: Lab, tmp_path: Any) -> None:
+    d = tmp_path / "bin"
+    d.mkdir()
+    start = state(lab)
+    r = fwtrace("probe", "--dport", "80", "--netns", lab.server, env={"PATH": str(d)})
+    assert r.returncode == 3
+    assert r.stderr.strip().startswith("fwtrace: error: required commands not found: nft, ip (hint: install them")
+    assert state(lab) == start and journals() == []
+
+
+def test_unreadable_ruleset_is_an_error_after_a_clean_undo(lab: Lab, tmp_path: Any) -> None:
+    lab.nft(lab.server, RULESET)
+    start, before_journals = state(lab), journals()
+    real = subprocess.run(["which", "nft"], capture_output=True, text=True).stdout.strip()
+    path = fake_tool_dir(tmp_path, "nft", f"""#!/bin/sh
+for a in "$@"; do [ "$a" = list ] && [ "$2" != table ] && {{ echo "Error: unknown expression type 'frob'" >&2; exit 1; }}; done
+exec {real} "$@"
+""")
+    r = fwtrace("probe", "--dport", "8080", "--netns", lab.server, "--from-netns", lab.client, "--timeout", "0.3",
+                env={"PATH": path})
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fwtrace: error: `nft -a list chain inet filter input` failed with exit code 1: "
+                           "Error: unknown expression type 'frob'")
+    assert state(lab) == start and journals() == before_journals

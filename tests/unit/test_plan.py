@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tracer.model import PacketSpec, Proto
-from tracer.plan import match_probe, match_replies, roles_from_echo, trace_plan
+from tracer.plan import hook_of_chain, match_probe, match_replies, roles, trace_plan
 
 a = ipaddress.ip_address
 SYN = PacketSpec(Proto.TCP, a("192.0.2.2"), a("192.0.2.1"), 40000, 8080, "S", 1234)
@@ -33,11 +33,18 @@ def test_reply_matches_direct_reply_and_icmp_errors_quoting_the_probe() -> None:
 def test_plan_has_no_verdict_and_hooks_first() -> None:
     p = trace_plan("0badc0de", [SYN, PING6], 4242)
     assert p.table == "fwtrace_0badc0de"
-    # Non-terminal: every rule only sets the trace flag; the only verdicts are the chains' policies.
-    for rule in p.rules:
-        assert rule.endswith("meta nftrace set 1")
-        assert not re.search(r"\b(drop|reject|accept|queue|jump|goto|return)\b", rule)
-    assert "policy accept" in p.batch and "priority -1000" in p.batch
+    # Non-terminal: each rule jumps to a chain of ours that only sets the trace flag and returns;
+    # the only other verdicts are the base chains' accept policies (nft runs every base chain).
+    assert len(p.rules) == 12
+    body = [line.strip() for line in p.batch.splitlines()
+            if line.strip() and not line.strip().startswith(("table", "comment", "chain", "type", "}"))]
+    for line in body:
+        assert line == "meta nftrace set 1" or re.fullmatch(r".* jump (pre|out)\d+", line), line
+        assert not re.search(r"\b(drop|reject|accept|queue|goto|return|dnat|snat|mark|ct)\b", line.split(" jump ")[0])
+    assert p.batch.count("policy accept") == 5 and "priority -1000" in p.batch
+    # The end-of-hook chains hold no rule at all: only their policy event marks the path.
+    for name, hook in (("in_end", "input"), ("fwd_end", "forward"), ("post_end", "postrouting")):
+        assert f"\tchain {name} {{\n\t\ttype filter hook {hook} priority 1000; policy accept;\n\t}}\n" in p.batch
     assert 'comment "fwtrace run 0badc0de pid 4242; safe to delete"' in p.batch
     assert p.undo == "delete table inet fwtrace_0badc0de\n"
     assert [e.role for e in p.entries] == ["probe", "reply", "reply"] * 2
@@ -55,21 +62,11 @@ def test_bad_run_id_is_refused() -> None:
         trace_plan("x; flush ruleset", [SYN], 1)
 
 
-def test_roles_from_echo() -> None:
+def test_each_entry_has_its_own_chains_so_trace_events_name_their_role() -> None:
     p = trace_plan("deadbeef", [SYN], 1)
-    # As printed by `nft --echo --handle -f -` (nft 1.0.6) for this plan.
-    echo = """add table inet fwtrace_deadbeef # handle 5
-add chain inet fwtrace_deadbeef pre { type filter hook prerouting priority -1000; policy accept; } # handle 1
-add chain inet fwtrace_deadbeef out { type filter hook output priority -1000; policy accept; } # handle 2
-add rule inet fwtrace_deadbeef pre ip saddr 192.0.2.2 ip daddr 192.0.2.1 ip id 1234 tcp sport 40000 tcp dport 8080 meta nftrace set 1 # handle 3
-add rule inet fwtrace_deadbeef pre handle 3 ip daddr 192.0.2.2 tcp dport 40000 meta nftrace set 1 # handle 4
-add rule inet fwtrace_deadbeef pre handle 4 ip daddr 192.0.2.2 icmp type { destination-unreachable } @th,224,16 0x9c40 meta nftrace set 1 # handle 6
-add rule inet fwtrace_deadbeef out ip saddr 192.0.2.2 ip daddr 192.0.2.1 ip id 1234 tcp sport 40000 tcp dport 8080 meta nftrace set 1 # handle 7
-add rule inet fwtrace_deadbeef out handle 7 ip daddr 192.0.2.2 tcp dport 40000 meta nftrace set 1 # handle 8
-add rule inet fwtrace_deadbeef out handle 8 ip daddr 192.0.2.2 icmp type { destination-unreachable } @th,224,16 0x9c40 meta nftrace set 1 # handle 9
-"""
-    roles = roles_from_echo(p, echo)
-    assert {k: v.role for k, v in roles.items()} == {
-        ("pre", 3): "probe", ("pre", 4): "reply", ("pre", 6): "reply",
-        ("out", 7): "probe", ("out", 8): "reply", ("out", 9): "reply",
+    assert {name: e.role for (table, name), e in roles(p).items() if table == "fwtrace_deadbeef"} == {
+        "pre0": "probe", "out0": "probe", "pre1": "reply", "out1": "reply", "pre2": "reply", "out2": "reply",
     }
+    assert p.batch.count("hook prerouting") == 1 and p.batch.count("hook output") == 1
+    assert hook_of_chain("pre12") == "prerouting" and hook_of_chain("out0") == "output"
+    assert hook_of_chain("prerouting") is None

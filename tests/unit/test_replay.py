@@ -32,7 +32,7 @@ def test_replay_matches_the_live_run(name: str) -> None:
 
 def ctx(files: dict[str, bytes], local: bool = False) -> diagnose.Context:
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
-    return diagnose.Context(assemble(files["ruleset-before.nft"].decode(), "", ipt), (), local)
+    return diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local)
 
 
 def test_seed_is_a_shadowed_rule_with_the_textbook_fix() -> None:
