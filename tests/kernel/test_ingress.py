@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from tracer import cli, system
-from tracer.lab import CLIENT4, CLIENT6, ROUTER_BACK4, SEED_RULESET, SERVER4, SERVER6, Lab
+from tracer.lab import BACKEND4, CLIENT4, CLIENT6, ROUTER_BACK4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import ProbeRequest, Proto
 from tracer.nftrace import parse_headers
 from tracer.probe import KILL_ENV, ProbeReport, Run
@@ -324,3 +324,35 @@ def test_tcx_program_in_front_of_tc_is_overtaken(lab: Lab, sniff: Sniffer) -> No
             assert tcbpf.tcx_count(eth0, "egress") == 1  # the admin's program, still there and alone
     finally:
         os.close(link)
+
+
+def test_dnat_forward_with_replies_from_a_backend_caught(router_lab: Lab, sniff: Sniffer) -> None:
+    """A Docker-like published port: DNAT to a backend, FORWARD decides, and the backend's
+    SYN-ACK, routed back out of eth0 towards the made-up client, is caught there too."""
+    lab = routed(router_lab)
+    lab.iptables_restore(lab.server, f"""*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -s 203.0.113.0/24 -d {BACKEND4}/32 -p tcp -m tcp --dport 80 -j ACCEPT
+COMMIT
+""")
+    lab.listen(lab.backend or "", Proto.TCP, 80)
+    report = ingress(lab, dport=8080, count=3)
+    assert len(report.results) == 3
+    for r in report.results:
+        assert "forward" in r.path and r.verdict.value == "accept" and r.reply.kind == "syn-ack"
+        assert [(s.event.chain, s.rule.number, s.event.verdict) for s in r.steps if s.rule is not None] == [
+            ("PREROUTING", 1, "accept"), ("FORWARD", 2, "accept")]
+        # The backend's SYN-ACK was forwarded back (conntrack: established) before being caught.
+        assert ("FORWARD", "accept") in [(s.event.chain, s.event.verdict) for s in r.reply_steps]
+    assert "forwarded" in codes(report)
+    assert of_flow(sniff.frames(0.1), CUSTOMER) == []
