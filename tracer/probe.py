@@ -239,19 +239,7 @@ class Run:
         caveats: list[str] = []
         fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible"
         if mode == "ingress":
-            from . import ingress, simulate
-
-            version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
-            src = req.src or ingress.default_source(version)
-            back = simulate.route_to(src, req.dst)
-            via = req.via or (back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None)
-            if via is None:
-                raise UsageError(f"the target namespace has no route back to {src}, so no interface it would arrive on",
-                                 "name the interface with --via (e.g. --via eth0), or add the route")
-            # Without --dst: an address of the interface it arrives on, as a client there would use.
-            dst = _resolve_dst(req, via)
-            if req.dst is None:
-                back = simulate.route_to(src, dst) or back
+            src, dst, via, back = _resolve_ingress(req)
         else:
             dst = _resolve_dst(req)
             with system.netns(req.from_netns):
@@ -259,6 +247,7 @@ class Run:
         if src.version != dst.version:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
+        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
 
         from .collect import TraceSocket, ruleset_generation
         from .inject import Injector, build, describe
@@ -286,11 +275,11 @@ class Run:
                         mode, via = "local", None
                         specs = build_specs(req, _source_for(dst), dst, self.rng)
                         datas = [build(s) for s in specs]
+                        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
                 if inj is None:
                     with system.netns(req.from_netns):
                         inj = Injector()
                 stack.callback(inj.close)
-                tplan = plan.trace_plan(self.run_id, specs, os.getpid())
                 roles = plan.roles(tplan)
                 gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
@@ -415,6 +404,25 @@ class Run:
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def _resolve_ingress(req: ProbeRequest) -> tuple[IPAddress, IPAddress, str, Any]:
+    """(source, destination, via interface, route back to the source) of a simulated ingress."""
+    from . import ingress, simulate
+
+    version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
+    src = req.src or ingress.default_source(version)
+    back = simulate.route_to(src, req.dst)
+    via = req.via or (back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None)
+    if via is None:
+        raise UsageError(f"the target namespace has no route back to {src}, so no interface it would arrive on",
+                         "name the interface with --via (e.g. --via eth0), or add the route")
+    # Without --dst: an address of the interface it arrives on, as a client there would use; the
+    # route back is then asked again from that address (source-based policy routing).
+    dst = _resolve_dst(req, via)
+    if req.dst is None:
+        back = simulate.route_to(src, dst) or back
+    return src, dst, via, back
 
 
 def _source_for(dst: IPAddress) -> IPAddress:
