@@ -199,12 +199,22 @@ class Run:
         with system.netns(self.req.netns):
             return self._in_target()
 
-    def change(self, undo: Undo, apply: Callable[[], T]) -> T:
-        """Make one change to the system: journal its undo first, then apply it."""
+    def change(self, undo: Undo, apply: Callable[[], T], atomic: bool = False) -> T:
+        """Make one change to the system: journal its undo first, then apply it.
+
+        `atomic`: when apply fails, nothing was changed (one netlink request, one nft batch), so
+        the undo must not run: the thing it would remove may be somebody else's, e.g. the clsact
+        qdisc another program added between our look and our `tc qdisc add`.
+        """
         assert self.journal is not None
-        self.journal.record(undo)
+        index = self.journal.record(undo)
         self.log.info("change", what=undo.what, netns=undo.netns)
-        result = apply()
+        try:
+            result = apply()
+        except BaseException:
+            if atomic:
+                self.journal.mark(index, "undone")
+            raise
         self.changes += 1
         checkpoint(f"instrument-{self.changes}")
         return result
@@ -283,7 +293,7 @@ class Run:
                 roles = plan.roles(tplan)
                 gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
-                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch))
+                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch), atomic=True)
                 gens.append(ruleset_generation())
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for spec, data in zip(specs, datas):

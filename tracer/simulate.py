@@ -19,7 +19,7 @@ from .journal import Undo
 from .model import IPAddress, PacketSpec, Proto
 from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
 
-Change = Callable[[Undo, Callable[[], Any]], Any]  # Run.change
+Change = Callable[..., Any]  # Run.change(undo, apply, atomic=False)
 
 
 def route_to(addr: IPAddress, local: Optional[IPAddress] = None) -> Optional[ingress.Route]:
@@ -180,10 +180,12 @@ def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[Pac
             _show(log, print_bpf, f"reply catcher, tc egress of {name} (pref {e.pref})", prog)
             if e.add_clsact:
                 change(Undo("cmd", f"clsact qdisc on {name}", netns, ingress.undo_qdisc(name), gone=ingress.GONE),
-                       lambda name=name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]))
+                       lambda name=name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]), atomic=True)
+            # NLM_F_EXCL: if the preference was taken meanwhile, the request fails and changes nothing.
             change(Undo("cmd", f"tc egress filter pref {e.pref} on {name}", netns,
                         ingress.undo_filter(name, "egress", e.pref), gone=ingress.GONE),
-                   lambda e=e, prog=prog: _attach(e.link.ifindex, "egress", e.pref, prog, f"fwtrace_r{run_id}"))
+                   lambda e=e, prog=prog: _attach(e.link.ifindex, "egress", e.pref, prog, f"fwtrace_r{run_id}"),
+                   atomic=True)
     except BaseException:
         _close_all(links)
         raise

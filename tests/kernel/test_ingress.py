@@ -355,3 +355,25 @@ COMMIT
         assert ("FORWARD", "accept") in [(s.event.chain, s.event.verdict) for s in r.reply_steps]
     assert "forwarded" in codes(report)
     assert of_flow(sniff.frames(0.1), CUSTOMER) == []
+
+
+def test_clsact_added_by_someone_else_meanwhile_is_left_alone(lab: Lab, monkeypatch: Any) -> None:
+    """Between fwtrace's look at eth0 and its `tc qdisc add`, another program adds a clsact with a
+    filter: the add fails, and the journaled undo of it must not delete the other program's qdisc."""
+    from tracer import simulate
+
+    real = simulate.plan_port
+
+    def racing(via: str, back: Any) -> Any:
+        plan = real(via, back)
+        lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+        lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "10", "protocol", "all",
+                             "u32", "match", "u32", "0", "0", "classid", "1:1"])
+        return plan
+
+    monkeypatch.setattr(simulate, "plan_port", racing)
+    routed(lab)
+    report = ingress(lab, dport=8080, src=None)
+    assert report.mode == "local" and "clsact" in report.caveats[0]
+    assert "pref 10" in lab.run(lab.server, ["tc", "filter", "show", "dev", "eth0", "egress"]).stdout
+    assert "fwi" not in lab.run(lab.server, ["ip", "link"]).stdout
