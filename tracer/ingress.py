@@ -216,8 +216,9 @@ def undo_port(inject: str) -> tuple[str, ...]:
     return ("ip", "link", "del", inject)  # deletes the peer too
 
 
-def undo_qdisc(dev: str) -> tuple[str, ...]:
-    return ("tc", "qdisc", "del", "dev", dev, "clsact")
+def clsact_in_use(ingress_filters_json: str, egress_filters_json: str) -> bool:
+    """Are filters on a clsact qdisc (`tc -j filter show dev IF ingress` / `egress`)?"""
+    return any(json.loads(text) for text in (ingress_filters_json, egress_filters_json) if text.strip())
 
 
 def undo_filter(dev: str, direction: str, pref: int) -> tuple[str, ...]:

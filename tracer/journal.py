@@ -22,7 +22,8 @@ class Undo:
     """How to take one change back.
 
     kind "cmd": run argv (with input) in netns; a failure whose stderr contains one of `gone`
-    means the thing is already gone. kind "sysctl": write value to key in netns.
+    means the thing is already gone. kind "sysctl": write value to key in netns. kind "clsact":
+    delete the clsact qdisc of device `key` in netns, unless somebody else's filters are on it.
     """
 
     kind: str

@@ -189,6 +189,7 @@ class Run:
         self.log_events = log_events
         self.journal: Optional[Journal] = None
         self.changes = 0
+        self.port_lock: Optional[int] = None  # simulated ingress: one run per namespace at a time
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -307,6 +308,7 @@ class Run:
                     from .simulate import leftovers
 
                     cleanup_errors += leftovers(port_plan, self.run_id)
+                self._unlock()
         gens.append(ruleset_generation())
         # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
         diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
@@ -345,22 +347,29 @@ class Run:
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
         """(injection port, its plan, ""), or (None, None, why not) when the kernel or the interfaces cannot."""
         from .errors import CommandError
-        from .tcbpf import BpfUnavailable
+        from .tcbpf import IngressUnavailable
         from . import simulate
 
         printer = _print_bpf if self.req.print_bpf else None
         try:
+            self.port_lock = simulate.lock_namespace()
             port_plan = simulate.plan_port(via, back)
             port = simulate.open_port(self.change, self.req.netns, self.run_id, specs, port_plan, self.log, printer)
             return port, port_plan, ""
-        except (BpfUnavailable, CommandError, OSError) as e:
+        except (IngressUnavailable, CommandError, OSError) as e:
             reason = str(e)
         self.log.warning("simulated ingress unavailable; probing locally", via=via, reason=reason)
         errors = self._undo_all()  # whatever part of the port was made
+        self._unlock()
         if errors:
             raise EnvironmentProblem("could not remove the partly built injection port: " + "; ".join(errors),
                                      "run `fwtrace cleanup`")
         return None, None, reason
+
+    def _unlock(self) -> None:
+        if self.port_lock is not None:
+            os.close(self.port_lock)  # releases the flock
+            self.port_lock = None
 
     def _reset(self, inj: Any, spec: PacketSpec) -> None:
         """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""

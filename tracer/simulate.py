@@ -6,6 +6,7 @@ Everything here runs in the target namespace (the calling thread is already in i
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -15,11 +16,36 @@ from typing import Any, Callable, Optional
 from . import bpfasm, ingress, system
 from .errors import UsageError
 from .inject import ETH_P_ALL, Injector
-from .journal import Undo
+from .journal import RUN_DIR, Undo
 from .model import IPAddress, PacketSpec, Proto
-from .tcbpf import BpfUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
+from .tcbpf import IngressUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
 
 Change = Callable[..., Any]  # Run.change(undo, apply, atomic=False)
+
+
+LOCK_WAIT = 5.0  # seconds another run's port may keep us waiting (a run takes well under one)
+
+
+def lock_namespace() -> int:
+    """Take the calling thread's namespace for one simulated ingress at a time; returns the fd.
+
+    Two runs at once would each see the other's clsact qdisc and filter at the front of eth0,
+    and one's undo could remove the other's reply catcher. flock dies with the process, SIGKILL
+    included, so a crashed run never blocks the next one.
+    """
+    inode = os.stat("/proc/thread-self/ns/net").st_ino
+    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(RUN_DIR, f"ingress-{inode}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise IngressUnavailable(f"another fwtrace run kept simulating ingress in this namespace for {LOCK_WAIT:.0f} s")
+            time.sleep(0.01)
 
 
 def route_to(addr: IPAddress, local: Optional[IPAddress] = None) -> Optional[ingress.Route]:
@@ -71,13 +97,13 @@ class Plan:
 
 
 def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
-    """Check the interfaces (read-only); BpfUnavailable when tc cannot be used safely there."""
+    """Check the interfaces (read-only); IngressUnavailable when tc cannot be used safely there."""
     links = ingress.parse_links(system.run(["ip", "-j", "link", "show"]).stdout)
     link = links.get(via)
     if link is None:
         raise UsageError(f"no interface {via} in the target namespace", "see `ip link` there, or drop --via")
     if link.mac is None:
-        raise BpfUnavailable(f"{via} is not an Ethernet interface ({link.link_type}): its receive path cannot be fed from a veth")
+        raise IngressUnavailable(f"{via} is not an Ethernet interface ({link.link_type}): its receive path cannot be fed from a veth")
     if not link.up:
         raise UsageError(f"{via} is down: nothing can arrive on it", "bring it up, or choose another with --via")
     names = [via] + ([back.dev] if back is not None and back.dev and back.dev not in (via, "lo") else [])
@@ -89,7 +115,7 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
             continue
         l2 = ingress.link_header_len(out)
         if l2 is None:
-            raise BpfUnavailable(f"replies would leave by {name} ({out.link_type}), whose frames fwtrace cannot match")
+            raise IngressUnavailable(f"replies would leave by {name} ({out.link_type}), whose frames fwtrace cannot match")
         qdiscs = system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout
         filters = system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout
         seen.append(_tc_text(name, qdiscs, filters))
@@ -98,10 +124,10 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
             continue
         state = ingress.parse_tc_state(qdiscs, filters)
         if state.ingress_qdisc and not state.clsact:
-            raise BpfUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
+            raise IngressUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
         pref = ingress.egress_pref(state)
         if pref is None:
-            raise BpfUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
+            raise IngressUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
         egress.append(Egress(out, l2, add_clsact=not state.clsact, pref=pref))
     return Plan(link, tuple(egress), "".join(seen))
 
@@ -179,7 +205,7 @@ def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[Pac
                 continue
             _show(log, print_bpf, f"reply catcher, tc egress of {name} (pref {e.pref})", prog)
             if e.add_clsact:
-                change(Undo("cmd", f"clsact qdisc on {name}", netns, ingress.undo_qdisc(name), gone=ingress.GONE),
+                change(Undo("clsact", f"clsact qdisc on {name}", netns, key=name),
                        lambda name=name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]), atomic=True)
             # NLM_F_EXCL: if the preference was taken meanwhile, the request fails and changes nothing.
             change(Undo("cmd", f"tc egress filter pref {e.pref} on {name}", netns,

@@ -3,7 +3,7 @@
 No bcc and no clang: the programs are a few dozen instructions assembled by `tracer.bpfasm`, so
 loading them costs a syscall. `tc` itself cannot attach a program by file descriptor, hence the
 netlink request (built by `tracer.ingress.filter_request`); removing it again is a plain
-`tc filter del`, which is what the journal records. Failures raise `BpfUnavailable` with the
+`tc filter del`, which is what the journal records. Failures raise `IngressUnavailable` with the
 kernel's reason, so the caller can fall back and say why.
 """
 from __future__ import annotations
@@ -28,15 +28,16 @@ NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
 
 
-class BpfUnavailable(Exception):
-    """The kernel refused a step of simulated ingress; the message says which and why."""
+class IngressUnavailable(Exception):
+    """Simulated ingress cannot be done here (the kernel refused a step, an interface does not
+    allow it); the message says which and why, and the caller falls back to a local probe."""
 
 
 def load_sched_cls(insns: list[Insn], name: str) -> int:
     """BPF_PROG_LOAD a SCHED_CLS program; returns its fd (the caller closes it)."""
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
-        raise BpfUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
+        raise IngressUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
     code = assemble(insns)
     insn_buf = ctypes.create_string_buffer(code, len(code))
     license = ctypes.create_string_buffer(b"GPL")
@@ -58,7 +59,7 @@ def load_sched_cls(insns: list[Insn], name: str) -> int:
     detail = [ln for ln in log.value.decode(errors="replace").strip().splitlines()
               if ln and not ln.startswith(("processed ", "verification time"))]
     why = f": {detail[-1]}" if detail else ""
-    raise BpfUnavailable(f"bpf(BPF_PROG_LOAD) failed: {os.strerror(err)}{why}")
+    raise IngressUnavailable(f"bpf(BPF_PROG_LOAD) failed: {os.strerror(err)}{why}")
 
 
 def attach_filter(ifindex: int, direction: str, pref: int, prog_fd: int, name: str) -> None:
@@ -76,8 +77,8 @@ def attach_filter(ifindex: int, direction: str, pref: int, prog_fd: int, name: s
             (code,) = struct.unpack_from("=i", reply, 16)
             if code == 0:
                 return
-            raise BpfUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(-code)}")
-    raise BpfUnavailable("adding the cls_bpf filter: unexpected netlink answer")
+            raise IngressUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(-code)}")
+    raise IngressUnavailable("adding the cls_bpf filter: unexpected netlink answer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ BPF_F_BEFORE = 1 << 3
 def _bpf(cmd: int, attr: ctypes.Array) -> int:  # type: ignore[type-arg]
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
-        raise BpfUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
+        raise IngressUnavailable(f"bpf(2) syscall number unknown for {platform.machine()}")
     ret = system.libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
     return int(ret) if ret >= 0 else -ctypes.get_errno()
 
@@ -118,5 +119,5 @@ def tcx_attach(ifindex: int, direction: str, prog_fd: int) -> int:
     struct.pack_into("=IIII", attr, 0, prog_fd, ifindex, BPF_TCX[direction], BPF_F_BEFORE)
     ret = _bpf(BPF_LINK_CREATE, attr)
     if ret < 0:
-        raise BpfUnavailable(f"attaching the tcx {direction} program failed: {os.strerror(-ret)}")
+        raise IngressUnavailable(f"attaching the tcx {direction} program failed: {os.strerror(-ret)}")
     return ret

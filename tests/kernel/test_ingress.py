@@ -284,10 +284,10 @@ def test_filter_at_pref_1_means_fallback_to_local(lab: Lab) -> None:
 
 def test_kernel_refusal_midway_undoes_the_port_and_falls_back(lab: Lab, sniff: Sniffer, monkeypatch: Any) -> None:
     from tracer import simulate
-    from tracer.tcbpf import BpfUnavailable
+    from tracer.tcbpf import IngressUnavailable
 
     def refuse(insns: Any, name: str) -> int:
-        raise BpfUnavailable("bpf(BPF_PROG_LOAD) failed: Operation not permitted")
+        raise IngressUnavailable("bpf(BPF_PROG_LOAD) failed: Operation not permitted")
 
     monkeypatch.setattr(simulate, "load_sched_cls", refuse)
     routed(lab)
@@ -377,3 +377,31 @@ def test_clsact_added_by_someone_else_meanwhile_is_left_alone(lab: Lab, monkeypa
     assert report.mode == "local" and "clsact" in report.caveats[0]
     assert "pref 10" in lab.run(lab.server, ["tc", "filter", "show", "dev", "eth0", "egress"]).stdout
     assert "fwi" not in lab.run(lab.server, ["ip", "link"]).stdout
+
+
+def test_two_simulated_ingress_runs_at_once(lab: Lab, sniff: Sniffer) -> None:
+    """They take turns (a lock per namespace): both simulate ingress, both clean up, nothing leaks."""
+    routed(lab)
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    lab.listen(lab.server, Proto.TCP, 22)
+    before = state(lab)
+
+    def start(port: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "tracer", "probe", "--netns", lab.server, "--json",
+                                 "--dport", port, "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    for _ in range(2):
+        a, b = start("8080"), start("22")
+        docs = []
+        for p in (a, b):
+            out, err = p.communicate(timeout=60)
+            assert p.returncode in (0, 1), err
+            docs.append(json.loads(out))
+        da, db = docs
+        assert da["mode"] == db["mode"] == "ingress" and da["caveats"] == db["caveats"] == []
+        assert [p["reply"] for p in da["packets"]] == ["icmp 3/10 host-prohibited"] * 2
+        assert [p["reply"] for p in db["packets"]] == ["syn-ack"] * 2
+        assert da["cleanup"]["ok"] and db["cleanup"]["ok"]
+    after = state(lab)
+    assert after[:2] + after[3:] == before[:2] + before[3:]  # links and tc; the ruleset's counters moved
+    assert of_flow(sniff.frames(0.05), CUSTOMER) == []

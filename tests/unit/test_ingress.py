@@ -98,7 +98,8 @@ def test_frame_and_names_and_undos() -> None:
     assert ingress.undo_port("fwi1a2b3c4d") == ("ip", "link", "del", "fwi1a2b3c4d")
     assert ingress.undo_filter("eth0", "egress", 9) == ("tc", "filter", "del", "dev", "eth0", "egress", "pref", "9",
                                                          "handle", "1", "bpf")
-    assert ingress.undo_qdisc("eth0") == ("tc", "qdisc", "del", "dev", "eth0", "clsact")
+    assert not ingress.clsact_in_use("[]", "")
+    assert ingress.clsact_in_use("[]", FILTERS)
     assert ingress.default_source(4) == a("203.0.113.5") and ingress.default_source(6) == a("2001:db8:ffff::5")
 
 
