@@ -129,6 +129,40 @@ def egress_pref(state: TcState) -> Optional[int]:
     return first - 1 if first > 1 else None
 
 
+@dataclass(frozen=True)
+class Catcher:
+    """How the reply catcher goes on one interface: "tcx", "classic" (with pref and whether a
+    clsact qdisc must be added), or "none" with the reason."""
+
+    how: str
+    pref: int = PREF_WANTED
+    add_clsact: bool = False
+    reason: str = ""
+
+
+def choose_catcher(dev: str, state: TcState, tcx_programs: Optional[int]) -> Catcher:
+    """Decide where the reply catcher must sit to run before anything that could let a reply out.
+
+    tcx (Linux 6.6+, `tcx_programs` is None before) runs before every classic clsact filter, and
+    a tcx program returning TCX_PASS ends the walk: with tcx programs present, ours goes through
+    tcx, in front of them. Without, a classic filter before every other one does it (and leaves
+    the interface's tc state as fwtrace found it); where that is impossible (a filter at
+    preference 1, an old `ingress` qdisc in clsact's place), tcx still can, if the kernel has it.
+    """
+    if tcx_programs:
+        return Catcher("tcx")
+    pref = egress_pref(state)
+    if state.ingress_qdisc and not state.clsact:
+        reason = f"{dev} has an `ingress` qdisc, beside which no clsact can be added"
+    elif pref is None:
+        reason = f"an egress filter at preference 1 on {dev} would run before fwtrace's reply catcher"
+    else:
+        return Catcher("classic", pref, not state.clsact)
+    if tcx_programs is not None:
+        return Catcher("tcx")
+    return Catcher("none", reason=reason + " (and this kernel has no tcx, Linux 6.6+)")
+
+
 # ---------------------------------------------------------------------------------------------
 # the programs
 

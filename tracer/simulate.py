@@ -119,16 +119,10 @@ def plan_port(via: str, back: Optional[ingress.Route]) -> Plan:
         qdiscs = system.run(["tc", "-j", "qdisc", "show", "dev", name]).stdout
         filters = system.run(["tc", "-j", "filter", "show", "dev", name, "egress"], check=False).stdout
         seen.append(_tc_text(name, qdiscs, filters))
-        if tcx_count(out.ifindex, "egress"):
-            egress.append(Egress(out, l2, tcx=True))
-            continue
-        state = ingress.parse_tc_state(qdiscs, filters)
-        if state.ingress_qdisc and not state.clsact:
-            raise IngressUnavailable(f"{name} has an `ingress` qdisc, beside which no clsact can be added")
-        pref = ingress.egress_pref(state)
-        if pref is None:
-            raise IngressUnavailable(f"an egress filter at preference 1 on {name} would run before fwtrace's reply catcher")
-        egress.append(Egress(out, l2, add_clsact=not state.clsact, pref=pref))
+        catcher = ingress.choose_catcher(name, ingress.parse_tc_state(qdiscs, filters), tcx_count(out.ifindex, "egress"))
+        if catcher.how == "none":
+            raise IngressUnavailable(catcher.reason)
+        egress.append(Egress(out, l2, tcx=catcher.how == "tcx", add_clsact=catcher.add_clsact, pref=catcher.pref))
     return Plan(link, tuple(egress), "".join(seen))
 
 

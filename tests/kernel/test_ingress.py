@@ -266,12 +266,23 @@ def test_sigkill_then_cleanup_removes_port_and_filters(lab: Lab) -> None:
     assert state(lab) == start
 
 
-def test_filter_at_pref_1_means_fallback_to_local(lab: Lab) -> None:
+def test_filter_at_pref_1_goes_through_tcx_or_falls_back(lab: Lab, monkeypatch: Any) -> None:
+    """A filter at preference 1 runs before any classic filter fwtrace could add: on 6.6+ the
+    reply catcher goes through tcx (which runs first); before 6.6, fall back to a local probe."""
+    from tracer import simulate
+
     routed(lab)
     lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
     lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "1", "protocol", "all",
                          "u32", "match", "u32", "0", "0", "classid", "1:1"])
+    lab.listen(lab.server, Proto.TCP, 8080)
     before = state(lab)
+    report = ingress(lab, dport=8080)
+    assert report.mode == "ingress" and report.caveats == ()
+    [r] = report.results
+    assert r.reply.kind == "syn-ack" and "captured" not in r.reply.summary
+    assert state(lab) == before
+    monkeypatch.setattr(simulate, "tcx_count", lambda ifindex, direction: None)  # a kernel before 6.6
     report = ingress(lab, dport=8080, src=None)
     assert report.mode == "local" and report.via is None
     [caveat] = report.caveats

@@ -61,6 +61,25 @@ def test_parse_tc_state_and_preference() -> None:
     assert ingress.parse_tc_state(QDISC_INGRESS, "").ingress_qdisc
 
 
+@pytest.mark.parametrize("state, tcx, expected", [
+    (TcState(False, False, ()), None, ingress.Catcher("classic", 1, True)),  # before 6.6: classic
+    (TcState(False, False, ()), 0, ingress.Catcher("classic", 1, True)),  # tcx possible, none there
+    (TcState(True, False, (10,)), 0, ingress.Catcher("classic", 9, False)),  # the admin's clsact stays
+    (TcState(True, False, (10,)), 2, ingress.Catcher("tcx")),  # Cilium: tcx programs run first
+    (TcState(True, False, (1,)), 0, ingress.Catcher("tcx")),  # pref 1 taken: tcx runs before it
+    (TcState(False, True, ()), 0, ingress.Catcher("tcx")),  # old ingress qdisc: no clsact, tcx works
+])
+def test_choose_catcher(state: TcState, tcx: int, expected: ingress.Catcher) -> None:
+    assert ingress.choose_catcher("eth0", state, tcx) == expected
+
+
+def test_choose_catcher_gives_up_only_without_tcx() -> None:
+    c = ingress.choose_catcher("eth0", TcState(True, False, (1,)), None)
+    assert c.how == "none" and "preference 1 on eth0" in c.reason and "no tcx" in c.reason
+    c = ingress.choose_catcher("eth0", TcState(False, True, ()), None)
+    assert c.how == "none" and "`ingress` qdisc" in c.reason
+
+
 @pytest.mark.parametrize("rp_all, rp_dev, back, drops", [
     (0, 0, Route("eth1"), False),  # off
     (1, 0, Route("eth0"), False),  # strict, symmetric route
