@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from . import bpfasm, ingress, system
 from .errors import UsageError
 from .inject import ETH_P_ALL, Injector
-from .journal import RUN_DIR, Undo
+from .journal import Undo
 from .model import IPAddress, PacketSpec, Proto
 from .tcbpf import IngressUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
 
@@ -30,12 +30,11 @@ def lock_namespace() -> int:
     """Take the calling thread's namespace for one simulated ingress at a time; returns the fd.
 
     Two runs at once would each see the other's clsact qdisc and filter at the front of eth0,
-    and one's undo could remove the other's reply catcher. flock dies with the process, SIGKILL
-    included, so a crashed run never blocks the next one.
+    and one's undo could remove the other's reply catcher. The lock is a flock on the namespace
+    itself (its nsfs inode, the same by whatever name or pid it is reached): no lock file to
+    leave behind, and it dies with the process, SIGKILL included.
     """
-    inode = os.stat("/proc/thread-self/ns/net").st_ino
-    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(RUN_DIR, f"ingress-{inode}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         try:
