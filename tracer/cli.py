@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dport", type=_port, help="destination port (required for tcp and udp)")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
-    pr.add_argument("--dst", type=_addr, help="destination address (default: the target namespace's first global address)")
+    pr.add_argument("--dst", type=_addr, help="destination address (default: an address of the interface the probe arrives "
+                    "on, else the target namespace's first global address)")
     pr.add_argument("--src", type=_addr, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
                     "remote client; the sender's own address with --local or --from-netns)")
     pr.add_argument("--sport", type=_port, help="source port (default: random per run)")
