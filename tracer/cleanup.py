@@ -24,6 +24,8 @@ def apply_undo(undo: Undo) -> Optional[str]:
 
                 shared.release(undo.key, undo.value, system.sysctl_set)
                 return None
+            if undo.kind == "clsact":
+                return _remove_clsact(undo.key)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):
@@ -34,6 +36,22 @@ def apply_undo(undo: Undo) -> Optional[str]:
     if done.returncode == 0 or any(g in done.stderr for g in undo.gone):
         return None
     return f"`{' '.join(undo.argv)}` failed: {done.stderr.strip().splitlines()[0] if done.stderr.strip() else done.returncode}"
+
+
+def _remove_clsact(dev: str) -> Optional[str]:
+    """Delete the clsact qdisc fwtrace added to dev, unless filters of somebody else's sit on it now
+    (another program, or another fwtrace run, added them meanwhile): then it is theirs as well."""
+    from .ingress import clsact_in_use
+
+    shown = [system.run(["tc", "-j", "filter", "show", "dev", dev, where], check=False) for where in ("ingress", "egress")]
+    if any("Cannot find device" in s.stderr for s in shown):
+        return None
+    if clsact_in_use(*(s.stdout if s.returncode == 0 else "" for s in shown)):
+        return None
+    done = system.run(["tc", "qdisc", "del", "dev", dev, "clsact"], check=False)
+    if done.returncode == 0 or any(g in done.stderr for g in ("Cannot find device", "Invalid handle")):
+        return None
+    return f"`tc qdisc del dev {dev} clsact` failed: {done.stderr.strip() or done.returncode}"
 
 
 def stale_tables(ruleset_text: str, alive: Optional[Callable[[int], bool]] = None) -> list[str]:

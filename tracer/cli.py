@@ -14,9 +14,15 @@ from .model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
 examples:
+  fwtrace probe --dport 8080 --src 203.0.113.5
+        why can't customer 203.0.113.5 reach port 8080 of this machine? The probe is received on
+        the interface of the route back to 203.0.113.5 (or --via IFACE) as if it came from there;
+        its reply is caught before it leaves the machine.
   fwtrace probe --dport 8080 --netns srv --from-netns client
-        why can't the client reach port 8080 of the host in namespace srv?
-  fwtrace probe --dport 53 --proto udp --dst 192.0.2.1
+        probe from a real second host: namespace client, on a link to the host in namespace srv
+  fwtrace probe --dport 8080 --local
+        send from the machine itself (OUTPUT -> lo -> INPUT); rules on eth0 are not exercised
+  fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
@@ -75,12 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dport", type=_port, help="destination port (required for tcp and udp)")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
-    pr.add_argument("--dst", type=_addr, help="destination address (default: the target namespace's first global address)")
-    pr.add_argument("--src", type=_addr, help="source address (default: the address the sender's routing picks)")
+    pr.add_argument("--dst", type=_addr, help="destination address (default: an address of the interface the probe arrives "
+                    "on, else the target namespace's first global address)")
+    pr.add_argument("--src", type=_addr, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
+                    "remote client; the sender's own address with --local or --from-netns)")
     pr.add_argument("--sport", type=_port, help="source port (default: random per run)")
     pr.add_argument("--count", type=_count, default=1, help="number of probe packets (default 1)")
     pr.add_argument("--netns", help="network namespace of the host under diagnosis (default: the current one)")
-    pr.add_argument("--from-netns", help="send from this namespace, as a remote client (default: send locally)")
+    pr.add_argument("--via", metavar="IFACE", help="simulated ingress: the interface the probe arrives on "
+                    "(default: the one the route back to --src leaves by)")
+    pr.add_argument("--local", action="store_true", help="send from the target namespace itself instead of "
+                    "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
+    pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
+                    "(default: simulate one arriving on --via)")
+    pr.add_argument("--print-bpf", action="store_true", help="print the generated tc programs of simulated ingress on stderr")
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -113,12 +127,20 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
         raise UsageError("--sport does not apply to icmp", "drop --sport")
     if ns.src is not None and ns.dst is not None and ns.src.version != ns.dst.version:
         raise UsageError(f"--src {ns.src} and --dst {ns.dst} are of different address families", "give both as IPv4 or both as IPv6")
+    if ns.local and ns.from_netns is not None:
+        raise UsageError("--local and --from-netns exclude each other", "drop one of them")
+    if ns.via is not None and (ns.local or ns.from_netns is not None):
+        raise UsageError(f"--via only applies to simulated ingress, not with {'--local' if ns.local else '--from-netns'}",
+                         "drop --via")
+    if ns.via is not None and (not ns.via or "/" in ns.via or len(ns.via) > 15):
+        raise UsageError(f"not an interface name: {ns.via!r}", "see `ip link`")
     if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
         raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        log=ns.log, ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
+        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log,
+        ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
 
 

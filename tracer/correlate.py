@@ -107,6 +107,23 @@ def split_events(
     return probe, reply
 
 
+def traced_reply(reply_events: list[TraceEvent], spec: PacketSpec) -> Optional[Headers]:
+    """A reply that was not captured (still queued for ARP, or dropped on its way out on purpose)
+    still left its headers in the trace of its way through OUTPUT: as good for telling its kind."""
+    for ev in reply_events:
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None and is_reply(h, spec):
+            return h
+    return None
+
+
+def reply_kind(spec: PacketSpec, events: list[TraceEvent], captured: Optional[Headers], roles: Optional[Roles] = None) -> str:
+    """The kind of the probe's reply, captured or else traced, before any ruleset is read."""
+    if captured is None:
+        captured = traced_reply(split_events(events, spec, roles)[1], spec)
+    return classify_reply(captured, spec).kind
+
+
 def classify_reply(h: Optional[Headers], spec: PacketSpec) -> Reply:
     if h is None:
         return Reply("none")
@@ -312,6 +329,10 @@ def packet_result(
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
     verdict, ref = decide(steps, ruleset, traced=bool(probe_events), through=delivered(probe_events))
+    if reply is None:
+        reply = traced_reply(reply_events, spec)
+        if reply is not None:
+            reply_summary = "seen in the trace of OUTPUT, not captured"
     r = classify_reply(reply, spec)
     return PacketResult(
         spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)

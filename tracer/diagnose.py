@@ -20,11 +20,20 @@ class Context:
     listeners: tuple[Listener, ...]
     local: bool  # sent from the target namespace itself (OUTPUT + lo + INPUT)
     tcp_loose: Optional[int] = None  # net.netfilter.nf_conntrack_tcp_loose of the target, when read
+    mode: str = ""  # "ingress", "local", "from-netns" ("" : as `local` says)
+    via: Optional[str] = None  # simulated ingress: the interface it arrived on
+    src: Optional[IPAddress] = None  # the probe's source address
+    route_dev: Optional[str] = None  # the interface the route back to src leaves by
+    rp_filter_drops: bool = False  # rp_filter is on for `via` and the route back does not pass it
+    fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
+
+
+NOT_REACHED = ("no-listener", "rp-filter")
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
     """Did the probe get through to a service?"""
-    if result.verdict is not Verdict.ACCEPT or any(f.code == "no-listener" for f in findings):
+    if result.verdict is not Verdict.ACCEPT or any(f.code in NOT_REACHED for f in findings):
         return False
     return result.reply.kind in REACHED_REPLIES or result.reply.none
 
@@ -246,12 +255,29 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     pf = facts(result, iif, oif, h)
 
     if ctx.local:
+        why = (f"Simulated ingress was not possible ({ctx.fallback}), so the probe was sent locally instead"
+               if ctx.fallback else "The probe was sent from the target namespace itself (--local)")
         findings.append(Finding(
             "local-probe",
-            "The probe was sent from the target namespace itself, so it took OUTPUT -> lo -> INPUT: "
-            "rules matching a real interface (-i eth0) or a remote source address were not exercised, "
-            "and an early `-i lo -j ACCEPT` may accept it where a remote client would be blocked.",
-            "send it as a remote client would: --from-netns NS (a namespace on the other side of a link)",
+            f"{why}: it took OUTPUT -> lo -> INPUT, so rules matching a real interface (-i eth0) or a remote "
+            "source address were not exercised, and an early `-i lo -j ACCEPT` may accept it where a remote "
+            "client would be blocked.",
+            "send it as a remote client would: drop --local (fwtrace then injects it on the real interface as if "
+            "received from --src), or --from-netns NS (a namespace on the other side of a link)"
+            if not ctx.fallback else "probe from a real second host, or from a namespace on a link: --from-netns NS",
+        ))
+
+    if ctx.rp_filter_drops and result.path and not {"input", "forward"} & set(result.path) and result.verdict is not Verdict.DROP \
+            and result.verdict is not Verdict.REJECT and ctx.via is not None:
+        back = f"leaves by {ctx.route_dev}" if ctx.route_dev else "does not exist"
+        findings.append(Finding(
+            "rp-filter",
+            f"The packet from {ctx.src} arrived on {ctx.via} and passed PREROUTING, then the kernel dropped it "
+            f"before INPUT/FORWARD: reverse-path filtering (rp_filter) is on for {ctx.via}, and the route back "
+            f"to {ctx.src} {back}, not {ctx.via}. The firewall rules never saw it.",
+            f"route {ctx.src} back via {ctx.via} (`ip route add {ctx.src} via GATEWAY dev {ctx.via}`), or make the check "
+            f"loose: sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{ctx.via}.rp_filter=2",
+            (f"sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{ctx.via}.rp_filter=2",),
         ))
 
     if "forward" in result.path:
@@ -301,7 +327,7 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
-    if result.verdict is Verdict.UNKNOWN and result.path:
+    if result.verdict is Verdict.UNKNOWN and result.path and not any(f.code == "rp-filter" for f in findings):
         findings.append(Finding(
             "stack-drop",
             f"The packet passed {' -> '.join(result.path)} without any drop verdict and then vanished: the kernel "
@@ -343,6 +369,8 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     ref = result.decided_by
     codes = {f.code for f in findings}
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    if "rp-filter" in codes:
+        return f"{what} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
         return f"{what} is not reachable, but not because of a firewall rule: the kernel dropped the probe after {result.path[-1]}."
     if result.verdict is Verdict.UNKNOWN:

@@ -28,7 +28,12 @@ class Captured:
     headers: Headers
 
 
-def build(spec: PacketSpec) -> bytes:
+def tcp_seq(spec: PacketSpec) -> int:
+    """The probe's TCP sequence number: derived from its random ident, so it is known later."""
+    return (spec.ident * 65536 + 1) & 0xFFFFFFFF
+
+
+def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.packet import Packet
 
@@ -41,7 +46,8 @@ def build(spec: PacketSpec) -> bytes:
 
         l3 = IPv6(src=str(spec.src), dst=str(spec.dst), fl=spec.ident, hlim=64)
     if spec.proto is Proto.TCP:
-        l4 = TCP(sport=spec.sport, dport=spec.dport, flags=spec.flags, seq=(spec.ident * 65536 + 1) & 0xFFFFFFFF, window=64240)
+        l4 = TCP(sport=spec.sport, dport=spec.dport, flags=spec.flags, seq=tcp_seq(spec) if seq is None else seq,
+                 window=0 if "R" in spec.flags else 64240)
     elif spec.proto is Proto.UDP:
         l4 = UDP(sport=spec.sport, dport=spec.dport) / b"fwtrace"
     elif spec.family == 4:

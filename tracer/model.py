@@ -189,6 +189,16 @@ class ProbeRequest:
     timeout: float = 1.0
     ipv6: bool = False
     log: str = ""  # "nflog" / "kmsg": also log the probes with temporary NFLOG / LOG rules
+    via: Optional[str] = None  # simulated ingress: the interface the probe arrives on
+    local: bool = False  # send from the target namespace itself (OUTPUT -> lo -> INPUT)
+    print_bpf: bool = False  # print the generated tc programs on stderr
+
+    @property
+    def mode(self) -> str:
+        """"from-netns" (a real second host), "local", or "ingress" (simulated, the default)."""
+        if self.from_netns is not None:
+            return "from-netns"
+        return "local" if self.local else "ingress"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ class ProbeReport:
     conclusions: tuple[str, ...] = ()
     evidence: Optional["Evidence"] = field(default=None, repr=False)
     generations: tuple[int, ...] = ()  # nft ruleset generation before, after adding, after removing
+    mode: str = ""  # how the probe was sent in the end: "ingress", "local", "from-netns"
+    via: Optional[str] = None  # simulated ingress: the interface it arrived on
+    caveats: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the run did beyond its own table (sysctls set for the run, ...)
     # nft transactions fwtrace itself committed between its add and its delete: iptables-nft
     # inserting and deleting the --log rules, one each
@@ -95,7 +98,9 @@ class ProbeReport:
             "run_id": self.run_id,
             "target_netns": req.netns,
             "from_netns": req.from_netns,
-            "mode": "from-netns" if req.from_netns else "local",
+            "mode": self.mode or req.mode,
+            "via": self.via,
+            "caveats": list(self.caveats),
             "log": req.log,
             "packets": [r.to_json() for r in self.results],
             "findings": [f.to_json() for f in self.findings],
@@ -116,14 +121,16 @@ def new_run_id() -> str:
     return os.urandom(4).hex()
 
 
-def pick_address(addr_json: str, version: int) -> Optional[IPAddress]:
-    """The first global address of an up interface in `ip -j addr` output (pure)."""
+def pick_address(addr_json: str, version: int, ifname: Optional[str] = None) -> Optional[IPAddress]:
+    """The first global address of an up interface (of `ifname` if given) in `ip -j addr` output (pure)."""
     try:
         links = json.loads(addr_json)
     except ValueError:
         return None
     for link in links:
         if "UP" not in link.get("flags", []) or link.get("ifname") == "lo":
+            continue
+        if ifname is not None and link.get("ifname") != ifname:
             continue
         for a in link.get("addr_info", []):
             if a.get("scope") != "global":
@@ -152,13 +159,14 @@ def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.R
     return specs
 
 
-def _resolve_dst(req: ProbeRequest) -> IPAddress:
+def _resolve_dst(req: ProbeRequest, via: Optional[str] = None) -> IPAddress:
     if req.dst is not None:
         return req.dst
-    version = 6 if req.ipv6 else 4
-    addr = pick_address(system.run(["ip", "-j", "addr", "show"]).stdout, version)
+    version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
+    text = system.run(["ip", "-j", "addr", "show"]).stdout
+    addr = (pick_address(text, version, via) if via else None) or pick_address(text, version)
     if addr is None:
-        if req.from_netns is None:
+        if req.mode == "local":
             return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
         raise UsageError(
             f"the target namespace has no global IPv{version} address to probe",
@@ -202,6 +210,7 @@ class Run:
         self.changes = 0
         self.notes: list[str] = []
         self.nft_log_rules = 0  # --log rules iptables-nft put into nf_tables
+        self.port_lock: Optional[int] = None  # simulated ingress: one run per namespace at a time
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -212,12 +221,22 @@ class Run:
         with system.netns(self.req.netns):
             return self._in_target()
 
-    def change(self, undo: Undo, apply: Callable[[], T]) -> T:
-        """Make one change to the system: journal its undo first, then apply it."""
+    def change(self, undo: Undo, apply: Callable[[], T], atomic: bool = False) -> T:
+        """Make one change to the system: journal its undo first, then apply it.
+
+        `atomic`: when apply fails, nothing was changed (one netlink request, one nft batch), so
+        the undo must not run: the thing it would remove may be somebody else's, e.g. the clsact
+        qdisc another program added between our look and our `tc qdisc add`.
+        """
         assert self.journal is not None
-        self.journal.record(undo)
+        index = self.journal.record(undo)
         self.log.info("change", what=undo.what, netns=undo.netns)
-        result = apply()
+        try:
+            result = apply()
+        except BaseException:
+            if atomic:
+                self.journal.mark(index, "undone")
+            raise
         self.changes += 1
         checkpoint(f"instrument-{self.changes}")
         return result
@@ -246,14 +265,21 @@ class Run:
         req = self.req
         full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
-        dst = _resolve_dst(req)
-        with system.netns(req.from_netns):
-            src = req.src or _source_for(dst)
+        mode = req.mode
+        via: Optional[str] = None
+        back = None
+        caveats: list[str] = []
+        fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible"
+        if mode == "ingress":
+            src, dst, via, back = _resolve_ingress(req)
+        else:
+            dst = _resolve_dst(req)
+            with system.netns(req.from_netns):
+                src = req.src or _source_for(dst)
         if src.version != dst.version:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
-        roles = plan.roles(tplan)
 
         from .collect import TraceSocket, ruleset_generation
         from .inject import Injector, build, describe
@@ -263,8 +289,9 @@ class Run:
         # in the kernel log) or --log. The default nft-only path never opens /dev/kmsg and runs no
         # iptables tool: whether x_tables has tables is read from /proc. x_tables has no per-chain
         # listing nor a generation, so its tables are saved whole now and again after the run.
+        # The plan itself is made once the specs are final (a fallback from simulated ingress
+        # remakes them).
         legacy_saved = full.legacy_text if full else snapshot.legacy()
-        kplan = kernel_plan(self.run_id, specs, req.log, legacy_saved)
         exchanges: list[tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]] = []
         conntrack: dict[int, str] = {}
         cleanup_errors: list[str] = []
@@ -273,36 +300,42 @@ class Run:
         nflog_raw: list[bytes] = []
         own: frozenset[tuple[str, str, int]] = frozenset()
         tcp_loose: Optional[str] = None
+        port_plan: Any = None
+        kplan: Optional[kernplan.KernPlan] = None
+        ksrc: Any = None
+        nsrc: Any = None
         with contextlib.ExitStack() as stack:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
             sources: list[Any] = [tsock]
-            ksrc: Any = None
-            nsrc: Any = None
-            if kplan is not None:
-                from . import kernlog
-
-                ctx = kernlog.KernContext(self.run_id, kplan.ruleset, kplan.offsets, kplan.log_points)
-                if kplan.kmsg:
-                    from .kmsg import KmsgSource
-
-                    ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
-                    stack.callback(ksrc.close)
-                    sources.append(ksrc)
-                if kplan.nflog_group is not None:
-                    from .collect import NflogSocket
-
-                    nsrc = NflogSocket(kplan.nflog_group, ctx, system.interface_names())
-                    stack.callback(nsrc.close)
-                    sources.append(nsrc)
-            with system.netns(req.from_netns):
-                inj = Injector()
-            stack.callback(inj.close)
             self.journal = Journal(self.run_id, list(sys.argv))
             try:
+                inj: Any = None
+                if mode == "ingress":
+                    assert via is not None
+                    inj, port_plan, reason = self._open_port(specs, via, back)
+                    if inj is None:
+                        # Fall back to a local probe, from a local address: a spoofed source's
+                        # replies would leave the machine now that nothing catches them.
+                        fallback = f"{via}: {reason}"
+                        caveats.append(f"simulated ingress on {via} is not possible here ({reason}); "
+                                       "the probe was sent locally instead")
+                        mode, via = "local", None
+                        specs = build_specs(req, _source_for(dst), dst, self.rng)
+                        datas = [build(s) for s in specs]
+                        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+                if inj is None:
+                    with system.netns(req.from_netns):
+                        inj = Injector()
+                stack.callback(inj.close)
+                roles = plan.roles(tplan)
+                kplan = kernel_plan(self.run_id, specs, req.log, legacy_saved)
+                if kplan is not None:
+                    ksrc, nsrc = self._kernel_sources(kplan, stack)
+                    sources += [src for src in (ksrc, nsrc) if src is not None]
                 gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
-                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch))
+                self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch), atomic=True)
                 gens.append(ruleset_generation())
                 tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 if kplan is not None:
@@ -310,11 +343,19 @@ class Run:
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for i, (spec, data) in enumerate(zip(specs, datas)):
                     reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
-                    exchanges.append((spec, correlate.without_handles(evs, own), reply))
+                    evs = correlate.without_handles(evs, own)
+                    exchanges.append((spec, evs, reply))
                     if kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
                         conntrack[i] = _conntrack_entry(spec)  # now, while the flow's entry is fresh
+                    if mode == "ingress" and correlate.reply_kind(spec, evs, reply[0] if reply else None, roles) == "syn-ack":
+                        self._reset(inj, spec)
             finally:
                 cleanup_errors = self._undo_all()
+                if port_plan is not None:
+                    from .simulate import leftovers
+
+                    cleanup_errors += leftovers(port_plan, self.run_id)
+                self._unlock()
                 if ksrc is not None:
                     kmsg_raw = list(ksrc.raw)
                 if nsrc is not None:
@@ -343,8 +384,12 @@ class Run:
             r = correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
                                         describe(reply[1]) if reply else "", roles)
             results.append(dataclasses.replace(r, conntrack=conntrack[i]) if i in conntrack else r)
-        ctx_d = diagnose.Context(snap.ruleset, listeners(), local=req.from_netns is None,
-                                 tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None)
+        rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and dst.version == 4 else False
+        ctx_d = diagnose.Context(snap.ruleset, listeners(), local=mode == "local",
+                                 tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
+                                 mode=mode, via=via, src=specs[0].src if specs else None,
+                                 route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
+                                 fallback=fallback)
         findings: list[Finding] = []
         conclusions = []
         for r in results:
@@ -359,8 +404,70 @@ class Run:
                      tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges),
                      tuple(diff) if full else None, legacy_saved, tuple(kmsg_raw), b"".join(nflog_raw),
                      tuple(sorted(own)), kernplan_json(kplan)),
-            tuple(gens), tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
+            tuple(gens), mode, via, tuple(caveats), tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
         )
+
+    def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
+        """(injection port, its plan, ""), or (None, None, why not) when the kernel or the interfaces cannot."""
+        from .errors import CommandError
+        from .tcbpf import IngressUnavailable
+        from . import simulate
+
+        printer = _print_bpf if self.req.print_bpf else None
+        try:
+            self.port_lock = simulate.lock_namespace()
+            port_plan = simulate.plan_port(via, back)
+            port = simulate.open_port(self.change, self.req.netns, self.run_id, specs, port_plan, self.log, printer)
+            return port, port_plan, ""
+        except (IngressUnavailable, CommandError, OSError) as e:
+            reason = str(e)
+        self.log.warning("simulated ingress unavailable; probing locally", via=via, reason=reason)
+        errors = self._undo_all()  # whatever part of the port was made
+        self._unlock()
+        if errors:
+            raise EnvironmentProblem("could not remove the partly built injection port: " + "; ".join(errors),
+                                     "run `fwtrace cleanup`")
+        return None, None, reason
+
+    def _unlock(self) -> None:
+        if self.port_lock is not None:
+            os.close(self.port_lock)  # releases the flock
+            self.port_lock = None
+
+    def _reset(self, inj: Any, spec: PacketSpec) -> None:
+        """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""
+        from .inject import build
+        from .simulate import rst_for_synack
+
+        rst, seq = rst_for_synack(spec)
+        inj.send(rst, build(rst, seq))
+        self.log.debug("sent", packet=rst.summary(), why="reset the half-open connection the probe made")
+
+    def _rp_filter(self, via: str, back: Any) -> bool:
+        from . import ingress, simulate
+
+        rp_all, rp_dev = simulate.rp_filter(via)
+        return ingress.rp_filter_drops(rp_all, rp_dev, via, back)
+
+    def _kernel_sources(self, kplan: kernplan.KernPlan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
+        """The /dev/kmsg reader and the NFLOG socket the plan needs, opened in the target before
+        any rule of the plan exists (so nothing it logs is missed), closed with `stack`."""
+        from . import kernlog
+
+        ctx = kernlog.KernContext(self.run_id, kplan.ruleset, kplan.offsets, kplan.log_points)
+        ksrc: Any = None
+        nsrc: Any = None
+        if kplan.kmsg:
+            from .kmsg import KmsgSource
+
+            ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
+            stack.callback(ksrc.close)
+        if kplan.nflog_group is not None:
+            from .collect import NflogSocket
+
+            nsrc = NflogSocket(kplan.nflog_group, ctx, system.interface_names())
+            stack.callback(nsrc.close)
+        return ksrc, nsrc
 
     def _kernel_setup(self, kplan: kernplan.KernPlan) -> frozenset[tuple[str, str, int]]:
         """The kernel log's prerequisites and the legacy TRACE / LOG / NFLOG rules, each journaled.
@@ -469,6 +576,25 @@ def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> b
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
 
 
+def _resolve_ingress(req: ProbeRequest) -> tuple[IPAddress, IPAddress, str, Any]:
+    """(source, destination, via interface, route back to the source) of a simulated ingress."""
+    from . import ingress, simulate
+
+    version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
+    src = req.src or ingress.default_source(version)
+    back = simulate.route_to(src, req.dst)
+    via = req.via or (back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None)
+    if via is None:
+        raise UsageError(f"the target namespace has no route back to {src}, so no interface it would arrive on",
+                         "name the interface with --via (e.g. --via eth0), or add the route")
+    # Without --dst: an address of the interface it arrives on, as a client there would use; the
+    # route back is then asked again from that address (source-based policy routing).
+    dst = _resolve_dst(req, via)
+    if req.dst is None:
+        back = simulate.route_to(src, dst) or back
+    return src, dst, via, back
+
+
 def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: dict[str, str]) -> Optional[kernplan.KernPlan]:
     """The kernel-log plan, or None on the default path (no x_tables rules, no --log).
 
@@ -528,3 +654,7 @@ def _source_for(dst: IPAddress) -> IPAddress:
     if src is None:
         raise EnvironmentProblem(f"no route to {dst} from the sending namespace", "check `ip route get` there, or give --src")
     return src
+
+
+def _print_bpf(title: str, listing: str) -> None:
+    sys.stderr.write(f"# {title}\n{listing}")

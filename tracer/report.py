@@ -83,8 +83,18 @@ def _packet(i: int, r: PacketResult) -> list[str]:
 def render(report: ProbeReport) -> str:
     req = report.request
     target = req.netns or "the current namespace"
-    how = f"sent from namespace {req.from_netns}" if req.from_netns else "sent locally (OUTPUT -> lo -> INPUT)"
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        how = f"sent from namespace {req.from_netns}"
+    elif mode == "ingress":
+        src = report.results[0].spec.src if report.results else req.src
+        how = f"simulated as received on {report.via} from {src} (replies caught before leaving)"
+    else:
+        how = "sent locally (OUTPUT -> lo -> INPUT)"
     out = [f"fwtrace run {report.run_id}: probing {target}, {how}", ""]
+    out.extend(f"caveat: {c}" for c in report.caveats)
+    if report.caveats:
+        out.append("")
     for i, r in enumerate(report.results, 1):
         out.extend(_packet(i, r))
         out.append("")
@@ -102,15 +112,16 @@ def render(report: ProbeReport) -> str:
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
     g = report.generations
+    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
     own = "only fwtrace's add and delete" if not report.own_commits else \
         f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
     if report.cleanup_ok and report.ruleset_unchanged:
-        out.append(f"cleanup: instrumentation removed; the ruleset is the one from before the run "
+        out.append(f"cleanup: {port}instrumentation removed; the ruleset is the one from before the run "
                    f"(generation {g[0]} -> {g[2]}: {own})")
     elif report.cleanup_ok:
-        out.append(f"cleanup: instrumentation removed; other writers changed the ruleset during the run "
+        out.append(f"cleanup: {port}instrumentation removed; other writers changed the ruleset during the run "
                    f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown" if len(g) == 3 else
-                   "cleanup: instrumentation removed")
+                   f"cleanup: {port}instrumentation removed")
     if report.cleanup_ok and report.legacy_unchanged:
         out.append("cleanup: the iptables-legacy tables listed after the run equal those before (counters aside)")
     if not report.cleanup_ok:

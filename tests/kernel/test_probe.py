@@ -227,7 +227,7 @@ def test_icmp_echo_and_local_probe(lab: Lab) -> None:
     [r] = remote.results
     assert r.verdict.value == "drop" and r.decided_by is not None and r.decided_by.rule is not None
     assert r.decided_by.rule.number == 2
-    local = probe(lab, dport=0, proto=Proto.ICMP, from_netns=None, dst=ipaddress.ip_address(str(SERVER4)))
+    local = probe(lab, dport=0, proto=Proto.ICMP, from_netns=None, local=True, dst=ipaddress.ip_address(str(SERVER4)))
     [r] = local.results
     assert r.verdict.value == "accept" and r.reply.kind == "echo-reply"
     assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.display == "-A INPUT -i lo -j ACCEPT"
@@ -238,7 +238,7 @@ def test_output_path_decides_outgoing_probe(lab: Lab) -> None:
     """Sent from the server itself towards the client: OUTPUT decides, POSTROUTING never sees it."""
     lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
                          "-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p tcp --dport 5432 -j REJECT --reject-with tcp-reset\nCOMMIT\n")
-    report = probe(lab, dport=5432, from_netns=None, dst=CLIENT4, timeout=0.5)
+    report = probe(lab, dport=5432, from_netns=None, local=True, dst=CLIENT4, timeout=0.5)
     [r] = report.results
     assert r.path == ("output",)
     assert r.verdict.value == "reject"

@@ -47,11 +47,36 @@ def test_help_lists_the_interface(capsys: Any) -> None:
     assert e.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--dport", "--proto", "--flags", "--dst", "--src", "--sport", "--count", "--netns",
-                "--from-netns", "--timeout", "--json", "--log"):
+                "--from-netns", "--timeout", "--json", "--via", "--local", "--print-bpf", "203.0.113.5", "--log"):
         assert opt in out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["probe", "--dport", "80", "--local", "--from-netns", "x"], "--local and --from-netns exclude each other"),
+        (["probe", "--dport", "80", "--local", "--via", "eth0"], "--via only applies to simulated ingress"),
+        (["probe", "--dport", "80", "--from-netns", "x", "--via", "eth0"], "--via only applies to simulated ingress"),
+        (["probe", "--dport", "80", "--via", "a/b"], "not an interface name"),
+    ],
+)
+def test_ingress_usage_errors(argv: list[str], needle: str, capsys: Any) -> None:
+    assert cli.main(argv) == ExitStatus.USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "hint:" in lines[0]
+
+
+def test_request_modes() -> None:
+    parser = cli.build_parser()
+    req = cli.probe_request(parser.parse_args(["probe", "--dport", "8080", "--src", "203.0.113.5", "--via", "eth0"]))
+    assert req.mode == "ingress" and req.via == "eth0" and str(req.src) == "203.0.113.5"
+    assert cli.probe_request(parser.parse_args(["probe", "--dport", "8080"])).mode == "ingress"
+    assert cli.probe_request(parser.parse_args(["probe", "--dport", "8080", "--local"])).mode == "local"
+    assert cli.probe_request(parser.parse_args(["probe", "--dport", "8080", "--from-netns", "c"])).mode == "from-netns"
 
 
 @pytest.mark.parametrize("argv, log", [([], ""), (["--log"], "nflog"), (["--log", "kmsg"], "kmsg"), (["--log", "nflog"], "nflog")])
 def test_log_option(argv: list[str], log: str) -> None:
     ns = cli.build_parser().parse_args(["probe", "--dport", "80", *argv])
     assert cli.probe_request(ns).log == log
+
