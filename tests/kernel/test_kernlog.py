@@ -7,6 +7,7 @@ sysctl are back as they were (the autouse guard in conftest.py checks the global
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -388,3 +389,39 @@ def test_sigkill_then_cleanup_restores_global_sysctl_and_legacy_rules(lab: Lab, 
     assert "nf_log_all_netns" in cleaned.stdout
     assert system.sysctl_get(kernplan.ALL_NETNS) == global_before
     assert state(lab) == start
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel-log evidence with simulated ingress (the default mode since issue #5)
+
+CUSTOMER = ipaddress.ip_address("203.0.113.5")
+
+
+def test_legacy_rules_with_simulated_ingress(lab: Lab) -> None:
+    # The probe arrives on eth0 from a made-up customer address; the legacy filter rejects it.
+    lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n"
+                         "-A INPUT -s 203.0.113.5/32 -i eth0 -p tcp -m tcp --dport 8080 -j REJECT --reject-with tcp-reset\n"
+                         "COMMIT\n", legacy=True)
+    report = probe(lab, from_netns=None, src=CUSTOMER, dport=8080, log="nflog")
+    assert report.mode == "ingress" and report.via == "eth0"
+    [r] = report.results
+    assert r.verdict.value == "reject" and r.reply.kind == "rst"
+    assert r.decided_by is not None and r.decided_by.legacy and r.decided_by.rule is not None
+    assert r.decided_by.rule.number == 1
+    got = [(s.event.kind.value, s.event.source, s.event.chain) for s in r.steps if s.event.table == "filter"]
+    assert got == [("log", "nflog", "INPUT"), ("rule", "kmsg", "INPUT")]
+    assert r.steps[-1].event.iif == "eth0"
+    assert report.legacy_unchanged is True
+
+
+def test_nflog_in_iptables_nft_chains_with_simulated_ingress(lab: Lab) -> None:
+    lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
+    lab.iptables_restore(lab.server, SEED_RULESET.replace("117.253.208.237", str(CUSTOMER)))
+    report = probe(lab, from_netns=None, src=CUSTOMER, dport=22, log="nflog")
+    assert report.mode == "ingress"
+    [r] = report.results
+    got = [(s.event.kind.value, s.event.source, s.event.chain, s.rule.number if s.rule else None) for s in r.steps]
+    assert got == [("log", "nflog", "INPUT", None), ("rule", "nftrace", "INPUT", 1),
+                   ("log", "nflog", "fail2ban-SSH", None), ("rule", "nftrace", "fail2ban-SSH", 2)]
+    assert r.verdict.value == "reject" and report.ruleset_unchanged is True and report.own_commits == 8
