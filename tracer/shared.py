@@ -34,16 +34,36 @@ def _alive(record: str) -> bool:
     return process_starttime(int(pid)) == start
 
 
+def _lock_path(key: str, directory: str) -> str:
+    """The sysctl's own /proc file when there is one: it always exists, so no lock file has to be
+    created (or left behind: a lock file cannot be removed safely while others may wait on it)."""
+    proc = "/proc/sys/" + key.replace(".", "/")
+    return proc if os.path.exists(proc) else os.path.join(directory, key + ".lock")
+
+
 @contextlib.contextmanager
 def _locked(key: str, directory: str) -> Iterator[str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     base = os.path.join(directory, key)
-    with open(base + ".lock", "w") as lock:
+    lock_path = _lock_path(key, directory)
+    with open(lock_path, "r" if lock_path.startswith("/proc/") else "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield base
         finally:
+            _tidy(base, directory)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tidy(base: str, directory: str) -> None:
+    """With no run registered and nothing to restore, leave no trace (still under the lock)."""
+    if os.path.exists(base + ".orig"):
+        return
+    for path, remove in ((base + ".users", os.rmdir), (directory, os.rmdir)):
+        try:
+            remove(path)
+        except OSError:  # not empty, or gone: both fine
+            return
 
 
 def _live_users(base: str, alive: Callable[[str], bool]) -> list[str]:

@@ -33,6 +33,7 @@ def test_first_sets_last_restores(tmp_path: Path) -> None:
     assert s.values[KEY] == "0" and s.writes == 2
     assert not shared.release(KEY, "b", s.write, str(tmp_path), alive)  # idempotent
     assert not (tmp_path / f"{KEY}.orig").exists()
+    assert not (tmp_path / f"{KEY}.users").exists()  # nothing left once nobody needs the switch
 
 
 def test_dead_users_do_not_hold_it_and_the_original_survives_them(tmp_path: Path) -> None:
