@@ -22,23 +22,15 @@ NETLINK_NO_ENOBUFS = 5
 RCVBUF = 4 << 20
 
 
-class TraceSocket:
-    def __init__(self, ifnames: dict[int, str]) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nftrace.NETLINK_NETFILTER)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            try:  # root may go past net.core.rmem_max; under load a full buffer loses events
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
-            except OSError:
-                pass
-            self.sock.bind((0, 0))
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, nftrace.NFNLGRP_NFTRACE)
-        except OSError:
-            self.sock.close()
-            raise
-        self.ifnames = ifnames
-        self.raw: list[bytes] = []  # every datagram, kept for the evidence bundle and golden tests
-        self.lost = False
+class _NetlinkSource:
+    """An event source reading one netlink socket: subclasses say how a datagram parses."""
+
+    sock: socket.socket
+    raw: list[bytes]
+    lost: bool
+
+    def parse(self, data: bytes) -> list[TraceEvent]:
+        raise NotImplementedError
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -53,11 +45,11 @@ class TraceSocket:
                 return events
             try:
                 data = self.sock.recv(1 << 16)
-            except OSError:  # ENOBUFS: the kernel dropped notifications for us
+            except OSError:  # ENOBUFS: the kernel dropped messages for us
                 self.lost = True
                 continue
-            self.raw.append(data)
-            for ev in nftrace.parse_messages(data, self.ifnames):
+            self.raw.append(data)  # every datagram, kept for the evidence bundle and golden tests
+            for ev in self.parse(data):
                 events.append(ev)
                 if on_event is not None:
                     on_event(ev)
@@ -66,7 +58,29 @@ class TraceSocket:
         self.sock.close()
 
 
-class NflogSocket:
+class TraceSocket(_NetlinkSource):
+    def __init__(self, ifnames: dict[int, str]) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nftrace.NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            try:  # root may go past net.core.rmem_max; under load a full buffer loses events
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+            except OSError:
+                pass
+            self.sock.bind((0, 0))
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, nftrace.NFNLGRP_NFTRACE)
+        except OSError:
+            self.sock.close()
+            raise
+        self.ifnames = ifnames
+        self.raw = []
+        self.lost = False
+
+    def parse(self, data: bytes) -> list[TraceEvent]:
+        return nftrace.parse_messages(data, self.ifnames)
+
+
+class NflogSocket(_NetlinkSource):
     """fwtrace's NFLOG group in the namespace it is created in (the target's): bound before any
     rule logs to it, so no logged probe packet is missed."""
 
@@ -92,33 +106,13 @@ class NflogSocket:
         self.group = group
         self.ctx = ctx
         self.ifnames = ifnames
-        self.raw: list[bytes] = []
+        self.raw = []
         self.lost = False
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def poll(self, until: float, on_event: Optional[Callable[[TraceEvent], None]] = None) -> list[TraceEvent]:
+    def parse(self, data: bytes) -> list[TraceEvent]:
         from . import nflog
 
-        events: list[TraceEvent] = []
-        while True:
-            left = until - time.monotonic()
-            ready, _, _ = select.select([self.sock], [], [], max(left, 0))
-            if not ready:
-                return events
-            try:
-                data = self.sock.recv(1 << 16)
-            except OSError:
-                self.lost = True
-                continue
-            self.raw.append(data)
-            for p in nflog.parse_packets(data):
-                ev = nflog.to_event(p, self.ctx, self.ifnames)
-                if ev is not None:
-                    events.append(ev)
-                    if on_event is not None:
-                        on_event(ev)
+        return [ev for p in nflog.parse_packets(data) if (ev := nflog.to_event(p, self.ctx, self.ifnames)) is not None]
 
     def close(self) -> None:
         self.sock.close()  # closing the socket unbinds the group (nfulnl_rcv_nl_event)

@@ -14,7 +14,7 @@ from typing import Iterator, Mapping, Optional
 
 from .kernlog import KernContext, own_log_prefix
 from .model import EventKind, TraceEvent
-from .nftrace import parse_headers
+from .nftrace import attrs, messages, parse_headers
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
@@ -54,7 +54,7 @@ def config_request(group: int, seq: int, command: Optional[int] = None, copy_ran
 def errors(data: bytes) -> list[int]:
     """The error codes of the NLMSG_ERROR acks in a datagram (0 means success)."""
     out = []
-    for mtype, body in _messages(data):
+    for mtype, body in messages(data):
         if mtype == NLMSG_ERROR and len(body) >= 4:
             out.append(struct.unpack_from("=i", body)[0])
     return out
@@ -72,26 +72,6 @@ class Logged:
     payload: bytes  # from the network header on, up to COPY_RANGE bytes
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 16 <= len(data):
-        length, mtype = struct.unpack_from("=IH", data, off)
-        if length < 16 or off + length > len(data):
-            return
-        yield mtype, data[off + 16: off + length]
-        off += (length + 3) & ~3
-
-
-def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    off = 0
-    while off + 4 <= len(buf):
-        length, atype = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > len(buf):
-            return
-        yield atype & 0x3FFF, buf[off + 4: off + length]
-        off += (length + 3) & ~3
-
-
 def _ifindex(fields: Mapping[int, bytes], attr: int) -> Optional[int]:
     raw = fields.get(attr, b"")
     return int(struct.unpack(">I", raw)[0]) if len(raw) == 4 else None
@@ -100,10 +80,10 @@ def _ifindex(fields: Mapping[int, bytes], attr: int) -> Optional[int]:
 def parse_packets(data: bytes) -> list[Logged]:
     """Every NFULNL_MSG_PACKET in one datagram read from the socket; anything else is skipped."""
     out = []
-    for mtype, body in _messages(data):
+    for mtype, body in messages(data):
         if mtype != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET or len(body) < 4:
             continue
-        fields = dict(_attrs(body[4:]))
+        fields = dict(attrs(body[4:]))
         hdr = fields.get(NFULA_PACKET_HDR, b"")
         hook = HOOKS.get(hdr[2]) if len(hdr) >= 3 else None
 

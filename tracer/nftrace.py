@@ -39,7 +39,19 @@ FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 _NLA_TYPE_MASK = 0x3FFF  # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 
-def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+def messages(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(nlmsg_type, body after the 16-byte nlmsghdr) of each whole message in a datagram."""
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype = struct.unpack_from("=IH", data, off)
+        if length < 16 or off + length > len(data):
+            return
+        yield mtype, data[off + 16 : off + length]
+        off += (length + 3) & ~3
+
+
+def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink attribute (flags stripped from the type)."""
     off = 0
     while off + 4 <= len(buf):
         length, atype = struct.unpack_from("=HH", buf, off)
@@ -56,7 +68,7 @@ def _cstr(b: bytes) -> str:
 def _verdict(buf: bytes) -> Optional[str]:
     code: Optional[int] = None
     target = ""
-    for t, v in _attrs(buf):
+    for t, v in attrs(buf):
         if t == V_CODE and len(v) >= 4:
             code = struct.unpack(">i", v[:4])[0]
         elif t == V_CHAIN:
@@ -74,22 +86,17 @@ def parse_messages(data: bytes, ifnames: Mapping[int, str] = {}) -> list[TraceEv
     the socket is shared with nothing else, but the kernel may still report overruns.
     """
     events: list[TraceEvent] = []
-    off = 0
-    while off + 16 <= len(data):
-        length, mtype = struct.unpack_from("=IH", data, off)
-        if length < 16 or off + length > len(data):
-            break
-        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_TRACE) and length >= 20:
-            ev = _trace_event(data[off + 16 : off + length], ifnames)
+    for mtype, body in messages(data):
+        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_TRACE) and len(body) >= 4:
+            ev = _trace_event(body, ifnames)
             if ev is not None:
                 events.append(ev)
-        off += (length + 3) & ~3
     return events
 
 
 def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]:
     family = FAMILIES.get(msg[0], str(msg[0]))
-    fields: dict[int, bytes] = dict(_attrs(msg[4:]))
+    fields: dict[int, bytes] = dict(attrs(msg[4:]))
     kind = _KINDS.get(struct.unpack(">I", fields[A_TYPE])[0]) if len(fields.get(A_TYPE, b"")) == 4 else None
     if kind is None or A_ID not in fields:
         return None
@@ -194,14 +201,9 @@ def getgen_request(seq: int) -> bytes:
 
 
 def parse_generation(data: bytes) -> Optional[int]:
-    off = 0
-    while off + 16 <= len(data):
-        length, mtype = struct.unpack_from("=IH", data, off)
-        if length < 16 or off + length > len(data):
-            return None
-        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN) and length >= 20:
-            for t, v in _attrs(data[off + 20 : off + length]):
+    for mtype, body in messages(data):
+        if mtype == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN) and len(body) >= 4:
+            for t, v in attrs(body[4:]):
                 if t == NFTA_GEN_ID and len(v) == 4:
                     return int(struct.unpack(">I", v)[0])
-        off += (length + 3) & ~3
     return None
