@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from .bpfasm import F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, Insn, Pattern, Field, redirect_program
+from .bpfasm import F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, Field, Insn, Pattern, redirect_program
 from .model import IPAddress, PacketSpec, Proto
 
 # Documentation addresses (RFC 5737 TEST-NET-3, RFC 3849): a stranger nobody has rules for.

@@ -46,6 +46,16 @@ COMMIT
 """
 
 
+def published_port(filter_rules: str = "", forward_policy: str = "DROP") -> str:
+    """A Docker-style published port on the server: 8080 DNATed to the backend's port 80,
+    with FORWARD under the given policy and extra filter lines (iptables-restore input)."""
+    return (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+        f"-A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80\nCOMMIT\n"
+        f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {forward_policy} [0:0]\n:OUTPUT ACCEPT [0:0]\n{filter_rules}COMMIT\n"
+    )
+
+
 class Lab:
     """Namespaces `<prefix>-<id>-{srv,cli[,bak]}`; use as a context manager."""
 

@@ -409,9 +409,9 @@ class Run:
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
         """(injection port, its plan, ""), or (None, None, why not) when the kernel or the interfaces cannot."""
+        from . import simulate
         from .errors import CommandError
         from .tcbpf import IngressUnavailable
-        from . import simulate
 
         printer = _print_bpf if self.req.print_bpf else None
         try:

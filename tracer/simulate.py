@@ -43,7 +43,7 @@ def lock_namespace() -> int:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise IngressUnavailable(f"another fwtrace run kept simulating ingress in this namespace for {LOCK_WAIT:.0f} s")
+                raise IngressUnavailable(f"another fwtrace run kept simulating ingress in this namespace for {LOCK_WAIT:.0f} s") from None
             time.sleep(0.01)
 
 

@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from tracer import cli, system
-from tracer.lab import BACKEND4, CLIENT4, CLIENT6, SEED_RULESET, SERVER4, SERVER6, Lab
+from tracer.lab import BACKEND4, CLIENT4, CLIENT6, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
 from tracer.model import ProbeRequest, Proto
 from tracer.nftrace import parse_headers
 from tracer.probe import KILL_ENV, ProbeReport, Run
@@ -340,21 +340,9 @@ def test_dnat_forward_with_replies_from_a_backend_caught(router_lab: Lab, sniff:
     """A Docker-like published port: DNAT to a backend, FORWARD decides, and the backend's
     SYN-ACK, routed back out of eth0 towards the made-up client, is caught there too."""
     lab = routed(router_lab)
-    lab.iptables_restore(lab.server, f"""*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
--A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -s 203.0.113.0/24 -d {BACKEND4}/32 -p tcp -m tcp --dport 80 -j ACCEPT
-COMMIT
-""")
+    lab.iptables_restore(lab.server, published_port(
+        "-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT\n"
+        f"-A FORWARD -s 203.0.113.0/24 -d {BACKEND4}/32 -p tcp -m tcp --dport 80 -j ACCEPT\n"))
     lab.listen(lab.backend or "", Proto.TCP, 80)
     report = ingress(lab, dport=8080, count=3)
     assert len(report.results) == 3

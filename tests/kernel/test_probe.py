@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from tracer import cli, compare, system
-from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
+from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
 from tracer.model import ProbeRequest, Proto
 from tracer.probe import ProbeReport, Run
 
@@ -195,20 +195,7 @@ table inet filter {
 
 def test_dnat_then_forward_policy_drop(router_lab: Lab) -> None:
     lab = router_lab
-    lab.iptables_restore(lab.server, f"""*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT
-COMMIT
-""")
+    lab.iptables_restore(lab.server, published_port("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n"))
     lab.listen(lab.backend or "", Proto.TCP, 80)
     report = probe(lab, dport=8080, timeout=0.5)
     [r] = report.results

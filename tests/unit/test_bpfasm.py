@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from tracer import bpfasm
-from tracer.bpfasm import Insn, Field, assemble, disassemble, redirect_program
+from tracer.bpfasm import Field, Insn, assemble, disassemble, redirect_program
 from tracer.ingress import frame, inject_program, reply_patterns, reply_program
 from tracer.model import PacketSpec, Proto
 
