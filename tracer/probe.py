@@ -195,6 +195,37 @@ def signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+Exchange = tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]  # probe, its events, its reply
+
+
+@dataclass(frozen=True)
+class _Live:
+    """What the live phase of a run leaves for the analysis: raw material, nothing decided."""
+
+    full: Optional[snapshot.Snapshot]
+    mode: str
+    via: Optional[str]
+    back: Any  # the route back to the source (simulated ingress)
+    caveats: tuple[str, ...]
+    fallback: Optional[str]
+    specs: tuple[PacketSpec, ...]
+    dst: IPAddress
+    tplan: plan.TracePlan
+    roles: plan.Roles
+    kplan: Optional["kernplan.KernPlan"]
+    legacy_saved: dict[str, str]
+    exchanges: tuple[Exchange, ...]
+    conntrack: dict[int, str]
+    cleanup_errors: tuple[str, ...]
+    generations: tuple[int, ...]
+    kmsg_raw: tuple[bytes, ...]
+    nflog_raw: bytes
+    own: frozenset[tuple[str, str, int]]
+    tcp_loose: Optional[str]
+    trace: bytes
+    trace_lost: bool
+
+
 class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
@@ -262,6 +293,10 @@ class Run:
         return errors
 
     def _in_target(self) -> ProbeReport:
+        return self._analyse(self._live())
+
+    def _live(self) -> "_Live":
+        """Everything that touches the system: instrument, send, collect, undo."""
         req = self.req
         full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
@@ -282,7 +317,7 @@ class Run:
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
 
         from .collect import TraceSocket, ruleset_generation
-        from .inject import Injector, build, describe
+        from .inject import Injector, build
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
         # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE
@@ -292,7 +327,7 @@ class Run:
         # The plan itself is made once the specs are final (a fallback from simulated ingress
         # remakes them).
         legacy_saved = full.legacy_text if full else snapshot.legacy()
-        exchanges: list[tuple[PacketSpec, list[TraceEvent], Optional[tuple[Headers, bytes]]]] = []
+        exchanges: list[Exchange] = []
         conntrack: dict[int, str] = {}
         cleanup_errors: list[str] = []
         gens: list[int] = []
@@ -361,10 +396,19 @@ class Run:
                 if nsrc is not None:
                     nflog_raw = list(nsrc.raw)
         gens.append(ruleset_generation())
+        return _Live(full, mode, via, back, tuple(caveats), fallback, tuple(specs), dst, tplan, roles, kplan,
+                     legacy_saved, tuple(exchanges), conntrack, tuple(cleanup_errors), tuple(gens), tuple(kmsg_raw),
+                     b"".join(nflog_raw), own, tcp_loose, b"".join(tsock.raw), tsock.lost)
+
+    def _analyse(self, live: "_Live") -> ProbeReport:
+        """After the undos: prove the firewall is as before, read the met chains, explain."""
+        from .inject import describe
+
+        full, tplan, kplan, legacy_saved, mode, via = live.full, live.tplan, live.kplan, live.legacy_saved, live.mode, live.via
         # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
         diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
         gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
-        left = cleanup_errors + ([] if gone else [f"table inet {tplan.table} still present"])
+        left = list(live.cleanup_errors) + ([] if gone else [f"table inet {tplan.table} still present"])
         legacy_unchanged: Optional[bool] = None
         if legacy_saved or (kplan is not None and kplan.legacy_changes):
             before_legacy = snapshot.legacy_listing(snapshot.with_legacy(Ruleset(), legacy_saved))
@@ -376,20 +420,22 @@ class Run:
         # The rules are read now, chain by chain, for the chains the probes met: handles do not
         # change, and the generations prove whether anything else changed meanwhile. Legacy
         # tables come from their save before the run (the kernel log's rule numbers count those).
-        met = {(e.family, e.table, e.chain) for _, evs, _ in exchanges for e in evs
+        met = {(e.family, e.table, e.chain) for _, evs, _ in live.exchanges for e in evs
                if not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
         snap = snapshot.chains(met, legacy_saved)
         results = []
-        for i, (spec, evs, reply) in enumerate(exchanges):
+        for i, (spec, evs, reply) in enumerate(live.exchanges):
             r = correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
-                                        describe(reply[1]) if reply else "", roles)
-            results.append(dataclasses.replace(r, conntrack=conntrack[i]) if i in conntrack else r)
-        rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and dst.version == 4 else False
+                                        describe(reply[1]) if reply else "", live.roles)
+            results.append(dataclasses.replace(r, conntrack=live.conntrack[i]) if i in live.conntrack else r)
+        back = live.back
+        rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and live.dst.version == 4 else False
+        tcp_loose = live.tcp_loose
         ctx_d = diagnose.Context(snap.ruleset, listeners(), local=mode == "local",
                                  tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
-                                 mode=mode, via=via, src=specs[0].src if specs else None,
+                                 mode=mode, via=via, src=live.specs[0].src if live.specs else None,
                                  route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
-                                 fallback=fallback)
+                                 fallback=live.fallback)
         findings: list[Finding] = []
         conclusions = []
         for r in results:
@@ -398,13 +444,13 @@ class Run:
             findings.extend(f for f in fs if f not in findings)
         instrumentation = tuple(tplan.rules) + (tuple(kplan.rules) if kplan is not None else ())
         return ProbeReport(
-            req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
-            instrumentation, tsock.lost, tuple(conclusions),
+            self.req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),
+            instrumentation, live.trace_lost, tuple(conclusions),
             Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
-                     tplan.batch, b"".join(tsock.raw), tuple(reply[1] if reply else b"" for _, _, reply in exchanges),
-                     tuple(diff) if full else None, legacy_saved, tuple(kmsg_raw), b"".join(nflog_raw),
-                     tuple(sorted(own)), kernplan_json(kplan)),
-            tuple(gens), mode, via, tuple(caveats), tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
+                     tplan.batch, live.trace, tuple(reply[1] if reply else b"" for _, _, reply in live.exchanges),
+                     tuple(diff) if full else None, legacy_saved, live.kmsg_raw, live.nflog_raw,
+                     tuple(sorted(live.own)), kernplan_json(kplan)),
+            live.generations, mode, via, live.caveats, tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
         )
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
