@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
                     "(report, rulesets before/after, instrumentation, raw trace, replies)")
 
-    de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it, tear it down")
+    de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
 
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")

@@ -337,11 +337,15 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
         ))
 
     if result.verdict is Verdict.REJECT and result.reply.none:
+        if ctx.mode == "ingress" and ctx.route_dev is None:
+            why = (f"this host has no route back to {spec.src}, so the reject's reply could not be sent at all: "
+                   "that client sees a silent drop, not a refusal")
+        else:
+            why = ("the kernel rate-limits ICMP errors (net.ipv4.icmp_ratelimit, net.ipv4.icmp_msgs_per_sec; "
+                   "icmpv6 likewise), so under load a client sees a silent drop instead of a refusal")
         findings.append(Finding(
             "reply-missing",
-            "The packet was rejected, but its reject reply did not arrive within the timeout: the kernel "
-            "rate-limits ICMP errors (net.ipv4.icmp_ratelimit, net.ipv4.icmp_msgs_per_sec; icmpv6 likewise), "
-            "so under load a client sees a silent drop instead of a refusal.",
+            f"The packet was rejected, but no reply came back within the timeout: {why}.",
             None,
         ))
 

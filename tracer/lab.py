@@ -164,8 +164,15 @@ def _udp_echo(s: socket.socket) -> None:
         return
 
 
+CUSTOMER4 = ipaddress.ip_address("203.0.113.5")
+
+
 def demo(log: Any, as_json: bool = False) -> int:
-    """The seed's story, end to end: port 8080 is closed, why, and the fix proven in the lab."""
+    """The seed's story, end to end: port 8080 is closed for a customer, why, and the fix proven.
+
+    First on the server alone (simulated ingress: the customer's SYN arrives on eth0), then the
+    fix is applied inside the lab and a real second host (the client namespace) tries again.
+    """
     import sys
 
     from .model import ProbeRequest
@@ -173,19 +180,21 @@ def demo(log: Any, as_json: bool = False) -> int:
     from .report import render
 
     system.require_root()
-    req_kw = dict(dport=8080, proto=Proto.TCP, dst=SERVER4)
     with Lab() as lab:
         lab.iptables_restore(lab.server, SEED_RULESET)
         lab.listen(lab.server, Proto.TCP, 8080)
+        # The customer is reached through the client host, as through a gateway.
+        lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
         log.info("lab ready", server=lab.server, client=lab.client, listener="tcp [::]:8080")
-        req = ProbeRequest(netns=lab.server, from_netns=lab.client, **req_kw)  # type: ignore[arg-type]
-        before = Run(req, log).execute()
+        alone = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, src=CUSTOMER4, dst=SERVER4)
+        before = Run(alone, log).execute()
         fix = next((f for f in before.findings if f.code == "shadowed-rule"), None)
         if as_json:
             sys.stdout.write(before.dumps() + "\n")
         else:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
-            print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
+            print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
+            print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server}")
             print(render(before))
         if fix is None:
             print("demo: fwtrace did not find the shadowed rule", file=sys.stderr)
@@ -194,8 +203,10 @@ def demo(log: Any, as_json: bool = False) -> int:
             if not as_json:
                 print(f"$ {command}   # applying the suggested fix inside the lab")
             lab.run(lab.server, shlex.split(command))
-        after = Run(req, log).execute()
+        remote = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=SERVER4)
+        after = Run(remote, log).execute()
         if not as_json:
-            print()
+            print(f"\n# And from a real second host (namespace {lab.client}) after the fix:")
+            print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
             print(render(after))
         return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED

@@ -251,3 +251,28 @@ def test_packet_dropped_outside_netfilter_is_not_called_accepted(router_lab: Lab
     assert r.verdict.value == "unknown" and r.decided_by is None
     assert r.path == ("prerouting",)
     assert "stack-drop" in codes(report)
+
+
+def test_reject_without_route_back_says_why_no_reply(lab: Lab) -> None:
+    """Simulated ingress from a source this host has no route to: the REJECT decides, and its
+    reply cannot even be sent; the report must say that, not blame ICMP rate limits."""
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    report = Run(ProbeRequest(dport=8080, netns=lab.server, src=ipaddress.ip_address("203.0.113.5"), via="eth0",
+                              dst=SERVER4, timeout=0.5), log).execute()
+    [r] = report.results
+    assert r.verdict.value == "reject" and r.reply.kind == "none"
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 7
+    msg = finding(report, "reply-missing").message
+    assert "no route back to 203.0.113.5" in msg and "rate-limits" not in msg
+    assert report.cleanup_ok and report.ruleset_unchanged
+
+
+def test_demo_end_to_end(capsys: Any) -> None:
+    """The main job: its lab, the simulated customer's probe, the fix, the real client's probe."""
+    assert cli.main(["demo", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["mode"] == "ingress"
+    [p] = doc["packets"]
+    assert p["summary"].startswith("tcp 203.0.113.5:") and p["verdict"] == "reject"
+    assert p["decided_by"]["rule_number"] == 7 and p["reply"] == "icmp 3/10 host-prohibited"
+    assert [f["code"] for f in doc["findings"]] == ["shadowed-rule"]
