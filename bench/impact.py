@@ -84,8 +84,8 @@ def pps(lab: Lab, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=25)
     args = ap.parse_args()
     with Lab(prefix="fwtrace-bench") as lab:
         # The seed firewall, opened for the bulk flow's port ahead of the catch-all REJECT.
@@ -140,16 +140,24 @@ def main() -> None:
                 unrelated += sum(1 for e in p["events"] if (e["chain"], e.get("rule_number")) != ("INPUT", 9))
         srv.close()
     mb = {k: statistics.median(v) / 1e6 for k, v in (("baseline", base), ("instrumented", inst), ("probing", probing))}
+
+    def paired(xs: list[float], ys: list[float]) -> dict[str, float]:
+        """Median and quartiles of the per-round ratios: each round's pair saw the same drift,
+        which the ratio of the overall medians does not cancel (±10% between rounds here)."""
+        q = statistics.quantiles([x / y for x, y in zip(xs, ys)], n=4)
+        return {"median": round(q[1], 3), "q1": round(q[0], 3), "q3": round(q[2], 3)}
+
+    bulk = paired(inst, base)
     print(json.dumps({
         "seconds_per_measure": args.seconds, "rounds": args.rounds,
         "median_MB_per_s": {k: round(v, 1) for k, v in mb.items()},
-        "instrumented_over_baseline": round(mb["instrumented"] / mb["baseline"], 3),
-        "probing_over_baseline": round(mb["probing"] / mb["baseline"], 3),
+        "instrumented_over_baseline": bulk,
+        "probing_over_baseline": paired(probing, base),
         "small_packets_kpps": {"baseline": round(statistics.median(pps_base) / 1e3),
                                "instrumented": round(statistics.median(pps_inst) / 1e3)},
-        "small_packets_instrumented_over_baseline": round(statistics.median(pps_inst) / statistics.median(pps_base), 3),
+        "small_packets_instrumented_over_baseline": paired(pps_inst, pps_base),
         "probes_during_flow": probes, "unrelated_events": unrelated,
-        "target_met": mb["instrumented"] / mb["baseline"] >= 0.98 and unrelated == 0,
+        "target_met": bulk["median"] >= 0.98 and unrelated == 0,
     }, indent=2))
 
 
