@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
-import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -278,29 +276,7 @@ def rp_filter_drops(rp_all: Optional[int], rp_dev: Optional[int], via: str, back
 
 
 # ---------------------------------------------------------------------------------------------
-# the rtnetlink request that attaches a loaded program as a cls_bpf filter (tc cannot take an fd)
+# where a cls_bpf filter is attached (tracer.tcbpf.attach_filter)
 
-RTM_NEWTFILTER = 44
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
-TCA_KIND, TCA_OPTIONS = 1, 2
-TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8
-TCA_BPF_FLAG_ACT_DIRECT = 1
-NLA_F_NESTED = 0x8000
 PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_{IN,E}GRESS)
 ETH_P_ALL = 0x0003
-
-
-def _nla(atype: int, payload: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def filter_request(ifindex: int, direction: str, pref: int, prog_fd: int, name: str, seq: int = 1) -> bytes:
-    """RTM_NEWTFILTER: `tc filter add dev IF {ingress|egress} pref P handle 1 protocol all bpf da fd FD`."""
-    info = (pref << 16) | socket.htons(ETH_P_ALL)
-    tcmsg = struct.pack("=BBHiIII", socket.AF_UNSPEC, 0, 0, ifindex, FILTER_HANDLE, PARENT[direction], info)
-    opts = (_nla(TCA_BPF_FD, struct.pack("=I", prog_fd)) + _nla(TCA_BPF_NAME, name.encode() + b"\0")
-            + _nla(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
-    body = tcmsg + _nla(TCA_KIND, b"bpf\0") + _nla(TCA_OPTIONS | NLA_F_NESTED, opts)
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
-    return struct.pack("=IHHII", 16 + len(body), RTM_NEWTFILTER, flags, seq, 0) + body

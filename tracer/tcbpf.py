@@ -2,7 +2,7 @@
 
 No bcc and no clang: the programs are a few dozen instructions assembled by `tracer.bpfasm`, so
 loading them costs a syscall. `tc` itself cannot attach a program by file descriptor, hence the
-netlink request (built by `tracer.ingress.filter_request`); removing it again is a plain
+netlink request, sent through pyroute2; removing it again is a plain
 `tc filter del`, which is what the journal records. Failures raise `IngressUnavailable` with the
 kernel's reason, so the caller can fall back and say why.
 """
@@ -12,20 +12,17 @@ import ctypes
 import errno
 import os
 import platform
-import socket
 import struct
 from typing import Optional
 
 from . import system
 from .bpfasm import Insn, assemble
-from .ingress import filter_request
+from .ingress import ETH_P_ALL, FILTER_HANDLE, PARENT
 
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SCHED_CLS = 3
 ATTR_SIZE = 128  # the part of union bpf_attr fwtrace fills; the kernel zero-checks what it knows past it
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
-NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
 
 
 class IngressUnavailable(Exception):
@@ -63,22 +60,22 @@ def load_sched_cls(insns: list[Insn], name: str) -> int:
 
 
 def attach_filter(ifindex: int, direction: str, pref: int, prog_fd: int, name: str) -> None:
-    """Attach prog_fd as a direct-action cls_bpf filter on the clsact qdisc of ifindex.
+    """Attach prog_fd as a direct-action cls_bpf filter on the clsact qdisc of ifindex:
+    `tc filter add dev IF {ingress|egress} pref P handle 1 protocol all bpf da fd FD`, which tc
+    itself cannot say (it takes an object file, not a loaded program's fd), through pyroute2.
 
-    The netlink socket is opened here, so this acts in the calling thread's network namespace.
+    pyroute2's socket is opened here, in the calling thread's network namespace. The request
+    carries NLM_F_EXCL: it fails rather than replace a filter somebody else has at that place.
     """
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as s:
-        s.bind((0, 0))
-        s.send(filter_request(ifindex, direction, pref, prog_fd, name))
-        reply = s.recv(65536)
-    if len(reply) >= 20:
-        _, mtype = struct.unpack_from("=IH", reply, 0)
-        if mtype == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", reply, 16)
-            if code == 0:
-                return
-            raise IngressUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(-code)}")
-    raise IngressUnavailable("adding the cls_bpf filter: unexpected netlink answer")
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            ipr.tc("add-filter", "bpf", ifindex, handle=FILTER_HANDLE, parent=PARENT[direction], prio=pref,
+                   protocol=ETH_P_ALL, fd=prog_fd, name=name, direct_action=True)
+    except NetlinkError as e:
+        raise IngressUnavailable(f"adding the cls_bpf filter ({direction}, pref {pref}) failed: {os.strerror(e.code)}") from None
 
 
 # ---------------------------------------------------------------------------------------------

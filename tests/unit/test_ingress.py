@@ -94,19 +94,6 @@ def test_rp_filter_drops(rp_all: int, rp_dev: int, back: Route, drops: bool) -> 
     assert ingress.rp_filter_drops(rp_all, rp_dev, "eth0", back) is drops
 
 
-def test_filter_request_bytes() -> None:
-    """`tc filter add dev (2) egress pref 1 handle 1 protocol all bpf da fd 5 name fwtrace_r1`."""
-    assert ingress.filter_request(2, "egress", 1, 5, "fwtrace_r1").hex() == (
-        "50000000" "2c00" "0506" "01000000" "00000000"  # nlmsghdr: RTM_NEWTFILTER, REQUEST|ACK|EXCL|CREATE
-        "00000000" "02000000" "01000000" "f3ffffff" "00030100"  # tcmsg: ifindex, handle, parent ffff:fff3, pref<<16|ETH_P_ALL
-        "0800" "0100" "62706600"  # TCA_KIND "bpf"
-        "2400" "0280"  # TCA_OPTIONS, nested
-        "0800" "0600" "05000000"  # TCA_BPF_FD
-        "0f00" "0700" "667774726163655f723100" "00"  # TCA_BPF_NAME, padded
-        "0800" "0800" "01000000"  # TCA_BPF_FLAGS: direct action
-    )
-
-
 def test_frame_and_names_and_undos() -> None:
     pkt4, pkt6 = bytes([0x45]) + bytes(19), bytes([0x60]) + bytes(39)
     dst, src = bytes.fromhex("6a1b2c3d4e5f"), bytes.fromhex("020000000001")
