@@ -18,7 +18,6 @@ from .model import TraceEvent
 
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
-NETLINK_NO_ENOBUFS = 5
 RCVBUF = 4 << 20
 
 

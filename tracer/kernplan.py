@@ -71,7 +71,6 @@ class Change:
     apply: tuple[str, ...]
     undo: tuple[str, ...]
     input: str = ""
-    undo_input: str = ""
 
 
 @dataclass(frozen=True)

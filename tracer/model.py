@@ -133,9 +133,6 @@ class Ruleset:
             for c in t.chains:
                 yield from c.rules
 
-    def without_tables(self, prefix: str) -> "Ruleset":
-        return Ruleset(tuple(t for t in self.tables if not t.name.startswith(prefix)))
-
 
 # ---------------------------------------------------------------------------------------------
 # Probe packets
@@ -206,7 +203,6 @@ class ProbeRequest:
 
 
 class EventKind(str, enum.Enum):
-    PACKET = "packet"  # first event of a chain: the packet as the hook saw it
     RULE = "rule"  # a rule matched
     RETURN = "return"  # fell off the end of a regular chain back to its caller
     POLICY = "policy"  # fell off the end of a base chain: its policy decided

@@ -18,8 +18,6 @@ NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_TRACE = 17
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 
 # enum nft_trace_attributes (include/uapi/linux/netfilter/nf_tables.h)
 A_TABLE, A_CHAIN, A_RULE_HANDLE, A_TYPE, A_VERDICT, A_ID = 1, 2, 3, 4, 5, 6
