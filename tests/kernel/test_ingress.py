@@ -41,6 +41,14 @@ NFT_RULES = """table inet filter {
 """
 
 
+def admin_egress_filter(lab: Lab, pref: int) -> None:
+    """The admin's own tc setup on eth0 (a clsact qdisc, a u32 egress filter at `pref`): fwtrace
+    must leave it exactly as it is, and it must keep working."""
+    lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+    lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", str(pref), "protocol", "all",
+                         "u32", "match", "u32", "0", "0", "classid", "1:1"])
+
+
 def routed(lab: Lab) -> Lab:
     """The server reaches the internet through the client side of eth0 (its default route)."""
     lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
@@ -213,10 +221,7 @@ def test_no_reply_escapes(lab: Lab, sniff: Sniffer) -> None:
 def test_namespace_byte_identical_afterwards_with_a_clsact_already_there(lab: Lab, sniff: Sniffer) -> None:
     routed(lab)
     lab.nft(lab.server, NFT_RULES)
-    # The admin's own tc setup on eth0: it must be left exactly as it is, and still work.
-    lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
-    lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "10", "protocol", "all",
-                         "u32", "match", "u32", "0", "0", "classid", "1:1"])
+    admin_egress_filter(lab, pref=10)
     lab.listen(lab.server, Proto.TCP, 8080)
     before = state(lab)
     report = ingress(lab, dport=8080)
@@ -272,9 +277,7 @@ def test_filter_at_pref_1_goes_through_tcx_or_falls_back(lab: Lab, monkeypatch: 
     from tracer import simulate
 
     routed(lab)
-    lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
-    lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "1", "protocol", "all",
-                         "u32", "match", "u32", "0", "0", "classid", "1:1"])
+    admin_egress_filter(lab, pref=1)
     lab.listen(lab.server, Proto.TCP, 8080)
     before = state(lab)
     report = ingress(lab, dport=8080)
@@ -365,9 +368,7 @@ def test_clsact_added_by_someone_else_meanwhile_is_left_alone(lab: Lab, monkeypa
 
     def racing(via: str, back: Any) -> Any:
         plan = real(via, back)
-        lab.run(lab.server, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
-        lab.run(lab.server, ["tc", "filter", "add", "dev", "eth0", "egress", "pref", "10", "protocol", "all",
-                             "u32", "match", "u32", "0", "0", "classid", "1:1"])
+        admin_egress_filter(lab, pref=10)
         return plan
 
     monkeypatch.setattr(simulate, "plan_port", racing)
