@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .model import EventKind, PacketResult, Step
-from .nftrace import parse_headers
-from .probe import ProbeReport
+from tracer.model import EventKind, PacketResult, Step
+from tracer.packet import parse_headers
+from tracer.probe import ProbeReport
 
 
 def _step_line(step: Step) -> str:
