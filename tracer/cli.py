@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+from tracer import __version__
 from tracer.errors import ExitStatus, FwtraceError, UsageError
 from tracer.model import ProbeRequest, Proto
 
@@ -28,9 +30,23 @@ examples:
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
 
-exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
-             3 environment problem (not root, missing tool, unknown namespace), 4 internal error
+  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
+        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
+        rulesets before and after with counters, environment; other addresses made placeholders
+
+exit status:
+  0    the probe reached the service
+  1    blocked or unanswered (or the reply was dropped)
+  2    usage error (bad option or value)
+  3    environment problem (not root, missing tool, unknown namespace, cleanup failed)
+  4    internal error (a bug: rerun with --traceback and report it)
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); instrumentation removed
 """
+PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp] [options]   (--dport is required for tcp and udp)
+       fwtrace probe --proto icmp [options]"""
+# Options that take a number: a negative value would otherwise be read as an option of its own
+# (argparse knows -6) and refused as "expected one argument" instead of by its range check.
+NUMERIC_OPTIONS = ("--dport", "--sport", "--count", "--timeout")
 
 TCP_FLAG_LETTERS = set("FSRPAUEC")
 
@@ -44,7 +60,7 @@ def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, nam
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
         if not ((lo < value) if low_open else (lo <= value)) or value > hi:
-            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {value}")
+            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {text}")
         return value
 
     return parse
@@ -52,7 +68,17 @@ def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, nam
 
 _port = _bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
 _count = _bounded(int, 1, 100, "a number", "count")
-_timeout = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+_timeout_value = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+
+
+def _timeout(text: str) -> Any:
+    try:
+        return _timeout_value(text)
+    except argparse.ArgumentTypeError as e:
+        if str(e).startswith("not "):
+            raise
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: the timeout is more than 0 and at most 60 "
+                                         "seconds") from None
 
 
 def _addr(text: str) -> Any:
@@ -71,14 +97,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every raw trace event as it arrives")
+    p.add_argument("--version", action="version", version=f"fwtrace {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: log fwtrace's own changes and their undos on stderr; -vv: also every raw trace event "
+                   "(default: warnings and errors only)")
+    p.add_argument("--no-color", action="store_true", help="no colour in the report (also: NO_COLOR set in the environment)")
     p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
     p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_argument("--dport", type=_port, help="destination port (required for tcp and udp)")
+                        formatter_class=argparse.RawDescriptionHelpFormatter, usage=PROBE_USAGE)
+    pr.add_argument("--dport", type=_port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=_addr, help="destination address (default: an address of the interface the probe arrives "
@@ -102,11 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
                     "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
                     "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
-    pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
-                    "(report, rulesets before/after, instrumentation, raw trace, replies)")
+    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR, or "
+                    "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
+                    "and after with counters and their deltas, the environment, the raw trace for replay")
+    pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
+                    "probe's by stable placeholders")
+    pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+    de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
     cl.add_argument("--netns", help="namespace to clean (default: the current one)")
@@ -136,6 +171,10 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
         raise UsageError(f"not an interface name: {ns.via!r}", "see `ip link`")
     if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
         raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
+    if ns.ipv6 and ns.src is not None and ns.src.version != 6:
+        raise UsageError(f"-6 given but --src {ns.src} is IPv4", "drop -6 or give an IPv6 --src")
+    if ns.redact and not ns.evidence:
+        raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
@@ -150,26 +189,44 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     threading.Thread(target=_import_scapy, daemon=True).start()
 
     from tracer.probe import Run
-    from tracer.report import render
+    from tracer.render import jsondoc, terminal
 
-    run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
-    report = run.execute()
-    text = render(report)
-    sys.stdout.write(report.dumps() + "\n" if ns.json else text)
+    bundle: Any = None
     if ns.evidence:
-        from tracer.evidence import bundle_files, write_bundle
+        from tracer import bundle as bundle_mod
 
-        write_bundle(ns.evidence, bundle_files(report, text))
-        log.info("evidence written", directory=ns.evidence)
-    if not report.cleanup_ok:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+        bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
+        bundle.before()
+    with _progress(log, ns, req) as plog:
+        report = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=bool(ns.evidence)).execute()
+    if ns.json:
+        sys.stdout.write(jsondoc.dumps(report) + "\n")
+    else:
+        terminal.render(report, terminal.make_console(sys.stdout, color=False if ns.no_color else None))
+    if bundle is not None:
+        where = bundle.write(report, ns.evidence, redact=ns.redact)
+        log.info("evidence written", path=where)
+    return jsondoc.exit_status(report)
+
+
+@contextlib.contextmanager
+def _progress(log: Any, ns: argparse.Namespace, req: ProbeRequest) -> Iterator[Any]:
+    """The run's logger, wrapped in a progress line when stderr is a terminal and nothing else
+    writes there (no -v, console log format)."""
+    if not sys.stderr.isatty() or ns.verbose or ns.log_format != "console":
+        yield log
+        return
+    from tracer.render.progress import Progress
+
+    what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
+    with Progress(log, req.count, what, req.timeout) as p:
+        yield p
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
     from tracer import lab
 
-    return lab.demo(log, as_json=ns.json)
+    return lab.demo(log, as_json=ns.json, color=False if ns.no_color else None)
 
 
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
@@ -194,13 +251,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
-def configure_logging(fmt: str, verbose: bool) -> Any:
+def configure_logging(fmt: str, verbose: int) -> Any:
     import structlog
 
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
+        # Quiet by default: warnings and errors only; -v fwtrace's own changes, -vv every event.
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
@@ -221,7 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     ns: Optional[argparse.Namespace] = None
     try:
-        ns = parser.parse_args(argv)
+        args = list(sys.argv[1:] if argv is None else argv)
+        ns = parser.parse_args(_join_negative_numbers(args))
+        ns.argv = None if argv is None else ["fwtrace", *args]
         if ns.command is None:
             parser.print_help()
             return ExitStatus.USAGE
@@ -240,6 +301,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)", file=sys.stderr)
         return int(ExitStatus.INTERNAL)
+
+
+def _join_negative_numbers(args: list[str]) -> list[str]:
+    """`--dport -1` -> `--dport=-1`, so the value reaches its range check (see NUMERIC_OPTIONS)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in NUMERIC_OPTIONS and i + 1 < len(args) and args[i + 1][:1] == "-" and \
+                args[i + 1][1:2].isdigit() | args[i + 1][1:2].startswith("."):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def run() -> None:

@@ -167,7 +167,7 @@ def _udp_echo(s: socket.socket) -> None:
 CUSTOMER4 = ipaddress.ip_address("203.0.113.5")
 
 
-def demo(log: Any, as_json: bool = False) -> int:
+def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
     """The seed's story, end to end: port 8080 is closed for a customer, why, and the fix proven.
 
     First on the server alone (simulated ingress: the customer's SYN arrives on eth0), then the
@@ -177,7 +177,11 @@ def demo(log: Any, as_json: bool = False) -> int:
 
     from tracer.model import ProbeRequest
     from tracer.probe import Run
-    from tracer.report import render
+    from tracer.render import jsondoc, terminal
+
+    def show(report: Any) -> None:
+        terminal.render(report, terminal.make_console(sys.stdout, color=color))
+        print()
 
     system.require_root()
     with Lab() as lab:
@@ -190,12 +194,13 @@ def demo(log: Any, as_json: bool = False) -> int:
         before = Run(alone, log).execute()
         fix = next((f for f in before.findings if f.code == "shadowed-rule"), None)
         if as_json:
-            sys.stdout.write(before.dumps() + "\n")
+            sys.stdout.write(jsondoc.dumps(before) + "\n")
         else:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
             print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
             print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server}")
-            print(render(before))
+            sys.stdout.flush()
+            show(before)
         if fix is None:
             print("demo: fwtrace did not find the shadowed rule", file=sys.stderr)
             return ExitStatus.BLOCKED
@@ -208,5 +213,6 @@ def demo(log: Any, as_json: bool = False) -> int:
         if not as_json:
             print(f"\n# And from a real second host (namespace {lab.client}) after the fix:")
             print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
-            print(render(after))
+            sys.stdout.flush()
+            show(after)
         return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED

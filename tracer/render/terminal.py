@@ -1,0 +1,60 @@
+"""The report on a terminal, drawn with rich: labelled rows whose text wraps under itself (rule
+text folded, never cut), colour when the output is a terminal, the deciding rule marked, and the
+one-line summary last. Plain text (no escape codes) when colour is off."""
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tracer.render import timeline
+
+STYLES = {
+    "packet": "bold", "chain": "cyan", "skip": "dim", "dim": "dim", "step": "",
+    "decider-bad": "bold red", "decider-good": "bold green", "bad": "bold red", "good": "green",
+    "warn": "yellow", "finding": "", "fix": "bold", "conclusion": "bold", "note": "dim",
+}
+LABEL_WIDTH = 11
+
+
+def _grid(rows: timeline.Section) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=1, no_wrap=True)
+    grid.add_column(width=LABEL_WIDTH, no_wrap=True, overflow="fold")
+    grid.add_column(overflow="fold", ratio=1)
+    for row in rows:
+        style = STYLES.get(row.style, "")
+        label = row.label if len(row.label) <= LABEL_WIDTH else row.label[: LABEL_WIDTH - 1] + "~"
+        grid.add_row(Text(row.marker, style="bold red" if row.style == "decider-bad" else style),
+                     Text(label, style="bold" if row.style in ("packet", "finding") else "dim"),
+                     Text(row.body, style=style, overflow="fold"))
+    return grid
+
+
+def render(report: Any, console: Console) -> None:
+    console.print(Text(timeline.header(report), style="bold", overflow="fold"))
+    for section in timeline.sections(report):
+        console.print()
+        console.print(_grid(section))
+    console.print()
+    summary = timeline.summary(report)
+    bad = not summary.startswith("REACHED")
+    console.print(Text(summary, style="bold red" if bad else "bold green", overflow="fold"))
+
+
+def text(report: Any, width: int = 80) -> str:
+    """The plain text at a given width: report.txt in bundles, golden tests."""
+    buf = io.StringIO()
+    render(report, make_console(buf, color=False, width=width))
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def make_console(file: Any, color: Optional[bool], width: Optional[int] = None) -> Console:
+    """color None: rich decides (a terminal, and NO_COLOR unset); False: no escape codes at all."""
+    if color is False:
+        return Console(file=file, width=width or 80, color_system=None, force_terminal=False,
+                       highlight=False, emoji=False, no_color=True)
+    return Console(file=file, width=width, highlight=False, emoji=False)

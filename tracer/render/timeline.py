@@ -1,0 +1,235 @@
+"""A report as labelled rows in sections: the one layout every renderer draws. No I/O.
+
+A row is (marker, label, body, style): the marker column flags the deciding rule, the label says
+what the row is ("rule 7", "rules 1-6", "policy", "reply"), the body carries the rule text (which
+renderers fold, never cut), and the style names its meaning for colour ("decider-bad", "skip").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tracer import diagnose, owners
+from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
+from tracer.packet import parse_headers
+from tracer.render import jsondoc
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    body: str
+    style: str = ""
+    marker: str = ""
+
+
+Section = list[Row]
+ChainKey = tuple[str, str, str, bool]  # family, table, chain, legacy
+
+
+def _where(family: str, table: str, chain: str, legacy: bool) -> str:
+    return f"{family} {table} {chain}" + (" [legacy]" if legacy else "")
+
+
+def _step_row(step: Step, deciding: bool, bad: bool) -> Row:
+    ev = step.event
+    mark = ">" if deciding else ""
+    style = ("decider-bad" if bad else "decider-good") if deciding else "step"
+    verdict = f"  -> {ev.verdict}" if ev.verdict else ""
+    if ev.kind is EventKind.CONNTRACK:
+        return Row("conntrack", f"INVALID: {ev.text}", "warn")
+    if ev.kind is EventKind.LOG:
+        if ev.source == "nflog":
+            return Row("nflog", f"\"{ev.text.split(' ', 1)[-1]}\" (fwtrace's NFLOG rule, read over netlink)", "dim")
+        return Row("log", f"\"{ev.text.split(' IN=', 1)[0].strip()}\" (fwtrace's LOG rule; also in dmesg)", "dim")
+    if ev.kind is EventKind.POLICY:
+        return Row("policy", (ev.verdict or "?").upper(), style, mark)
+    if ev.kind is EventKind.RETURN:
+        return Row("return", "end of chain, back to the caller", "dim")
+    if step.rule is not None:
+        return Row(f"rule {step.rule.number}", step.rule.display + verdict, style, mark)
+    if ev.number is not None:
+        return Row(f"rule {ev.number}", f"(not in the snapshot){verdict}", style, mark)
+    return Row(f"handle {ev.handle}", f"(rule not read){verdict}", style, mark)
+
+
+def _is_decider(step: Step, r: PacketResult) -> bool:
+    d = r.decided_by
+    if d is None or step.event.kind not in (EventKind.RULE, EventKind.POLICY):
+        return False
+    ev = step.event
+    if (ev.family, ev.table, ev.chain, ev.legacy) != (d.family, d.table, d.chain, d.legacy):
+        return False
+    if d.rule is None:
+        return ev.kind is EventKind.POLICY
+    return step.rule is not None and step.rule.number == d.rule.number
+
+
+def steps(r: PacketResult) -> Section:
+    """The timeline: a chain row whenever the chain changes, every rule before the match accounted for."""
+    rows: Section = []
+    bad = r.verdict in (Verdict.DROP, Verdict.REJECT)
+    pos: dict[ChainKey, int] = {}
+    jumped: Optional[ChainKey] = None
+    current: Optional[ChainKey] = None
+    last_hdr = None
+    decided = False
+    for step in r.steps:
+        ev = step.event
+        key: ChainKey = (ev.family, ev.table, ev.chain, ev.legacy)
+        if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
+            # The kernel reports no event for falling off a regular chain: say it here.
+            rows.append(Row("", f"{' '.join(jumped[:3])}: no rule matched, back to the caller", "dim"))
+        jumped = None
+        if key != current and ev.kind is not EventKind.CONNTRACK:
+            owner = owners.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
+            iif = f"  (in {ev.iif})" if ev.iif and ev.packet else ""
+            rows.append(Row("chain", _where(*key) + (f"  [{owner.describe()}]" if owner else "") + iif, "chain"))
+            current = key
+        if step.rule is not None:
+            skipped = range(pos.get(key, 0) + 1, step.rule.number)
+            if skipped:
+                span = f"rule {skipped[0]}" if len(skipped) == 1 else f"rules {skipped[0]}-{skipped[-1]}"
+                rows.append(Row(span, "no match", "skip"))
+            pos[key] = step.rule.number
+            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
+                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+                pos[jumped] = 0
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
+            rows.append(Row("", f"(packet now addressed to {h.dst}:{h.dport})", "note"))
+        if h is not None:
+            last_hdr = h
+        deciding = not decided and _is_decider(step, r)
+        decided = decided or deciding
+        rows.append(_step_row(step, deciding, bad))
+    if not r.steps:
+        rows.append(Row("", "(no chain of the ruleset saw this packet)", "dim"))
+    return rows
+
+
+def verdict_text(r: PacketResult) -> str:
+    d = r.decided_by
+    if d is None:
+        return r.verdict.value.upper()
+    num = f" rule {d.rule.number}" if d.rule else ""
+    legacy = " (iptables-legacy)" if d.legacy else ""
+    return f"{r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
+
+
+def packet(i: int, r: PacketResult) -> Section:
+    bad = r.verdict in (Verdict.DROP, Verdict.REJECT)
+    rows = [Row(f"packet {i}", r.spec.summary(), "packet")]
+    if r.path:
+        rows.append(Row("path", " -> ".join(r.path), "dim"))
+    rows += steps(r)
+    rows.append(Row("verdict", verdict_text(r), "bad" if bad else "good" if r.verdict is Verdict.ACCEPT else "warn"))
+    reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
+    rows.append(Row("reply", reply, ""))
+    if r.conntrack is not None:
+        rows.append(Row("conntrack", r.conntrack, "dim"))
+    for step in r.reply_steps:
+        ev = step.event
+        rows.append(Row("reply via", f"{_where(ev.family, ev.table, ev.chain, ev.legacy)}: {_step_row(step, False, False).label} "
+                        f"{_step_row(step, False, False).body}".rstrip(), "dim"))
+    return rows
+
+
+def header(report: Any) -> str:
+    req = report.request
+    target = f"namespace {req.netns}" if req.netns else "the current namespace"
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        how = f"sent from namespace {req.from_netns}"
+    elif mode == "ingress":
+        src = report.results[0].spec.src if report.results else req.src
+        how = f"simulated as received on {report.via} from {src} (replies caught before leaving)"
+    else:
+        how = "sent locally (OUTPUT -> lo -> INPUT)"
+    return f"fwtrace run {report.run_id}: probing {target}, {how}"
+
+
+def findings(report: Any) -> Section:
+    """Each finding with its fix; the first fix with commands in its owner's terms when a firewall
+    manager owns the deciding rule, the raw command under it."""
+    rows: Section = []
+    owned = next((f for f in (jsondoc.owner_fix(report, r) for r in report.results) if f is not None), None)
+    for f in report.findings:
+        rows.append(Row("finding", f"[{f.code}] {f.message}", "finding"))
+        if owned is not None and f.commands:
+            rows.append(Row("fix", f"as {owned.owner.describe()} wants it: " + "; ".join(owned.commands), "fix"))
+            rows.append(Row("why", owned.why, "dim"))
+            rows.append(Row("raw fix", f.fix or "; ".join(f.commands), "dim"))
+            owned = None
+        elif f.fix:
+            rows.append(Row("fix", f.fix, "fix"))
+    return rows
+
+
+def summary(report: Any) -> str:
+    """One line to paste into a ticket: outcome, what, where from, and who decided."""
+    out = jsondoc.outcome(report).upper()
+    results = list(report.results)
+    if not results:
+        return f"{out}: no probe was sent (fwtrace run {report.run_id})"
+    bad = [r for r in results if jsondoc.packet_outcome(r, diagnose.reached(r, list(report.findings))) != "reached"]
+    r = bad[0] if bad and out != "REACHED" else results[0]
+    s = r.spec
+    what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
+    d = r.decided_by
+    if d is None:
+        by = f"no verdict traced, reply {r.reply.kind}"
+    elif d.rule is not None:
+        by = f"{r.verdict.value.upper()} by {d.table} {d.chain} rule {d.rule.number}"
+    else:
+        by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
+    if r.verdict is Verdict.ACCEPT:
+        by += f", reply {r.reply.kind}"
+    many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
+    return f"{out} {what} at {s.dst} from {s.src}: {by}{many}"
+
+
+def tail(report: Any) -> Section:
+    rows = [Row("conclusion", c, "conclusion") for c in dict.fromkeys(report.conclusions)]
+    rows += [Row("note", n, "dim") for n in report.notes]
+    if report.lost_events:
+        rows.append(Row("warning", "the kernel dropped some trace events (socket buffer full); "
+                        "the timeline may be incomplete", "warn"))
+    rows += [Row("cleanup", c, "good" if report.cleanup_ok else "bad") for c in cleanup(report)]
+    return rows
+
+
+def cleanup(report: Any) -> list[str]:
+    g = report.generations
+    mode = report.mode or report.request.mode
+    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
+    own = "only fwtrace's add and delete" if not report.own_commits else \
+        f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
+    out = []
+    if report.cleanup_ok and report.ruleset_unchanged:
+        out.append(f"{port}instrumentation removed; the ruleset is the one from before the run "
+                   f"(generation {g[0]} -> {g[2]}: {own})")
+    elif report.cleanup_ok and len(g) == 3:
+        out.append(f"{port}instrumentation removed; other writers changed the ruleset during the run "
+                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown")
+    elif report.cleanup_ok:
+        out.append(f"{port}instrumentation removed")
+    if report.cleanup_ok and report.legacy_unchanged:
+        out.append("the iptables-legacy tables listed after the run equal those before (counters aside)")
+    if not report.cleanup_ok:
+        out.append("FAILED, the ruleset differs from before the run: " + "; ".join(report.leftover))
+        out.append(f"run `fwtrace cleanup` or delete the table named fwtrace_{report.run_id}")
+    return out
+
+
+def sections(report: Any) -> list[Section]:
+    """The whole report: caveats, each packet, findings, conclusions and cleanup."""
+    out: list[Section] = []
+    if report.caveats:
+        out.append([Row("caveat", c, "warn") for c in report.caveats])
+    out += [packet(i, r) for i, r in enumerate(report.results, 1)]
+    f = findings(report)
+    if f:
+        out.append(f)
+    out.append(tail(report))
+    return out
