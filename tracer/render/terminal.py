@@ -4,6 +4,7 @@ one-line summary last. Plain text (no escape codes) when colour is off."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Optional
 
 from rich.console import Console
@@ -34,15 +35,22 @@ def _grid(rows: timeline.Section) -> Table:
     return grid
 
 
+_TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
+
+
 def render(report: Any, console: Console) -> None:
-    console.print(Text(timeline.header(report), style="bold", overflow="fold"))
-    for section in timeline.sections(report):
+    with console.capture() as cap:
+        console.print(Text(timeline.header(report), style="bold", overflow="fold"))
+        for section in timeline.sections(report):
+            console.print()
+            console.print(_grid(section))
         console.print()
-        console.print(_grid(section))
-    console.print()
-    summary = timeline.summary(report)
-    bad = not summary.startswith("REACHED")
-    console.print(Text(summary, style="bold red" if bad else "bold green", overflow="fold"))
+        summary = timeline.summary(report)
+        bad = not summary.startswith("REACHED")
+        console.print(Text(summary, style="bold red" if bad else "bold green", overflow="fold"))
+    # Grids pad every line to the table's width: trailing blanks only get in the way of a paste.
+    console.file.write("".join(_TRAILING.sub(r"\1", line) + "\n" for line in cap.get().splitlines()))
+    console.file.flush()
 
 
 def text(report: Any, width: int = 80) -> str:
@@ -58,3 +66,15 @@ def make_console(file: Any, color: Optional[bool], width: Optional[int] = None) 
         return Console(file=file, width=width or 80, color_system=None, force_terminal=False,
                        highlight=False, emoji=False, no_color=True)
     return Console(file=file, width=width, highlight=False, emoji=False)
+
+
+def rows_text(heads: list[str], sections: list[timeline.Section], width: int = 100) -> str:
+    """Plain text of some sections (no colour): the timeline block of report.md."""
+    buf = io.StringIO()
+    console = make_console(buf, color=False, width=width)
+    for h in heads:
+        console.print(Text(h, overflow="fold"))
+    for section in sections:
+        console.print()
+        console.print(_grid(section))
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"

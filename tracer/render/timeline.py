@@ -233,3 +233,53 @@ def sections(report: Any) -> list[Section]:
         out.append(f)
     out.append(tail(report))
     return out
+
+
+def replay_command(report: Any) -> str:
+    """The command that sends the same probe again (same addresses, ports, flags and mode)."""
+    req = report.request
+    r = report.results[0] if report.results else None
+    argv = ["fwtrace", "probe"]
+    if req.proto is not Proto.ICMP:
+        argv += ["--dport", str(req.dport)]
+    if req.proto is not Proto.TCP:
+        argv += ["--proto", req.proto.value]
+    elif req.flags != "S":
+        argv += ["--flags", req.flags]
+    if r is not None:
+        argv += ["--dst", str(r.spec.dst), "--src", str(r.spec.src)]
+        if req.proto is not Proto.ICMP:
+            argv += ["--sport", str(req.sport if req.sport is not None else r.spec.sport)]
+    if req.count != 1:
+        argv += ["--count", str(req.count)]
+    if req.timeout != 1.0:
+        argv += ["--timeout", f"{req.timeout:g}"]
+    if req.netns:
+        argv += ["--netns", req.netns]
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        argv += ["--from-netns", str(req.from_netns)]
+    elif mode == "local":
+        argv += ["--local"]
+    elif report.via:
+        argv += ["--via", report.via]
+    if req.log:
+        argv += ["--log", req.log]
+    return " ".join(argv)
+
+
+def measured(report: Any) -> list[tuple[str, str]]:
+    """How the run saw what it reports: for the reader who was not there."""
+    mode = report.mode or report.request.mode
+    how = {"ingress": f"simulated ingress: the probe was made to arrive on {report.via} as if from the network; "
+                      "its replies were caught before leaving the machine",
+           "local": "sent from the target namespace itself (OUTPUT -> lo -> INPUT)",
+           "from-netns": f"sent from namespace {report.request.from_netns}, a host on a link"}.get(mode, mode)
+    sources = sorted({s.event.source for r in report.results for s in r.steps}) or ["nftrace"]
+    return [
+        ("run", report.run_id),
+        ("probe", how),
+        ("trace", f"kernel trace events ({', '.join(sources)}) of the probe's own packets only, from temporary "
+                  f"non-terminal rules in table inet fwtrace_{report.run_id} (removed after the run)"),
+        ("packets", f"{len(report.results)} sent, timeout {report.request.timeout:g}s each"),
+    ]
