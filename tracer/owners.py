@@ -104,11 +104,16 @@ def chain_owners(result: PacketResult) -> list[tuple[str, Owner]]:
         ev = step.event
         if ev.kind is EventKind.CONNTRACK:
             continue
-        where = f"{ev.family} {ev.table} {ev.chain}"
-        o = owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
-        if o is not None and where not in seen:
-            seen.add(where)
-            out.append((where, o))
+        chains = [(ev.chain, step.rule.display if step.rule else "")]
+        if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
+            # A chain jumped into whose rules all missed leaves no event of its own.
+            chains.append((ev.verdict.split()[1], ""))
+        for chain, text in chains:
+            where = f"{ev.family} {ev.table} {chain}"
+            o = owner_of(ev.table, chain, text)
+            if o is not None and where not in seen:
+                seen.add(where)
+                out.append((where, o))
     return out
 
 
@@ -119,11 +124,15 @@ def decider_owner(result: PacketResult) -> Optional[Owner]:
     if ref is None:
         return None
     own = owner_of(ref.table, ref.chain, ref.rule.display if ref.rule else "")
-    if own is not None or ref.rule is not None:
-        return own
-    # The zone/jail detail of the deepest chain met in the same table is the most specific.
-    same = [o for where, o in chain_owners(result) if where.split()[:2] == [ref.family, ref.table]]
+    if ref.rule is not None and own is None:
+        return None
+    # The zone/jail detail of the deepest chain met in the same table is the most specific
+    # (firewalld rejects in filter_INPUT after the zone's chains returned).
+    same = [o for where, o in chain_owners(result) if where.split()[:2] == [ref.family, ref.table]
+            and (own is None or o.key == own.key)]
     detailed = [o for o in same if o.detail]
+    if own is not None:
+        return own if own.detail or not detailed else detailed[-1]
     return (detailed or same or [None])[-1]
 
 
@@ -148,7 +157,7 @@ def fix(result: PacketResult, raw: Optional[str], dst: str, dport: int) -> Optio
               "fw4": "fw4 regenerates table inet fw4 from /etc/config/firewall at every reload",
               "libvirt": "libvirt rebuilds its chains when a virtual network starts",
               "calico": "Felix rewrites cali-* chains from the policies within seconds"}[owner.key]
-    why = f"the deciding rule belongs to {owner.describe()}: {reload}"
+    why = f"the decision belongs to {owner.describe()}: {reload}"
     cmds = _commands(owner, result, ref, proto, port, dst, dport)
     return OwnerFix(owner, why, cmds, raw)
 
