@@ -69,7 +69,7 @@ def test_deciding_rule_marked_and_summary_last() -> None:
     lines = text.splitlines()
     marked = [line for line in lines if line.startswith(">")]
     assert len(marked) == 1 and "rule 7" in marked[0] and "-A INPUT -j REJECT" in marked[0]
-    assert lines[-1] == "BLOCKED tcp/8080 at 192.0.2.1 from 192.0.2.2: REJECT by filter INPUT rule 7"
+    assert lines[-1] == "BLOCKED 192.0.2.2 -> 192.0.2.1 tcp/8080: REJECT by filter INPUT rule 7"
 
 
 def _render_env(monkeypatch: Any, color: Any, **env: str) -> str:
@@ -110,7 +110,7 @@ def test_schema_refuses_service_names() -> None:
 def test_markdown_has_conclusion_timeline_fix_and_replay() -> None:
     rep = report("seed-shadowed")
     md = markdown.render(rep, {"kernel": "Linux 6.18"}, "fwtrace probe --dport 8080")
-    assert md.startswith("# fwtrace: BLOCKED tcp/8080")
+    assert md.startswith("# fwtrace: BLOCKED 192.0.2.2 -> 192.0.2.1 tcp/8080")
     assert "**Conclusion:** tcp port 8080 is blocked" in md
     assert "> rule 7      -A INPUT -j REJECT" in md
     assert "iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT" in md

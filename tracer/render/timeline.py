@@ -184,9 +184,9 @@ def summary(report: Any) -> str:
     else:
         by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
     if r.verdict is Verdict.ACCEPT:
-        by += f", reply {r.reply.kind}"
+        by += f" ({r.reply.kind})"
     many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
-    return f"{out} {what} at {s.dst} from {s.src}: {by}{many}"
+    return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
 
 
 def tail(report: Any) -> Section:
