@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and after with counters and their deltas, the environment, the raw trace for replay")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
-    pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                    help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
