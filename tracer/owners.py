@@ -133,7 +133,8 @@ def decider_owner(result: PacketResult) -> Optional[Owner]:
     detailed = [o for o in same if o.detail]
     if own is not None:
         return own if own.detail or not detailed else detailed[-1]
-    return (detailed or same or [None])[-1]
+    pool = detailed or same
+    return pool[-1] if pool else None
 
 
 def fix(result: PacketResult, raw: Optional[str], dst: str, dport: int) -> Optional[OwnerFix]:

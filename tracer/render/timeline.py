@@ -47,6 +47,8 @@ def _step_row(step: Step, deciding: bool, bad: bool) -> Row:
     if ev.kind is EventKind.RETURN:
         return Row("return", "end of chain, back to the caller", "dim")
     if step.rule is not None:
+        if ev.verdict and step.rule.display.endswith(ev.verdict):
+            verdict = ""  # nft's own text already ends in "jump X" / "accept"
         return Row(f"rule {step.rule.number}", step.rule.display + verdict, style, mark)
     if ev.number is not None:
         return Row(f"rule {ev.number}", f"(not in the snapshot){verdict}", style, mark)
@@ -157,7 +159,8 @@ def findings(report: Any) -> Section:
     for f in report.findings:
         rows.append(Row("finding", f"[{f.code}] {f.message}", "finding"))
         if owned is not None and f.commands:
-            rows.append(Row("fix", f"as {owned.owner.describe()} wants it: " + "; ".join(owned.commands), "fix"))
+            rows.append(Row("fix", f"as {owned.owner.describe()} wants it: {owned.commands[0]}", "fix"))
+            rows += [Row("", c, "fix") for c in owned.commands[1:]]
             rows.append(Row("why", owned.why, "dim"))
             rows.append(Row("raw fix", f.fix or "; ".join(f.commands), "dim"))
             owned = None
