@@ -26,7 +26,7 @@ class Progress:
         from rich.console import Console
 
         console = Console(stderr=True)
-        self._status = console.status(self._line(), spinner="line")
+        self._status = console.status(_Live(self), spinner="line")
         self._status.__enter__()
         return self
 
@@ -39,14 +39,12 @@ class Progress:
         waited = time.monotonic() - self._start
         if not self._sent:
             return f"fwtrace: preparing the probe of {self._what} ({waited:.0f}s)"
-        return (f"fwtrace: probe {self._sent}/{self._total} of {self._what} sent, waiting up to "
-                f"{self._timeout:g}s for its reply and trace ({waited:.0f}s so far)")
+        return (f"fwtrace: {self._what} probe {self._sent}/{self._total} sent; waiting up to {self._timeout:g}s "
+                f"for reply and trace ({waited:.0f}s)")
 
     def _event(self, event: str, kw: dict[str, Any]) -> None:
         if event == "sent" and "why" not in kw and self._sent < self._total:  # "why": the RST after a SYN-ACK
             self._sent += 1
-        if self._status is not None:
-            self._status.update(self._line())
 
     def debug(self, event: str, *args: Any, **kw: Any) -> Any:
         self._event(event, kw)
@@ -58,3 +56,13 @@ class Progress:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
+
+
+class _Live:
+    """The status text, asked again at each refresh so the waited seconds move."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __rich__(self) -> str:
+        return self.progress._line()
