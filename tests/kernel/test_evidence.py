@@ -154,3 +154,22 @@ def test_unknown_namespace_exits_3() -> None:
     p = fwtrace("probe", "--dport", "80", "--netns", "fwtrace-no-such-namespace")
     assert p.returncode == 3 and p.stderr.startswith("fwtrace: error: unknown network namespace"), p.stderr
     assert system.netns_list() is not None
+
+
+def test_reply_dropped_on_its_way_out(lab: Lab, tmp_path: Path) -> None:
+    """The SYN is accepted, the service answers, and OUTPUT drops the SYN-ACK: not reached."""
+    lab.nft(lab.server, "table inet out {\n chain output {\n type filter hook output priority 0;\n"
+                        " tcp sport 8080 drop\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    out = tmp_path / "b"
+    p = fwtrace("probe", "--dport", "8080", "--netns", lab.server, "--from-netns", lab.client, "--dst", str(SERVER4),
+                "--timeout", "0.5", "--evidence", str(out))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stdout.splitlines()[-1].startswith(
+        f"REPLY-DROPPED {CLIENT4} -> {SERVER4} tcp/8080: DROP by out output rule 1")
+    doc = json.loads((out / "report.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert (doc["outcome"], doc["exit_status"], doc["packets"][0]["outcome"]) == ("reply-dropped", 1, "reply-dropped")
+    dom = xml.dom.minidom.parse(str(out / "path.svg"))
+    hooks = {g.getAttribute("id"): g.getAttribute("class") for g in dom.getElementsByTagName("g")}
+    assert "decided-bad" in hooks["hook-output"] and "decided-good" in hooks["hook-input"]

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from tracer import __version__, diagnose, owners
 from tracer.errors import ExitStatus
-from tracer.model import PacketResult, Verdict
+from tracer.model import PacketResult, Step, Verdict
 
 SCHEMA_VERSION = 1
 OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
@@ -19,13 +19,18 @@ OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
 def packet_outcome(r: PacketResult, reached: bool) -> str:
     """reached: the service answered (or accepted silently); reply-dropped: the probe got through
     but the firewall dropped the reply on its way back; unknown: nothing decided it (no trace)."""
+    if r.verdict is Verdict.ACCEPT and reply_drop(r) is not None:
+        return "reply-dropped"
     if reached:
         return "reached"
-    if r.verdict is Verdict.ACCEPT and any(s.event.verdict == "drop" for s in r.reply_steps):
-        return "reply-dropped"
     if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
         return "unknown"
     return "blocked"
+
+
+def reply_drop(r: PacketResult) -> Optional[Step]:
+    """The step that dropped the reply on its way out, if one did."""
+    return next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
 
 
 def outcome(report: Any) -> str:
@@ -40,9 +45,11 @@ def outcome(report: Any) -> str:
 
 
 def exit_status(report: Any) -> int:
+    """0 only when every probe reached the service (a dropped reply is not reached), 3 when the
+    cleanup failed."""
     if not report.cleanup_ok:
         return int(ExitStatus.ENVIRONMENT)
-    return int(ExitStatus.OK if report.reached else ExitStatus.BLOCKED)
+    return int(ExitStatus.OK if outcome(report) == "reached" else ExitStatus.BLOCKED)
 
 
 def raw_fix(report: Any) -> Optional[str]:

@@ -87,6 +87,14 @@ def decider_hook(r: PacketResult) -> Optional[str]:
     return named[-1] if named else r.path[-1]
 
 
+def _reply_drop_hook(r: PacketResult) -> Optional[str]:
+    """The hook where the reply was dropped on its way out (output or postrouting)."""
+    step = next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
+    if step is None:
+        return None
+    return step.event.hook or ("postrouting" if "postrouting" in step.event.chain.lower() else "output")
+
+
 def _line(a: str, b: str, cls: str) -> str:
     (x1, y1), (x2, y2) = _border(a, _center(b)), _border(b, _center(a))
     marker = "arrow-probe" if cls == "probe" else "arrow"
@@ -138,8 +146,10 @@ def render(r: Optional[PacketResult], title: str = "") -> str:
         reply_hooks = [h for h in ("output", "postrouting") if any(h in s.event.chain.lower() for s in r.reply_steps)]
         rnodes = ["local", *(reply_hooks or ["output"]), "postrouting", "net-out"]
         out += [_line(a, b, "reply") for a, b in zip(dict.fromkeys(rnodes), list(dict.fromkeys(rnodes))[1:])]
+    reply_dropped = _reply_drop_hook(r) if r is not None else None
     for name in HOOKS:
         cls = ("decided-bad" if bad else "decided-good") if name == decided else "met" if name in met else ""
+        cls = "decided-bad" if name == reply_dropped else cls
         out.append(_box(name, cls))
     x, y, w, h = LOCAL
     out.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="30" fill="#fff" stroke="#8c959f"/>'

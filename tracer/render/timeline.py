@@ -180,13 +180,18 @@ def summary(report: Any) -> str:
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
     d = r.decided_by
-    if d is None:
+    dropped = jsondoc.reply_drop(r)
+    if dropped is not None:
+        ev = dropped.event
+        what_rule = f"rule {dropped.rule.number}" if dropped.rule else "policy" if ev.kind is EventKind.POLICY else "a rule"
+        by = f"DROP by {ev.table} {ev.chain} {what_rule}"  # the outcome word says it was the reply
+    elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:
         by = f"{r.verdict.value.upper()} by {d.table} {d.chain} rule {d.rule.number}"
     else:
         by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
-    if r.verdict is Verdict.ACCEPT:
+    if r.verdict is Verdict.ACCEPT and dropped is None:
         by += f" ({r.reply.kind})"
     many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
     return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
