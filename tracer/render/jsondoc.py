@@ -19,7 +19,7 @@ OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
 def packet_outcome(r: PacketResult, reached: bool) -> str:
     """reached: the service answered (or accepted silently); reply-dropped: the probe got through
     but the firewall dropped the reply on its way back; unknown: nothing decided it (no trace)."""
-    if r.verdict is Verdict.ACCEPT and reply_drop(r) is not None:
+    if r.verdict is Verdict.ACCEPT and reply_dropped(r):
         return "reply-dropped"
     if reached:
         return "reached"
@@ -31,6 +31,12 @@ def packet_outcome(r: PacketResult, reached: bool) -> str:
 def reply_drop(r: PacketResult) -> Optional[Step]:
     """The step that dropped the reply on its way out, if one did."""
     return next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
+
+
+def reply_dropped(r: PacketResult) -> bool:
+    # Where the result itself knows the reply's fate (reply_verdict), it decides.
+    flag = getattr(r, "reply_dropped", None)
+    return bool(flag) if flag is not None else reply_drop(r) is not None
 
 
 def outcome(report: Any) -> str:

@@ -78,6 +78,11 @@ def way(path: tuple[str, ...]) -> list[str]:
 def decider_hook(r: PacketResult) -> Optional[str]:
     """The hook where the verdict fell: where a dropped packet's path ends; for an accept, the
     hook its chain name says (INPUT, filter_INPUT, ufw-user-input), else the path's end."""
+    # Results that carry every base chain's outcome (hooks) say where the decision fell.
+    for h in getattr(r, "hooks", ()):
+        if r.decided_by is not None and (h.ref.family, h.ref.table, h.ref.chain) == \
+                (r.decided_by.family, r.decided_by.table, r.decided_by.chain) and h.hook in HOOKS:
+            return str(h.hook)
     if not r.path:
         return None
     if r.verdict in (Verdict.DROP, Verdict.REJECT) or r.decided_by is None:
@@ -89,6 +94,9 @@ def decider_hook(r: PacketResult) -> Optional[str]:
 
 def _reply_drop_hook(r: PacketResult) -> Optional[str]:
     """The hook where the reply was dropped on its way out (output or postrouting)."""
+    for h in getattr(r, "reply_hooks", ()):
+        if h.verdict in (Verdict.DROP, Verdict.REJECT) and h.hook in HOOKS:
+            return str(h.hook)
     step = next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
     if step is None:
         return None

@@ -180,18 +180,24 @@ def summary(report: Any) -> str:
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
     d = r.decided_by
-    dropped = jsondoc.reply_drop(r)
-    if dropped is not None:
-        ev = dropped.event
-        what_rule = f"rule {dropped.rule.number}" if dropped.rule else "policy" if ev.kind is EventKind.POLICY else "a rule"
+    dropped = jsondoc.reply_dropped(r)
+    rd = getattr(r, "reply_decided_by", None)
+    step = jsondoc.reply_drop(r)
+    if dropped and rd is not None:
+        by = f"DROP by {rd.table} {rd.chain} " + (f"rule {rd.rule.number}" if rd.rule else "policy")
+    elif dropped and step is not None:
+        ev = step.event
+        what_rule = f"rule {step.rule.number}" if step.rule else "policy" if ev.kind is EventKind.POLICY else "a rule"
         by = f"DROP by {ev.table} {ev.chain} {what_rule}"  # the outcome word says it was the reply
+    elif dropped:
+        by = "the reply was dropped on its way out"
     elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:
         by = f"{r.verdict.value.upper()} by {d.table} {d.chain} rule {d.rule.number}"
     else:
         by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
-    if r.verdict is Verdict.ACCEPT and dropped is None:
+    if r.verdict is Verdict.ACCEPT and not dropped:
         by += f" ({r.reply.kind})"
     many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
     return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
