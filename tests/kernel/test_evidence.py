@@ -22,7 +22,7 @@ from tracer import system
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import Proto
 
-FWTRACE = [os.path.join(os.path.dirname(sys.executable), "fwtrace")]
+FWTRACE = [sys.executable, "-m", "tracer"]  # the code of this checkout, whatever the venv installed
 SCHEMA = json.loads((Path(__file__).parent.parent.parent / "schema" / "report.schema.json").read_text())
 CUSTOMER = "203.0.113.5"
 
