@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import tarfile
 import time
 from typing import Any, Callable, Optional
@@ -76,7 +77,7 @@ class Collector:
         uname = platform.uname()
         facts = {
             "fwtrace version": __version__,
-            "command line": " ".join(self.argv),
+            "command line": shlex.join(["fwtrace", *self.argv[1:]]),  # argv[0] may be a venv path or -m
             "time (UTC)": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(timespec="seconds"),
             "kernel": f"{uname.system} {uname.release} {uname.version} {uname.machine}",
             "target namespace": self.req.netns or "(the one fwtrace ran in)",
