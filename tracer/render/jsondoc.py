@@ -54,7 +54,8 @@ def exit_status(report: Any) -> int:
     """0 only when every probe reached the service (a dropped reply is not reached), 3 when the
     cleanup failed."""
     if not report.cleanup_ok:
-        return int(ExitStatus.ENVIRONMENT)
+        # The status the CLI gives an incomplete cleanup (its own one where the CLI has it).
+        return int(getattr(ExitStatus, "LEFTOVER", ExitStatus.ENVIRONMENT))
     return int(ExitStatus.OK if outcome(report) == "reached" else ExitStatus.BLOCKED)
 
 
