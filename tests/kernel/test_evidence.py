@@ -66,7 +66,9 @@ def test_bundle_directory_every_file(lab: Lab, tmp_path: Path) -> None:
     assert replay in md and "iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT" in md
     again = fwtrace(*replay.split()[1:], "--json")
     assert again.returncode == 1
-    assert json.loads(again.stdout)["packets"][0]["decided_by"]["rule_number"] == 7
+    printed = json.loads(again.stdout)  # --json prints the document report.json holds
+    jsonschema.validate(printed, SCHEMA)
+    assert printed["packets"][0]["decided_by"]["rule_number"] == 7 and printed["outcome"] == "blocked"
 
     # probe.pcapng: the probe and its reply, each with its verdict as a comment
     import scapy.layers.inet  # noqa: F401 - registers the IPv4 link type for the reader
@@ -148,6 +150,9 @@ def test_default_run_writes_nothing_on_stderr(lab: Lab) -> None:
     very = fwtrace("-vv", "probe", "--dport", "8080", "--netns", lab.server, "--from-netns", lab.client,
                    "--dst", str(SERVER4))
     assert "[debug    ] trace" in very.stderr and "[debug    ] sent" in very.stderr
+    lines = fwtrace("-v", "--log-format", "json", "probe", "--dport", "8080", "--netns", lab.server, "--from-netns",
+                    lab.client, "--dst", str(SERVER4)).stderr.splitlines()
+    assert lines and all(json.loads(line)["level"] == "info" for line in lines)
 
 
 def test_unknown_namespace_exits_3() -> None:
