@@ -4,6 +4,7 @@ one-line summary last. Plain text (no escape codes) when colour is off."""
 from __future__ import annotations
 
 import io
+import os
 import re
 from typing import Any, Optional
 
@@ -61,8 +62,10 @@ def text(report: Any, width: int = 80) -> str:
 
 
 def make_console(file: Any, color: Optional[bool], width: Optional[int] = None) -> Console:
-    """color None: rich decides (a terminal, and NO_COLOR unset); False: no escape codes at all."""
-    if color is False:
+    """color None: colour on a terminal; False (--no-color), or NO_COLOR set to anything: no
+    escape codes at all, bold included (https://no-color.org asks for no colour; plain text is
+    what a pasted report needs)."""
+    if color is False or os.environ.get("NO_COLOR"):
         return Console(file=file, width=width or 80, color_system=None, force_terminal=False,
                        highlight=False, emoji=False, no_color=True)
     return Console(file=file, width=width, highlight=False, emoji=False)
