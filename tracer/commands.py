@@ -7,12 +7,12 @@ namespace (entered once, by the driver) unless it names another.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar, Union
 
 from tracer.model import IPAddress, PacketSpec, TraceEvent
 from tracer.packet import Headers
 from tracer.snapshot import ChainKey
-from tracer.undo.journal import Undo
+from tracer.undo.records import Undo
 
 if TYPE_CHECKING:  # the default nft-only path never loads the kernel-log and ingress modules
     from tracer.inject.ingress import Route
@@ -21,6 +21,26 @@ if TYPE_CHECKING:  # the default nft-only path never loads the kernel-log and in
 
 class Command:
     """Base of everything the pipeline can ask for."""
+
+
+T = TypeVar("T")
+Steps = Generator[Command, Any, T]  # a pipeline step: yields commands, is sent their results, returns T
+
+
+def drive(steps: Steps[T], execute: Callable[[Command], Any]) -> T:
+    """Run a pipeline: carry out each command, send back its result, or throw its exception in
+    (so the pipeline's `finally` can still ask for its cleanup). Returns the pipeline's value."""
+    try:
+        cmd = next(steps)
+        while True:
+            try:
+                result = execute(cmd)
+            except BaseException as e:
+                cmd = steps.throw(e)
+            else:
+                cmd = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ when the pipeline asks (`Finish`) or whatever happens in between.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import select
@@ -17,13 +16,15 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from tracer import commands as c
+from tracer.commands import drive
 from tracer import listing, probe, system
 from tracer.errors import CommandError, EnvironmentProblem
 from tracer.model import Listener, PacketSpec, Proto
 from tracer.outcome import ProbeReport
 from tracer.sockets import parse_proc_net
 from tracer.trace.events import EventSource
-from tracer.undo.journal import Journal, Undo
+from tracer.undo.journal import Journal
+from tracer.undo.records import ReleaseShared, Undo, in_netns
 
 KILL_ENV = "FWTRACE_TEST_KILL_AT"
 
@@ -80,7 +81,7 @@ class Run:
         with system.netns(self.req.netns), self.stack:
             try:
                 steps = probe.probe(self.req, self.run_id, os.getpid(), self.rng, self.full_snapshot)
-                return probe.drive(steps, self.carry_out)
+                return drive(steps, self.carry_out)
             finally:
                 if self.finished is None:  # the pipeline failed before its Finish: undo here
                     self._finish()
@@ -97,6 +98,8 @@ class Run:
         qdisc another program added between our look and our `tc qdisc add`.
         """
         assert self.journal is not None
+        # The pipeline does not know namespaces: a change is the target's, a shared switch the machine's.
+        undo = in_netns(undo, system.HOME_NETNS if isinstance(undo, ReleaseShared) else self.req.netns)
         index = self.journal.record(undo)
         self.log.info("change", what=undo.what, netns=undo.netns)
         try:
@@ -110,9 +113,7 @@ class Run:
         return result
 
     def _apply(self, cmd: c.Apply) -> Any:
-        # The pipeline does not know namespaces: a change is the target's, a shared switch the machine's.
-        netns = system.HOME_NETNS if cmd.undo.kind == "shared" else self.req.netns
-        return self.change(dataclasses.replace(cmd.undo, netns=netns), lambda: _act(cmd.action), cmd.atomic)
+        return self.change(cmd.undo, lambda: _act(cmd.action), cmd.atomic)
 
     def _undo_all(self) -> list[str]:
         """Take every journaled change back, newest first, each in its own try."""

@@ -17,29 +17,20 @@ import ipaddress
 import json
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar
+from typing import TYPE_CHECKING, Optional
 
-from tracer import compare, correlate, diagnose
+from tracer import analysis, correlate, kernsteps
 from tracer.commands import (
-    AcquireShared,
     Apply,
     Begin,
     BuildPackets,
     Captured,
     Checkpoint,
-    Command,
     Conntrack,
-    Describe,
     Finish,
     Finished,
     Generation,
-    InInitialNetns,
-    IptSave,
-    LegacyHasRaw,
     ListAddresses,
-    ListChains,
-    Listeners,
-    MetChains,
     OpenInjector,
     OpenKernelSources,
     OpenPort,
@@ -47,28 +38,23 @@ from tracer.commands import (
     ReadSysctl,
     Reset,
     RouteBack,
-    RpFilter,
     RunArgv,
     SaveLegacy,
     Send,
-    SetSysctl,
-    TableGone,
+    Steps,
     TakeSnapshot,
     Wait,
 )
 from tracer.errors import UsageError
-from tracer.model import EventKind, IPAddress, Mode, PacketSpec, ProbeRequest, Proto, Ruleset, TraceEvent
-from tracer.outcome import Evidence, ProbeReport, build_report
-from tracer.snapshot import Snapshot, legacy_listing, with_legacy
+from tracer.model import IPAddress, Mode, PacketSpec, ProbeRequest, Proto, TraceEvent
+from tracer.outcome import ProbeReport
+from tracer.snapshot import Snapshot
 from tracer.trace import plan
-from tracer.undo.journal import Undo, nft_undo, shared_undo, sysctl_undo
+from tracer.undo.records import nft_undo
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
     from tracer.trace.kernplan import KernPlan
-
-T = TypeVar("T")
-Steps = Generator[Command, Any, T]  # yields commands, is sent their results, returns T
 
 # After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
 # synchronously while the packet is processed, so a short drain is enough.
@@ -126,23 +112,6 @@ class Exchange:
     conntrack: Optional[str] = None
 
 
-# --- driving ------------------------------------------------------------------------------------
-def drive(steps: Steps[T], execute: Callable[[Command], Any]) -> T:
-    """Run a pipeline: carry out each command, send back its result, or throw its exception in
-    (so the pipeline's `finally` can still ask for its cleanup). Returns the pipeline's value."""
-    try:
-        cmd = next(steps)
-        while True:
-            try:
-                result = execute(cmd)
-            except BaseException as e:
-                cmd = steps.throw(e)
-            else:
-                cmd = steps.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
 # --- the run --------------------------------------------------------------------------------------
 def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_snapshot: bool = False) -> Steps[ProbeReport]:
     """The whole run, step by step."""
@@ -166,7 +135,7 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
         finished: Finished = yield Finish()
     after = yield Generation()
     armed = dataclasses.replace(armed, generations=armed.generations + (after,))
-    return (yield from analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished))
+    return (yield from analysis.analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished))
 
 
 def address(req: ProbeRequest) -> Steps[Target]:
@@ -252,100 +221,20 @@ def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, send
 
 def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str]) -> Steps[Armed]:
     """fwtrace's trace table, and the kernel-log rules and switches when the run needs them."""
-    kplan = yield from kernel_plan(run_id, sending.specs, req.log, legacy_saved)
+    kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
     tplan = sending.tplan
     before = yield Generation()
-    yield Apply(nft_undo(None, tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
+    yield Apply(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
                 atomic=True)
     added = yield Generation()
     tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")
     armed = Armed(kplan, (before, added), frozenset(), tcp_loose)
     if kplan is not None:
-        armed = yield from kernel_setup(run_id, kplan, armed)
+        own, notes, commits = yield from kernsteps.kernel_setup(run_id, kplan)
+        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits)
     return armed
-
-
-def kernel_plan(run_id: str, specs: tuple[PacketSpec, ...], log: str, legacy_saved: dict[str, str]) -> Steps[Optional["KernPlan"]]:
-    """The kernel-log plan, or None on the default path (no x_tables rules, no --log).
-
-    It needs the chains before the run: the legacy tables from their save, and with --log the
-    iptables-nft tables of the probe's family from iptables-nft-save (--log is opt-in; the
-    default path lists nothing in full)."""
-    if not log and not legacy_saved:
-        return None
-    from tracer.ruleset import parse_iptables_save
-    from tracer.trace import kernplan
-
-    tables = with_legacy(Ruleset(), legacy_saved).tables
-    if not log and not tables:
-        return None  # only empty x_tables tables (e.g. the raw table an earlier TRACE left)
-    if log:
-        family = specs[0].nfproto
-        saved = yield IptSave(family)
-        tables = kernplan.iptables_nft_tables(family, parse_iptables_save(saved)) + tables
-    return kernplan.kern_plan(run_id, list(specs), Ruleset(tables), log)
-
-
-def kernel_setup(run_id: str, kplan: "KernPlan", armed: Armed) -> Steps[Armed]:
-    """The kernel log's prerequisites and the legacy TRACE / LOG / NFLOG rules, each journaled;
-    then the handles of the LOG rules iptables-nft put into nf_tables, so their trace events are
-    not taken for the user's rules."""
-    from tracer.trace import kernplan
-
-    notes = list((yield from kmsg_setup(run_id, kplan)) if kplan.kmsg else ())
-    for family in kplan.families:
-        if (yield LegacyHasRaw(family)) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
-            notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
-                         "empty (x_tables cannot unregister a table) and changes no packet")
-    commits = 0
-    for c in kplan.changes:
-        yield Apply(Undo("cmd", c.what, None, c.undo, gone=kernplan.IPT_GONE), RunArgv(tuple(c.apply)))
-        if c.apply[0] in kernplan.NFT_IPT_CMD.values():
-            commits += 2  # one nft transaction in, one out: the generations count them
-    # From their chains only (no full listing).
-    nft_points = tuple(sorted({(p.family, p.table, p.chain) for p in kplan.log_points.values() if not p.legacy}))
-    own = kernplan.own_handles((yield ListChains(nft_points)), run_id) if nft_points else frozenset()
-    return dataclasses.replace(armed, own=own, notes=tuple(notes), own_commits=commits)
-
-
-def kmsg_setup(run_id: str, kplan: "KernPlan") -> Steps[list[str]]:
-    """Make the kernel log print the plan's LOG/TRACE lines; returns notes for the report."""
-    from tracer.trace import kernplan
-
-    notes = []
-    for family in kplan.families:
-        # nf_log sends TRACE and LOG to the logger bound for the family in this namespace;
-        # with none bound (NONE) they vanish silently.
-        key = kernplan.NF_LOG_SYSCTL[family]
-        old = yield ReadSysctl(key)
-        if old == "NONE":
-            logger = kernplan.NF_LOGGER[family]
-            yield Apply(sysctl_undo(None, key, old), SetSysctl(key, logger))
-            notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
-    old = yield ReadSysctl(kernplan.LOG_INVALID)
-    if old is not None and old != "255":
-        yield Apply(sysctl_undo(None, kernplan.LOG_INVALID, old), SetSysctl(kernplan.LOG_INVALID, "255"))
-    if (yield InInitialNetns()):
-        return notes
-    # nf_log_syslog prints nothing for a non-initial namespace unless this GLOBAL switch is on
-    # (net/netfilter/nf_log_syslog.c: nf_log_allowed()).
-    key = kernplan.ALL_NETNS
-    if (yield ReadSysctl(key, home=True)) is None:
-        notes.append(f"fwtrace runs outside the initial namespace, so it cannot set {key}: "
-                     "the kernel log may show nothing of the target namespace")
-        return notes
-    # One switch for the whole machine: concurrent runs share it (tracer/undo/shared.py), so one
-    # run's cleanup cannot turn it off under another's feet.
-    orig = yield Apply(shared_undo(None, key, run_id), AcquireShared(key, "1", run_id))
-    if orig is not None and orig != "1":
-        notes.append(f"set the global sysctl {key}=1 for the run (the target is a namespace, whose LOG/TRACE lines "
-                     f"the kernel log drops otherwise); restored to {orig} after, once no other fwtrace run needs it")
-    elif orig is None:
-        notes.append(f"the global sysctl {key}=1 was already set by another running fwtrace probe; the last run to "
-                     "finish restores it")
-    return notes
 
 
 class Waiter:
@@ -398,68 +287,6 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
                                                              roles) == "syn-ack":
         yield Reset(spec)
     return Exchange(spec, events, reply, conntrack)
-
-
-def verify(full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending, armed: Armed,
-           finished: Finished) -> Steps[tuple[list[str], Optional[tuple[str, ...]], Optional[bool]]]:
-    """After the undos, prove the firewall is as before: (what is left over, the full listings'
-    diff when there was a full snapshot, whether the legacy tables are unchanged when measured)."""
-    # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
-    diff = tuple(compare.leftover(full.nft_text, (yield TakeSnapshot()).nft_text)) if full else None
-    table = sending.tplan.table
-    left = list(finished.errors) + ([] if (yield TableGone(table)) else [f"table inet {table} still present"])
-    legacy_unchanged: Optional[bool] = None
-    if legacy_saved or (armed.kplan is not None and armed.kplan.legacy_changes):
-        before = legacy_listing(with_legacy(Ruleset(), legacy_saved))
-        after = legacy_listing(with_legacy(Ruleset(), (yield SaveLegacy())))
-        legacy_diff = compare.leftover(before, after)
-        legacy_unchanged = not legacy_diff
-        left += legacy_diff
-    return left, diff, legacy_unchanged
-
-
-def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
-            armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished) -> Steps[ProbeReport]:
-    """Read the chains the probes met, correlate, explain: the report."""
-    left, diff, legacy_unchanged = yield from verify(full, legacy_saved, sending, armed, finished)
-    # The rules are read now, chain by chain, for the chains the probes met: handles do not
-    # change, and the generations prove whether anything else changed meanwhile. Legacy tables
-    # come from their save before the run (the kernel log's rule numbers count those).
-    met = {(e.family, e.table, e.chain) for x in exchanges for e in x.events
-           if not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
-    snap: Snapshot = yield MetChains(tuple(sorted(met)), legacy_saved)
-    roles = plan.roles(sending.tplan)
-    results = []
-    for x in exchanges:
-        said = (yield Describe(x.reply.data)) if x.reply else ""
-        r = correlate.packet_result(x.spec, list(x.events), snap.ruleset, x.reply.headers if x.reply else None, said, roles)
-        results.append(dataclasses.replace(r, conntrack=x.conntrack) if x.conntrack is not None else r)
-    target, mode, via = sending.target, sending.mode, sending.via
-    rp = (yield RpFilter(via, target.back)) if mode is Mode.INGRESS and via is not None and target.dst.version == 4 else False
-    tcp_loose = armed.tcp_loose
-    ctx = diagnose.Context(snap.ruleset, (yield Listeners()), local=mode is Mode.LOCAL,
-                           tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
-                           mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
-                           route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
-                           fallback=sending.fallback)
-    kplan = armed.kplan
-    evidence = Evidence(
-        full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,
-        finished.trace, tuple(x.reply.data if x.reply else b"" for x in exchanges), diff, legacy_saved,
-        finished.kmsg, finished.nflog, tuple(sorted(armed.own)), kernplan_json(kplan))
-    return build_report(
-        req, run_id, results, ctx, leftover=left, generations=armed.generations,
-        instrumentation=tuple(sending.tplan.rules) + (tuple(kplan.rules) if kplan is not None else ()),
-        lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
-        notes=armed.notes, own_commits=armed.own_commits, legacy_unchanged=legacy_unchanged)
-
-
-def kernplan_json(kplan: Optional["KernPlan"]) -> Optional[dict[str, object]]:
-    if kplan is None:
-        return None
-    from tracer.trace import kernplan
-
-    return kernplan.plan_to_json(kplan)
 
 
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:

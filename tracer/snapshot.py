@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from tracer.model import Backend, Ruleset, Table
 from tracer.ruleset import (
     LEGACY_NAMES,
-    LEGACY_SAVE,
+    LEGACY_SAVE,  # noqa: F401  re-exported (evidence bundles name their files by it)
     attach_iptables,
     managed_tables,
     parse_iptables_save,
