@@ -36,7 +36,7 @@ def verify(full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Send
     table = sending.tplan.table
     left = list(finished.errors) + ([] if (yield TableGone(table)) else [f"table inet {table} still present"])
     legacy_unchanged: Optional[bool] = None
-    if legacy_saved or (armed.kplan is not None and armed.kplan.legacy_changes):
+    if legacy_saved or (armed.kplan is not None and armed.kplan.legacy_edits):
         before = legacy_listing(with_legacy(Ruleset(), legacy_saved))
         after = legacy_listing(with_legacy(Ruleset(), (yield SaveLegacy())))
         legacy_diff = compare.leftover(before, after)

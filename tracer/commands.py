@@ -189,9 +189,10 @@ Action = Union[RunArgv, SetSysctl, AcquireShared]
 
 
 @dataclass(frozen=True)
-class Apply(Command):
-    """Journal `undo`, then carry out `action` -> the action's result. `atomic`: a failed action
-    changed nothing, so its undo must not run (it might remove somebody else's thing)."""
+class Change(Command):
+    """One change to the system (the only thing "change" means in fwtrace): journal `undo`, then
+    carry out `action` -> the action's result. `atomic`: a failed action changed nothing, so its
+    undo must not run (it might remove somebody else's thing)."""
 
     undo: Undo
     action: Action

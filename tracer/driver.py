@@ -19,10 +19,10 @@ from tracer import commands as c
 from tracer.commands import drive
 from tracer import listing, probe, system
 from tracer.errors import CommandError, EnvironmentProblem
-from tracer.model import Listener, PacketSpec, Proto
+from tracer.model import Listener, PacketSpec, ProbeRequest, Proto
 from tracer.outcome import ProbeReport
 from tracer.sockets import parse_proc_net
-from tracer.trace.events import EventSource
+from tracer.trace.events import EventSource, Sender
 from tracer.undo.journal import Journal
 from tracer.undo.records import ReleaseShared, Undo, in_netns
 
@@ -53,7 +53,7 @@ def new_run_id() -> str:
 class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
-    def __init__(self, req: Any, log: Any, run_id: Optional[str] = None, log_events: bool = False,
+    def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
                  full_snapshot: bool = False) -> None:
         self.req = req
         self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
@@ -68,7 +68,7 @@ class Run:
         self.sources: list[EventSource] = []  # the trace socket first, then kmsg / NFLOG
         self.kmsg: Optional[EventSource] = None
         self.nflog: Optional[EventSource] = None
-        self.inj: Any = None  # the injector (raw sockets, or the simulated-ingress port)
+        self.inj: Optional[Sender] = None  # raw sockets, or the simulated-ingress port
         self.finished: Optional[c.Finished] = None
         self.stack = contextlib.ExitStack()
 
@@ -85,6 +85,11 @@ class Run:
             finally:
                 if self.finished is None:  # the pipeline failed before its Finish: undo here
                     self._finish()
+
+    @property
+    def sender(self) -> Sender:
+        assert self.inj is not None, "the pipeline sends only after opening an injector"
+        return self.inj
 
     def carry_out(self, cmd: c.Command) -> Any:
         return HANDLERS[type(cmd)](self, cmd)
@@ -112,7 +117,7 @@ class Run:
         checkpoint(f"instrument-{self.changes}")
         return result
 
-    def _apply(self, cmd: c.Apply) -> Any:
+    def _change(self, cmd: c.Change) -> Any:
         return self.change(cmd.undo, lambda: _act(cmd.action), cmd.atomic)
 
     def _undo_all(self) -> list[str]:
@@ -169,8 +174,8 @@ class Run:
             if cmd.towards is not None and src is None:
                 raise EnvironmentProblem(f"no route to {cmd.towards} from the sending namespace",
                                          "check `ip route get` there, or give --src")
-            self.inj = Injector()
-        self.stack.callback(self.inj.close)
+            inj = self.inj = Injector()
+        self.stack.callback(inj.close)
         return src
 
     def _open_port(self, cmd: c.OpenPort) -> str:
@@ -182,9 +187,9 @@ class Run:
         try:
             self.port_lock = simulate.lock_namespace()
             self.port_plan = simulate.plan_port(cmd.via, cmd.back)
-            self.inj = simulate.open_port(self.change, self.req.netns, self.run_id, list(cmd.specs), self.port_plan,
-                                          self.log, printer)
-            self.stack.callback(self.inj.close)
+            port = self.inj = simulate.open_port(self.change, self.req.netns, self.run_id, list(cmd.specs),
+                                                 self.port_plan, self.log, printer)
+            self.stack.callback(port.close)
             return ""
         except (IngressUnavailable, CommandError, OSError) as e:
             reason = str(e)
@@ -224,7 +229,7 @@ class Run:
             self.nflog = nsrc
 
     def _send(self, cmd: c.Send) -> float:
-        sent = self.inj.send(cmd.spec, cmd.data)
+        sent = self.sender.send(cmd.spec, cmd.data)
         self.log.debug("sent", packet=cmd.spec.summary())
         checkpoint("inject")
         return float(sent)
@@ -233,12 +238,12 @@ class Run:
         now = time.monotonic()
         if now >= cmd.until:
             return None
-        select.select([s.fileno() for s in self.sources] + [self.inj.fileno()], [], [], cmd.until - now)
+        select.select([s.fileno() for s in self.sources] + [self.sender.fileno()], [], [], cmd.until - now)
         on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
         new = [ev for s in self.sources for ev in s.poll(0, on_event)]
         if new:
             checkpoint("collect")
-        caps = tuple(c.Captured(x.headers, x.data, x.ifname) for x in self.inj.poll(0)) if cmd.replies else ()
+        caps = tuple(c.Captured(x.headers, x.data, x.ifname) for x in self.sender.poll(0)) if cmd.replies else ()
         for cap in caps:
             self.log.debug("captured", ifname=cap.ifname)
         return c.Polled(time.monotonic(), tuple(new), caps)
@@ -249,7 +254,7 @@ class Run:
         from tracer.inject.simulate import rst_for_synack
 
         rst, seq = rst_for_synack(cmd.spec)
-        self.inj.send(rst, build(rst, seq))
+        self.sender.send(rst, build(rst, seq))
         self.log.debug("sent", packet=rst.summary(), why="reset the half-open connection the probe made")
 
 
@@ -343,7 +348,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.RpFilter: lambda run, cmd: _rp_filter(cmd),
     c.Listeners: lambda run, cmd: listeners(),
     c.Conntrack: lambda run, cmd: conntrack_entry(cmd.spec),
-    c.Apply: Run._apply,
+    c.Change: Run._change,
     c.Begin: Run._begin,
     c.OpenPort: Run._open_port,
     c.OpenInjector: Run._open_injector,

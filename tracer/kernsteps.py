@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.commands import (
     AcquireShared,
-    Apply,
+    Change,
     InInitialNetns,
     IptSave,
     LegacyHasRaw,
@@ -53,12 +53,12 @@ def kernel_setup(run_id: str, kplan: "KernPlan") -> Steps[tuple[frozenset[tuple[
 
     notes = list((yield from kmsg_setup(run_id, kplan)) if kplan.kmsg else ())
     for family in kplan.families:
-        if (yield LegacyHasRaw(family)) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
+        if (yield LegacyHasRaw(family)) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.edits):
             notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
                          "empty (x_tables cannot unregister a table) and changes no packet")
     commits = 0
-    for c in kplan.changes:
-        yield Apply(RunCommand(c.what, tuple(c.undo), gone=kernplan.IPT_GONE), RunArgv(tuple(c.apply)))
+    for c in kplan.edits:
+        yield Change(RunCommand(c.what, tuple(c.undo), gone=kernplan.IPT_GONE), RunArgv(tuple(c.apply)))
         if c.apply[0] in kernplan.NFT_IPT_CMD.values():
             commits += 2  # one nft transaction in, one out: the generations count them
     # From their chains only (no full listing).
@@ -79,11 +79,11 @@ def kmsg_setup(run_id: str, kplan: "KernPlan") -> Steps[list[str]]:
         old = yield ReadSysctl(key)
         if old == "NONE":
             logger = kernplan.NF_LOGGER[family]
-            yield Apply(RestoreSysctl(key, old), SetSysctl(key, logger))
+            yield Change(RestoreSysctl(key, old), SetSysctl(key, logger))
             notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
     old = yield ReadSysctl(kernplan.LOG_INVALID)
     if old is not None and old != "255":
-        yield Apply(RestoreSysctl(kernplan.LOG_INVALID, old), SetSysctl(kernplan.LOG_INVALID, "255"))
+        yield Change(RestoreSysctl(kernplan.LOG_INVALID, old), SetSysctl(kernplan.LOG_INVALID, "255"))
     if (yield InInitialNetns()):
         return notes
     # nf_log_syslog prints nothing for a non-initial namespace unless this GLOBAL switch is on
@@ -95,7 +95,7 @@ def kmsg_setup(run_id: str, kplan: "KernPlan") -> Steps[list[str]]:
         return notes
     # One switch for the whole machine: concurrent runs share it (tracer/undo/shared.py), so one
     # run's cleanup cannot turn it off under another's feet.
-    orig = yield Apply(ReleaseShared(key, run_id), AcquireShared(key, "1", run_id))
+    orig = yield Change(ReleaseShared(key, run_id), AcquireShared(key, "1", run_id))
     if orig is not None and orig != "1":
         notes.append(f"set the global sysctl {key}=1 for the run (the target is a namespace, whose LOG/TRACE lines "
                      f"the kernel log drops otherwise); restored to {orig} after, once no other fwtrace run needs it")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer import analysis, correlate, kernsteps
 from tracer.commands import (
-    Apply,
+    Change,
     Begin,
     BuildPackets,
     Captured,
@@ -226,7 +226,7 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
     tplan = sending.tplan
     before = yield Generation()
-    yield Apply(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
+    yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
                 atomic=True)
     added = yield Generation()
     tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")

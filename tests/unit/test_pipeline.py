@@ -64,9 +64,9 @@ def test_local_run_sequence() -> None:
     script = Script()
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
-        "Checkpoint", "ListAddresses", "OpenInjector", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Apply",
+        "Checkpoint", "ListAddresses", "OpenInjector", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Change",
         "Generation", "ReadSysctl", "Send", "Wait", "Finish", "Generation", "TableGone", "MetChains", "Listeners"]
-    add = next(cmd for cmd in script.asked if isinstance(cmd, c.Apply))
+    add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
     assert add.undo.netns is None  # the driver gives it the run's namespace
     assert report.mode is Mode.LOCAL and report.generations == (10, 11, 12) and report.ruleset_unchanged
