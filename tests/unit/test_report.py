@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay
+from tracer.evidence import read_bundle, replay, replay_report
 from tracer.model import ProbeRequest
 from tracer.outcome import build_report
 from tracer.report import render
@@ -15,11 +15,9 @@ BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 
 def report_of(name: str, generations: tuple[int, ...] = (5, 6, 7)) -> str:
     files = read_bundle(str(BUNDLES / name))
-    results = replay(files)
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
     ctx = diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local=False)
-    rep = build_report(ProbeRequest(dport=8080, netns="srv", from_netns="cli"), "0badc0de", results, ctx,
-                       generations=generations)
+    rep = replay_report(files, ProbeRequest(dport=8080, netns="srv", from_netns="cli"), ctx, generations=generations)
     return render(rep)
 
 
