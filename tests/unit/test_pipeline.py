@@ -73,6 +73,15 @@ def test_local_run_sequence() -> None:
     assert report.results[0].spec.dst == SERVER and report.cleanup_ok and exit_status(report) == 1
 
 
+def test_from_netns_enters_the_client_namespace_once() -> None:
+    script = Script(OpenInjector=ipaddress.ip_address("192.0.2.2"))
+    report = run(ProbeRequest(dport=8080, from_netns="cli", dst=SERVER), script)
+    opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
+    assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
+    assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
+    assert "ListAddresses" not in script.names() and "RouteBack" not in script.names()
+
+
 def test_waits_until_the_timeout_then_cleans_up() -> None:
     polls = iter([c.Polled(100.2), c.Polled(100.7), None])
     script = Script(Wait=lambda cmd: next(polls))
