@@ -17,7 +17,7 @@ import tarfile
 import time
 from typing import Any, Callable, Optional
 
-from tracer import __version__, counters, snapshot, system
+from tracer import __version__, counters, listing, system
 from tracer.model import ProbeRequest
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter",
@@ -40,7 +40,7 @@ def rulesets() -> dict[str, str]:
     out = {"nft-ruleset.txt": _try(["nft", "-a", "list", "ruleset"]),
            "iptables-save-c.txt": _try(["iptables-save", "-c"]),
            "ip6tables-save-c.txt": _try(["ip6tables-save", "-c"])}
-    for family in snapshot.legacy_families():
+    for family in listing.legacy_families():
         tool = "iptables-legacy-save" if family == "ip" else "ip6tables-legacy-save"
         out[f"{tool}-c.txt"] = _try([tool, "-c"])
     return out

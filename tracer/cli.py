@@ -189,7 +189,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
-    from tracer.probe import Run
+    from tracer.driver import Run
     from tracer.render import jsondoc, terminal
 
     bundle: Any = None

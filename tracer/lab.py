@@ -176,7 +176,7 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
     import sys
 
     from tracer.model import ProbeRequest
-    from tracer.probe import Run
+    from tracer.driver import Run
     from tracer.render import jsondoc, terminal
 
     def show(report: Any) -> None:

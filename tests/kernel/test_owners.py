@@ -10,7 +10,8 @@ import structlog
 
 from tracer.lab import BACKEND4, CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 from tracer.render import jsondoc, terminal
 
 log = structlog.get_logger("test")

@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay
-from tracer.model import ProbeRequest
-from tracer.probe import ProbeReport
+from tracer.evidence import read_bundle, replay_report
+from tracer.model import Mode, ProbeRequest
+from tracer.outcome import ProbeReport
 from tracer.render import html, jsondoc, markdown, pcapng, svg, terminal, timeline
 from tracer.snapshot import assemble
 
@@ -28,16 +28,12 @@ SCHEMA = json.loads((Path(__file__).parent.parent.parent / "schema" / "report.sc
 
 def report(name: str, **kw: Any) -> ProbeReport:
     files = read_bundle(str(DATA / "bundles" / name))
-    results = tuple(replay(files))
     doc = json.loads(files["report.json"])
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
     ctx = diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local=False)
-    findings = tuple(dict.fromkeys(f for r in results for f in diagnose.diagnose(r, ctx)))
     p = doc["packets"][0]["probe"]
     req = ProbeRequest(dport=int(p["dport"]), netns="srv", from_netns="cli", log=doc.get("log", ""))
-    return ProbeReport(req, doc["run_id"], results, findings, True, (), (), False,
-                       tuple(diagnose.conclusion(r, list(findings)) for r in results), None, (5, 6, 7),
-                       mode="from-netns", **kw)
+    return replay_report(files, req, ctx, generations=(5, 6, 7), mode=Mode.FROM_NETNS, **kw)
 
 
 @pytest.mark.parametrize("name", ["seed-shadowed", "seed-user-chain", "dnat-forward-drop", "legacy-user-chain-log"])

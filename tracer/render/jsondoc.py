@@ -51,12 +51,13 @@ def outcome(report: Any) -> str:
 
 
 def exit_status(report: Any) -> int:
-    """0 only when every probe reached the service (a dropped reply is not reached), 3 when the
-    cleanup failed."""
-    if not report.cleanup_ok:
-        # The status the CLI gives an incomplete cleanup (its own one where the CLI has it).
-        return int(getattr(ExitStatus, "LEFTOVER", ExitStatus.ENVIRONMENT))
-    return int(ExitStatus.OK if outcome(report) == "reached" else ExitStatus.BLOCKED)
+    """The status of the run (tracer.outcome decides it); a dropped reply is not reached."""
+    from tracer import outcome as run_outcome
+
+    status = int(run_outcome.exit_status(report))
+    if status == ExitStatus.OK and outcome(report) != "reached":
+        return int(ExitStatus.BLOCKED)
+    return status
 
 
 def raw_fix(report: Any) -> Optional[str]:
