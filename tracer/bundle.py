@@ -107,7 +107,12 @@ class Collector:
         files["report.html"] = html.render(report, facts, command).encode()
         files["path.svg"] = svg.for_report(report).encode()
         files["probe.pcapng"] = pcapng_of(report, self.started)
-        for name, content in self.before_sets.items():
+        before_sets = self.before_sets
+        if huge(before_sets):
+            before_sets, after = on_path(before_sets, report), on_path(after, report)
+            files["rulesets-TRIMMED.txt"] = (f"The ruleset has more than {HUGE_LINES} lines: before/ and after/ "
+                                             "hold only the tables the probe went through.\n").encode()
+        for name, content in before_sets.items():
             files[f"before/{name}"] = content.encode()
         for name, content in after.items():
             files[f"after/{name}"] = content.encode()
@@ -126,6 +131,26 @@ class Collector:
         else:
             write_dir(dest, files)
         return dest
+
+
+HUGE_LINES = 20000  # a kube-proxy host with thousands of Services: keep what the probe met
+
+
+def huge(sets: dict[str, str]) -> bool:
+    return sum(text.count("\n") for text in sets.values()) > HUGE_LINES
+
+
+def on_path(sets: dict[str, str], report: Any) -> dict[str, str]:
+    """The listings cut down to the tables the probe (or its reply) went through."""
+    met = {(s.event.family, s.event.table) for r in report.results for s in (*r.steps, *r.reply_steps)}
+    out = {}
+    for name, text in sets.items():
+        if name.startswith("nft"):
+            out[name] = counters.nft_tables(text, met)
+        else:
+            family = "ip6" if name.startswith("ip6") else "ip"
+            out[name] = counters.save_tables(text, {t for f, t in met if f == family})
+    return out
 
 
 def _kernel_at_least(release: str, major: int, minor: int) -> bool:

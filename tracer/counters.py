@@ -74,3 +74,33 @@ def deltas(before: dict[Key, Count], after: dict[Key, Count], label: str) -> lis
             continue
         out.append(f"{label} {key[0]} {key[1]}: +{a.packets - b.packets} packets +{a.bytes - b.bytes} bytes: {a.what}")
     return out
+
+
+def nft_tables(listing: str, keep: set[tuple[str, str]]) -> str:
+    """Only the tables `keep` ((family, name)) of an `nft list ruleset` listing: a table block
+    runs from its `table F N {` line to the `}` at the start of a line."""
+    out: list[str] = []
+    keeping = False
+    for line in listing.splitlines(keepends=True):
+        if line.startswith("table "):
+            words = line.split()
+            keeping = (words[1], words[2]) in keep
+        if keeping:
+            out.append(line)
+        if line.startswith("}"):
+            keeping = False
+    return "".join(out)
+
+
+def save_tables(saved: str, keep: set[str]) -> str:
+    """Only the tables `keep` of an iptables-save listing (`*filter` ... `COMMIT`)."""
+    out: list[str] = []
+    keeping = False
+    for line in saved.splitlines(keepends=True):
+        if line.startswith("*"):
+            keeping = line[1:].strip() in keep
+        if keeping:
+            out.append(line)
+        if line.startswith("COMMIT"):
+            keeping = False
+    return "".join(out)

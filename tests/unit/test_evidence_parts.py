@@ -58,3 +58,29 @@ def test_progress_forwards_every_call_and_counts_probes() -> None:
     p.warning("something")
     assert log.calls == [("info", "change"), ("debug", "sent"), ("debug", "sent"), ("warning", "something")]
     assert "tcp/8080 probe 1/2 sent" in p._line()
+
+
+def test_huge_rulesets_keep_the_tables_on_the_path() -> None:
+    nft = (DATA / "nft-list-mixed.txt").read_text()
+    tables = [line.split()[1:3] for line in nft.splitlines() if line.startswith("table ")]
+    assert len(tables) > 1
+    keep = {tuple(tables[0])}
+    cut = counters.nft_tables(nft, keep)  # type: ignore[arg-type]
+    assert [line.split()[1:3] for line in cut.splitlines() if line.startswith("table ")] == [tables[0]]
+    assert cut.rstrip().endswith("}") and cut in nft
+    save = (DATA / "iptables-save-c-seed.txt").read_text()
+    assert counters.save_tables(save, {"filter"}).startswith("*filter") and counters.save_tables(save, {"nat"}) == ""
+
+
+def test_on_path_keeps_what_the_probe_met() -> None:
+    from tests.unit.test_render import report
+
+    from tracer import bundle
+
+    rep = report("seed-shadowed")
+    nft = (DATA / "nft-list-counters-seed.txt").read_text() + "table inet other {\n\tchain c {\n\t}\n}\n"
+    sets = {"nft-ruleset.txt": nft, "iptables-save-c.txt": (DATA / "iptables-save-c-seed.txt").read_text()}
+    cut = bundle.on_path(sets, rep)
+    assert "table ip filter" in cut["nft-ruleset.txt"] and "inet other" not in cut["nft-ruleset.txt"]
+    assert cut["iptables-save-c.txt"].startswith("*filter")
+    assert not bundle.huge(sets) and bundle.huge({"x": "\n" * (bundle.HUGE_LINES + 1)})
