@@ -152,7 +152,7 @@ def fix(result: PacketResult, raw: Optional[str], dst: str, dport: int) -> Optio
     reload = {"docker": "Docker rewrites its chains (except DOCKER-USER) when containers and networks change",
               "ufw": "ufw rewrites its chains at `ufw reload` and boot",
               "firewalld": "firewalld rewrites its table at `firewall-cmd --reload` and boot",
-              "fail2ban": "fail2ban manages the ban list; a raw rule is bypassed or removed at its next action",
+              "fail2ban": "fail2ban owns the ban list and flushes its chains when it restarts",
               "kube-proxy": "kube-proxy rewrites its rules from the Services at every sync",
               "crowdsec": "the CrowdSec bouncer refills its set from the decisions",
               "fw4": "fw4 regenerates table inet fw4 from /etc/config/firewall at every reload",
