@@ -83,6 +83,9 @@ class Collector:
             "target namespace": self.req.netns or "(the one fwtrace ran in)",
             "nft": _try(["nft", "--version"]).strip(),
             "iptables": _try(["iptables", "--version"]).strip(),
+            "nf_tables tables": ", ".join(" ".join(line.split()[1:3]) for line in
+                                          self.before_sets.get("nft-ruleset.txt", "").splitlines()
+                                          if line.startswith("table ")) or "none",
             "iptables-legacy tables": ", ".join(legacy) or "none",
             "probe mode": report.mode or self.req.mode,
             "kernel BTF": "present" if os.path.exists("/sys/kernel/btf/vmlinux") else "absent",
@@ -186,7 +189,9 @@ def pcapng_of(report: Any, started: float) -> bytes:
         packets.append(pcapng.Packet(build(r.spec), when, f"fwtrace probe {i + 1}: {r.spec.summary()}; "
                                      f"verdict {timeline.verdict_text(r)}; reply {r.reply.kind}"))
         if i < len(replies) and replies[i]:
-            packets.append(pcapng.Packet(replies[i], when + 0.0005, f"reply to probe {i + 1}: {r.reply.kind}"))
+            way = "; ".join(f"{s.event.table} {s.event.chain} {s.event.verdict or s.event.kind.value}" for s in r.reply_steps)
+            packets.append(pcapng.Packet(replies[i], when + 0.0005, f"reply to probe {i + 1}: {r.reply.kind}"
+                                         + (f"; on its way out: {way}" if way else "")))
     note = ("fwtrace run {}: timestamps give the order only (the run's start time plus 1 ms per probe), "
             "not capture times".format(report.run_id))
     return pcapng.write(packets, f"fwtrace {__version__}", note)
