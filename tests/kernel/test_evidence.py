@@ -40,8 +40,10 @@ def seed_lab(lab: Lab) -> None:
 def chromium_dom(path: Path) -> str:
     exe = shutil.which("chromium")
     assert exe, "chromium is not installed (scripts/setup installs it)"
-    p = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    # A profile of its own: CI's environment may have no writable HOME.
+    profile = path.parent.parent / "chromium-profile"
+    p = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                        "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
