@@ -58,7 +58,8 @@ def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, nam
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+            allowed = f"more than {lo:g}, at most {hi:g}" if low_open else f"{lo:g}-{hi:g}"
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r} (allowed: {allowed})") from None
         if not ((lo < value) if low_open else (lo <= value)) or value > hi:
             raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {text}")
         return value
