@@ -73,7 +73,7 @@ def test_huge_rulesets_keep_the_tables_on_the_path() -> None:
 
 
 def test_on_path_keeps_what_the_probe_met() -> None:
-    from tests.unit.test_render import report
+    from .test_render import report
 
     from tracer import bundle
 
