@@ -27,6 +27,8 @@ examples:
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
+  fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
+                                         a full accept queue, a netfilter drop outside the traced chains)
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
              3 environment problem (not root, missing tool, unknown namespace), 4 internal error
@@ -94,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
     pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
                     "(default: simulate one arriving on --via)")
-    pr.add_argument("--print-bpf", action="store_true", help="print the generated tc programs of simulated ingress on stderr")
+    pr.add_argument("--print-bpf", action="store_true", help="print the generated BPF programs on stderr (the tc programs "
+                    "of simulated ingress, the eBPF probes as rendered for this kernel)")
+    pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
+                    help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
+                    "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -139,7 +145,7 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log,
+        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
         ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
 

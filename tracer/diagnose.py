@@ -9,6 +9,7 @@ from typing import Optional
 from .match import PacketFacts, ipt_spec, rule_action, rule_matches
 from .model import Backend, EventKind, Finding, IPAddress, Listener, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
 from .nftrace import parse_headers
+from .ebpf import findings as ebpf_findings
 from .sockets import serves
 
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
@@ -28,7 +29,7 @@ class Context:
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
 
 
-NOT_REACHED = ("no-listener", "rp-filter")
+NOT_REACHED = ("no-listener", "rp-filter") + ebpf_findings.NOT_REACHED
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
@@ -365,7 +366,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             else:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
-    return findings
+    # the kernel's drop reasons (eBPF), when the run had them: confirm, complete, name the cause
+    return ebpf_findings.amend(result, findings, ctx.via, ctx.src or spec.src)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
@@ -373,6 +375,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     ref = result.decided_by
     codes = {f.code for f in findings}
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    by_kernel = ebpf_findings.conclusion(result, findings)
+    if by_kernel is not None:
+        return by_kernel
     if "rp-filter" in codes:
         return f"{what} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:

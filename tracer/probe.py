@@ -76,6 +76,7 @@ class ProbeReport:
     # inserting and deleting the --log rules, one each
     own_commits: int = 0
     legacy_unchanged: Optional[bool] = None  # iptables-legacy tables listed before and after: equal?
+    ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -108,6 +109,7 @@ class ProbeReport:
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),
+            "ebpf": {"mode": req.ebpf, "status": self.ebpf or "not used"},
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
                         "legacy_unchanged": self.legacy_unchanged},
@@ -224,6 +226,7 @@ class _Live:
     tcp_loose: Optional[str]
     trace: bytes
     trace_lost: bool
+    ebpf_raw: tuple[bytes, ...] = ()
 
 
 class Run:
@@ -242,6 +245,7 @@ class Run:
         self.notes: list[str] = []
         self.nft_log_rules = 0  # --log rules iptables-nft put into nf_tables
         self.port_lock: Optional[int] = None  # simulated ingress: one run per namespace at a time
+        self.ebpf: Any = None  # tracer.ebpf.phase.EbpfPhase of the live phase
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -250,7 +254,21 @@ class Run:
 
         warn_stale(self.log)
         with system.netns(self.req.netns):
-            return self._in_target()
+            report = self._in_target()
+        return self._ebpf_second_pass(report)
+
+    def _ebpf_second_pass(self, report: "ProbeReport") -> "ProbeReport":
+        """--ebpf auto: probe again with the eBPF programs when the first pass left a fate unexplained."""
+        from .ebpf.policy import unexplained
+
+        why = unexplained(report.results) if self.req.ebpf == "auto" and report.cleanup_ok else None
+        if why is None:
+            return report
+        self.log.info("probing again with eBPF", why=why)
+        again = Run(dataclasses.replace(self.req, ebpf="on"), self.log, log_events=self.log_events,
+                    full_snapshot=self.full_snapshot).execute()
+        note = f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); probed again with the eBPF programs loaded"
+        return dataclasses.replace(again, notes=(note,) + again.notes)
 
     def change(self, undo: Undo, apply: Callable[[], T], atomic: bool = False) -> T:
         """Make one change to the system: journal its undo first, then apply it.
@@ -298,6 +316,10 @@ class Run:
     def _live(self) -> "_Live":
         """Everything that touches the system: instrument, send, collect, undo."""
         req = self.req
+        from .ebpf.phase import EbpfPhase
+
+        self.ebpf = EbpfPhase(req.ebpf, self.log, _print_bpf if req.print_bpf else None)
+        self.ebpf.start()  # bcc compiles in the background while the run sets up
         full = snapshot.take() if self.full_snapshot else None
         checkpoint("snapshot")
         mode = req.mode
@@ -368,6 +390,9 @@ class Run:
                 if kplan is not None:
                     ksrc, nsrc = self._kernel_sources(kplan, stack)
                     sources += [src for src in (ksrc, nsrc) if src is not None]
+                ebpf_src = self.ebpf.open(stack)
+                if ebpf_src is not None:
+                    sources.append(ebpf_src)
                 gens.append(ruleset_generation())
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
                 self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch), atomic=True)
@@ -377,6 +402,7 @@ class Run:
                     own = self._kernel_setup(kplan)
                 on_event = (lambda ev: self.log.debug("trace", **ev.to_json())) if self.log_events else None
                 for i, (spec, data) in enumerate(zip(specs, datas)):
+                    self.ebpf.watch(spec)
                     reply, evs = self._exchange(sources, inj, spec, data, on_event, roles)
                     evs = correlate.without_handles(evs, own)
                     exchanges.append((spec, evs, reply))
@@ -398,10 +424,11 @@ class Run:
         gens.append(ruleset_generation())
         return _Live(full, mode, via, back, tuple(caveats), fallback, tuple(specs), dst, tplan, roles, kplan,
                      legacy_saved, tuple(exchanges), conntrack, tuple(cleanup_errors), tuple(gens), tuple(kmsg_raw),
-                     b"".join(nflog_raw), own, tcp_loose, b"".join(tsock.raw), tsock.lost)
+                     b"".join(nflog_raw), own, tcp_loose, b"".join(tsock.raw), tsock.lost, self.ebpf.raw())
 
     def _analyse(self, live: "_Live") -> ProbeReport:
         """After the undos: prove the firewall is as before, read the met chains, explain."""
+        from .ebpf import timeline as ebpf_timeline
         from .inject import describe
 
         full, tplan, kplan, legacy_saved, mode, via = live.full, live.tplan, live.kplan, live.legacy_saved, live.mode, live.via
@@ -421,12 +448,14 @@ class Run:
         # change, and the generations prove whether anything else changed meanwhile. Legacy
         # tables come from their save before the run (the kernel log's rule numbers count those).
         met = {(e.family, e.table, e.chain) for _, evs, _ in live.exchanges for e in evs
-               if not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
+               if e.source != "ebpf" and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
         snap = snapshot.chains(met, legacy_saved)
         results = []
-        for i, (spec, evs, reply) in enumerate(live.exchanges):
+        for i, (spec, all_evs, reply) in enumerate(live.exchanges):
+            evs, kernel_evs = ebpf_timeline.split(all_evs)  # eBPF events join after correlation
             r = correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
                                         describe(reply[1]) if reply else "", live.roles)
+            r = ebpf_timeline.attach(r, kernel_evs)
             results.append(dataclasses.replace(r, conntrack=live.conntrack[i]) if i in live.conntrack else r)
         back = live.back
         rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and live.dst.version == 4 else False
@@ -450,7 +479,8 @@ class Run:
                      tplan.batch, live.trace, tuple(reply[1] if reply else b"" for _, _, reply in live.exchanges),
                      tuple(diff) if full else None, legacy_saved, live.kmsg_raw, live.nflog_raw,
                      tuple(sorted(live.own)), kernplan_json(kplan)),
-            live.generations, mode, via, live.caveats, tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
+            live.generations, mode, via, live.caveats, tuple(self.notes + self.ebpf.notes), 2 * self.nft_log_rules,
+            legacy_unchanged, self.ebpf.status,
         )
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
@@ -619,7 +649,8 @@ class Run:
 
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
-    return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
+    # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
+    return any(e.verdict == "drop" or e.kind is EventKind.DROP for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
 
 
 def _resolve_ingress(req: ProbeRequest) -> tuple[IPAddress, IPAddress, str, Any]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 from typing import Optional
 
 from .model import EventKind, PacketResult, Step
+from .ebpf.text import ebpf_line
 from .nftrace import parse_headers
 from .probe import ProbeReport
 
 
 def _step_line(step: Step) -> str:
     ev = step.event
+    if ev.source == "ebpf":
+        return ebpf_line(ev)
     where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
     if ev.kind is EventKind.CONNTRACK:
         return f"{'conntrack':<28} INVALID: {ev.text}"

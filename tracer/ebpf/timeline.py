@@ -1,0 +1,53 @@
+"""Put eBPF events into a packet's timeline. Pure.
+
+The eBPF events of an exchange are kept apart from the netfilter sources' while those are
+correlated (they carry no table or chain), then join the packet: the probe's own events after
+its netfilter steps, the events of its replies after the reply's steps. That is their time
+order: a drop is the last thing that happens to a packet, and the stack's own RST / ICMP error
+and socket changes come after INPUT; only a REJECT rule's reply is sent a moment before nftrace
+reports the rule (the rule event follows its expressions).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+from ..correlate import is_probe, is_reply
+from ..model import EventKind, PacketResult, Step, TraceEvent
+from ..nftrace import parse_headers
+
+SOURCE = "ebpf"
+
+
+def split(events: Iterable[TraceEvent]) -> tuple[list[TraceEvent], list[TraceEvent]]:
+    """(the netfilter sources' events, the eBPF events), each in arrival order."""
+    nf: list[TraceEvent] = []
+    bpf: list[TraceEvent] = []
+    for e in events:
+        (bpf if e.source == SOURCE else nf).append(e)
+    return nf, bpf
+
+
+def attach(result: PacketResult, events: list[TraceEvent]) -> PacketResult:
+    """`result` with the eBPF events that concern its probe or its replies appended."""
+    spec = result.spec
+    probe: list[Step] = []
+    reply: list[Step] = []
+    for e in events:
+        h = parse_headers(e.packet) if e.packet else None
+        if h is None:
+            continue
+        if is_probe(h, spec):
+            probe.append(Step(e))
+        elif is_reply(h, spec) and not (e.kind is EventKind.DROP and e.reason == "NO_SOCKET"):
+            # (a probe goes out of a raw socket, so its reply meets no socket where it arrives:
+            # that drop ends every reply's trip and says nothing)
+            reply.append(Step(e))
+    if not probe and not reply:
+        return result
+    return dataclasses.replace(result, steps=result.steps + tuple(probe), reply_steps=result.reply_steps + tuple(reply))
+
+
+def kernel_steps(result: PacketResult) -> list[TraceEvent]:
+    """The probe's eBPF events, in order."""
+    return [s.event for s in result.steps if s.event.source == SOURCE]
