@@ -1,9 +1,9 @@
 // fwtrace: the kernel's own view of the probe packets, from tracepoints.
 //
 // Rendered by tracer/ebpf/render.py, which puts #defines in front of this text:
-//   SKB_HEAD_OFF, SKB_NH_OFF, SKB_DEV_OFF, DEV_IFINDEX_OFF  byte offsets from the running kernel's
+//   SKB_HEAD_OFF, SKB_NH_OFF, SKB_DEV_OFF, DEV_IFINDEX_OFF, DEV_NET_OFF, NET_INUM_OFF  byte offsets from the running kernel's
 //       BTF (the headers bcc compiles against may be another kernel's: never use their layouts)
-//   HAVE_KFREE_SKB, HAVE_TCP_SEND_RESET, HAVE_ICMP_SEND, HAVE_SOCK_STATE  tracepoints this kernel has
+//   HAVE_KFREE_SKB, HAVE_CONSUME_SKB, HAVE_TCP_SEND_RESET, HAVE_ICMP_SEND, HAVE_SOCK_STATE  tracepoints this kernel has
 //   FWTRACE_ENUMS: the enum types the tracepoints' fields use, declared by fwtrace (the headers at
 //       hand may not have them: enum sk_rst_reason is 6.10+)
 //   PKT_MAX  bytes of network + transport header copied per event (power of two)
@@ -20,6 +20,7 @@
 #define EV_RESET 2
 #define EV_ICMP 3
 #define EV_STATE 4
+#define EV_CONSUME 5
 
 struct key_t {
     u8 family;   // 4 or 6
@@ -42,7 +43,7 @@ struct event_t {
     u8 role;       // ROLE_*
     u8 family;
     u16 plen;      // bytes valid in pkt
-    u32 pad;
+    u32 netns;     // inode of skb->dev's network namespace, 0 without a device
     u8 pkt[PKT_MAX];
 };
 
@@ -151,8 +152,14 @@ static __always_inline int from_skb(void *skb, struct event_t *ev) {
     ev->skb = (u64)skb;
     bpf_probe_read_kernel(&dev, sizeof(dev), (u8 *)skb + SKB_DEV_OFF);
     ev->ifindex = 0;
-    if (dev)
+    ev->netns = 0;
+    if (dev) {
+        void *net = 0;
         bpf_probe_read_kernel(&ev->ifindex, sizeof(ev->ifindex), (u8 *)dev + DEV_IFINDEX_OFF);
+        bpf_probe_read_kernel(&net, sizeof(net), (u8 *)dev + DEV_NET_OFF);  // possible_net_t's only member
+        if (net)
+            bpf_probe_read_kernel(&ev->netns, sizeof(ev->netns), (u8 *)net + NET_INUM_OFF);
+    }
     ev->ts = bpf_ktime_get_ns();
     return 1;
 }
@@ -177,6 +184,22 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
         return 0;
     ev->kind = EV_DROP;
     ev->reason = args->reason;
+    ev->location = (u64)args->location;
+    ev->stack = stacks.get_stackid(args, 0);
+    events.ringbuf_output(ev, sizeof(*ev), 0);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_CONSUME_SKB
+// The probe taken by the stack without a drop reason (delivered, or dropped silently: a listener
+// with a full accept queue consumes the SYN it cannot queue). Replies are left out: consuming
+// them is their normal end.
+TRACEPOINT_PROBE(skb, consume_skb) {
+    struct event_t *ev = fresh();
+    if (!ev || !from_skb((void *)args->skbaddr, ev) || ev->role != ROLE_PROBE)
+        return 0;
+    ev->kind = EV_CONSUME;
     ev->location = (u64)args->location;
     ev->stack = stacks.get_stackid(args, 0);
     events.ringbuf_output(ev, sizeof(*ev), 0);
@@ -237,6 +260,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     ev->family = family;
     ev->skb = (u64)args->skaddr;
     ev->ifindex = 0;
+    ev->netns = 0;
     ev->plen = 0;
     ev->a = args->oldstate;
     ev->b = args->newstate;

@@ -367,7 +367,7 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
     # the kernel's drop reasons (eBPF), when the run had them: confirm, complete, name the cause
-    return ebpf_findings.amend(result, findings, ctx.via, ctx.src or spec.src)
+    return ebpf_findings.amend(result, findings, ctx)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:

@@ -212,6 +212,7 @@ class EventKind(str, enum.Enum):
     # eBPF (source "ebpf"): the kernel's own view, outside netfilter's rules
     DROP = "drop"  # skb:kfree_skb: the packet was freed, `reason` as the kernel names it
     SEND = "send"  # the stack sends a reply about the packet: tcp:tcp_send_reset, icmp:icmp_send
+    CONSUME = "consume"  # skb:consume_skb: the stack took the packet without a drop reason
     STATE = "state"  # sock:inet_sock_set_state of the probe's flow
     HOOK = "hook"  # nf_hook_slow returned (kprobe/fentry): the hook's verdict
 

@@ -2,7 +2,7 @@
 
 Layout: `struct event_t` of probes/drops.c (little-endian, as the running machine; x86/arm64):
     u64 ts, skb, location; u32 kind, reason, ifindex; s32 stack, a, b; u8 role, family; u16 plen;
-    u32 pad; u8 pkt[PKT_MAX]
+    u32 netns; u8 pkt[PKT_MAX]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .reasons import name as reason_name
 _HEAD = struct.Struct("<QQQIIIiiiBBHI")
 HEAD_SIZE = _HEAD.size  # 56
 
-DROP, RESET, ICMP, STATE = 1, 2, 3, 4
+DROP, RESET, ICMP, STATE, CONSUME = 1, 2, 3, 4, 5
 PROBE, REPLY = 1, 2
 # trace ids of eBPF events: above any nftrace id (32 bits), one per record
 TRACE_ID_BASE = 1 << 40
@@ -45,15 +45,28 @@ class Record:
     role: int
     family: int
     packet: bytes
+    netns: int = 0  # inode of the device's network namespace, 0 when unknown
 
 
 def decode(data: bytes) -> Record:
     if len(data) < HEAD_SIZE:
         raise DecodeError(f"eBPF record of {len(data)} bytes, shorter than its {HEAD_SIZE}-byte head")
-    ts, skb, loc, kind, reason, ifindex, stack, a, b, role, family, plen, _ = _HEAD.unpack_from(data)
+    ts, skb, loc, kind, reason, ifindex, stack, a, b, role, family, plen, netns = _HEAD.unpack_from(data)
     if plen > len(data) - HEAD_SIZE:
         raise DecodeError(f"eBPF record claims {plen} packet bytes, has {len(data) - HEAD_SIZE}")
-    return Record(ts, skb, loc, kind, reason, ifindex, stack, a, b, role, family, bytes(data[HEAD_SIZE:HEAD_SIZE + plen]))
+    return Record(ts, skb, loc, kind, reason, ifindex, stack, a, b, role, family, bytes(data[HEAD_SIZE:HEAD_SIZE + plen]),
+                  netns)
+
+
+def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str]) -> bool:
+    """Whether a record belongs in the timeline. Consumed copies are left out unless the target
+    namespace's stack took the packet itself: packet sockets (captures: fwtrace's own, tcpdump)
+    get copies of every packet, and the sending namespace consumes its own copies."""
+    if rec.kind != CONSUME:
+        return True
+    if rec.netns and target_netns and rec.netns != target_netns:
+        return False
+    return not symbol(rec.location).startswith(("packet_", "tpacket_"))
 
 
 def state_packet(rec: Record) -> bytes:
@@ -90,6 +103,10 @@ def to_event(rec: Record, names: Names, seq: int) -> TraceEvent:
         hook = hook_of_stack(frames) if reason == "NETFILTER_DROP" else None
         return TraceEvent(kind=EventKind.DROP, packet=rec.packet, reason=reason, location=where, hook=hook,
                           text=f"kfree_skb reason {reason} at {where}", **common)  # type: ignore[arg-type]
+    if rec.kind == CONSUME:
+        where = names.symbol(rec.location) if rec.location else "?"
+        return TraceEvent(kind=EventKind.CONSUME, packet=rec.packet, location=where,
+                          text=f"consumed (no drop reason) by {where}", **common)  # type: ignore[arg-type]
     if rec.kind == RESET:
         where = _first_of(frames, ("tcp_v4_send_reset", "tcp_v6_send_reset")) or "tcp_send_reset"
         caller = _caller(frames, where)

@@ -8,9 +8,10 @@ place no traced chain explains.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 from ..model import EventKind, Finding, PacketResult, Proto, TraceEvent, Verdict
+from ..sockets import serves
 from .timeline import kernel_steps
 
 ACCEPT_QUEUE = ("TCP_LISTEN_OVERFLOW", "SOCKET_BACKLOG")
@@ -31,10 +32,17 @@ def _confirm(findings: list[Finding], code: str, words: str) -> bool:
     return False
 
 
-def amend(result: PacketResult, findings: list[Finding], via: Optional[str], src: object) -> list[Finding]:
-    """`findings` confirmed, completed or replaced by what the kernel's drop reason says."""
+def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Finding]:
+    """`findings` confirmed, completed or replaced by what the kernel's drop reason says.
+    `ctx`: diagnose.Context (the probe's via, src, listeners)."""
     drop = probe_drop(result)
     out = list(findings)
+    via, src = ctx.via, ctx.src or result.spec.src
+    queue = _silent_listener(result, ctx.listeners)
+    if queue is not None:
+        out = [f for f in out if f.code != "stack-drop"]
+        out.append(queue)
+        return out
     sent = [e for e in kernel_steps(result) if e.kind is EventKind.SEND]
     if drop is None and not sent:
         return out
@@ -94,16 +102,42 @@ def amend(result: PacketResult, findings: list[Finding], via: Optional[str], src
     return out
 
 
+def _silent_listener(result: PacketResult, listeners: Any) -> Optional[Finding]:
+    """A SYN the listening socket took and dropped without an answer: no SYN-ACK, no RST, no drop
+    reason; the kernel consumed it in TCP's receive path. A listener does that when its accept
+    queue is full (tcp_conn_request: sk_acceptq_is_full -> drop, counted in ListenOverflows; the
+    reason TCP_LISTEN_OVERFLOW exists for the handshake's last ACK only)."""
+    spec = result.spec
+    if spec.proto is not Proto.TCP or spec.flags != "S" or not result.reply.none or result.verdict is not Verdict.ACCEPT:
+        return None
+    evs = kernel_steps(result)
+    if any(e.kind in (EventKind.DROP, EventKind.SEND) for e in evs):
+        return None
+    took = [e for e in evs if e.kind is EventKind.CONSUME and (e.location or "").startswith("tcp_")]
+    mine = [sock for sock in listeners if sock.proto is Proto.TCP and sock.port == spec.dport and serves(sock, spec.dst)]
+    if not took or not mine:
+        return None
+    return Finding(
+        "accept-queue-full",
+        f"A socket listens on tcp port {spec.dport} ({mine[0].addr}:{mine[0].port}), and the kernel gave it the SYN, "
+        f"but it answered nothing: eBPF saw the SYN consumed by {took[-1].location} without a drop reason or a reply. "
+        "That is a listener whose accept queue (backlog) is full: the process is not accepting connections (hung, "
+        "overloaded, or stopped). The firewall is not the cause.",
+        f"look at the service process; `ss -ltn 'sport = :{spec.dport}'` shows Recv-Q (connections waiting) at or "
+        "above Send-Q (the backlog); a larger listen() backlog (net.core.somaxconn) only helps a slow, not a stuck, process",
+    )
+
+
 def conclusion(result: PacketResult, findings: list[Finding]) -> Optional[str]:
     """The one-line conclusion when a kernel drop reason decides it, else None."""
     spec = result.spec
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
     codes = {f.code: f for f in findings}
+    if "accept-queue-full" in codes:
+        return f"{what} has a listener, but its accept queue is full: the process does not accept connections."
     drop = probe_drop(result)
     if drop is None:
         return None
-    if "accept-queue-full" in codes:
-        return f"{what} has a listener, but its accept queue is full: the kernel dropped the probe ({drop.reason})."
     if "netfilter-drop-untraced" in codes:
         return f"{what} is blocked by netfilter at the {drop.hook or '?'} hook, outside the traced chains ({drop.reason})."
     if "kernel-drop" in codes:

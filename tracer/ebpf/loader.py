@@ -195,6 +195,7 @@ class EbpfSource:
         self._stacks = bpf["stacks"]
         self._syms: dict[int, str] = {}
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
+        self.netns = os.stat("/proc/thread-self/ns/net").st_ino  # the target's (opened there)
 
     def _on_record(self, ctx: Any, data: Any, size: int) -> int:
         self._pending.append(ctypes.string_at(data, size))
@@ -232,7 +233,10 @@ class EbpfSource:
             self.loaded.bpf.ring_buffer_consume()
             for data in self._pending:
                 self.raw.append(data)
-                ev = decode.to_event(decode.decode(data), self.names, self._seq)
+                rec = decode.decode(data)
+                if not decode.wanted(rec, self.netns, self._symbol):
+                    continue
+                ev = decode.to_event(rec, self.names, self._seq)
                 self._seq += 1
                 events.append(ev)
                 if on_event is not None:

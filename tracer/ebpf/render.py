@@ -19,6 +19,7 @@ PKT_MAX = 192  # network + transport header bytes copied per event: an ICMP erro
 # tracepoint -> the #define that turns its section on
 TRACEPOINTS = {
     "skb/kfree_skb": "HAVE_KFREE_SKB",
+    "skb/consume_skb": "HAVE_CONSUME_SKB",
     "tcp/tcp_send_reset": "HAVE_TCP_SEND_RESET",
     "icmp/icmp_send": "HAVE_ICMP_SEND",
     "sock/inet_sock_set_state": "HAVE_SOCK_STATE",
@@ -30,10 +31,11 @@ FIELDS = (
     ("SKB_NH_OFF", "sk_buff", "network_header"),
     ("SKB_DEV_OFF", "sk_buff", "dev"),
     ("DEV_IFINDEX_OFF", "net_device", "ifindex"),
+    ("DEV_NET_OFF", "net_device", "nd_net"),
     ("HOOK_STATE_HOOK_OFF", "nf_hook_state", "hook"),
     ("HOOK_STATE_PF_OFF", "nf_hook_state", "pf"),
 )
-REQUIRED = ("SKB_HEAD_OFF", "SKB_NH_OFF", "SKB_DEV_OFF", "DEV_IFINDEX_OFF")
+REQUIRED = ("SKB_HEAD_OFF", "SKB_NH_OFF", "SKB_DEV_OFF", "DEV_IFINDEX_OFF", "DEV_NET_OFF", "NET_INUM_OFF")
 
 
 class RenderError(ValueError):
@@ -55,6 +57,10 @@ def offsets(btf: BTF) -> Offsets:
         off = btf.member_offset(struct_name, member)
         if off is not None:
             found.append((const, off))
+    # struct net's inode number: net.ns (struct ns_common) .inum
+    ns, inum = btf.member_offset("net", "ns"), btf.member_offset("ns_common", "inum")
+    if ns is not None and inum is not None:
+        found.append(("NET_INUM_OFF", ns + inum))
     return Offsets(tuple(found))
 
 
