@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
 
+    dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
+                        "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
+    dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
+    dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
+
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
     cl.add_argument("--netns", help="namespace to clean (default: the current one)")
     return p
@@ -165,7 +170,11 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     if ns.evidence:
         from .evidence import bundle_files, write_bundle
 
-        write_bundle(ns.evidence, bundle_files(report, text))
+        from .doctor import dumps, gather
+
+        files = bundle_files(report, text)
+        files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
+        write_bundle(ns.evidence, files)
         log.info("evidence written", directory=ns.evidence)
     if not report.cleanup_ok:
         return ExitStatus.ENVIRONMENT
@@ -176,6 +185,14 @@ def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
     from . import lab
 
     return lab.demo(log, as_json=ns.json)
+
+
+def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
+    from . import doctor
+
+    facts = doctor.gather(load=not ns.no_load)
+    sys.stdout.write(doctor.dumps(facts) + "\n" if ns.json else doctor.render(facts))
+    return ExitStatus.OK if doctor.verdict(facts) else ExitStatus.ENVIRONMENT
 
 
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
@@ -197,6 +214,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "probe": cmd_probe,
     "demo": cmd_demo,
     "cleanup": cmd_cleanup,
+    "doctor": cmd_doctor,
 }
 
 

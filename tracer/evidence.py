@@ -35,6 +35,8 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
         files[f"{snapshot.LEGACY_SAVE[family]}.txt"] = saved.encode()
     if ev.nflog:
         files["nflog.nlmsg"] = ev.nflog
+    if getattr(ev, "ebpf", ()):
+        files["ebpf-records.bin"] = b"".join(ev.ebpf)  # struct event_t records (tracer/ebpf/decode.py)
     if ev.own_handles:
         files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
     if ev.kern_plan is not None:

@@ -53,6 +53,7 @@ class Evidence:
     nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
     own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
     kern_plan: Optional[dict[str, object]] = None  # kernplan.plan_to_json of the run's kernel-log plan
+    ebpf: tuple[bytes, ...] = ()  # the eBPF ring buffer's records as read (tracer/ebpf/decode.py)
 
 
 @dataclass(frozen=True)
@@ -478,7 +479,7 @@ class Run:
             Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
                      tplan.batch, live.trace, tuple(reply[1] if reply else b"" for _, _, reply in live.exchanges),
                      tuple(diff) if full else None, legacy_saved, live.kmsg_raw, live.nflog_raw,
-                     tuple(sorted(live.own)), kernplan_json(kplan)),
+                     tuple(sorted(live.own)), kernplan_json(kplan), live.ebpf_raw),
             live.generations, mode, via, live.caveats, tuple(self.notes + self.ebpf.notes), 2 * self.nft_log_rules,
             legacy_unchanged, self.ebpf.status,
         )

@@ -169,3 +169,26 @@ def _caller(frames: tuple[str, ...], func: str) -> Optional[str]:
         if f == func:
             return frames[i + 1]
     return None
+
+
+# nf_hook_slow records (probes/nfhook.c struct hook_event_t): u64 ts, skb; u32 hook, pf; s32 verdict;
+# u32 index; u8 pkt[PKT_MAX]
+_HOOK = struct.Struct("<QQIIiI")
+# UAPI constants (include/uapi/linux/netfilter.h): stable across kernels
+NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+INET_HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+NETDEV_HOOKS = ("ingress", "egress")
+
+
+def hook_event(data: bytes, seq: int) -> TraceEvent:
+    """A netfilter hook's verdict for the probe: nf_hook_slow returned `verdict` (1: every hook
+    function accepted; 0: stolen or queued; negative: dropped, -EPERM unless a rule set an errno)."""
+    if len(data) < _HOOK.size:
+        raise DecodeError(f"hook record of {len(data)} bytes")
+    _ts, _skb, hook, pf, verdict, _index = _HOOK.unpack_from(data)
+    names = NETDEV_HOOKS if pf == 5 else INET_HOOKS
+    hook_name = names[hook] if hook < len(names) else str(hook)
+    word = "accept" if verdict == 1 else "drop" if verdict < 0 else "stolen"
+    return TraceEvent(trace_id=TRACE_ID_BASE + seq, kind=EventKind.HOOK, family=NFPROTO.get(pf, str(pf)), table="",
+                      chain="", hook=hook_name, packet=bytes(data[_HOOK.size:]), source="ebpf",
+                      text=f"netfilter {NFPROTO.get(pf, pf)} {hook_name} hook: nf_hook_slow returned {verdict} ({word})")

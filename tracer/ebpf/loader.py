@@ -192,6 +192,10 @@ class EbpfSource:
         bpf = loaded.bpf
         self._ring = bpf["events"]
         self._ring.open_ring_buffer(self._on_record)
+        self._hook_pending: list[bytes] = []
+        if loaded.hooks is not None:
+            loaded.hooks["hook_events"].open_ring_buffer(
+                lambda ctx, data, size: self._hook_pending.append(ctypes.string_at(data, size)) or 0)
         self._stacks = bpf["stacks"]
         self._syms: dict[int, str] = {}
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
@@ -231,6 +235,12 @@ class EbpfSource:
         events: list[TraceEvent] = []
         while True:
             self.loaded.bpf.ring_buffer_consume()
+            if self.loaded.hooks is not None:
+                self.loaded.hooks.ring_buffer_consume()
+                for data in self._hook_pending:
+                    events.append(decode.hook_event(data, self._seq))
+                    self._seq += 1
+                self._hook_pending.clear()
             for data in self._pending:
                 self.raw.append(data)
                 rec = decode.decode(data)
