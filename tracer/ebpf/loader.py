@@ -190,13 +190,13 @@ class EbpfSource:
         self._pending: list[bytes] = []
         self._seq = 0
         bpf = loaded.bpf
-        self._ring = bpf["events"]
+        self._ring = bpf[b"events"]
         self._ring.open_ring_buffer(self._on_record)
         self._hook_pending: list[bytes] = []
         if loaded.hooks is not None:
-            loaded.hooks["hook_events"].open_ring_buffer(
+            loaded.hooks[b"hook_events"].open_ring_buffer(
                 lambda ctx, data, size: self._hook_pending.append(ctypes.string_at(data, size)) or 0)
-        self._stacks = bpf["stacks"]
+        self._stacks = bpf[b"stacks"]
         self._syms: dict[int, str] = {}
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
         self.netns = os.stat("/proc/thread-self/ns/net").st_ino  # the target's (opened there)
@@ -223,7 +223,7 @@ class EbpfSource:
         for bpf in (self.loaded.bpf, self.loaded.hooks):
             if bpf is None:
                 continue
-            table = bpf["probes"]
+            table = bpf[b"probes"]
             for key, role in keys.keys(spec):
                 table[table.Key.from_buffer_copy(key)] = table.Leaf(role)
 
