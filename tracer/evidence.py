@@ -37,6 +37,7 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
         files["nflog.nlmsg"] = ev.nflog
     if getattr(ev, "ebpf", ()):
         files["ebpf-records.bin"] = b"".join(ev.ebpf)  # struct event_t records (tracer/ebpf/decode.py)
+        files["ebpf-names.json"] = json.dumps(ev.ebpf_names, indent=1, sort_keys=True).encode() + b"\n"
     if ev.own_handles:
         files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
     if ev.kern_plan is not None:

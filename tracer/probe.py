@@ -54,6 +54,7 @@ class Evidence:
     own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
     kern_plan: Optional[dict[str, object]] = None  # kernplan.plan_to_json of the run's kernel-log plan
     ebpf: tuple[bytes, ...] = ()  # the eBPF ring buffer's records as read (tracer/ebpf/decode.py)
+    ebpf_names: Optional[dict[str, object]] = None  # what their addresses, stacks, ifindexes meant
 
 
 @dataclass(frozen=True)
@@ -479,7 +480,7 @@ class Run:
             Evidence(full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text,
                      tplan.batch, live.trace, tuple(reply[1] if reply else b"" for _, _, reply in live.exchanges),
                      tuple(diff) if full else None, legacy_saved, live.kmsg_raw, live.nflog_raw,
-                     tuple(sorted(live.own)), kernplan_json(kplan), live.ebpf_raw),
+                     tuple(sorted(live.own)), kernplan_json(kplan), live.ebpf_raw, self.ebpf.names()),
             live.generations, mode, via, live.caveats, tuple(self.notes + self.ebpf.notes), 2 * self.nft_log_rules,
             legacy_unchanged, self.ebpf.status,
         )

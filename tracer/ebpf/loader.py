@@ -198,6 +198,7 @@ class EbpfSource:
                 lambda ctx, data, size: self._hook_pending.append(ctypes.string_at(data, size)) or 0)
         self._stacks = bpf[b"stacks"]
         self._syms: dict[int, str] = {}
+        self._frames: dict[int, tuple[str, ...]] = {}
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
         self.netns = os.stat("/proc/thread-self/ns/net").st_ino  # the target's (opened there)
 
@@ -213,10 +214,21 @@ class EbpfSource:
         return self._syms[addr]
 
     def _stack(self, stack_id: int) -> tuple[str, ...]:
-        try:
-            return tuple(self._symbol(a) for a in self._stacks.walk(stack_id))
-        except Exception:  # the id was reused or evicted meanwhile
-            return ()
+        if stack_id not in self._frames:
+            try:
+                self._frames[stack_id] = tuple(self._symbol(a) for a in self._stacks.walk(stack_id))
+            except Exception:  # the id was reused or evicted meanwhile
+                self._frames[stack_id] = ()
+        return self._frames[stack_id]
+
+    def names_json(self) -> dict[str, object]:
+        """What the records' numbers meant here (symbols, stacks, interfaces, reasons): with the
+        raw records, enough to decode them again offline (evidence bundles, golden tests)."""
+        return {"symbols": {str(a): s for a, s in self._syms.items()},
+                "stacks": {str(i): list(f) for i, f in self._frames.items()},
+                "ifnames": {str(i): n for i, n in self.names.ifnames.items()},
+                "reasons": {str(v): n for v, n in self.loaded.reasons.items()},
+                "netns": self.netns}
 
     def watch(self, spec: PacketSpec) -> None:
         """Report the packets of `spec` (and its replies) from now on."""

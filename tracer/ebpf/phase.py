@@ -55,3 +55,6 @@ class EbpfPhase:
 
     def raw(self) -> tuple[bytes, ...]:
         return tuple(self.source.raw) if self.source is not None else ()
+
+    def names(self) -> Optional[dict[str, object]]:
+        return self.source.names_json() if self.source is not None else None
