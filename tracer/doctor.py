@@ -169,9 +169,10 @@ def _try_load() -> dict[str, Any]:
         fentry = {}
         if not loader.kprobes_available() and loaded.hooks is None:
             fentry = {"fentry": "refused: " + loaded.hooks_note.rsplit("(", 1)[-1].rstrip(")")}
-        return {"ebpf_load": f"compiled and loaded in {loaded.compile_seconds:.1f} s", "hook_verdicts": hooks, **fentry}
+        how_long = f"{loaded.compile_seconds:.2f} s" + (" (compiled before: from the cache)" if loaded.cached else " (compiled now)")
+        return {"ebpf_load": f"compiled and loaded in {how_long}", "hook_verdicts": hooks, **fentry}
     finally:
-        loaded.bpf.cleanup()
+        loaded.bpf.close()
         if loaded.hooks is not None:
             loaded.hooks.cleanup()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import platform
 import select
 import threading
 import time
@@ -18,12 +20,13 @@ from typing import Any, Callable, Optional
 
 from .. import system
 from ..model import PacketSpec, TraceEvent
-from . import decode, headers, keys, reasons, render
+from . import bpfsys, decode, headers, keys, objcache, reasons, render
 from .btf import BTF, BTFError
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+DROPS_MAPS = ("events", "stacks", "probes", "scratch")  # the maps probes/drops.c declares
 
 
 class EbpfUnavailable(Exception):
@@ -70,10 +73,11 @@ def kprobes_available() -> bool:
 
 @dataclass
 class Loaded:
-    bpf: Any
+    bpf: Any  # bpfsys.Instance: this run's maps and attached programs
     source: str
     reasons: dict[int, str]
-    compile_seconds: float
+    compile_seconds: float  # render + compile (0 when cached) + load + attach
+    cached: bool = False  # the compiled object came from the cache (no clang run)
     hooks: Any = None  # the nf_hook_slow program when kprobes or fentry allowed it
     hooks_note: str = ""  # why the hook verdicts are not traced
 
@@ -111,38 +115,84 @@ def build(print_source: Optional[Callable[[str, str], None]] = None, hooks: bool
     tfs = tracefs()
     if tfs is None:
         raise EbpfUnavailable("tracefs is not available (mount -t tracefs nodev /sys/kernel/tracing failed)")
+    threading.Thread(target=_warm_symbols, name="fwtrace-ksym", daemon=True).start()
     formats = tracepoint_formats(tfs)
     table = reasons.from_format(formats.get("skb/kfree_skb", ""))
-    btf = kernel_btf()
-    offs = render.offsets(btf)
-    table = table or reasons.from_btf(btf)
+    offs = kernel_offsets()
+    if not table:
+        table = reasons.from_btf(kernel_btf())
     try:
         src = render.render_drops(render.template("drops.c"), offs, formats)
     except render.RenderError as e:
         raise EbpfUnavailable(str(e)) from e
     if print_source is not None:
         print_source("eBPF program probes/drops.c as rendered for this kernel", src)
-    found = headers.find()
-    path = headers.prepare(found)
-    if found.kind != "matching":
-        os.environ["BCC_KERNEL_SOURCE"] = path  # read by libbcc when it compiles
     try:
+        import bcc
         from bcc import BPF
     except ImportError as e:
         raise EbpfUnavailable("bcc is not importable (Debian package python3-bpfcc, for /usr/bin/python3)") from e
     t0 = time.monotonic()
+    path = os.path.join(headers.CACHE, "bpf", objcache.key(src, platform.release(), getattr(bcc, "__version__", "")) + ".json")
+    cached = os.path.exists(path)
     try:
-        bpf = BPF(text=src.encode())
-    except Exception as e:
-        raise EbpfUnavailable(f"bcc could not compile or load probes/drops.c: {e}") from e
-    loaded = Loaded(bpf, src, table, time.monotonic() - t0)
+        if cached:
+            with open(path) as f:
+                obj = objcache.loads(f.read())
+        else:
+            obj = _compile(BPF, src, path)
+        inst = bpfsys.Instance(obj)
+    except (Exception, bpfsys.LoadError) as e:
+        raise EbpfUnavailable(f"could not compile or load probes/drops.c: {e}") from e
+    loaded = Loaded(inst, src, table, time.monotonic() - t0, cached)
     if hooks:
         loaded.hooks, loaded.hooks_note = _load_hooks(BPF, offs, print_source)
     return loaded
 
 
+def _compile(BPF: Any, src: str, path: str) -> objcache.Object:
+    """Compile with bcc (clang), keep the result in the cache, and let go of bcc's own copy."""
+    from bcc.libbcc import lib
+
+    found = headers.find()
+    if found.kind != "matching":
+        os.environ["BCC_KERNEL_SOURCE"] = headers.prepare(found)  # read by libbcc when it compiles
+    bpf = BPF(text=src.encode())
+    try:
+        mod = bpf.module
+        programs = []
+        for i in range(lib.bpf_num_functions(mod)):
+            name = lib.bpf_function_name(mod, i)
+            if name.startswith(b"tracepoint__"):
+                programs.append(objcache.Program(name.decode(), bytes(bpf.dump_func(name))))
+        # (libbcc has these two, bcc's Python does not declare them: without a restype a size_t
+        # would be read as an int, and a char * return as one would crash)
+        for fn in (lib.bpf_table_key_size_id, lib.bpf_table_leaf_size_id):
+            fn.restype, fn.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_ulonglong]
+        maps = []
+        for name in DROPS_MAPS:
+            tid = lib.bpf_table_id(mod, name.encode())
+            maps.append(objcache.MapShape(name, lib.bpf_table_fd(mod, name.encode()), lib.bpf_table_type_id(mod, tid),
+                                          lib.bpf_table_key_size_id(mod, tid), lib.bpf_table_leaf_size_id(mod, tid),
+                                          lib.bpf_table_max_entries_id(mod, tid), lib.bpf_table_flags_id(mod, tid)))
+        obj = objcache.Object(tuple(programs), tuple(maps), lib.bpf_module_license(mod).decode())
+    finally:
+        bpf.cleanup()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(objcache.dumps(obj))
+    os.replace(tmp, path)  # atomic: a concurrent run reads the old state or the whole new one
+    return obj
+
+
 def _load_hooks(BPF: Any, offs: render.Offsets, print_source: Optional[Callable[[str, str], None]]) -> tuple[Any, str]:
     """The nf_hook_slow program through kprobes, else fentry; (None, why) when neither works."""
+    refused = _refusal_path("fentry")
+    if not kprobes_available() and os.path.exists(refused):  # tried since boot: the kernel said no
+        with open(refused) as f:
+            return None, f.read()
+    _symbols_ready.wait()  # support_kfunc looks up a symbol: not beside the warm-up (bcc's cache is not thread-safe)
     attach = "kprobe" if kprobes_available() else "fentry" if BPF.support_kfunc() else None
     if attach is None:
         return None, ("netfilter hook verdicts not traced: this kernel has neither kprobes (CONFIG_KPROBES) "
@@ -169,14 +219,50 @@ def _load_hooks(BPF: Any, offs: render.Offsets, print_source: Optional[Callable[
         return None, note
 
 
-def _refusal_path(attach: str) -> str:
-    """A marker that `attach` was refused since this boot (kernel features do not change before a reboot)."""
+_symbols_ready = threading.Event()
+
+
+def _warm_symbols() -> None:
+    """bcc reads /proc/kallsyms on its first symbol lookup (~0.3 s): done beside the load."""
+    try:
+        from bcc import BPF
+
+        BPF.ksym(0)
+    except Exception:
+        pass
+    finally:
+        _symbols_ready.set()
+
+
+def kernel_offsets() -> render.Offsets:
+    """The fields' offsets from BTF, parsed once per boot (the kernel cannot change before a
+    reboot) and kept in the cache: parsing 5 MB of BTF takes 0.15-0.5 s."""
+    path = os.path.join(headers.CACHE, f"offsets-{platform.release()}-{_boot_id()}.json")
+    try:
+        with open(path) as f:
+            return render.Offsets(tuple((str(k), int(v)) for k, v in json.load(f)))
+    except (OSError, ValueError):
+        pass
+    offs = render.offsets(kernel_btf())
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(f"{path}.tmp{os.getpid()}", "w") as f:
+            json.dump(list(offs.values), f)
+        os.replace(f"{path}.tmp{os.getpid()}", path)
+    return offs
+
+
+def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
+            return f.read().strip()
     except OSError:
-        boot = "unknown"
-    return os.path.join(headers.CACHE, f"refused-{attach}-{boot}")
+        return "unknown"
+
+
+def _refusal_path(attach: str) -> str:
+    """A marker that `attach` was refused since this boot (kernel features do not change before a reboot)."""
+    return os.path.join(headers.CACHE, f"refused-{attach}-{_boot_id()}")
 
 
 class EbpfSource:
@@ -189,26 +275,23 @@ class EbpfSource:
         self.lost = False
         self._pending: list[bytes] = []
         self._seq = 0
-        bpf = loaded.bpf
-        self._ring = bpf[b"events"]
-        self._ring.open_ring_buffer(self._on_record)
+        self._inst = loaded.bpf
+        self._inst.open_ring("events", self._pending.append)
         self._hook_pending: list[bytes] = []
         if loaded.hooks is not None:
             loaded.hooks[b"hook_events"].open_ring_buffer(
                 lambda ctx, data, size: self._hook_pending.append(ctypes.string_at(data, size)) or 0)
-        self._stacks = bpf[b"stacks"]
         self._syms: dict[int, str] = {}
         self._frames: dict[int, tuple[str, ...]] = {}
+        self._watched: list[bytes] = []
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
         self.netns = os.stat("/proc/thread-self/ns/net").st_ino  # the target's (opened there)
-
-    def _on_record(self, ctx: Any, data: Any, size: int) -> int:
-        self._pending.append(ctypes.string_at(data, size))
-        return 0
 
     def _symbol(self, addr: int) -> str:
         if addr not in self._syms:
             from bcc import BPF
+
+            _symbols_ready.wait(2.0)
 
             self._syms[addr] = BPF.ksym(addr).decode(errors="replace")
         return self._syms[addr]
@@ -216,7 +299,7 @@ class EbpfSource:
     def _stack(self, stack_id: int) -> tuple[str, ...]:
         if stack_id not in self._frames:
             try:
-                self._frames[stack_id] = tuple(self._symbol(a) for a in self._stacks.walk(stack_id))
+                self._frames[stack_id] = tuple(self._symbol(a) for a in self._inst.stack("stacks", stack_id))
             except Exception:  # the id was reused or evicted meanwhile
                 self._frames[stack_id] = ()
         return self._frames[stack_id]
@@ -232,21 +315,21 @@ class EbpfSource:
 
     def watch(self, spec: PacketSpec) -> None:
         """Report the packets of `spec` (and its replies) from now on."""
-        for bpf in (self.loaded.bpf, self.loaded.hooks):
-            if bpf is None:
-                continue
-            table = bpf[b"probes"]
-            for key, role in keys.keys(spec):
+        for key, role in keys.keys(spec):
+            self._inst.update("probes", key, bytes([role]))
+            self._watched.append(key)
+            if self.loaded.hooks is not None:
+                table = self.loaded.hooks[b"probes"]
                 table[table.Key.from_buffer_copy(key)] = table.Leaf(role)
 
     def fileno(self) -> int:
-        return int(self._ring.map_fd)  # a BPF ring buffer's fd polls readable when records wait
+        return self._inst.maps["events"]  # a BPF ring buffer's fd polls readable when records wait
 
     def poll(self, until: float, on_event: Optional[Callable[[TraceEvent], None]] = None) -> list[TraceEvent]:
         """Read what arrives until the monotonic deadline `until` (returns at once when past it)."""
         events: list[TraceEvent] = []
         while True:
-            self.loaded.bpf.ring_buffer_consume()
+            self._inst.consume()
             if self.loaded.hooks is not None:
                 self.loaded.hooks.ring_buffer_consume()
                 for data in self._hook_pending:
@@ -269,6 +352,15 @@ class EbpfSource:
                 return events
 
     def close(self) -> None:
-        for bpf in (self.loaded.bpf, self.loaded.hooks):
-            if bpf is not None:
-                bpf.cleanup()
+        """Detach and free everything. Each detach waits for the kernel's RCU grace period
+        (~70 ms per tracepoint): done in the background, nothing after it depends on it (the
+        programs are inert once the run's keys are gone, and the process's end closes their fds)."""
+        for key in self._watched:
+            with contextlib.suppress(bpfsys.LoadError):
+                self._inst.delete("probes", key)
+        threading.Thread(target=self._close_now, name="fwtrace-ebpf-close", daemon=True).start()
+
+    def _close_now(self) -> None:
+        self._inst.close()
+        if self.loaded.hooks is not None:
+            self.loaded.hooks.cleanup()
