@@ -73,7 +73,7 @@ def main() -> None:
             cached.append(build_once(cold=False))
         for _ in range(min(args.rounds, 3)):  # a clang compile is slow and its figure steady
             comp.append(build_once(cold=True))
-    ratios = [b / a for a, b in zip(off, on)]
+    ratios = [b / a for a, b in zip(off, on, strict=True)]
     med_off, med_on = statistics.median(off), statistics.median(on)
     print(json.dumps({
         "rounds": args.rounds,

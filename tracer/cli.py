@@ -9,8 +9,8 @@ import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from .errors import ExitStatus, FwtraceError, UsageError
-from .model import ProbeRequest, Proto
+from tracer.errors import ExitStatus, FwtraceError, UsageError
+from tracer.model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
 examples:
@@ -160,15 +160,15 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
-    from .probe import Run
-    from .report import render
+    from tracer.probe import Run
+    from tracer.report import render
 
     run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
     report = run.execute()
     text = render(report)
     sys.stdout.write(report.dumps() + "\n" if ns.json else text)
     if ns.evidence:
-        from .evidence import bundle_files, write_bundle
+        from tracer.evidence import bundle_files, write_bundle
 
         from .doctor import dumps, gather
 
@@ -182,7 +182,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
-    from . import lab
+    from tracer import lab
 
     return lab.demo(log, as_json=ns.json)
 
@@ -196,7 +196,7 @@ def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
-    from . import cleanup
+    from tracer.undo import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
     print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from .match import rule_action
-from .model import (
+from tracer.match import rule_action
+from tracer.model import (
     Backend,
     EventKind,
     PacketResult,
@@ -24,8 +24,15 @@ from .model import (
     TraceEvent,
     Verdict,
 )
-from .nftrace import Headers, parse_headers
-from .plan import DELIVERED, END_CHAINS, END_PRIORITY, TABLE_PREFIX, Roles, hook_of_chain
+from tracer.packet import Headers, parse_headers
+from tracer.trace.plan import (
+    DELIVERED,
+    END_CHAINS,
+    END_PRIORITY,
+    TABLE_PREFIX,
+    Roles,
+    hook_of_chain,
+)
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -184,7 +191,7 @@ def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...
     if chain is not None and chain.priority is not None:
         return order.index(hook), priority_value(chain.priority)
     if ev.legacy:  # a table fwtrace itself instantiated (raw, for TRACE): not in the snapshot
-        from .kernplan import legacy_priority
+        from tracer.trace.kernplan import legacy_priority
 
         return order.index(hook), legacy_priority(ev.table, ev.chain) or 0
     return order.index(hook), 0

@@ -6,11 +6,23 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .match import PacketFacts, ipt_spec, rule_action, rule_matches
-from .model import Backend, EventKind, Finding, IPAddress, Listener, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
-from .nftrace import parse_headers
-from .ebpf import findings as ebpf_findings
-from .sockets import serves
+from tracer.ebpf import findings as ebpf_findings
+from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
+from tracer.model import (
+    Backend,
+    EventKind,
+    Finding,
+    IPAddress,
+    Listener,
+    PacketResult,
+    Proto,
+    Rule,
+    RuleRef,
+    Ruleset,
+    Verdict,
+)
+from tracer.packet import parse_headers
+from tracer.sockets import serves
 
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
 

@@ -123,8 +123,8 @@ def dumps(f: Facts) -> str:
 
 
 def gather(load: bool = True) -> Facts:
-    from . import system
-    from .ebpf import headers, loader, reasons
+    from tracer import system
+    from tracer.ebpf import headers, loader, reasons
 
     def out(argv: list[str]) -> Optional[str]:
         if shutil.which(argv[0]) is None:
@@ -157,7 +157,7 @@ def gather(load: bool = True) -> Facts:
 
 def _try_load() -> dict[str, Any]:
     """Compile and load the programs for real, then unload them: the proof that --ebpf works."""
-    from .ebpf import loader
+    from tracer.ebpf import loader
 
     try:
         loaded = loader.build()
@@ -169,7 +169,8 @@ def _try_load() -> dict[str, Any]:
         fentry = {}
         if not loader.kprobes_available() and loaded.hooks is None:
             fentry = {"fentry": "refused: " + loaded.hooks_note.rsplit("(", 1)[-1].rstrip(")")}
-        how_long = f"{loaded.compile_seconds:.2f} s" + (" (compiled before: from the cache)" if loaded.cached else " (compiled now)")
+        how_long = f"{loaded.compile_seconds:.2f} s" + (" (compiled before: from the cache)" if loaded.cached
+                                                          else " (compiled now)")
         return {"ebpf_load": f"compiled and loaded in {how_long}", "hook_verdicts": hooks, **fentry}
     finally:
         loaded.bpf.close()
@@ -178,7 +179,7 @@ def _try_load() -> dict[str, Any]:
 
 
 def _fentry() -> str:
-    from .ebpf import loader
+    from tracer.ebpf import loader
 
     marker = loader._refusal_path("fentry")
     if os.path.exists(marker):

@@ -12,9 +12,11 @@ import json
 import os
 from typing import Any, Mapping
 
-from . import correlate, plan, snapshot
-from .model import PacketResult, PacketSpec, Proto
-from .nftrace import parse_headers, parse_messages
+from tracer import correlate, snapshot
+from tracer.model import PacketResult, PacketSpec, Proto
+from tracer.packet import parse_headers
+from tracer.trace import plan
+from tracer.trace.nftrace import parse_messages
 
 
 def bundle_files(report: Any, text: str) -> dict[str, bytes]:
@@ -82,7 +84,7 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     own = {(f, t, int(h)) for f, t, h in json.loads(files.get("instrumentation-handles.json", b"[]"))}
     events = correlate.without_handles(parse_messages(files["trace.nlmsg"]), own)
     if "kmsg.txt" in files or "nflog.nlmsg" in files:
-        from . import kernlog, kernplan, nflog
+        from tracer.trace import kernlog, kernplan, nflog
 
         # Where the run put its LOG/NFLOG rules and how many TRACE/LOG rules it inserted at the
         # top of legacy chains: recorded at the run (its plan came from the chains before it).

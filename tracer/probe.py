@@ -19,15 +19,27 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
-from . import compare, correlate, diagnose, plan, snapshot, system
-from .errors import EnvironmentProblem, UsageError
-from .journal import Journal, Undo, nft_undo, shared_undo, sysctl_undo
-from .model import EventKind, Finding, IPAddress, Listener, PacketResult, PacketSpec, ProbeRequest, Proto, Ruleset, TraceEvent
-from .nftrace import Headers
-from .sockets import parse_proc_net
+from tracer import compare, correlate, diagnose, snapshot, system
+from tracer.errors import EnvironmentProblem, UsageError
+from tracer.model import (
+    EventKind,
+    Finding,
+    IPAddress,
+    Listener,
+    PacketResult,
+    PacketSpec,
+    ProbeRequest,
+    Proto,
+    Ruleset,
+    TraceEvent,
+)
+from tracer.packet import Headers
+from tracer.sockets import parse_proc_net
+from tracer.trace import plan
+from tracer.undo.journal import Journal, Undo, nft_undo, shared_undo, sysctl_undo
 
 if TYPE_CHECKING:
-    from . import kernplan
+    from tracer.trace import kernplan
 
 T = TypeVar("T")
 
@@ -252,7 +264,7 @@ class Run:
     def execute(self) -> ProbeReport:
         system.require_root()
         system.require_tools("nft", "ip")
-        from .cleanup import warn_stale
+        from tracer.undo.cleanup import warn_stale
 
         warn_stale(self.log)
         with system.netns(self.req.netns):
@@ -261,7 +273,7 @@ class Run:
 
     def _ebpf_second_pass(self, report: "ProbeReport") -> "ProbeReport":
         """--ebpf auto: probe again with the eBPF programs when the first pass left a fate unexplained."""
-        from .ebpf.policy import unexplained
+        from tracer.ebpf.policy import unexplained
 
         why = unexplained(report.results) if self.req.ebpf == "auto" and report.cleanup_ok else None
         if why is None:
@@ -269,7 +281,8 @@ class Run:
         self.log.info("probing again with eBPF", why=why)
         again = Run(dataclasses.replace(self.req, ebpf="on"), self.log, log_events=self.log_events,
                     full_snapshot=self.full_snapshot).execute()
-        note = f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); probed again with the eBPF programs loaded"
+        note = (f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); "
+                "probed again with the eBPF programs loaded")
         return dataclasses.replace(again, notes=(note,) + again.notes)
 
     def change(self, undo: Undo, apply: Callable[[], T], atomic: bool = False) -> T:
@@ -294,7 +307,7 @@ class Run:
 
     def _undo_all(self) -> list[str]:
         """Take every journaled change back, newest first, each in its own try."""
-        from .cleanup import apply_undo
+        from tracer.undo.cleanup import apply_undo
 
         errors: list[str] = []
         if self.journal is None:
@@ -318,7 +331,7 @@ class Run:
     def _live(self) -> "_Live":
         """Everything that touches the system: instrument, send, collect, undo."""
         req = self.req
-        from .ebpf.phase import EbpfPhase
+        from tracer.ebpf.phase import EbpfPhase
 
         self.ebpf = EbpfPhase(req.ebpf, self.log, _print_bpf if req.print_bpf else None)
         self.ebpf.start()  # bcc compiles in the background while the run sets up
@@ -340,8 +353,8 @@ class Run:
         specs = build_specs(req, src, dst, self.rng)
         tplan = plan.trace_plan(self.run_id, specs, os.getpid())
 
-        from .collect import TraceSocket, ruleset_generation
-        from .inject import Injector, build
+        from tracer.inject.raw import Injector, build
+        from tracer.trace.collect import TraceSocket, ruleset_generation
 
         datas = [build(s) for s in specs]  # built before anything is changed: bad input fails here
         # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE
@@ -415,7 +428,7 @@ class Run:
             finally:
                 cleanup_errors = self._undo_all()
                 if port_plan is not None:
-                    from .simulate import leftovers
+                    from tracer.inject.simulate import leftovers
 
                     cleanup_errors += leftovers(port_plan, self.run_id)
                 self._unlock()
@@ -430,8 +443,8 @@ class Run:
 
     def _analyse(self, live: "_Live") -> ProbeReport:
         """After the undos: prove the firewall is as before, read the met chains, explain."""
-        from .ebpf import timeline as ebpf_timeline
-        from .inject import describe
+        from tracer.ebpf import timeline as ebpf_timeline
+        from tracer.inject.raw import describe
 
         full, tplan, kplan, legacy_saved, mode, via = live.full, live.tplan, live.kplan, live.legacy_saved, live.mode, live.via
         # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
@@ -450,7 +463,8 @@ class Run:
         # change, and the generations prove whether anything else changed meanwhile. Legacy
         # tables come from their save before the run (the kernel log's rule numbers count those).
         met = {(e.family, e.table, e.chain) for _, evs, _ in live.exchanges for e in evs
-               if e.source != "ebpf" and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
+               if e.source != "ebpf" and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy
+               and e.kind is not EventKind.CONNTRACK}
         snap = snapshot.chains(met, legacy_saved)
         results = []
         for i, (spec, all_evs, reply) in enumerate(live.exchanges):
@@ -487,9 +501,9 @@ class Run:
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
         """(injection port, its plan, ""), or (None, None, why not) when the kernel or the interfaces cannot."""
-        from . import simulate
-        from .errors import CommandError
-        from .tcbpf import IngressUnavailable
+        from tracer.errors import CommandError
+        from tracer.inject import simulate
+        from tracer.inject.tcbpf import IngressUnavailable
 
         printer = _print_bpf if self.req.print_bpf else None
         try:
@@ -514,15 +528,15 @@ class Run:
 
     def _reset(self, inj: Any, spec: PacketSpec) -> None:
         """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""
-        from .inject import build
-        from .simulate import rst_for_synack
+        from tracer.inject.raw import build
+        from tracer.inject.simulate import rst_for_synack
 
         rst, seq = rst_for_synack(spec)
         inj.send(rst, build(rst, seq))
         self.log.debug("sent", packet=rst.summary(), why="reset the half-open connection the probe made")
 
     def _rp_filter(self, via: str, back: Any) -> bool:
-        from . import ingress, simulate
+        from tracer.inject import ingress, simulate
 
         rp_all, rp_dev = simulate.rp_filter(via)
         return ingress.rp_filter_drops(rp_all, rp_dev, via, back)
@@ -530,18 +544,18 @@ class Run:
     def _kernel_sources(self, kplan: kernplan.KernPlan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
         """The /dev/kmsg reader and the NFLOG socket the plan needs, opened in the target before
         any rule of the plan exists (so nothing it logs is missed), closed with `stack`."""
-        from . import kernlog
+        from tracer.trace import kernlog
 
         ctx = kernlog.KernContext(self.run_id, kplan.ruleset, kplan.offsets, kplan.log_points)
         ksrc: Any = None
         nsrc: Any = None
         if kplan.kmsg:
-            from .kmsg import KmsgSource
+            from tracer.trace.kmsg import KmsgSource
 
             ksrc = KmsgSource(ctx)  # from now on: nothing older than the run is read
             stack.callback(ksrc.close)
         if kplan.nflog_group is not None:
-            from .collect import NflogSocket
+            from tracer.trace.collect import NflogSocket
 
             nsrc = NflogSocket(kplan.nflog_group, ctx, system.interface_names())
             stack.callback(nsrc.close)
@@ -553,7 +567,7 @@ class Run:
         Returns the (family, table, handle) of LOG rules iptables-nft put into nf_tables, so their
         trace events are not taken for the user's rules.
         """
-        from . import kernplan
+        from tracer.trace import kernplan
 
         ns = self.req.netns
         if kplan.kmsg:
@@ -572,7 +586,7 @@ class Run:
         return kernplan.own_handles(listed, self.run_id) if nft_points else frozenset()
 
     def _kmsg_setup(self, kplan: kernplan.KernPlan) -> None:
-        from . import kernplan
+        from tracer.trace import kernplan
 
         ns = self.req.netns
         for family in kplan.families:
@@ -596,12 +610,12 @@ class Run:
                 self.notes.append(f"fwtrace runs outside the initial namespace, so it cannot set {kernplan.ALL_NETNS}: "
                                   "the kernel log may show nothing of the target namespace")
                 return
-            # One switch for the whole machine: concurrent runs share it (tracer/shared.py), so
+            # One switch for the whole machine: concurrent runs share it (tracer/undo/shared.py), so
             # one run's cleanup cannot turn it off under another's feet.
             orig: list[Optional[str]] = []
 
             def on() -> None:
-                from . import shared
+                from tracer.undo import shared
 
                 with system.netns(system.HOME_NETNS):
                     orig.append(shared.acquire(kernplan.ALL_NETNS, "1", self.run_id, system.sysctl_get, system.sysctl_set))
@@ -657,7 +671,7 @@ def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> b
 
 def _resolve_ingress(req: ProbeRequest) -> tuple[IPAddress, IPAddress, str, Any]:
     """(source, destination, via interface, route back to the source) of a simulated ingress."""
-    from . import ingress, simulate
+    from tracer.inject import ingress, simulate
 
     version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
     src = req.src or ingress.default_source(version)
@@ -682,8 +696,8 @@ def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: di
     default path lists nothing in full)."""
     if not log and not legacy_saved:
         return None
-    from . import kernplan
-    from .ruleset import parse_iptables_save
+    from tracer.ruleset import parse_iptables_save
+    from tracer.trace import kernplan
 
     tables = snapshot.with_legacy(Ruleset(), legacy_saved).tables
     if not log and not tables:
@@ -698,7 +712,7 @@ def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: di
 def kernplan_json(kplan: Optional[kernplan.KernPlan]) -> Optional[dict[str, object]]:
     if kplan is None:
         return None
-    from . import kernplan
+    from tracer.trace import kernplan
 
     return kernplan.plan_to_json(kplan)
 
@@ -709,7 +723,7 @@ def before_has_raw(family: str) -> bool:
 
 def _conntrack_entry(spec: PacketSpec) -> str:
     """The probe flow's conntrack entry in the calling thread's namespace, or "none"."""
-    from . import kernlog
+    from tracer.trace import conntrack
 
     argv = ["conntrack", "-L", "-f", "ipv6" if spec.family == 6 else "ipv4",
             "-p", spec.proto.value if spec.proto is not Proto.ICMP else ("icmp" if spec.family == 4 else "icmpv6"),
@@ -720,14 +734,14 @@ def _conntrack_entry(spec: PacketSpec) -> str:
         out = system.run(argv, check=False).stdout
     except EnvironmentProblem:
         return "unknown (conntrack tool not installed)"
-    for e in kernlog.parse_conntrack(out):
+    for e in conntrack.parse_conntrack(out):
         if e.orig.src == spec.src and e.orig.sport == spec.sport:
             return e.describe()
     return "none"
 
 
 def _source_for(dst: IPAddress) -> IPAddress:
-    from .inject import source_address
+    from tracer.inject.raw import source_address
 
     src = source_address(dst)
     if src is None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .model import EventKind, PacketResult, Step
-from .ebpf.text import ebpf_line
-from .nftrace import parse_headers
-from .probe import ProbeReport
+from tracer.ebpf.text import ebpf_line
+from tracer.model import EventKind, PacketResult, Step
+from tracer.packet import parse_headers
+from tracer.probe import ProbeReport
 
 
 def _step_line(step: Step) -> str:

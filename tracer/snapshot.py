@@ -14,10 +14,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from .errors import CommandError
-from .model import Backend, Ruleset, Table
-from .ruleset import LEGACY_NAMES, LEGACY_SAVE, attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
-from .system import proc_net, run
+from tracer.errors import CommandError
+from tracer.model import Backend, Ruleset, Table
+from tracer.ruleset import (
+    LEGACY_NAMES,
+    LEGACY_SAVE,
+    attach_iptables,
+    managed_tables,
+    parse_iptables_save,
+    parse_nft_ruleset,
+)
+from tracer.system import proc_net, run
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 IPT_SAVE = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
@@ -69,7 +76,9 @@ def with_legacy(ruleset: Ruleset, legacy: dict[str, str]) -> Ruleset:
     """Add the iptables-legacy tables (pure); they keep their own backend beside nft's."""
     if not legacy:
         return ruleset
-    from .kernplan import legacy_tables  # the nft-only path never loads the kernel-log modules
+    from tracer.trace.kernplan import (
+        legacy_tables,  # the nft-only path never loads the kernel-log modules
+    )
 
     extra = tuple(t for family, text in legacy.items() for t in legacy_tables(family, parse_iptables_save(text)))
     return Ruleset(ruleset.tables + extra)

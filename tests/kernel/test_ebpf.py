@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -161,7 +161,7 @@ def test_netdev_ingress_drop_names_the_hook(lab: Lab) -> None:
 
 def _noise(lab: Lab, src: str, sport: int, stop: threading.Event) -> None:
     """SYNs to the probed port from the same source port, but another source address."""
-    from tracer.inject import Injector, build
+    from tracer.inject.raw import Injector, build
 
     with system.netns(lab.client):
         inj = Injector()

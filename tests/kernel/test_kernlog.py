@@ -17,10 +17,11 @@ from typing import Any, Iterator
 import pytest
 import structlog
 
-from tracer import cli, kernplan, snapshot, system
+from tracer import cli, snapshot, system
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import EventKind, ProbeRequest, Proto, Ruleset
 from tracer.probe import ProbeReport, Run
+from tracer.trace import kernplan
 
 log = structlog.get_logger("test")
 
@@ -157,7 +158,7 @@ def test_unbound_nf_log_backend_is_bound_for_the_run(lab: Lab) -> None:
 def test_concurrent_run_keeps_the_global_switch(lab: Lab) -> None:
     # Another fwtrace run (registered like a live one) relies on nf_log_all_netns: this run must
     # neither turn it off at its end nor lose it; the last one to finish restores it.
-    from tracer import shared
+    from tracer.undo import shared
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     before = system.sysctl_get(kernplan.ALL_NETNS)

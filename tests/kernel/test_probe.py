@@ -13,7 +13,15 @@ from typing import Any
 import structlog
 
 from tracer import cli, compare, system
-from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
+from tracer.lab import (
+    BACKEND4,
+    CLIENT4,
+    SEED_RULESET,
+    SERVER4,
+    SERVER6,
+    Lab,
+    published_port,
+)
 from tracer.model import ProbeRequest, Proto
 from tracer.probe import ProbeReport, Run
 

@@ -11,7 +11,9 @@ import struct
 import pytest
 
 from tracer.diagnose import Context, diagnose
-from tracer.doctor import Facts, plan, render as render_doctor, verdict as doctor_verdict
+from tracer.doctor import Facts, plan
+from tracer.doctor import render as render_doctor
+from tracer.doctor import verdict as doctor_verdict
 from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
 from tracer.ebpf.text import ebpf_line
 from tracer.model import EventKind, Listener, PacketResult, PacketSpec, Proto, Reply, Step, TraceEvent, Verdict
@@ -215,7 +217,7 @@ def test_hook_of_stack() -> None:
 
 
 def test_state_record_as_headers_from_the_peer() -> None:
-    from tracer.nftrace import parse_headers
+    from tracer.packet import parse_headers
 
     pkt = bytes([192, 0, 2, 1]) + bytes(12) + bytes([192, 0, 2, 2]) + bytes(12) + (22).to_bytes(2, "big") + (40000).to_bytes(2, "big")
     rec = decode.Record(0, 0, 0, decode.STATE, 0, 0, -1, 10, 3, decode.REPLY, 4, pkt)

@@ -6,8 +6,9 @@ import ipaddress
 
 import pytest
 
-from tracer import diagnose, ingress
-from tracer.ingress import Route, TcState
+from tracer import diagnose
+from tracer.inject import ingress
+from tracer.inject.ingress import Route, TcState
 from tracer.model import PacketResult, PacketSpec, Proto, Reply, Ruleset, Verdict
 
 a = ipaddress.ip_address

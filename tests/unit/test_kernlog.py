@@ -1,5 +1,5 @@
-"""The kernel-log and conntrack parsers (tracer/kernlog.py) on real captures, and the pure plan
-(tracer/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
+"""The kernel-log and conntrack parsers (tracer/trace/kernlog.py) on real captures, and the pure plan
+(tracer/trace/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer import correlate, kernlog, kernplan, nflog, snapshot
+from tracer import correlate, snapshot
 from tracer.model import Backend, EventKind, PacketSpec, Proto, Ruleset
+from tracer.trace import conntrack, kernlog, kernplan, nflog
 
 DATA = Path(__file__).parent.parent / "data"
 C4, S4 = ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1")
@@ -163,14 +164,14 @@ def test_synthesized_headers_let_correlation_pick_the_probe() -> None:
 
 def test_parse_conntrack_listing() -> None:
     # tcp 6 9 CLOSE src=192.0.2.2 dst=192.0.2.1 sport=41000 dport=8080 src=198.51.100.2 dst=192.0.2.2 sport=80 dport=41000 ...
-    v4 = {e.proto: e for e in kernlog.parse_conntrack((DATA / "conntrack-L-ipv4.txt").read_text())}
+    v4 = {e.proto: e for e in conntrack.parse_conntrack((DATA / "conntrack-L-ipv4.txt").read_text())}
     assert set(v4) == {"tcp", "udp", "icmp"}
     tcp = v4["tcp"]
     assert (tcp.state, tcp.orig.sport, tcp.orig.dport) == ("CLOSE", 41000, 8080)
     assert tcp.nat == "DNAT to 198.51.100.2:80"
     assert v4["udp"].state is None and v4["udp"].flags == {"UNREPLIED"} and v4["udp"].nat is None
     assert v4["icmp"].orig.sport == 777
-    v6 = kernlog.parse_conntrack((DATA / "conntrack-L-ipv6.txt").read_text())
+    v6 = conntrack.parse_conntrack((DATA / "conntrack-L-ipv6.txt").read_text())
     assert {(e.proto, e.orig.src, e.orig.sport) for e in v6} == {("udp", C6, 41003), ("tcp", C6, 41002)}
     assert "udp 2001:db8:1::2:41003 > 2001:db8:1::1:53 [UNREPLIED]" == next(e for e in v6 if e.proto == "udp").describe()
 
@@ -250,7 +251,7 @@ def test_any_text_never_crashes(text: str) -> None:
     line = kernlog.parse_line(text)
     if line is not None:
         kernlog.to_event(line, _ctx(), text)
-    kernlog.parse_conntrack(text)
+    conntrack.parse_conntrack(text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracer.model import EventKind
-from tracer.nftrace import parse_headers, parse_messages
+from tracer.packet import parse_headers
+from tracer.trace.nftrace import parse_messages
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 

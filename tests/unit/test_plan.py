@@ -7,7 +7,13 @@ import re
 import pytest
 
 from tracer.model import PacketSpec, Proto
-from tracer.plan import hook_of_chain, match_probe, match_replies, roles, trace_plan
+from tracer.trace.plan import (
+    hook_of_chain,
+    match_probe,
+    match_replies,
+    roles,
+    trace_plan,
+)
 
 a = ipaddress.ip_address
 SYN = PacketSpec(Proto.TCP, a("192.0.2.2"), a("192.0.2.1"), 40000, 8080, "S", 1234)

@@ -12,8 +12,8 @@ import platform
 import struct
 from typing import Any, Callable, Optional
 
-from .. import system
-from . import objcache
+from tracer import system
+from tracer.ebpf import objcache
 
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5

@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..model import EventKind, TraceEvent
-from .reasons import name as reason_name
+from tracer.ebpf.reasons import name as reason_name
+from tracer.model import EventKind, TraceEvent
 
 _HEAD = struct.Struct("<QQQIIIiiiBBHI")
 HEAD_SIZE = _HEAD.size  # 56

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from ..model import EventKind, Finding, PacketResult, Proto, TraceEvent, Verdict
-from ..sockets import serves
-from .timeline import kernel_steps
+from tracer.ebpf.timeline import kernel_steps
+from tracer.model import EventKind, Finding, PacketResult, Proto, TraceEvent, Verdict
+from tracer.sockets import serves
 
 ACCEPT_QUEUE = ("TCP_LISTEN_OVERFLOW", "SOCKET_BACKLOG")
 NOT_REACHED = ("accept-queue-full", "kernel-drop", "netfilter-drop-untraced")
@@ -58,11 +58,19 @@ def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Findi
                                f"after the firewall (nothing listens on {spec.proto.value} port {spec.dport} at {spec.dst}).",
                                f"start the service on port {spec.dport}"))
         return out
-    if reason is None:
+    if reason is None or drop is None:
         return out
     out = [f for f in out if f.code != "stack-drop"]  # a named cause replaces the generic one
+    return _by_reason(result, drop, out, said, via, src)
+
+
+def _by_reason(result: PacketResult, drop: TraceEvent, out: list[Finding], said: str, via: Optional[str],
+               src: object) -> list[Finding]:
+    """The finding a drop reason names (`out` amended in place and returned)."""
+    spec, reason = result.spec, drop.reason
+    where = f"{drop.reason} at {drop.location}"
     if reason == "IP_RPFILTER":
-        dev = drop.iif or via or "IFACE"  # type: ignore[union-attr]
+        dev = drop.iif or via or "IFACE"
         if not _confirm(out, "rp-filter", said):
             keys = f"net.ipv4.conf.all.rp_filter net.ipv4.conf.{dev}.rp_filter"
             out.append(Finding(
@@ -83,7 +91,7 @@ def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Findi
             "Send-Q (the backlog); a larger listen() backlog (net.core.somaxconn) only helps a slow, not a stuck, process",
         ))
     elif reason == "NETFILTER_DROP" and result.verdict not in (Verdict.DROP, Verdict.REJECT):
-        hook = drop.hook  # type: ignore[union-attr]
+        hook = drop.hook
         at = f"the {hook} hook" if hook else "a hook"
         look = f"`nft list ruleset | grep -B3 'hook {hook}'`" if hook else "`nft list ruleset`"
         out.append(Finding(

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import EnvironmentProblem
-from .. import system
+from tracer import system
+from tracer.errors import EnvironmentProblem
 
 CACHE = "/var/cache/fwtrace"
 USR_SRC = "/usr/src"

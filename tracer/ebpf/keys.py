@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from ..model import PacketSpec, Proto
+from tracer.model import PacketSpec, Proto
 
 KEY = struct.Struct("<BBHI16s")
 PROBE, REPLY = 1, 2

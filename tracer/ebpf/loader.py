@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .. import system
-from ..model import PacketSpec, TraceEvent
-from . import bpfsys, decode, headers, keys, objcache, reasons, render
-from .btf import BTF, BTFError
+from tracer import system
+from tracer.ebpf import bpfsys, decode, headers, keys, objcache, reasons, render
+from tracer.ebpf.btf import BTF, BTFError
+from tracer.model import PacketSpec, TraceEvent
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
@@ -279,13 +279,16 @@ class EbpfSource:
         self._inst.open_ring("events", self._pending.append)
         self._hook_pending: list[bytes] = []
         if loaded.hooks is not None:
-            loaded.hooks[b"hook_events"].open_ring_buffer(
-                lambda ctx, data, size: self._hook_pending.append(ctypes.string_at(data, size)) or 0)
+            loaded.hooks[b"hook_events"].open_ring_buffer(self._on_hook_record)
         self._syms: dict[int, str] = {}
         self._frames: dict[int, tuple[str, ...]] = {}
         self._watched: list[bytes] = []
         self.names = decode.Names(loaded.reasons, system.interface_names(), self._symbol, self._stack)
         self.netns = os.stat("/proc/thread-self/ns/net").st_ino  # the target's (opened there)
+
+    def _on_hook_record(self, ctx: Any, data: Any, size: int) -> int:
+        self._hook_pending.append(ctypes.string_at(data, size))
+        return 0
 
     def _symbol(self, addr: int) -> str:
         if addr not in self._syms:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Optional
 
-from ..model import PacketSpec
+from tracer.model import PacketSpec
 
 
 class EbpfPhase:
@@ -24,7 +24,7 @@ class EbpfPhase:
         """Begin compiling in the background (bcc/clang take ~2 s) while the run sets up."""
         if self.mode != "on":
             return
-        from .loader import Programs
+        from tracer.ebpf.loader import Programs
 
         self.programs = Programs(self.printer).start()
 
@@ -32,7 +32,7 @@ class EbpfPhase:
         """The event source, opened in the calling thread's (target) namespace, or None."""
         if self.programs is None:
             return None
-        from .loader import EbpfSource, EbpfUnavailable
+        from tracer.ebpf.loader import EbpfSource, EbpfUnavailable
 
         try:
             loaded = self.programs.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..model import PacketResult, Proto, Verdict
+from tracer.model import PacketResult, Proto, Verdict
 
 MODES = ("auto", "on", "off")
 

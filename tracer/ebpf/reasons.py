@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .btf import BTF
+from tracer.ebpf.btf import BTF
 
 _PAIR = re.compile(r'\{\s*(-?\d+|0x[0-9a-fA-F]+)\s*,\s*"([A-Za-z0-9_]+)"\s*\}')
 

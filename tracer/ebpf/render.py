@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .btf import BTF
+from tracer.ebpf.btf import BTF
 
 PROBES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "probes")
 PKT_MAX = 192  # network + transport header bytes copied per event: an ICMP error and its quote fit

@@ -1,7 +1,7 @@
 """How an eBPF event reads in the text report (the report adds the interface). Pure."""
 from __future__ import annotations
 
-from ..model import EventKind, TraceEvent
+from tracer.model import EventKind, TraceEvent
 
 
 def ebpf_line(ev: TraceEvent) -> str:

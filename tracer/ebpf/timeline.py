@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from ..correlate import is_probe, is_reply
-from ..model import EventKind, PacketResult, Step, TraceEvent
-from ..nftrace import parse_headers
+from tracer.correlate import is_probe, is_reply
+from tracer.model import EventKind, PacketResult, Step, TraceEvent
+from tracer.packet import parse_headers
 
 SOURCE = "ebpf"
 

@@ -23,7 +23,7 @@ class Undo:
 
     kind "cmd": run argv (with input) in netns; a failure whose stderr contains one of `gone`
     means the thing is already gone. kind "sysctl": write value to key in netns. kind "shared":
-    run `value` no longer needs the global switch `key` (tracer/shared.py restores it when no
+    run `value` no longer needs the global switch `key` (tracer/undo/shared.py restores it when no
     live run does). kind "clsact": delete the clsact qdisc of device `key` in netns, unless
     somebody else's filters are on it.
     """

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .kernlog import BUILTIN_HOOKS, LogPoint, log_prefix
-from .model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
-from .ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  (re-exported)
+from tracer.model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
+from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  re-exported
+from tracer.trace.kernlog import BUILTIN_HOOKS, LogPoint, log_prefix
 
 LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
 NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}

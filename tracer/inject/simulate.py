@@ -1,6 +1,6 @@
 """Simulated ingress, carried out: build the injection port, attach the tc programs, send, capture.
 
-`tracer.ingress` decides (pure); this module makes the changes through `Run.change`, so every
+`tracer.inject.ingress` decides (pure); this module makes the changes through `Run.change`, so every
 one of them is journaled before it is made and taken back at the end or by `fwtrace cleanup`.
 Everything here runs in the target namespace (the calling thread is already in it).
 """
@@ -13,12 +13,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import bpfasm, ingress, system
-from .errors import UsageError
-from .inject import ETH_P_ALL, Injector
-from .journal import Undo
-from .model import IPAddress, PacketSpec, Proto
-from .tcbpf import IngressUnavailable, attach_filter, load_sched_cls, tcx_attach, tcx_count
+from tracer import system
+from tracer.errors import UsageError
+from tracer.inject import bpfasm, ingress
+from tracer.inject.raw import ETH_P_ALL, Injector
+from tracer.inject.tcbpf import (
+    IngressUnavailable,
+    attach_filter,
+    load_sched_cls,
+    tcx_attach,
+    tcx_count,
+)
+from tracer.model import IPAddress, PacketSpec, Proto
+from tracer.undo.journal import Undo
 
 Change = Callable[..., Any]  # Run.change(undo, apply, atomic=False)
 
@@ -260,6 +267,6 @@ def rst_for_synack(spec: PacketSpec) -> tuple[PacketSpec, int]:
     fwtrace's reply catcher is gone: toward the real address. The SYN-ACK acknowledged the
     probe's sequence number plus one; IPv4 id / flow label 0 keeps it out of the probe's trace.
     """
-    from .inject import tcp_seq
+    from tracer.inject.raw import tcp_seq
 
     return PacketSpec(Proto.TCP, spec.src, spec.dst, spec.sport, spec.dport, "R", 0), (tcp_seq(spec) + 1) & 0xFFFFFFFF

@@ -24,8 +24,16 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from .bpfasm import F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, Field, Insn, Pattern, redirect_program
-from .model import IPAddress, PacketSpec, Proto
+from tracer.inject.bpfasm import (
+    F_INGRESS,
+    TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
+    Field,
+    Insn,
+    Pattern,
+    redirect_program,
+)
+from tracer.model import IPAddress, PacketSpec, Proto
 
 # Documentation addresses (RFC 5737 TEST-NET-3, RFC 3849): a stranger nobody has rules for.
 DEFAULT_SRC4 = ipaddress.ip_address("203.0.113.5")
@@ -276,7 +284,7 @@ def rp_filter_drops(rp_all: Optional[int], rp_dev: Optional[int], via: str, back
 
 
 # ---------------------------------------------------------------------------------------------
-# where a cls_bpf filter is attached (tracer.tcbpf.attach_filter)
+# where a cls_bpf filter is attached (tracer.inject.tcbpf.attach_filter)
 
 PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_{IN,E}GRESS)
 ETH_P_ALL = 0x0003

@@ -12,9 +12,10 @@ import struct
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from .kernlog import KernContext, own_log_prefix
-from .model import EventKind, TraceEvent
-from .nftrace import attrs, messages, parse_headers
+from tracer.model import EventKind, TraceEvent
+from tracer.packet import parse_headers
+from tracer.trace.kernlog import KernContext, own_log_prefix
+from tracer.trace.nftrace import attrs, messages
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
@@ -102,7 +103,7 @@ def to_event(p: Logged, ctx: KernContext, ifnames: Mapping[int, str] = {}) -> Op
         return None
     port = h.sport if h.proto in (6, 17) else h.icmp_id
     # Grouped like the kernel-log lines of the same packet (kernlog.packet_key).
-    from .kernlog import packet_key_of
+    from tracer.trace.kernlog import packet_key_of
 
     return TraceEvent(
         trace_id=packet_key_of(str(h.src), h.proto, port, h.ident), kind=EventKind.LOG, family=point.family,

@@ -18,7 +18,7 @@ import fcntl
 import os
 from typing import Callable, Iterator, Optional
 
-from .journal import process_starttime
+from tracer.undo.journal import process_starttime
 
 SHARED_DIR = os.environ.get("FWTRACE_SHARED_DIR", "/run/fwtrace/shared")
 

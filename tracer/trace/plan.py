@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .model import PacketSpec, Proto
+from tracer.model import PacketSpec, Proto
 
 TABLE_PREFIX = "fwtrace_"
 TRACE_PRIORITY = -1000

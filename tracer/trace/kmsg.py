@@ -2,7 +2,7 @@
 
 Opened at the start of a run and moved to the end at once (SEEK_END), so lines older than the
 run are never seen. The kernel log is global: lines from every namespace arrive here, and
-`tracer.kernlog` keeps only those describing this run's probes. The source has `fileno()` and
+`tracer.trace.kernlog` keeps only those describing this run's probes. The source has `fileno()` and
 `poll(until, on_event)` like the nftrace socket, so the probe waits on both at once.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import select
 import time
 from typing import Callable, Optional
 
-from . import kernlog
-from .errors import EnvironmentProblem
-from .model import TraceEvent
+from tracer.errors import EnvironmentProblem
+from tracer.model import TraceEvent
+from tracer.trace import kernlog
 
 KMSG = "/dev/kmsg"
 

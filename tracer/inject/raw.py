@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .model import IPAddress, PacketSpec, Proto
-from .nftrace import Headers, parse_headers
+from tracer.model import IPAddress, PacketSpec, Proto
+from tracer.packet import Headers, parse_headers
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

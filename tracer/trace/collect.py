@@ -12,9 +12,9 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
-from . import nftrace
-from .errors import EnvironmentProblem
-from .model import TraceEvent
+from tracer.errors import EnvironmentProblem
+from tracer.model import TraceEvent
+from tracer.trace import nftrace
 
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -84,7 +84,7 @@ class NflogSocket(_NetlinkSource):
     rule logs to it, so no logged probe packet is missed."""
 
     def __init__(self, group: int, ctx: Any, ifnames: dict[int, str]) -> None:
-        from . import nflog
+        from tracer.trace import nflog
 
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nftrace.NETLINK_NETFILTER)
         try:
@@ -109,7 +109,7 @@ class NflogSocket(_NetlinkSource):
         self.lost = False
 
     def parse(self, data: bytes) -> list[TraceEvent]:
-        from . import nflog
+        from tracer.trace import nflog
 
         return [ev for p in nflog.parse_packets(data) if (ev := nflog.to_event(p, self.ctx, self.ifnames)) is not None]
 

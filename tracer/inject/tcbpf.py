@@ -1,6 +1,6 @@
 """Load a tc program with the bpf(2) syscall and attach it with one rtnetlink request.
 
-No bcc and no clang: the programs are a few dozen instructions assembled by `tracer.bpfasm`, so
+No bcc and no clang: the programs are a few dozen instructions assembled by `tracer.inject.bpfasm`, so
 loading them costs a syscall. `tc` itself cannot attach a program by file descriptor, hence the
 netlink request, sent through pyroute2; removing it again is a plain
 `tc filter del`, which is what the journal records. Failures raise `IngressUnavailable` with the
@@ -15,9 +15,9 @@ import platform
 import struct
 from typing import Optional
 
-from . import system
-from .bpfasm import Insn, assemble
-from .ingress import ETH_P_ALL, FILTER_HANDLE, PARENT
+from tracer import system
+from tracer.inject.bpfasm import Insn, assemble
+from tracer.inject.ingress import ETH_P_ALL, FILTER_HANDLE, PARENT
 
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SCHED_CLS = 3

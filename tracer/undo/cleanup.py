@@ -5,9 +5,10 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from . import plan, system
-from .errors import FwtraceError
-from .journal import Undo, is_alive, list_journals
+from tracer import system
+from tracer.errors import FwtraceError
+from tracer.trace import plan
+from tracer.undo.journal import Undo, is_alive, list_journals
 
 _TABLE_RE = re.compile(r"^table inet (" + re.escape(plan.TABLE_PREFIX) + r"[0-9a-f]{8}) \{", re.M)
 
@@ -20,7 +21,7 @@ def apply_undo(undo: Undo) -> Optional[str]:
                 system.sysctl_set(undo.key, undo.value)
                 return None
             if undo.kind == "shared":
-                from . import shared
+                from tracer.undo import shared
 
                 shared.release(undo.key, undo.value, system.sysctl_set)
                 return None
@@ -41,7 +42,7 @@ def apply_undo(undo: Undo) -> Optional[str]:
 def _remove_clsact(dev: str) -> Optional[str]:
     """Delete the clsact qdisc fwtrace added to dev, unless filters of somebody else's sit on it now
     (another program, or another fwtrace run, added them meanwhile): then it is theirs as well."""
-    from .ingress import clsact_in_use
+    from tracer.inject.ingress import clsact_in_use
 
     shown = [system.run(["tc", "-j", "filter", "show", "dev", dev, where], check=False) for where in ("ingress", "egress")]
     if any("Cannot find device" in s.stderr for s in shown):
