@@ -36,6 +36,8 @@ class Facts:
     ebpf_load: Optional[str] = None  # "loaded in 1.6 s" / "failed: why" / None when not tried
     hook_verdicts: str = ""  # the nf_hook_slow program: "kprobe", "fentry" or why not
     notes: tuple[str, ...] = field(default_factory=tuple)
+    nft_tables: tuple[str, ...] = ()  # `nft list tables` here: "ip filter", "inet fw", ...
+    legacy_tables: tuple[str, ...] = ()  # x_tables (iptables-legacy) tables: "ip filter", "ip6 raw"
 
 
 def verdict(f: Facts) -> bool:
@@ -75,6 +77,16 @@ def _hook_plan(f: Facts) -> str:
     return f"not traced (kprobes absent, fentry {f.fentry})"
 
 
+def backends(f: Facts) -> str:
+    """Which firewalls hold tables here (iptables-nft tables are nf_tables tables)."""
+    parts = []
+    if f.nft_tables:
+        parts.append(f"nf_tables ({', '.join(f.nft_tables)})")
+    if f.legacy_tables:
+        parts.append(f"iptables-legacy ({', '.join(f.legacy_tables)})")
+    return "; ".join(parts) or "none (no tables)"
+
+
 def render(f: Facts) -> str:
     yes = {True: "yes", False: "no"}
     rows = [
@@ -83,6 +95,7 @@ def render(f: Facts) -> str:
         ("nft", f.nft or "missing"),
         ("iptables", f.iptables or "missing"),
         ("nf_tables", "works" if f.nftables_works else "does not answer"),
+        ("backends in use", backends(f)),
         ("nftrace", "per namespace over nfnetlink" if f.nftables_works else "unavailable"),
         ("nf_log binding", ", ".join(f"{k}={v}" for k, v in sorted(f.nf_log.items())) or "unknown"),
         ("nf_log_all_netns", f.nf_log_all_netns or "absent"),
@@ -149,6 +162,10 @@ def gather(load: bool = True) -> Facts:
         tracepoints=tps, drop_reasons=len(reasons.from_format(formats.get("skb/kfree_skb", ""))),
         kprobes=loader.kprobes_available(), fentry=_fentry(), bcc=_bcc_version(), headers=found.detail,
         headers_kind=found.kind, netdev_hooks=_kallsyms_has("nft_do_chain_netdev"),
+        nft_tables=tuple(line.split(None, 1)[1] for line in (out(["nft", "list", "tables"]) or "").splitlines()
+                         if line.startswith("table ")),
+        legacy_tables=tuple(f"{fam} {name}" for fam, proc in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names"))
+                            for name in system.proc_net(proc).split()),
     )
     if load and facts["bcc"] is not None:
         facts.update(_try_load())

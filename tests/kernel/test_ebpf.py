@@ -258,3 +258,28 @@ def test_btf_offsets_match_bpftool() -> None:
     head_bits = int(block.split("'head' type_id=", 1)[1].split("bits_offset=", 1)[1].split()[0])
     assert offs.get("SKB_HEAD_OFF") == head_bits // 8
     assert "ifindex;" in body and offs.get("DEV_IFINDEX_OFF") is not None
+
+
+def test_ipv6_no_listener_and_udp_port_unreachable(lab: Lab) -> None:
+    from tracer.lab import SERVER6
+
+    report = probe(lab, dport=9, dst=SERVER6)
+    [drop] = kernel_events(report, EventKind.DROP)
+    assert (drop.family, drop.reason) == ("ip6", "NO_SOCKET")
+    assert "NO_SOCKET" in finding(report, "no-listener").message
+    udp = probe(lab, dport=9, proto=Proto.UDP)
+    sent = kernel_events(udp, EventKind.SEND)
+    assert sent and "ICMP type 3 code 3" in sent[0].text
+    assert udp.results[0].reply.kind.endswith("port-unreachable")
+
+
+def test_unavailable_ebpf_degrades_the_run(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_btf() -> Any:
+        raise loader.EbpfUnavailable("no usable kernel BTF (test)")
+
+    monkeypatch.setattr(loader, "kernel_offsets", no_btf)
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    report = probe(lab, dport=8080)
+    assert report.ebpf.startswith("unavailable: no usable kernel BTF")
+    assert any(n.startswith("eBPF probes not loaded") for n in report.notes)
+    assert report.results[0].verdict.value == "reject"  # the netfilter sources still decide
