@@ -283,3 +283,21 @@ def test_unavailable_ebpf_degrades_the_run(lab: Lab, monkeypatch: pytest.MonkeyP
     assert report.ebpf.startswith("unavailable: no usable kernel BTF")
     assert any(n.startswith("eBPF probes not loaded") for n in report.notes)
     assert report.results[0].verdict.value == "reject"  # the netfilter sources still decide
+
+
+def test_hook_program_passes_the_verifier_here() -> None:
+    """probes/nfhook.c (kprobe variant) compiles and is accepted by this kernel's verifier; only
+    the attach needs kprobes. Keeps the VM tier's path from rotting where it cannot run."""
+    from bcc import BPF
+
+    from tracer.ebpf import headers, render
+
+    found = headers.find()
+    if found.kind != "matching":
+        os.environ["BCC_KERNEL_SOURCE"] = headers.prepare(found)
+    src = render.render_hooks(render.template("nfhook.c"), loader.kernel_offsets(), "kprobe")
+    if loader.kprobes_available():
+        BPF(text=src.encode()).cleanup()
+        return
+    with pytest.raises(Exception, match="Failed to attach BPF program b'kprobe__nf_hook_slow'"):
+        BPF(text=src.encode())

@@ -134,7 +134,7 @@ def build(print_source: Optional[Callable[[str, str], None]] = None, hooks: bool
         raise EbpfUnavailable("bcc is not importable (Debian package python3-bpfcc, for /usr/bin/python3)") from e
     t0 = time.monotonic()
     path = os.path.join(headers.CACHE, "bpf", objcache.key(src, platform.release(), getattr(bcc, "__version__", "")) + ".json")
-    cached = os.path.exists(path)
+    cached = _trusted(path)
     try:
         if cached:
             with open(path) as f:
@@ -148,6 +148,19 @@ def build(print_source: Optional[Callable[[str, str], None]] = None, hooks: bool
     if hooks:
         loaded.hooks, loaded.hooks_note = _load_hooks(BPF, offs, print_source)
     return loaded
+
+
+def _trusted(path: str) -> bool:
+    """A cached object is loaded into the kernel: only when it is root's and nobody else can
+    write it or its directory (otherwise it is compiled afresh and the file replaced)."""
+    try:
+        for p in (path, os.path.dirname(path)):
+            st = os.stat(p)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _compile(BPF: Any, src: str, path: str) -> objcache.Object:
@@ -178,9 +191,9 @@ def _compile(BPF: Any, src: str, path: str) -> objcache.Object:
         obj = objcache.Object(tuple(programs), tuple(maps), lib.bpf_module_license(mod).decode())
     finally:
         bpf.cleanup()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as f:
         f.write(objcache.dumps(obj))
     os.replace(tmp, path)  # atomic: a concurrent run reads the old state or the whole new one
     return obj

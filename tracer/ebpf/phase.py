@@ -37,17 +37,24 @@ class EbpfPhase:
         try:
             loaded = self.programs.wait()
         except EbpfUnavailable as e:
-            self.status = f"unavailable: {e}"
-            self.notes.append(f"eBPF probes not loaded: {e}; the run used the netfilter sources only")
-            self.log.warning("ebpf unavailable", reason=str(e))
-            return None
+            return self._unavailable(str(e))
         self.compile_seconds = loaded.compile_seconds
-        self.source = EbpfSource(loaded)
+        try:
+            self.source = EbpfSource(loaded)
+        except Exception as e:  # the ring buffer or a map refused: same degraded run
+            loaded.bpf.close()
+            return self._unavailable(f"{type(e).__name__}: {e}")
         stack.callback(self.source.close)
         self.status = "loaded"
         if loaded.hooks_note:
             self.notes.append(loaded.hooks_note)
         return self.source
+
+    def _unavailable(self, why: str) -> None:
+        self.status = f"unavailable: {why}"
+        self.notes.append(f"eBPF probes not loaded: {why}; the run used the netfilter sources only")
+        self.log.warning("ebpf unavailable", reason=why)
+        return None
 
     def watch(self, spec: PacketSpec) -> None:
         if self.source is not None:
