@@ -360,3 +360,13 @@ def test_cached_object_round_trip_and_key() -> None:
     assert k != objcache.key("src2", "6.18", "0.26.0") and k != objcache.key("src", "6.1", "0.26.0")
     with pytest.raises(ValueError):
         objcache.loads('{"format": 0}')
+
+
+def test_debian_header_pair() -> None:
+    from tracer.ebpf.headers import pick_debian
+
+    names = ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common", "linux-headers-6.1.0-9-common",
+             "linux-headers-6.1.0-9-amd64", "linux-headers-6.1.0-60-common", "linux-kbuild-6.1", "python3.11"]
+    # the newest complete pair (6.1.0-60 has no -amd64 directory)
+    assert pick_debian(names, "amd64") == ("linux-headers-6.1.0-56-common", "linux-headers-6.1.0-56-amd64")
+    assert pick_debian(names, "arm64") is None
