@@ -467,11 +467,14 @@ class Run:
                and e.kind is not EventKind.CONNTRACK}
         snap = snapshot.chains(met, legacy_saved)
         results = []
+        from tracer.inject.ingress import port_names
+
+        own_ports = frozenset(port_names(self.run_id)) if mode == "ingress" else frozenset()
         for i, (spec, all_evs, reply) in enumerate(live.exchanges):
             evs, kernel_evs = ebpf_timeline.split(all_evs)  # eBPF events join after correlation
             r = correlate.packet_result(spec, evs, snap.ruleset, reply[0] if reply else None,
                                         describe(reply[1]) if reply else "", live.roles)
-            r = ebpf_timeline.attach(r, kernel_evs)
+            r = ebpf_timeline.attach(r, kernel_evs, own_ports)
             results.append(dataclasses.replace(r, conntrack=live.conntrack[i]) if i in live.conntrack else r)
         back = live.back
         rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and live.dst.version == 4 else False

@@ -370,3 +370,15 @@ def test_debian_header_pair() -> None:
     # the newest complete pair (6.1.0-60 has no -amd64 directory)
     assert pick_debian(names, "amd64") == ("linux-headers-6.1.0-56-common", "linux-headers-6.1.0-56-amd64")
     assert pick_debian(names, "arm64") is None
+
+
+def test_own_injection_port_events_left_out() -> None:
+    r = result_for("reject", Verdict.REJECT, ("prerouting", "input"))
+    probe_steps = [s for s in r.steps if s.event.source == "ebpf"]
+    assert probe_steps
+    with open(os.path.join(DATA, "reject", "report.json")) as f:
+        spec = spec_of(json.load(f))
+    bare = PacketResult(spec, Verdict.REJECT, None, Reply("none"), (), ())
+    evs = events("reject")
+    assert timeline.attach(bare, evs, frozenset({"eth0"})).steps == tuple(
+        Step(e) for e in evs if e.iif is None and timeline.attach(bare, [e]).steps)

@@ -28,14 +28,18 @@ def split(events: Iterable[TraceEvent]) -> tuple[list[TraceEvent], list[TraceEve
     return nf, bpf
 
 
-def attach(result: PacketResult, events: list[TraceEvent]) -> PacketResult:
-    """`result` with the eBPF events that concern its probe or its replies appended."""
+def attach(result: PacketResult, events: list[TraceEvent], own_ifaces: frozenset[str] = frozenset()) -> PacketResult:
+    """`result` with the eBPF events that concern its probe or its replies appended.
+
+    `own_ifaces`: fwtrace's own injection port (simulated ingress). A reply caught on its way out
+    is redirected into that port and freed there (OTHERHOST: not addressed to the port): the
+    end of fwtrace's capture, not of the reply's trip."""
     spec = result.spec
     probe: list[Step] = []
     reply: list[Step] = []
     for e in events:
         h = parse_headers(e.packet) if e.packet else None
-        if h is None:
+        if h is None or (e.iif is not None and e.iif in own_ifaces):
             continue
         if is_probe(h, spec):
             probe.append(Step(e))
