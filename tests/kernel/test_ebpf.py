@@ -301,3 +301,30 @@ def test_hook_program_passes_the_verifier_here() -> None:
         return
     with pytest.raises(Exception, match="Failed to attach BPF program b'kprobe__nf_hook_slow'"):
         BPF(text=src.encode())
+
+
+def test_two_runs_with_ebpf_at_once_see_only_their_own(lab: Lab, tmp_path: Any) -> None:
+    """Each run loads its own maps and programs: two at once (one rejected, one without a
+    listener) each get their own drop reason, and no record of the other's probe reaches it."""
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 8080 -j REJECT\nCOMMIT\n")
+    argv = [sys.executable, "-m", "tracer", "probe", "--netns", lab.server, "--from-netns", lab.client, "--json",
+            "--ebpf", "on"]
+    procs = [subprocess.Popen(argv + ["--dport", port, "--evidence", str(tmp_path / port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for port in ("8080", "9")]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode in (0, 1), err
+        docs.append(json.loads(out))
+    reasons = [[e["reason"] for e in d["packets"][0]["events"] if e["source"] == "ebpf" and e["kind"] == "drop"]
+               for d in docs]
+    assert reasons == [["NETFILTER_DROP"], ["NO_SOCKET"]]
+    for port, d in zip(("8080", "9"), docs, strict=True):
+        raw = (tmp_path / port / "ebpf-records.bin").read_bytes()
+        size = decode.HEAD_SIZE + 192
+        records = [decode.decode(raw[i:i + size]) for i in range(0, len(raw), size)]
+        assert records
+        sport = d["packets"][0]["probe"]["sport"]
+        for rec in records:  # the probe (source port) or its reply (destination port): this run's only
+            ports = {int.from_bytes(rec.packet[20:22], "big"), int.from_bytes(rec.packet[22:24], "big")}
+            assert sport in ports and int(port) in ports
