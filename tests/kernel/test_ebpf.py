@@ -24,7 +24,8 @@ from tracer import compare, system
 from tracer.ebpf import decode, loader
 from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import EventKind, PacketSpec, ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 CUSTOMER = ipaddress.ip_address("203.0.113.5")

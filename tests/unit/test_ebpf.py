@@ -16,7 +16,17 @@ from tracer.doctor import render as render_doctor
 from tracer.doctor import verdict as doctor_verdict
 from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
 from tracer.ebpf.text import ebpf_line
-from tracer.model import EventKind, Listener, PacketResult, PacketSpec, Proto, Reply, Step, TraceEvent, Verdict
+from tracer.model import (
+    EventKind,
+    Listener,
+    PacketResult,
+    PacketSpec,
+    Proto,
+    Reply,
+    Step,
+    TraceEvent,
+    Verdict,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "ebpf")
 RECORD = decode.HEAD_SIZE + render.PKT_MAX
@@ -382,3 +392,30 @@ def test_own_injection_port_events_left_out() -> None:
     evs = events("reject")
     assert timeline.attach(bare, evs, frozenset({"eth0"})).steps == tuple(
         Step(e) for e in evs if e.iif is None and timeline.attach(bare, [e]).steps)
+
+
+# --- the pipeline's eBPF steps (scripted, as tests/unit/test_pipeline.py) -------------------
+
+
+def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
+    import random
+
+    from tests.unit.test_pipeline import Script
+    from tracer.commands import drive
+    from tracer.ebpf.commands import EbpfOutcome
+    from tracer.model import ProbeRequest
+    from tracer.probe import probe
+
+    raw = open(os.path.join(DATA, "reject", "ebpf-records.bin"), "rb").read()
+    script = Script(OpenEbpf="loaded", CollectEbpf=EbpfOutcome("loaded", ("a note",), (raw[:RECORD],), {"netns": 1}))
+    report = drive(probe(ProbeRequest(dport=8080, local=True, ebpf="on"), "0badc0de", 4242, random.Random(1)), script)
+    names = script.names()
+    assert names[0] == "StartEbpf"  # first: the load runs beside everything else
+    assert names.index("OpenEbpf") < names.index("Change")  # open before anything is sent
+    assert names.index("WatchEbpf") == names.index("Send") - 1
+    assert names.index("CollectEbpf") == names.index("Finish") + 1
+    assert report.ebpf == "loaded" and "a note" in report.notes
+    assert report.evidence.ebpf == (raw[:RECORD],) and report.to_json()["ebpf"] == {"mode": "on", "status": "loaded"}
+    off = Script()
+    drive(probe(ProbeRequest(dport=8080, local=True), "0badc0de", 4242, random.Random(1)), off)
+    assert not [n for n in off.names() if "Ebpf" in n]

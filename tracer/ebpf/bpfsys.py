@@ -7,6 +7,7 @@ detaches and frees it all.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import struct
@@ -32,10 +33,16 @@ def _bpf(cmd: int, attr: Any) -> int:
     if nr is None:
         raise LoadError(f"bpf(2) syscall number unknown for {platform.machine()}")
     libc = system.libc()
-    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(ATTR_SIZE))
-    if ret < 0:
-        raise LoadError(os.strerror(ctypes.get_errno()))
-    return int(ret)
+    # The verifier gives up with EAGAIN when a signal is pending for the thread (SIGCHLD of the
+    # run's own subprocesses lands on any thread): try again, as libbpf does.
+    for _ in range(8):
+        ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(ATTR_SIZE))
+        if ret >= 0:
+            return int(ret)
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    raise LoadError(os.strerror(err))
 
 
 def map_create(m: objcache.MapShape) -> int:
