@@ -9,6 +9,9 @@ simulated-ingress fallback and the waiting rules are tested without root.
     pipeline: snapshot -> address -> packets -> Begin -> injection (port, or fallback to local)
               -> instrument -> exchange per probe -> Finish (undo all, also when interrupted)
               -> verify cleanup -> analyse -> outcome.build_report
+
+    with --ebpf on (tracer/ebpf/commands.py): StartEbpf first (the programs load beside the rest),
+    OpenEbpf before the trace table, WatchEbpf before each Send, CollectEbpf after Finish.
 """
 from __future__ import annotations
 
