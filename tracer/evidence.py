@@ -98,6 +98,14 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     for i, spec in enumerate(specs, 1):
         raw = files.get(f"reply-{i}.ip", b"")
         results.append(correlate.packet_result(spec, events, ruleset, parse_headers(raw), "", roles))
+    if "ebpf-records.bin" in files:  # the kernel's own view, as the run decoded it
+        from tracer.ebpf import decode, render, timeline
+        from tracer.inject.ingress import port_names
+
+        kernel = decode.replay_events(files["ebpf-records.bin"], json.loads(files["ebpf-names.json"]),
+                                      decode.HEAD_SIZE + render.PKT_MAX)
+        port = frozenset(port_names(doc["run_id"])) if doc.get("mode") == "ingress" else frozenset()
+        results = [timeline.attach(r, kernel, port) for r in results]
     return results
 
 

@@ -419,3 +419,14 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
     off = Script()
     drive(probe(ProbeRequest(dport=8080, local=True), "0badc0de", 4242, random.Random(1)), off)
     assert not [n for n in off.names() if "Ebpf" in n]
+
+
+def test_bundle_replay_puts_the_kernel_events_back() -> None:
+    from tracer.evidence import read_bundle, replay
+
+    bundles = os.path.join(DATA, "..", "bundles")
+    [rp] = replay(read_bundle(os.path.join(bundles, "ebpf-rp-filter")))
+    assert [(s.event.source, s.event.reason) for s in rp.steps if s.event.source == "ebpf"] == [("ebpf", "IP_RPFILTER")]
+    [rej] = replay(read_bundle(os.path.join(bundles, "ebpf-reject")))
+    kinds = [(s.event.source, s.event.kind.value) for s in rej.steps]
+    assert kinds[0] == ("nftrace", "rule") and ("ebpf", "drop") in kinds

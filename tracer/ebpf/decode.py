@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from tracer.ebpf.reasons import name as reason_name
 from tracer.model import EventKind, TraceEvent
@@ -192,3 +192,15 @@ def hook_event(data: bytes, seq: int) -> TraceEvent:
     return TraceEvent(trace_id=TRACE_ID_BASE + seq, kind=EventKind.HOOK, family=NFPROTO.get(pf, str(pf)), table="",
                       chain="", hook=hook_name, packet=bytes(data[_HOOK.size:]), source="ebpf",
                       text=f"netfilter {NFPROTO.get(pf, pf)} {hook_name} hook: nf_hook_slow returned {verdict} ({word})")
+
+
+def replay_events(records: bytes, names: dict[str, Any], record_size: int) -> list[TraceEvent]:
+    """The timeline events of an evidence bundle's `ebpf-records.bin` (records of `record_size`
+    bytes, concatenated) with its `ebpf-names.json`: what the run itself decoded."""
+    syms, stacks = names.get("symbols", {}), names.get("stacks", {})
+    table = Names({int(k): v for k, v in names.get("reasons", {}).items()},
+                  {int(k): v for k, v in names.get("ifnames", {}).items()},
+                  lambda a: syms.get(str(a), hex(a)), lambda i: tuple(stacks.get(str(i), ())))
+    recs = [decode(records[i:i + record_size]) for i in range(0, len(records) - record_size + 1, record_size)]
+    kept = [r for r in recs if wanted(r, int(names.get("netns", 0)), table.symbol)]
+    return [to_event(r, table, i) for i, r in enumerate(kept)]
