@@ -98,6 +98,12 @@ class Run:
         why = unexplained(report.results) if self.req.ebpf == "auto" and report.cleanup_ok else None
         if why is None:
             return report
+        from tracer.ebpf.loader import unavailable
+
+        cannot = unavailable()
+        if cannot is not None:
+            note = f"--ebpf auto: the first pass left a fate unexplained ({why}), but eBPF cannot run here: {cannot}"
+            return dataclasses.replace(report, notes=report.notes + (note,))
         self.log.info("probing again with eBPF", why=why)
         again = Run(dataclasses.replace(self.req, ebpf="on"), self.log, log_events=self.log_events,
                     full_snapshot=self.full_snapshot).execute()

@@ -21,10 +21,10 @@ import pytest
 import structlog
 
 from tracer import compare, system
+from tracer.driver import Run
 from tracer.ebpf import decode, loader
 from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import EventKind, PacketSpec, ProbeRequest, Proto
-from tracer.driver import Run
 from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
@@ -329,3 +329,16 @@ def test_two_runs_with_ebpf_at_once_see_only_their_own(lab: Lab, tmp_path: Any) 
         for rec in records:  # the probe (source port) or its reply (destination port): this run's only
             ports = {int.from_bytes(rec.packet[20:22], "big"), int.from_bytes(rec.packet[22:24], "big")}
             assert sport in ports and int(port) in ports
+
+
+def test_auto_says_why_it_cannot_engage(router_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = router_lab
+    monkeypatch.setattr(loader, "unavailable", lambda: "bcc is not importable (test)")
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", str(BACKEND4), "dev", "eth1")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "1")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    report = probe(lab, dport=22, via="eth0", src=CUSTOMER, dst=SERVER4, ebpf="auto")
+    assert report.ebpf == ""  # one pass only
+    assert any("eBPF cannot run here: bcc is not importable (test)" in n for n in report.notes)
+    assert "rp-filter" in {f.code for f in report.findings}  # the first pass's own reasoning stays

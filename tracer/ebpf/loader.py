@@ -67,6 +67,22 @@ def kernel_btf() -> BTF:
         raise EbpfUnavailable(f"no usable kernel BTF at {BTF_PATH} ({e}): the sk_buff offsets are unknown") from e
 
 
+def unavailable() -> Optional[str]:
+    """Why the programs cannot load here, from a quick look (no compile), or None: --ebpf auto
+    asks before it probes a second time for nothing."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable (Debian package python3-bpfcc, for /usr/bin/python3)"
+    if not os.path.exists(BTF_PATH):
+        return f"no kernel BTF at {BTF_PATH}"
+    if headers.find().kind == "none":  # fine if a compiled object was kept before
+        cached = os.path.join(headers.CACHE, "bpf")
+        if not (os.path.isdir(cached) and os.listdir(cached)):
+            return "no kernel headers for bcc to compile with (install linux-headers-amd64)"
+    return None
+
+
 def kprobes_available() -> bool:
     return os.path.isdir(KPROBE_PMU)
 
