@@ -87,7 +87,9 @@ def test_reject_is_a_netfilter_drop_matched_to_the_probe(lab: Lab) -> None:
     assert r.verdict.value == "reject" and r.decided_by is not None and r.decided_by.rule is not None
     # after the deciding rule in the timeline; in JSON with its source and the kernel's spelling
     kinds = [(s.event.source, s.event.kind.value) for s in r.steps]
-    assert kinds.index(("nftrace", "rule")) < kinds.index(("ebpf", "drop"))
+    # in time order: the ICMP error sent while the rule runs, the rule (reported after its
+    # expressions), then the drop
+    assert kinds == [("ebpf", "send"), ("nftrace", "rule"), ("ebpf", "drop")]
     events = report.to_json()["packets"][0]["events"]
     assert {"source": "ebpf", "reason": "NETFILTER_DROP", "kind": "drop"}.items() <= events[-1].items()
     # the REJECT's ICMP error, tied to the code that sent it

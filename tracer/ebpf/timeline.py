@@ -4,8 +4,9 @@ The eBPF events of an exchange are kept apart from the netfilter sources' while 
 correlated (they carry no table or chain), then join the packet: the probe's own events after
 its netfilter steps, the events of its replies after the reply's steps. That is their time
 order: a drop is the last thing that happens to a packet, and the stack's own RST / ICMP error
-and socket changes come after INPUT; only a REJECT rule's reply is sent a moment before nftrace
-reports the rule (the rule event follows its expressions).
+and socket changes come after INPUT. A REJECT rule's reply is the exception: it is sent while the
+rule's expressions run, and nftrace reports the rule after them, so it goes before the rule's
+step (the first drop verdict).
 """
 from __future__ import annotations
 
@@ -49,7 +50,17 @@ def attach(result: PacketResult, events: list[TraceEvent], own_ifaces: frozenset
             reply.append(Step(e))
     if not probe and not reply:
         return result
-    return dataclasses.replace(result, steps=result.steps + tuple(probe), reply_steps=result.reply_steps + tuple(reply))
+    return dataclasses.replace(result, steps=_in_order(result.steps, probe), reply_steps=result.reply_steps + tuple(reply))
+
+
+def _in_order(steps: tuple[Step, ...], kernel: list[Step]) -> tuple[Step, ...]:
+    """The netfilter steps with the kernel's after them, a REJECT's own reply before its rule."""
+    during = [s for s in kernel if s.event.kind is EventKind.SEND and "reject" in (s.event.location or "")]
+    rule = next((i for i, s in enumerate(steps) if (s.event.verdict or "").startswith("drop")), None)
+    if not during or rule is None:
+        return steps + tuple(kernel)
+    rest = tuple(s for s in kernel if s not in during)
+    return steps[:rule] + tuple(during) + steps[rule:] + rest
 
 
 def kernel_steps(result: PacketResult) -> list[TraceEvent]:
