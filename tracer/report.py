@@ -5,8 +5,8 @@ from typing import Optional
 
 from tracer.ebpf.text import ebpf_line
 from tracer.model import EventKind, PacketResult, Step
-from tracer.packet import parse_headers
 from tracer.outcome import ProbeReport
+from tracer.packet import parse_headers
 
 
 def _step_line(step: Step) -> str:
