@@ -11,9 +11,6 @@ import struct
 import pytest
 
 from tracer.diagnose import Context, diagnose
-from tracer.doctor import Facts, plan
-from tracer.doctor import render as render_doctor
-from tracer.doctor import verdict as doctor_verdict
 from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
 from tracer.ebpf.text import ebpf_line
 from tracer.model import (
@@ -313,73 +310,6 @@ def test_auto_policy() -> None:
     assert "no netfilter verdict" in (policy.unexplained([res(Verdict.UNKNOWN, "none")]) or "")
     assert "no reply" in (policy.unexplained([res(Verdict.ACCEPT, "none")]) or "")
     assert "rejected" in (policy.unexplained([res(Verdict.REJECT, "none")]) or "")
-
-
-# --- doctor ----------------------------------------------------------------------------------
-
-
-def facts(**kw: object) -> Facts:
-    base = dict(kernel="6.18", root=True, nft="nftables v1.0.6", iptables="iptables v1.8.9 (nf_tables)",
-                nftables_works=True, nf_log={"2": "NONE", "10": "NONE"}, nf_log_all_netns="0", btf=5520272,
-                tracefs="/sys/kernel/tracing", tracepoints={"skb/kfree_skb": True, "icmp/icmp_send": False},
-                drop_reasons=127, kprobes=False, fentry="refused: EPERM", bcc="0.26.0", headers="Debian's",
-                headers_kind="debian", netdev_hooks=True)
-    base.update(kw)
-    return Facts(**base)  # type: ignore[arg-type]
-
-
-def test_doctor_rendering() -> None:
-    f = facts()
-    text = render_doctor(f)
-    assert "kprobes           absent (CONFIG_KPROBES not set)" in text
-    assert "icmp/icmp_send (absent)" in text
-    assert text.rstrip().endswith("probing works") and doctor_verdict(f)
-    assert "not traced (kprobes absent, fentry refused: EPERM)" in " ".join(plan(f))
-    assert "through kprobe/kretprobe" in " ".join(plan(facts(kprobes=True)))
-    no = facts(root=False, bcc=None)
-    assert not doctor_verdict(no) and "probing does NOT work here" in render_doctor(no)
-    assert "missing: bcc" in " ".join(plan(no))
-
-
-# --- the compiled-object cache ---------------------------------------------------------------
-
-
-def test_relocate_points_map_references_at_the_new_fds() -> None:
-    from tracer.ebpf import objcache
-
-    ld_map = struct.pack("<BBhi", 0x18, (1 << 4) | 1, 0, 7) + struct.pack("<BBhi", 0, 0, 0, 0)  # r1 = map fd 7
-    ld_const = struct.pack("<BBhi", 0x18, 2, 0, 7) + struct.pack("<BBhi", 0, 0, 0, 0)  # r2 = 7 (a number)
-    exit_ = struct.pack("<BBhi", 0x95, 0, 0, 0)
-    out = objcache.relocate(ld_map + ld_const + exit_, {7: 42})
-    assert struct.unpack_from("<i", out, 4)[0] == 42
-    assert out[16:] == ld_const + exit_  # a plain 64-bit constant is not a map
-    with pytest.raises(ValueError, match="map fd 7"):
-        objcache.relocate(ld_map, {})
-    with pytest.raises(ValueError):
-        objcache.relocate(b"\0" * 7, {})
-
-
-def test_cached_object_round_trip_and_key() -> None:
-    from tracer.ebpf import objcache
-
-    obj = objcache.Object((objcache.Program("tracepoint__skb__kfree_skb", b"\x95" + bytes(7)),),
-                          (objcache.MapShape("events", 7, 27, 0, 0, 262144, 0),), "GPL")
-    assert objcache.loads(objcache.dumps(obj)) == obj
-    assert obj.programs[0].tracepoint == ("skb", "kfree_skb")
-    k = objcache.key("src", "6.18", "0.26.0")
-    assert k != objcache.key("src2", "6.18", "0.26.0") and k != objcache.key("src", "6.1", "0.26.0")
-    with pytest.raises(ValueError):
-        objcache.loads('{"format": 0}')
-
-
-def test_debian_header_pair() -> None:
-    from tracer.ebpf.headers import pick_debian
-
-    names = ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common", "linux-headers-6.1.0-9-common",
-             "linux-headers-6.1.0-9-amd64", "linux-headers-6.1.0-60-common", "linux-kbuild-6.1", "python3.11"]
-    # the newest complete pair (6.1.0-60 has no -amd64 directory)
-    assert pick_debian(names, "amd64") == ("linux-headers-6.1.0-56-common", "linux-headers-6.1.0-56-amd64")
-    assert pick_debian(names, "arm64") is None
 
 
 def test_own_injection_port_events_left_out() -> None:
