@@ -121,6 +121,9 @@ class Collector:
             files[f"after/{name}"] = content.encode()
         files["counter-deltas.txt"] = counter_deltas(self.before_sets, after).encode()
         files["environment.json"] = json.dumps(facts, indent=2).encode() + b"\n"
+        from tracer.doctor import dumps, gather
+
+        files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
         for name, content in long.items():
             files[f"environment/{name}"] = content.encode()
         return files

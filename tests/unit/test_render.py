@@ -36,7 +36,8 @@ def report(name: str, **kw: Any) -> ProbeReport:
     return replay_report(files, req, ctx, generations=(5, 6, 7), mode=Mode.FROM_NETNS, **kw)
 
 
-@pytest.mark.parametrize("name", ["seed-shadowed", "seed-user-chain", "dnat-forward-drop", "legacy-user-chain-log"])
+@pytest.mark.parametrize("name", ["seed-shadowed", "seed-user-chain", "dnat-forward-drop", "legacy-user-chain-log",
+                                  "ebpf-reject"])
 def test_terminal_golden_at_80_columns(name: str) -> None:
     text = terminal.text(report(name), width=80)
     golden = DATA / "golden" / f"{name}.txt"

@@ -76,8 +76,16 @@ def steps(r: PacketResult) -> Section:
     current: Optional[ChainKey] = None
     last_hdr = None
     decided = False
+    held: Section = []  # a REJECT's own reply (eBPF), said after the rules its rule skipped
     for step in r.steps:
         ev = step.event
+        if ev.source == "ebpf":
+            row = _ebpf_row(step)
+            if ev.kind is EventKind.SEND and "reject" in (ev.location or ""):
+                held.append(row)
+            else:
+                rows.append(row)
+            continue
         key: ChainKey = (ev.family, ev.table, ev.chain, ev.legacy)
         if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
             # The kernel reports no event for falling off a regular chain: say it here.
@@ -97,6 +105,8 @@ def steps(r: PacketResult) -> Section:
             if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
                 jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
                 pos[jumped] = 0
+        rows += held
+        held = []
         h = parse_headers(ev.packet) if ev.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
             rows.append(Row("", f"(packet now addressed to {h.dst}:{h.dport})", "note"))
@@ -105,9 +115,19 @@ def steps(r: PacketResult) -> Section:
         deciding = not decided and _is_decider(step, r)
         decided = decided or deciding
         rows.append(_step_row(step, deciding, bad))
+    rows += held
     if not r.steps:
         rows.append(Row("", "(no chain of the ruleset saw this packet)", "dim"))
     return rows
+
+
+def _ebpf_row(step: Step) -> Row:
+    """The kernel's own view (eBPF: drops with their reason, replies the stack sends)."""
+    from tracer.ebpf.text import ebpf_line
+
+    ev = step.event
+    body = ebpf_line(ev).split("kernel (eBPF)", 1)[-1].strip() + (f"  (in {ev.iif})" if ev.iif else "")
+    return Row("kernel", body, "warn" if ev.kind is EventKind.DROP else "dim")
 
 
 def verdict_text(r: PacketResult) -> str:
