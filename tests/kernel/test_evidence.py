@@ -103,6 +103,7 @@ def test_bundle_directory_every_file(lab: Lab, tmp_path: Path) -> None:
     assert "decided" not in hooks["hook-forward"] and "met" not in hooks["hook-forward"]
 
     # environment
+    assert json.loads((out / "doctor.json").read_text())  # what the machine supports
     env = json.loads((out / "environment.json").read_text())
     assert env["kernel"].startswith("Linux ") and env["fwtrace version"] and "--evidence" in env["command line"]
     assert f"{SERVER4}/24" in (out / "environment" / "addresses.txt").read_text()
