@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
+from tracer.verdict import Action, RuleVerdict  # noqa: F401  (re-exported: part of the model)
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -230,6 +232,11 @@ class TraceEvent:
     number: Optional[int] = None  # rule number for sources that count rules (legacy TRACE)
     legacy: bool = False  # the table is an iptables-legacy (x_tables) one
 
+    @property
+    def action(self) -> Optional["RuleVerdict"]:
+        """The verdict, typed: `jump X` is (JUMP, "X")."""
+        return RuleVerdict.parse(self.verdict)
+
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
             "kind": self.kind.value,
@@ -283,6 +290,23 @@ class RuleRef:
 
 
 @dataclass(frozen=True)
+class HookOutcome:
+    """How one base chain the packet crossed let it go: every base chain of a hook runs in
+    priority order, and an accept ends only its own chain, so each has its own outcome."""
+
+    ref: RuleRef  # the rule (or policy) that ended the chain's walk
+    hook: str
+    priority: int
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, object]:
+        r = self.ref
+        return {"family": r.family, "table": r.table, "chain": r.chain, "hook": self.hook, "priority": self.priority,
+                "verdict": self.verdict.value, "rule_number": r.rule.number if r.rule else None, "rule": r.text,
+                "backend": r.backend.value}
+
+
+@dataclass(frozen=True)
 class Step:
     """One line of the timeline: an event joined with the rule it refers to."""
 
@@ -317,6 +341,16 @@ class PacketResult:
     path: tuple[str, ...] = ()  # hooks met in order, e.g. ("prerouting", "input")
     reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
     conntrack: Optional[str] = None  # the flow's conntrack entry after the probe, "none" when absent
+    hooks: tuple[HookOutcome, ...] = ()  # every base chain the probe crossed, in hook and priority order
+    # The reply's own fate on its way out (OUTPUT, POSTROUTING): ACCEPT when it was captured or
+    # its trace got through, DROP/REJECT when a chain dropped it, UNKNOWN when nothing says.
+    reply_verdict: Verdict = Verdict.UNKNOWN
+    reply_decided_by: Optional[RuleRef] = None
+    reply_hooks: tuple[HookOutcome, ...] = ()
+
+    @property
+    def reply_dropped(self) -> bool:
+        return self.reply_verdict in (Verdict.DROP, Verdict.REJECT)
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -331,6 +365,10 @@ class PacketResult:
             "path": list(self.path),
             "events": [s.to_json() for s in self.steps],
             "reply_events": [s.to_json() for s in self.reply_steps],
+            "reply_verdict": self.reply_verdict.value,
+            "reply_decided_by": self.reply_decided_by.to_json() if self.reply_decided_by else None,
+            "hooks": [h.to_json() for h in self.hooks],
+            "reply_hooks": [h.to_json() for h in self.reply_hooks],
             "conntrack": self.conntrack,
         }
 

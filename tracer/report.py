@@ -77,6 +77,21 @@ def _packet(i: int, r: PacketResult) -> list[str]:
         lines.append(f"  conntrack: {r.conntrack}")
     for step in r.reply_steps:
         lines.append(f"    reply {_step_line(step)}")
+    lines.extend(_verdict_lines(r))
+    return lines
+
+
+def _verdict_lines(r: PacketResult) -> list[str]:
+    """The reply's own fate, and every base chain's outcome when more than one had a say."""
+    lines = []
+    if r.reply_dropped and r.reply_decided_by is not None:
+        d = r.reply_decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        lines.append(f"  reply verdict: {r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}")
+    if len(r.hooks) > 1:
+        lines.append("  base chains: " + "; ".join(
+            f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+            + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy") for h in r.hooks))
     return lines
 
 
