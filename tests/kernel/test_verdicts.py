@@ -1,0 +1,138 @@
+"""Verdicts a ticket can rest on (issue 11): the reply's way out, every base chain of a hook,
+and findings whose fixes never weaken the firewall. Each test builds its ruleset in a lab
+namespace, probes it (from the client namespace, or simulated ingress), and checks the verdict,
+the deciding chain, rule number and text, the reply, the findings and the unchanged ruleset.
+"""
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from typing import Any
+
+import pytest
+import structlog
+
+from tracer import compare
+from tracer.lab import CLIENT4, SERVER4, Lab
+from tracer.model import ProbeRequest, Proto
+from tracer.probe import ProbeReport, Run
+
+log = structlog.get_logger("test")
+CUSTOMER = ipaddress.ip_address("203.0.113.5")
+
+
+def probe(lab: Lab, ingress: bool = False, **kw: Any) -> ProbeReport:
+    """From the client namespace, or simulated ingress on eth0 from CUSTOMER (routed back via the client)."""
+    kw.setdefault("netns", lab.server)
+    kw.setdefault("dst", SERVER4)
+    if ingress:
+        kw.setdefault("src", CUSTOMER)
+        if "default" not in lab.run(lab.server, ["ip", "route"]).stdout:
+            lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
+    else:
+        kw.setdefault("from_netns", lab.client)
+    before = lab.run(lab.server, ["nft", "list", "ruleset"]).stdout
+    report = Run(ProbeRequest(**kw), log).execute()
+    after = lab.run(lab.server, ["nft", "list", "ruleset"]).stdout
+    assert compare.leftover(before, after) == [], "ruleset changed by the probe"
+    assert report.cleanup_ok and report.ruleset_unchanged is True
+    return report
+
+
+def codes(report: ProbeReport) -> set[str]:
+    return {f.code for f in report.findings}
+
+
+def finding(report: ProbeReport, code: str) -> Any:
+    return next(f for f in report.findings if f.code == code)
+
+
+def apply(lab: Lab, commands: tuple[str, ...]) -> None:
+    for c in commands:
+        lab.run(lab.server, shlex.split(c))
+
+
+OUTPUT_POLICY_DROP = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 443 -j ACCEPT
+-A INPUT -p tcp -m state --state NEW -m tcp --dport 8080 -j ACCEPT
+-A OUTPUT -o lo -j ACCEPT
+COMMIT
+"""
+
+OUTPUT_RULE_DROP = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT
+-A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK SYN,ACK -j DROP
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("ingress", [False, True], ids=["from-netns", "ingress"])
+def test_syn_ack_dropped_by_output_policy(lab: Lab, ingress: bool) -> None:
+    lab.iptables_restore(lab.server, OUTPUT_POLICY_DROP)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, ingress=ingress, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "accept" and r.reply.kind == "syn-ack"
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.chain, d.rule.number) == ("INPUT", 5)
+    assert d.rule.display == "-A INPUT -p tcp -m state --state NEW -m tcp --dport 8080 -j ACCEPT"
+    back = r.reply_decided_by
+    assert r.reply_verdict.value == "drop" and back is not None
+    assert (back.chain, back.rule, back.policy) == ("OUTPUT", None, "drop")
+    assert r.to_json()["reply_decided_by"]["rule"] == "policy DROP"
+    assert codes(report) == {"reply-dropped"}
+    assert not report.reached
+    assert "the SYN was accepted (INPUT rule 5) but the SYN-ACK was dropped by OUTPUT policy DROP" in report.conclusions[0]
+    fix = finding(report, "reply-dropped")
+    # The ruleset's own style (-m state), scoped to the service's replies.
+    assert fix.commands == ("iptables -I OUTPUT 1 -p tcp --sport 8080 -m state --state ESTABLISHED -j ACCEPT",)
+    apply(lab, fix.commands)
+    again = probe(lab, ingress=ingress, dport=8080)
+    assert again.reached and again.results[0].reply_verdict.value == "accept"
+    other = probe(lab, ingress=ingress, dport=22)  # port 22 accepted, no listener: its RST still dropped
+    assert other.results[0].reply_dropped and not other.reached
+
+
+@pytest.mark.parametrize("ingress", [False, True], ids=["from-netns", "ingress"])
+def test_syn_ack_dropped_by_output_rule(lab: Lab, ingress: bool) -> None:
+    lab.iptables_restore(lab.server, OUTPUT_RULE_DROP)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, ingress=ingress, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "accept" and r.reply.kind == "syn-ack"
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 1
+    back = r.reply_decided_by
+    assert back is not None and back.rule is not None and (back.chain, back.rule.number) == ("OUTPUT", 2)
+    assert back.rule.display == "-A OUTPUT -p tcp -m tcp --tcp-flags SYN,ACK SYN,ACK -j DROP"
+    assert codes(report) == {"reply-dropped"} and not report.reached
+    assert "but the SYN-ACK was dropped by OUTPUT rule 2" in report.conclusions[0]
+    fix = finding(report, "reply-dropped")
+    assert fix.commands == ("iptables -I OUTPUT 2 -p tcp --sport 8080 -m conntrack --ctstate ESTABLISHED -j ACCEPT",)
+    apply(lab, fix.commands)
+    assert probe(lab, ingress=ingress, dport=8080).reached
+
+
+def test_nft_reply_dropped_fix_in_nft_style(lab: Lab) -> None:
+    lab.nft(lab.server, "table inet fw {\n chain input { type filter hook input priority 0; policy drop;\n"
+            "  tcp dport 8080 accept\n }\n chain output { type filter hook output priority 0; policy drop;\n"
+            "  oifname \"lo\" accept\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "accept" and r.reply_dropped and not report.reached
+    back = r.reply_decided_by
+    assert back is not None and (back.family, back.table, back.chain, back.policy) == ("inet", "fw", "output", "drop")
+    fix = finding(report, "reply-dropped")
+    assert fix.commands == ("nft insert rule inet fw output ct state established tcp sport 8080 accept",)
+    apply(lab, fix.commands)
+    assert probe(lab, dport=8080).reached
