@@ -136,3 +136,116 @@ def test_nft_reply_dropped_fix_in_nft_style(lab: Lab) -> None:
     assert fix.commands == ("nft insert rule inet fw output ct state established tcp sport 8080 accept",)
     apply(lab, fix.commands)
     assert probe(lab, dport=8080).reached
+
+
+# ---------------------------------------------------------------------------------------------
+# Targeted blocks: the fix addresses what matched, never "insert the ACCEPT above it".
+
+SOURCE_BAN = """*filter
+:INPUT DROP [0:0]
+-A INPUT -s 203.0.113.0/24 -j DROP
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+COMMIT
+"""
+
+
+def test_source_ban_before_accept_is_not_a_shadowed_rule(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, SOURCE_BAN)
+    lab.listen(lab.server, Proto.TCP, 22)
+    report = probe(lab, ingress=True, dport=22)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none"
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.chain, d.rule.number) == ("INPUT", 1)
+    assert d.rule.display == "-A INPUT -s 203.0.113.0/24 -j DROP"
+    assert codes(report) == {"blocked-by-rule"}
+    f = finding(report, "blocked-by-rule")
+    assert "targeted block" in f.message and "-s 203.0.113.0/24" in f.message
+    assert f.commands == ("iptables -I INPUT 1 -s 203.0.113.5/32 -p tcp --dport 22 -j ACCEPT",)
+    apply(lab, f.commands)
+    assert probe(lab, ingress=True, dport=22).reached
+    # The rest of the banned network stays banned.
+    neighbour = probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.6"))
+    assert neighbour.results[0].verdict.value == "drop" and not neighbour.reached
+
+
+RECENT_THROTTLE = """*filter
+:INPUT DROP [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m recent --set --name SSH --mask 255.255.255.255 --rsource
+-A INPUT -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m recent --update --seconds 60 --hitcount 4 --name SSH --mask 255.255.255.255 --rsource -j DROP
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+COMMIT
+"""
+
+
+def test_recent_throttle_below_threshold_then_tripped(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, RECENT_THROTTLE)
+    lab.listen(lab.server, Proto.TCP, 22)
+    below = probe(lab, ingress=True, dport=22)
+    [r] = below.results
+    assert r.verdict.value == "accept" and r.reply.kind == "syn-ack" and below.reached
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 4
+    for _ in range(3):  # the client kept trying: three more hits on the list
+        lab.run(lab.server, ["sh", "-c", f"echo +{CUSTOMER} > /proc/net/xt_recent/SSH"])
+    tripped = probe(lab, ingress=True, dport=22)
+    [r] = tripped.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none" and not tripped.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.chain, d.rule.number) == ("INPUT", 3)
+    assert "--update --seconds 60 --hitcount 4 --name SSH" in d.rule.display
+    assert codes(tripped) == {"blocked-by-rule"}
+    f = finding(tripped, "blocked-by-rule")
+    assert "xt_recent list SSH with 4 or more hits within 60 s" in f.message
+    assert f.commands == () and "wait 60 s" in f.fix and f"echo -{CUSTOMER} > /proc/net/xt_recent/SSH" in f.fix
+    assert "-j ACCEPT" not in f.fix
+
+
+NFT_SET_BAN = """table inet fw {
+  set banned { type ipv4_addr; elements = { 203.0.113.5, 203.0.113.9 } }
+  chain input {
+    type filter hook input priority 0; policy drop;
+    ip saddr @banned drop
+    tcp dport 22 accept
+  }
+}
+"""
+
+
+def test_nft_set_ban(lab: Lab) -> None:
+    lab.nft(lab.server, NFT_SET_BAN)
+    lab.listen(lab.server, Proto.TCP, 22)
+    report = probe(lab, ingress=True, dport=22)
+    [r] = report.results
+    assert r.verdict.value == "drop"
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.family, d.table, d.chain, d.rule.number) == ("inet", "fw", "input", 1)
+    assert d.rule.display == "ip saddr @banned drop"
+    assert codes(report) == {"blocked-by-rule"}
+    f = finding(report, "blocked-by-rule")
+    assert "is in the set banned" in f.message
+    assert f.commands == (f"nft delete element inet fw banned {{ {CUSTOMER} }}",)
+    apply(lab, f.commands)
+    assert probe(lab, ingress=True, dport=22).reached
+    still = probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.9"))
+    assert still.results[0].verdict.value == "drop"
+
+
+def test_ipset_ban(lab: Lab) -> None:
+    lab.run(lab.server, ["ipset", "create", "blacklist", "hash:ip"])
+    lab.run(lab.server, ["ipset", "add", "blacklist", str(CUSTOMER)])
+    lab.run(lab.server, ["ipset", "add", "blacklist", "203.0.113.9"])
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m set --match-set blacklist src -j DROP\n"
+                                     "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT\nCOMMIT\n")
+    lab.listen(lab.server, Proto.TCP, 22)
+    report = probe(lab, ingress=True, dport=22)
+    [r] = report.results
+    d = r.decided_by
+    assert r.verdict.value == "drop" and d is not None and d.rule is not None and d.rule.number == 1
+    assert d.rule.display == "-A INPUT -m set --match-set blacklist src -j DROP"
+    assert codes(report) == {"blocked-by-rule"}
+    f = finding(report, "blocked-by-rule")
+    assert "is in the set blacklist" in f.message and f.commands == (f"ipset del blacklist {CUSTOMER}",)
+    apply(lab, f.commands)
+    assert probe(lab, ingress=True, dport=22).reached
+    assert probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.9")).results[0].verdict.value == "drop"

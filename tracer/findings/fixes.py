@@ -53,8 +53,10 @@ def _insert(ref: RuleRef, backend: Backend, position: Optional[Rule], match: str
         if position is not None and position.handle:
             return f"nft insert rule {chain} position {position.handle} {match} accept"
         return f"nft {'insert' if top else 'add'} rule {chain} {match} accept"
-    pos = f" {position.number}" if position is not None else ""
-    return f"{ipt_cmd(ref.family, ref.legacy)} {table_opt(ref.table)}-I {ref.chain}{pos} {match} -j ACCEPT"
+    # Without a position: appended, where the policy decides; inserted at the top it would
+    # also overrule every ban earlier in the chain.
+    where = f"-I {ref.chain} {position.number}" if position is not None else f"-{'I' if top else 'A'} {ref.chain}"
+    return f"{ipt_cmd(ref.family, ref.legacy)} {table_opt(ref.table)}{where} {match} -j ACCEPT"
 
 
 def accept_rule(p: Probe, ref: RuleRef, position: Optional[Rule]) -> str:
@@ -87,8 +89,7 @@ def reply_rule(p: Probe, ref: RuleRef, targeted: bool) -> str:
     position = ref.rule
     if nft:
         return _insert(ref, backend, position, f"ct state established {match}", top=True)
-    return _insert(ref, backend, position or _first(), f"{match} {_state_style(p.ctx.ruleset)} ESTABLISHED")
+    return _insert(ref, backend, position or _FIRST, f"{match} {_state_style(p.ctx.ruleset)} ESTABLISHED")
 
 
-def _first() -> Rule:
-    return Rule("", "", "", 1, None, "")
+_FIRST = Rule("", "", "", 1, None, "")  # position 1: an ESTABLISHED rule belongs at the top
