@@ -249,3 +249,78 @@ def test_ipset_ban(lab: Lab) -> None:
     apply(lab, f.commands)
     assert probe(lab, ingress=True, dport=22).reached
     assert probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.9")).results[0].verdict.value == "drop"
+
+
+# ---------------------------------------------------------------------------------------------
+# Base chains: an accept ends only its own chain.
+
+def two_tables(first: str, second: str) -> str:
+    """Two tables with a base chain each on the input hook, at priority 0 and 10."""
+    return (f"table inet a {{\n chain input {{ type filter hook input priority 0; policy accept;\n  {first}\n }}\n}}\n"
+            f"table inet b {{\n chain input {{ type filter hook input priority 10; policy accept;\n  {second}\n }}\n}}\n")
+
+
+def test_accept_then_reject_in_a_later_base_chain(lab: Lab) -> None:
+    lab.nft(lab.server, two_tables("tcp dport 8080 accept", "tcp dport 8080 reject with tcp reset"))
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "reject" and r.reply.kind == "rst" and not report.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.table, d.chain, d.rule.number) == ("b", "input", 1)
+    assert d.rule.display == "tcp dport 8080 reject with tcp reset"
+    hooks = [(h["table"], h["hook"], h["priority"], h["verdict"], h["rule_number"], h["rule"]) for h in r.to_json()["hooks"]]
+    assert hooks == [("a", "input", 0, "accept", 1, "tcp dport 8080 accept"),
+                     ("b", "input", 10, "reject", 1, "tcp dport 8080 reject with tcp reset")]
+    assert {"accept-overridden", "blocked-by-rule"} <= codes(report)
+    over = finding(report, "accept-overridden")
+    assert "inet a input (hook input, priority 0)" in over.message and "inet b input (hook input, priority 10)" in over.message
+    assert "no-listener" not in codes(report)
+
+
+def test_reject_then_accept_in_a_later_base_chain(lab: Lab) -> None:
+    lab.nft(lab.server, two_tables("tcp dport 8080 reject with tcp reset", "tcp dport 8080 accept"))
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "reject" and r.reply.kind == "rst"
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.table, d.chain, d.rule.number) == ("a", "input", 1)
+    # The packet never reached the second chain.
+    assert [(h.ref.table, h.verdict.value) for h in r.hooks] == [("a", "reject")]
+    assert "accept-overridden" not in codes(report) and "blocked-by-rule" in codes(report)
+
+
+def test_accepted_by_every_base_chain_names_the_rule_that_mattered(lab: Lab) -> None:
+    lab.nft(lab.server, "table inet a {\n chain input { type filter hook input priority -5; policy accept;\n"
+            "  ip saddr 198.51.100.0/24 drop\n }\n}\n"
+            "table inet b {\n chain input { type filter hook input priority 10; policy drop;\n  tcp dport 8080 accept\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "accept" and report.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None and (d.table, d.rule.display) == ("b", "tcp dport 8080 accept")
+    assert [(h.ref.table, h.priority, h.verdict.value, h.ref.text) for h in r.hooks] == [
+        ("a", -5, "accept", "policy ACCEPT"), ("b", 10, "accept", "tcp dport 8080 accept")]
+
+
+def test_iptables_nft_accepts_native_nft_drops(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\nCOMMIT\n")
+    lab.nft(lab.server, "table inet firewalld {\n chain filter_INPUT { type filter hook input priority 10; policy drop;\n"
+            "  ct state established,related accept\n  iifname \"lo\" accept\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "drop" and not report.reached
+    d = r.decided_by
+    assert d is not None and (d.family, d.table, d.chain, d.rule, d.policy) == ("inet", "firewalld", "filter_INPUT", None, "drop")
+    assert [(h.ref.family, h.ref.table, h.ref.chain, h.verdict.value) for h in r.hooks] == [
+        ("ip", "filter", "INPUT", "accept"), ("inet", "firewalld", "filter_INPUT", "drop")]
+    assert r.hooks[0].ref.rule is not None and r.hooks[0].ref.rule.display == "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"
+    assert codes(report) == {"accept-overridden", "policy"}
+    assert "ip filter INPUT (hook input, priority 0)" in finding(report, "accept-overridden").message
+    fix = finding(report, "policy")
+    assert fix.commands == ("nft add rule inet firewalld filter_INPUT tcp dport 8080 accept",)
+    apply(lab, fix.commands)
+    assert probe(lab, dport=8080).reached
