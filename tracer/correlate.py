@@ -179,13 +179,13 @@ def priority_value(text: Optional[str]) -> int:
     return total
 
 
-_INBOUND = ("prerouting", "input", "forward", "postrouting")
-_LOCAL = ("output", "postrouting", "prerouting", "input")
+_INBOUND = ("ingress", "prerouting", "input", "forward", "postrouting")
+_LOCAL = ("output", "postrouting", "ingress", "prerouting", "input")
 
 
 def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...]) -> tuple[int, int]:
     if ev.table.startswith(TABLE_PREFIX):  # tracing chains first, end-of-hook chains last
-        return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -1000
+        return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -(2**31)
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
     if chain is not None and chain.priority is not None:
         return order.index(hook), priority_value(chain.priority)

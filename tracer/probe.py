@@ -326,7 +326,8 @@ class Run:
         if src.version != dst.version:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
         specs = build_specs(req, src, dst, self.rng)
-        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+        floors = plan.floors(system.run(["nft", "list", "chains"]).stdout)  # issue 11: trace below every chain
+        tplan = plan.trace_plan(self.run_id, specs, os.getpid(), floors)
 
         from tracer.inject.raw import Injector, build
         from tracer.trace.collect import TraceSocket, ruleset_generation
@@ -370,7 +371,7 @@ class Run:
                         mode, via = "local", None
                         specs = build_specs(req, _source_for(dst), dst, self.rng)
                         datas = [build(s) for s in specs]
-                        tplan = plan.trace_plan(self.run_id, specs, os.getpid())
+                        tplan = plan.trace_plan(self.run_id, specs, os.getpid(), floors)
                 if inj is None:
                     with system.netns(req.from_netns):
                         inj = Injector()

@@ -324,3 +324,42 @@ def test_iptables_nft_accepts_native_nft_drops(lab: Lab) -> None:
     assert fix.commands == ("nft add rule inet firewalld filter_INPUT tcp dport 8080 accept",)
     apply(lab, fix.commands)
     assert probe(lab, dport=8080).reached
+
+
+# ---------------------------------------------------------------------------------------------
+# Every place that can drop is traced.
+
+def test_user_base_chain_below_minus_1000(lab: Lab) -> None:
+    lab.nft(lab.server, "table inet early {\n chain pre { type filter hook prerouting priority -2000; policy accept;\n"
+            "  tcp dport 8080 drop\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none" and not report.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None
+    assert (d.family, d.table, d.chain, d.rule.number, d.rule.display) == ("inet", "early", "pre", 1, "tcp dport 8080 drop")
+    assert [(h.hook, h.priority) for h in r.hooks] == [("prerouting", -2000)]
+    assert r.path[0] == "prerouting"
+    assert codes(report) == {"blocked-by-rule"}
+
+
+def test_netdev_ingress_drop_on_the_arrival_device(lab: Lab) -> None:
+    lab.nft(lab.server, 'table netdev ddos {\n chain ingress { type filter hook ingress device "eth0" priority -500; '
+            "policy accept;\n  ip saddr 203.0.113.0/24 drop\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, ingress=True, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none" and not report.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None
+    assert (d.family, d.table, d.chain, d.rule.number) == ("netdev", "ddos", "ingress", 1)
+    assert d.rule.display == "ip saddr 203.0.113.0/24 drop"
+    assert r.path == ("ingress",)
+    assert [(h.hook, h.priority, h.verdict.value) for h in r.hooks] == [("ingress", -500, "drop")]
+    assert codes(report) == {"blocked-by-rule"}
+    f = finding(report, "blocked-by-rule")
+    assert "targeted block" in f.message
+    assert f.commands == (f"nft insert rule netdev ddos ingress position {d.rule.handle} ip saddr {CUSTOMER} tcp dport 8080 accept",)
+    # A client outside the banned network passes the ingress chain and reaches the service.
+    assert probe(lab, ingress=True, dport=8080, src=ipaddress.ip_address("198.51.100.7")).reached

@@ -154,7 +154,7 @@ def targeted(p: Probe, ref: RuleRef, ns: tuple[Narrowing, ...]) -> tuple[str, st
         why = f"{what_} (`{n.text}`) was exceeded when the probe arrived. {keep}"
         return why, "wait until the rate drops below the limit, or send fewer connections from this client", ()
     if n.kind == "source":
-        why = f"it matches the source {client} (`{n.text}`): a ban of particular clients. {keep}"
+        why = f"it matches clients by source address (`{n.text}`), {client} among them: a ban. {keep}"
     else:
         why = f"it matches only some packets (`{n.text}`), not every client of this service. {keep}"
     return why, f"if {client} should be allowed, whitelist only it, for this service, before the rule: {whitelist}", (whitelist,)
