@@ -7,6 +7,7 @@ addressed back to the probe's source port. Everything else is somebody else's tr
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Optional
 
 from tracer import basechains
@@ -271,8 +272,20 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
             continue
         if ev.legacy and ruleset.chain(ev.family, ev.table, ev.chain, True) is None:
             continue  # the raw table fwtrace's TRACE rules instantiated: not the user's
+        if ev.ct_state == "invalid" and _before_conntrack(ruleset, ev, hook):
+            ev = dataclasses.replace(ev, ct_state=None)  # "no entry yet", not INVALID
         steps.append(Step(ev, _rule_of(ruleset, ev)))
     return steps, path
+
+
+_CONNTRACK_PRIORITY = -200  # NF_IP_PRI_CONNTRACK: conntrack runs here on prerouting and output
+
+
+def _before_conntrack(ruleset: Ruleset, ev: TraceEvent, hook: Optional[str]) -> bool:
+    if hook == "ingress":
+        return True
+    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
+    return hook in ("prerouting", "output") and chain is not None and priority_value(chain.priority) < _CONNTRACK_PRIORITY
 
 
 def delivered(events: list[TraceEvent]) -> bool:

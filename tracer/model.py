@@ -231,6 +231,9 @@ class TraceEvent:
     text: str = ""  # free text (kernel-log line, conntrack message)
     number: Optional[int] = None  # rule number for sources that count rules (legacy TRACE)
     legacy: bool = False  # the table is an iptables-legacy (x_tables) one
+    # conntrack's view at this step (nftrace, Linux 6.16+): new, established, related, invalid,
+    # untracked; None when the source does not say
+    ct_state: Optional[str] = None
 
     @property
     def action(self) -> Optional["RuleVerdict"]:
@@ -245,7 +248,7 @@ class TraceEvent:
             "chain": self.chain,
             "source": self.source,
         }
-        for k in ("handle", "number", "verdict", "iif", "oif", "hook"):
+        for k in ("handle", "number", "verdict", "iif", "oif", "hook", "ct_state"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
