@@ -64,6 +64,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     spec, ref = result.spec, result.decided_by
     codes = {f.code for f in findings}
     subject = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    service = seen(result)
+    if spec.proto is not Proto.ICMP and service.dport != spec.dport:  # REDIRECT / DNAT to another port
+        subject += f" (redirected to port {service.dport})"
     if "rp-filter" in codes:
         return f"{subject} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:

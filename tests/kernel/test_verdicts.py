@@ -363,3 +363,69 @@ def test_netdev_ingress_drop_on_the_arrival_device(lab: Lab) -> None:
     assert f.commands == (f"nft insert rule netdev ddos ingress position {d.rule.handle} ip saddr {CUSTOMER} tcp dport 8080 accept",)
     # A client outside the banned network passes the ingress chain and reaches the service.
     assert probe(lab, ingress=True, dport=8080, src=ipaddress.ip_address("198.51.100.7")).reached
+
+
+# ---------------------------------------------------------------------------------------------
+# State and NAT
+
+NOTRACK_STATE_NEW = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 8080 -j NOTRACK
+COMMIT
+*filter
+:INPUT DROP [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 8080 -j ACCEPT
+COMMIT
+"""
+
+
+def test_notrack_makes_state_new_never_match(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, NOTRACK_STATE_NEW)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none" and not report.reached
+    d = r.decided_by
+    assert d is not None and (d.table, d.chain, d.rule, d.policy) == ("filter", "INPUT", None, "drop")
+    raw = next(s for s in r.steps if s.event.table == "raw")
+    assert raw.rule is not None and raw.rule.display == "-A PREROUTING -p tcp -m tcp --dport 8080 -j NOTRACK"
+    assert codes(report) == {"untracked"}
+    u = finding(report, "untracked")
+    assert "ip raw PREROUTING rule 1 `-A PREROUTING -p tcp -m tcp --dport 8080 -j NOTRACK`" in u.message
+    assert "rule 2 `-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport 8080 -j ACCEPT` looks for state NEW" in u.message
+    assert u.commands == ()  # no ACCEPT to paste: opening it statelessly is the admin's call
+
+
+REDIRECT = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080
+COMMIT
+*filter
+:INPUT DROP [0:0]
+-A INPUT -p tcp -m tcp --dport 80 -j ACCEPT
+COMMIT
+"""
+
+
+def test_redirect_shows_the_port_the_service_sees(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, REDIRECT)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=80)
+    [r] = report.results
+    # INPUT sees port 8080 after the REDIRECT, so the ACCEPT for port 80 does not match.
+    assert r.verdict.value == "drop" and not report.reached
+    d = r.decided_by
+    assert d is not None and (d.chain, d.rule, d.policy) == ("INPUT", None, "drop")
+    redirect = next(s for s in r.steps if s.event.table == "nat")
+    assert redirect.rule is not None and redirect.rule.display == "-A PREROUTING -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080"
+    assert finding(report, "policy").commands == ("iptables -A INPUT -p tcp --dport 8080 -j ACCEPT",)
+    assert "tcp port 80 (redirected to port 8080)" in report.conclusions[0]
+    apply(lab, finding(report, "policy").commands)
+    fixed = probe(lab, dport=80)
+    assert fixed.reached and fixed.results[0].reply.kind == "syn-ack"
+    assert "tcp port 80 (redirected to port 8080) is reachable" in fixed.conclusions[0]
