@@ -115,3 +115,15 @@ def _accepted(result: PacketResult, findings: list[Finding], subject: str) -> st
 
 
 __all__ += ["what"]
+
+
+def overall(conclusions: list[str], reached_each: list[bool]) -> str:
+    """One conclusion for all packets of a run (--count N), saying so when they differ. The
+    run counts as reached only if every packet did (the exit status follows this)."""
+    distinct = list(dict.fromkeys(conclusions))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else "no probe was sent."
+    n, k = len(conclusions), sum(reached_each)
+    head = (f"the {n} probes did not all fare alike: {k} of {n} reached the service, so it is not reliably reachable"
+            if k else f"none of the {n} probes reached the service, for different reasons")
+    return head + ": " + "; ".join(f"packet {i}: {c}" for i, c in enumerate(conclusions, 1))

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
-from tracer import compare, correlate, diagnose, snapshot, system
+from tracer import compare, correlate, diagnose, modes, snapshot, system
 from tracer.errors import EnvironmentProblem, UsageError
 from tracer.model import (
     EventKind,
@@ -176,7 +176,8 @@ def _resolve_dst(req: ProbeRequest, via: Optional[str] = None) -> IPAddress:
         return req.dst
     version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
     text = system.run(["ip", "-j", "addr", "show"]).stdout
-    addr = (pick_address(text, version, via) if via else None) or pick_address(text, version)
+    addr = (pick_address(text, version, via) if via else None) or _sender_reaches(req, text, version) \
+        or pick_address(text, version)
     if addr is None:
         if req.mode == "local":
             return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
@@ -185,6 +186,15 @@ def _resolve_dst(req: ProbeRequest, via: Optional[str] = None) -> IPAddress:
             "give the address with --dst",
         )
     return addr
+
+
+def _sender_reaches(req: ProbeRequest, target_json: str, version: int) -> Optional[IPAddress]:
+    """--from-netns without --dst: the target's address on a subnet the sender shares (issue 11)."""
+    if req.from_netns is None:
+        return None
+    with system.netns(req.from_netns):
+        sender = system.run(["ip", "-j", "addr", "show"]).stdout
+    return modes.reachable_dst(target_json, sender, version)
 
 
 KILL_ENV = "FWTRACE_TEST_KILL_AT"
@@ -325,6 +335,7 @@ class Run:
                 src = req.src or _source_for(dst)
         if src.version != dst.version:
             raise UsageError(f"--src {src} and --dst {dst} are of different address families", "give both as IPv4 or both as IPv6")
+        modes.check_addresses(src, dst, system.run(["ip", "-j", "addr", "show"]).stdout, mode == "ingress")
         specs = build_specs(req, src, dst, self.rng)
         floors = plan.floors(system.run(["nft", "list", "chains"]).stdout)  # issue 11: trace below every chain
         tplan = plan.trace_plan(self.run_id, specs, os.getpid(), floors)
@@ -451,10 +462,13 @@ class Run:
                                  fallback=live.fallback)
         findings: list[Finding] = []
         conclusions = []
+        reached_each = []
         for r in results:
             fs = diagnose.diagnose(r, ctx_d)
             conclusions.append(diagnose.conclusion(r, fs))
+            reached_each.append(diagnose.reached(r, fs))
             findings.extend(f for f in fs if f not in findings)
+        conclusions = [diagnose.overall(conclusions, reached_each)]  # issue 11: one conclusion per run
         instrumentation = tuple(tplan.rules) + (tuple(kplan.rules) if kplan is not None else ())
         return ProbeReport(
             self.req, self.run_id, tuple(results), tuple(findings), not left, tuple(left),

@@ -429,3 +429,39 @@ def test_redirect_shows_the_port_the_service_sees(lab: Lab) -> None:
     fixed = probe(lab, dport=80)
     assert fixed.reached and fixed.results[0].reply.kind == "syn-ack"
     assert "tcp port 80 (redirected to port 8080) is reachable" in fixed.conclusions[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Honest modes
+
+def test_docker_host_default_dst_is_the_address_the_sender_reaches(lab: Lab) -> None:
+    """docker0 comes first in the target's address list; the client shares a subnet with eth1 only."""
+    for ns in (lab.server, lab.client):
+        lab.ip(ns, "addr", "flush", "dev", "eth0")
+    lab.ip(lab.server, "link", "add", "docker0", "type", "bridge")
+    lab.ip(lab.server, "addr", "add", "172.17.0.1/16", "dev", "docker0")
+    lab.ip(lab.server, "link", "set", "docker0", "up")
+    lab.run(lab.server, ["ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", lab.client])
+    for ns, addr in ((lab.server, "198.18.0.1/24"), (lab.client, "198.18.0.2/24")):
+        lab.ip(ns, "addr", "add", addr, "dev", "eth1")
+        lab.ip(ns, "link", "set", "eth1", "up")
+    lab.iptables_restore(lab.server, "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\nCOMMIT\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    before = lab.run(lab.server, ["nft", "list", "ruleset"]).stdout
+    report = Run(ProbeRequest(dport=8080, netns=lab.server, from_netns=lab.client), log).execute()
+    assert compare.leftover(before, lab.run(lab.server, ["nft", "list", "ruleset"]).stdout) == []
+    assert report.cleanup_ok and report.ruleset_unchanged
+    [r] = report.results
+    assert str(r.spec.dst) == "198.18.0.1" and str(r.spec.src) == "198.18.0.2"
+    assert r.verdict.value == "accept" and r.reply.kind == "syn-ack" and report.reached
+    assert r.decided_by is not None and r.decided_by.rule is not None and r.decided_by.rule.number == 1
+    assert r.decided_by.rule.display == "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT"
+    assert report.findings == ()
+
+
+def test_count_gives_one_conclusion(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 8080 -j REJECT\nCOMMIT\n")
+    report = probe(lab, dport=8080, count=3)
+    assert len(report.results) == 3 and all(r.verdict.value == "reject" for r in report.results)
+    assert report.conclusions == ("tcp port 8080 is blocked: ip filter INPUT rule 1 rejected it.",)
+    assert not report.reached
