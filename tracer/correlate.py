@@ -326,10 +326,11 @@ def packet_result(
         if reply is not None:
             reply_summary = "seen in the trace of OUTPUT, not captured"
             if reply_verdict in (Verdict.DROP, Verdict.REJECT) and reply_ref is not None:
-                reply_summary = f"dropped on its way out by {reply_ref.chain} {_what(reply_ref)}"
+                chain = reply_ref.chain if reply_ref.table == "filter" else f"{reply_ref.family} {reply_ref.table} {reply_ref.chain}"
+                reply_summary = f"dropped on its way out by {chain} {_what(reply_ref)}"
     r = classify_reply(reply, spec)
     return PacketResult(
-        spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps),
+        spec, verdict, ref, Reply(r.kind, reply_summary, captured or r.none), tuple(steps), tuple(path), tuple(reply_steps),
         hooks=tuple(hooks), reply_verdict=reply_verdict if not r.none else Verdict.UNKNOWN,
         reply_decided_by=reply_ref if not r.none else None, reply_hooks=tuple(reply_hooks),
     )

@@ -24,6 +24,7 @@ Check = Callable[[Probe], Optional[Finding]]
 CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.local_probe,),
     (checks.rp_filter, checks.stack_drop),
+    (checks.unobserved,),
     (checks.forwarded,),
     (checks.mixed_backends,),
     (checks.accept_overridden,),
@@ -37,7 +38,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
 # reply, an echo reply; for a stray ACK/FIN (no SYN) the RST of a listening port; for UDP,
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
-NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped")
+NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains")
 
 
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
@@ -55,6 +56,8 @@ def reached(result: PacketResult, findings: list[Finding]) -> bool:
     if result.verdict is not Verdict.ACCEPT or result.reply_dropped or any(f.code in NOT_REACHED for f in findings):
         return False
     spec = result.spec
+    if not result.reply.captured:
+        return False  # it got through netfilter but was never seen leaving (netdev egress, tc, ...)
     if spec.proto is Proto.TCP and "S" not in spec.flags.upper():
         return result.reply.kind == "rst"  # a listening port answers a stray ACK/FIN with a RST
     return result.reply.kind in REACHED_REPLIES or (spec.proto is Proto.UDP and result.reply.none)
@@ -71,6 +74,8 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return f"{subject} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
         return f"{subject} is not reachable, but not because of a firewall rule: the kernel dropped the probe after {result.path[-1]}."
+    if result.verdict is Verdict.UNKNOWN and "unobserved-chains" in codes:
+        return "No traced chain saw the probe; a chain fwtrace cannot observe may have dropped it (see unobserved-chains)."
     if result.verdict is Verdict.UNKNOWN:
         return f"No trace of the probe was seen: it may not have reached {spec.dst} at all (routing, rp_filter, another host)."
     if "no-listener" in codes:
@@ -98,8 +103,9 @@ def _reply_story(result: PacketResult) -> str:
     by = f" ({ref.chain} {'rule ' + str(ref.rule.number) if ref.rule else 'policy ' + (ref.policy or '?').upper()})" \
         if ref is not None else ""
     out = f"rule {back.rule.number}" if back.rule else f"policy {(back.policy or '?').upper()}"
+    chain = back.chain if back.table == "filter" else where(back)  # `OUTPUT policy DROP`, `netdev eg out rule 1`
     return (f"the {checks.probe_name(result.spec.proto, result.spec.flags)} was {verb(result.verdict)}{by} but the "
-            f"{checks.reply_name(result.reply.kind)} was {verb(result.reply_verdict)} by {back.chain} {out}")
+            f"{checks.reply_name(result.reply.kind)} was {verb(result.reply_verdict)} by {chain} {out}")
 
 
 def _accepted(result: PacketResult, findings: list[Finding], subject: str) -> str:

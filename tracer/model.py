@@ -328,6 +328,7 @@ class Step:
 class Reply:
     kind: str  # "syn-ack", "rst", "icmp 3/10 host-prohibited", "udp", "echo-reply", "none"
     summary: str = ""
+    captured: bool = True  # False: known only from its trace through OUTPUT, never seen leaving
 
     @property
     def none(self) -> bool:

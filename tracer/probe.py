@@ -263,6 +263,7 @@ class Run:
         self.changes = 0
         self.notes: list[str] = []
         self.nft_log_rules = 0  # --log rules iptables-nft put into nf_tables
+        self.unobserved: tuple[str, ...] = ()  # base chains no trace shows (issue 11)
         self.port_lock: Optional[int] = None  # simulated ingress: one run per namespace at a time
 
     def execute(self) -> ProbeReport:
@@ -338,6 +339,7 @@ class Run:
         modes.check_addresses(src, dst, system.run(["ip", "-j", "addr", "show"]).stdout, mode == "ingress")
         specs = build_specs(req, src, dst, self.rng)
         floors = plan.floors(system.run(["nft", "list", "chains"]).stdout)  # issue 11: trace below every chain
+        self.unobserved = floors.unobserved
         tplan = plan.trace_plan(self.run_id, specs, os.getpid(), floors)
 
         from tracer.inject.raw import Injector, build
@@ -459,7 +461,7 @@ class Run:
                                  tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                                  mode=mode, via=via, src=live.specs[0].src if live.specs else None,
                                  route_dev=back.dev if back is not None else None, rp_filter_drops=rp,
-                                 fallback=live.fallback)
+                                 fallback=live.fallback, unobserved=self.unobserved)
         findings: list[Finding] = []
         conclusions = []
         reached_each = []

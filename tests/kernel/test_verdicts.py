@@ -465,3 +465,19 @@ def test_count_gives_one_conclusion(lab: Lab) -> None:
     assert len(report.results) == 3 and all(r.verdict.value == "reject" for r in report.results)
     assert report.conclusions == ("tcp port 8080 is blocked: ip filter INPUT rule 1 rejected it.",)
     assert not report.reached
+
+
+def test_syn_ack_dropped_by_a_netdev_egress_chain(lab: Lab) -> None:
+    """After POSTROUTING the skb keeps its trace flag: a netdev egress chain's drop is traced too."""
+    lab.nft(lab.server, 'table netdev eg {\n chain out { type filter hook egress device "eth0" priority 0; policy accept;\n'
+            "  tcp sport 8080 drop\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "accept" and r.decided_by is None  # no chain of the ruleset on the probe's way in
+    assert r.reply.kind == "syn-ack" and not r.reply.captured and not report.reached
+    back = r.reply_decided_by
+    assert back is not None and back.rule is not None
+    assert (back.family, back.table, back.chain, back.rule.number, back.rule.display) == ("netdev", "eg", "out", 1, "tcp sport 8080 drop")
+    assert codes(report) == {"reply-dropped"}
+    assert "but the SYN-ACK was dropped by netdev eg out rule 1" in report.conclusions[0]

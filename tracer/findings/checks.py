@@ -157,6 +157,19 @@ def stack_drop(p: Probe) -> Optional[Finding]:
     )
 
 
+def unobserved(p: Probe) -> Optional[Finding]:
+    """The probe (or its reply) vanished, and the ruleset has chains no trace can show."""
+    r, chains = p.result, p.ctx.unobserved
+    gone = r.reply.none or not r.reply.captured
+    if not chains or not (r.verdict is Verdict.UNKNOWN or (r.verdict is Verdict.ACCEPT and gone)):
+        return None
+    what_ = "the probe" if r.verdict is Verdict.UNKNOWN else "the reply"
+    return Finding("unobserved-chains",
+                   f"{what_[0].upper()}{what_[1:]} vanished, and these base chains cannot be traced by fwtrace, so any of them "
+                   f"may have dropped it: {', '.join(chains)}.",
+                   "list them with `nft list chain FAMILY TABLE CHAIN` and look for a drop matching this flow")
+
+
 def reply_missing(p: Probe) -> Optional[Finding]:
     r, ctx = p.result, p.ctx
     if r.verdict is not Verdict.REJECT or not r.reply.none:

@@ -23,6 +23,7 @@ class Context:
     route_dev: Optional[str] = None  # the interface the route back to src leaves by
     rp_filter_drops: bool = False  # rp_filter is on for `via` and the route back does not pass it
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
+    unobserved: tuple[str, ...] = ()  # base chains no trace can show (bridge, netdev egress), see trace.plan.Floors
 
 
 @dataclass(frozen=True)

@@ -87,13 +87,17 @@ class Floors:
 
     hooks: Mapping[str, int] = field(default_factory=dict)
     ingress: Mapping[str, int] = field(default_factory=dict)  # device -> lowest priority
+    # Base chains no trace of fwtrace can show (bridge and arp families: the flag is set on IP
+    # hooks), as "family table chain (hook H, priority P)". Netdev egress is traced: the skb
+    # keeps its trace flag from OUTPUT to the device.
+    unobserved: tuple[str, ...] = ()
 
     def priority(self, hook: str, device: Optional[str] = None) -> int:
         low = self.ingress.get(device) if device is not None else self.hooks.get(hook)
         return TRACE_PRIORITY if low is None else min(TRACE_PRIORITY, low - 1)
 
 
-_CHAIN_HEAD = re.compile(r"^table (\S+) (\S+) \{|^\s*type \S+ hook (\S+)(?: device \"?([^\"\s]+)\"?| devices = \{ ([^}]*) \})? "
+_CHAIN_HEAD = re.compile(r"^table (\S+) (\S+) \{|^\s*chain (\S+) \{|^\s*type \S+ hook (\S+)(?: device \"?([^\"\s]+)\"?| devices = \{ ([^}]*) \})? "
                          r"priority ([^;]+);", re.M)
 
 
@@ -107,19 +111,26 @@ def floors(chains_text: str) -> Floors:
 
     hooks: dict[str, int] = {}
     ingress: dict[str, int] = {}
-    table = ""
+    unobserved: list[str] = []
+    family = table = chain = ""
     for m in _CHAIN_HEAD.finditer(chains_text):
         if m.group(1):
-            table = m.group(2)
+            family, table = m.group(1), m.group(2)
+            continue
+        if m.group(3):
+            chain = m.group(3)
             continue
         if table.startswith(TABLE_PREFIX):
             continue
-        hook, prio = m.group(3), priority_value(m.group(6).strip())
+        hook, prio = m.group(4), priority_value(m.group(7).strip())
+        if family in ("bridge", "arp"):
+            unobserved.append(f"{family} {table} {chain} (hook {hook}, priority {prio})")
+            continue
         hooks[hook] = min(hooks.get(hook, prio), prio)
         if hook == "ingress":
-            for dev in (m.group(4) or "").split() + [d.strip() for d in (m.group(5) or "").split(",") if d.strip()]:
+            for dev in (m.group(5) or "").split() + [d.strip() for d in (m.group(6) or "").split(",") if d.strip()]:
                 ingress[dev] = min(ingress.get(dev, prio), prio)
-    return Floors(hooks, ingress)
+    return Floors(hooks, ingress, tuple(unobserved))
 
 
 def roles(plan: TracePlan) -> Roles:
