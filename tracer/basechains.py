@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import Optional
 
 from tracer.match import rule_action
-from tracer.model import Action, Backend, EventKind, HookOutcome, RuleRef, Ruleset, Step, Verdict
+from tracer.model import (
+    Action,
+    Backend,
+    EventKind,
+    HookOutcome,
+    RuleRef,
+    Ruleset,
+    Step,
+    Verdict,
+)
 
 
 def _backend(ruleset: Ruleset, family: str, table: str, legacy: bool) -> Backend:

@@ -14,7 +14,15 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from tracer.findings import checks, decider
-from tracer.findings.context import Context, Probe, nat_target, probe_of, seen, verb, what, where
+from tracer.findings.context import (
+    Context,
+    Probe,
+    nat_target,
+    probe_of,
+    seen,
+    verb,
+    where,
+)
 from tracer.model import Finding, PacketResult, Proto, Verdict
 
 __all__ = ["Context", "diagnose", "conclusion", "reached", "nat_target", "seen", "REACHED_REPLIES"]
@@ -120,7 +128,6 @@ def _accepted(result: PacketResult, findings: list[Finding], subject: str) -> st
             "not the service's answer.")
 
 
-__all__ += ["what"]
 
 
 def overall(conclusions: list[str], reached_each: list[bool]) -> str:

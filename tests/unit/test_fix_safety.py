@@ -21,8 +21,20 @@ from tracer import diagnose
 from tracer.match import PacketFacts, rule_action, rule_matches
 from tracer.match.scope import is_catch_all
 from tracer.model import (
-    Backend, Chain, EventKind, PacketResult, PacketSpec, Proto, Reply, Rule, RuleRef, Ruleset, Step, Table,
-    TraceEvent, Verdict,
+    Backend,
+    Chain,
+    EventKind,
+    PacketResult,
+    PacketSpec,
+    Proto,
+    Reply,
+    Rule,
+    RuleRef,
+    Ruleset,
+    Step,
+    Table,
+    TraceEvent,
+    Verdict,
 )
 
 PORTS = (22, 80, 8080)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from tracer.basechains import overridden
-from tracer.findings.context import Probe, backend_of, verb, what, where
+from tracer.findings.context import Probe, verb, what, where
 from tracer.findings.fixes import accept_rule, reply_rule
 from tracer.match import rule_action
 from tracer.match.scope import narrowings
@@ -202,4 +202,3 @@ def no_listener(p: Probe) -> Optional[Finding]:
     return Finding("no-listener", msg, fix)
 
 
-__all__ = ["backend_of"]

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tracer.match import PacketFacts, rule_action
-from tracer.model import Backend, IPAddress, Listener, PacketResult, Proto, RuleRef, Ruleset, Verdict
+from tracer.model import (
+    Backend,
+    IPAddress,
+    Listener,
+    PacketResult,
+    Proto,
+    RuleRef,
+    Ruleset,
+    Verdict,
+)
 from tracer.packet import parse_headers
 
 
