@@ -61,7 +61,8 @@ def _packet(i: int, r: PacketResult) -> list[str]:
         if h is not None:
             last_hdr = h
         iface = f" [in {step.event.iif}]" if step.event.iif and step.event.packet else ""
-        lines.append(f"    {_step_line(step)}{iface}")
+        ct = f" [ct {step.event.ct_state}]" if step.event.ct_state else ""  # Linux 6.16+ traces say it
+        lines.append(f"    {_step_line(step)}{iface}{ct}")
     if not r.steps:
         lines.append("    (no chain of the ruleset saw this packet)")
     if r.decided_by is not None:
