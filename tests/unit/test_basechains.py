@@ -2,7 +2,17 @@
 from __future__ import annotations
 
 from tracer import basechains
-from tracer.model import Backend, Chain, EventKind, Rule, Ruleset, Step, Table, TraceEvent, Verdict
+from tracer.model import (
+    Backend,
+    Chain,
+    EventKind,
+    Rule,
+    Ruleset,
+    Step,
+    Table,
+    TraceEvent,
+    Verdict,
+)
 
 
 def chain(table: str, name: str, hook: str | None, prio: str | None, policy: str | None, *rules: str) -> Table:
