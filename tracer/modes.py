@@ -25,7 +25,8 @@ def interfaces(addr_json: str) -> list[Iface]:
             continue
         for a in link.get("addr_info", []):
             if a.get("scope") == "global" and "local" in a:
-                out.append((link["ifname"], ipaddress.ip_interface(f"{a['local']}/{a.get('prefixlen', 128)}")))
+                ip = ipaddress.ip_address(a["local"])
+                out.append((link["ifname"], ipaddress.ip_interface(f"{ip}/{a.get('prefixlen', ip.max_prefixlen)}")))
     return out
 
 

@@ -13,9 +13,10 @@ import pytest
 import structlog
 
 from tracer import compare
+from tracer.driver import Run
 from tracer.lab import CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 CUSTOMER = ipaddress.ip_address("203.0.113.5")

@@ -43,6 +43,7 @@ class TracePlan:
     entries: tuple[Entry, ...]  # in the order they appear in each chain
     batch: str  # one atomic `nft -f -` batch that adds everything
     undo: str  # the batch that removes it again
+    unobserved: tuple[str, ...] = ()  # base chains of the ruleset no trace can show (Floors.unobserved)
 
     @property
     def rules(self) -> list[str]:
@@ -211,4 +212,4 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int, where: Floors = F
     for name, hook in END_CHAINS.items():
         chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
-    return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")
+    return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n", where.unobserved)
