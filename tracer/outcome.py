@@ -81,6 +81,7 @@ class ProbeReport:
             "packets": [r.to_json() for r in self.results],
             "findings": [f.to_json() for f in self.findings],
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
+            "reached": self.reached,  # as tracer.diagnose.reached defines it; the exit status follows it
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),

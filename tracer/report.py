@@ -75,7 +75,10 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
     lines.append(f"  reply:   {reply}")
     if r.conntrack is not None:
-        lines.append(f"  conntrack: {r.conntrack}")
+        # Linux 6.16+ traces carry the state at every step; older ones only leave the table
+        traced = any(s.event.ct_state for s in r.steps)
+        source = "" if traced else "  (read from the conntrack table after the probe: this kernel's trace events carry no conntrack state)"
+        lines.append(f"  conntrack: {r.conntrack}{source}")
     for step in r.reply_steps:
         lines.append(f"    reply {_step_line(step)}")
     lines.extend(_verdict_lines(r))

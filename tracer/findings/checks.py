@@ -17,7 +17,7 @@ def local_probe(p: Probe) -> Optional[Finding]:
     if not ctx.local:
         return None
     why = (f"Simulated ingress was not possible ({ctx.fallback}), so the probe was sent locally instead"
-           if ctx.fallback else "The probe was sent from the target namespace itself (--local)")
+           if ctx.fallback else "The probe was sent from the target namespace itself (--local, or --from-netns naming the target)")
     return Finding(
         "local-probe",
         f"{why}: it took OUTPUT -> lo -> INPUT, so rules matching a real interface (-i eth0) or a remote "
