@@ -482,3 +482,17 @@ def test_syn_ack_dropped_by_a_netdev_egress_chain(lab: Lab) -> None:
     assert (back.family, back.table, back.chain, back.rule.number, back.rule.display) == ("netdev", "eg", "out", 1, "tcp sport 8080 drop")
     assert codes(report) == {"reply-dropped"}
     assert "but the SYN-ACK was dropped by netdev eg out rule 1" in report.conclusions[0]
+
+
+@pytest.mark.parametrize("flags,port,status", [("S", 8080, 0), ("A", 8080, 0), ("A", 9090, 1), ("S", 9090, 1)])
+def test_text_and_exit_status_agree(lab: Lab, capsys: Any, flags: str, port: int, status: int) -> None:
+    """'reachable' in the text exactly when the exit status is 0: a stray ACK to a listening port
+    is answered by its RST (reached), to a closed port by the kernel's RST (not reached)."""
+    from tracer import cli
+
+    lab.listen(lab.server, Proto.TCP, 8080)
+    got = cli.main(["probe", "--dport", str(port), "--flags", flags, "--netns", lab.server, "--from-netns", lab.client])
+    out = capsys.readouterr().out
+    [conclusion] = [line for line in out.splitlines() if line.startswith("conclusion:")]
+    assert got == status, out
+    assert (" is reachable" in conclusion) == (status == 0), conclusion
