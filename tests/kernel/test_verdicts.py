@@ -496,3 +496,23 @@ def test_text_and_exit_status_agree(lab: Lab, capsys: Any, flags: str, port: int
     [conclusion] = [line for line in out.splitlines() if line.startswith("conclusion:")]
     assert got == status, out
     assert (" is reachable" in conclusion) == (status == 0), conclusion
+
+
+def test_bridge_family_drop_is_traced(lab: Lab) -> None:
+    """The server's eth0 is a bridge port and a bridge-family chain drops the probe before any IP
+    hook. Measured here: its trace shows it (the report then needs no unobserved-chains caveat)."""
+    lab.ip(lab.server, "addr", "flush", "dev", "eth0")
+    lab.ip(lab.server, "link", "add", "br0", "type", "bridge")
+    lab.ip(lab.server, "link", "set", "eth0", "master", "br0")
+    lab.ip(lab.server, "addr", "add", f"{SERVER4}/24", "dev", "br0")
+    lab.ip(lab.server, "link", "set", "br0", "up")
+    lab.nft(lab.server, "table bridge guard {\n chain in { type filter hook input priority 0; policy accept;\n"
+            f"  ip saddr {CLIENT4} drop\n }}\n}}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, dport=8080)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.reply.kind == "none" and not report.reached
+    d = r.decided_by
+    assert d is not None and d.rule is not None
+    assert (d.family, d.table, d.chain, d.rule.number, d.rule.display) == ("bridge", "guard", "in", 1, f"ip saddr {CLIENT4} drop")
+    assert codes(report) == {"blocked-by-rule"}

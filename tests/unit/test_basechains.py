@@ -62,3 +62,18 @@ def test_accept_by_a_regular_chain_is_its_base_chains_outcome() -> None:
 def test_vanished_without_a_drop_has_no_verdict() -> None:
     hooks = basechains.outcomes([step("a", "input", EventKind.RULE, "accept", 11)], RULESET)
     assert basechains.decide(hooks, RULESET, traced=True, through=False) == (Verdict.UNKNOWN, None)
+
+
+def test_a_vanished_probe_names_the_chains_no_trace_shows() -> None:
+    import ipaddress
+
+    from tracer import diagnose
+    from tracer.model import PacketResult, PacketSpec, Proto, Reply
+
+    spec = PacketSpec(Proto.TCP, ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1"), 4000, 80, "S", 7)
+    r = PacketResult(spec, Verdict.UNKNOWN, None, Reply("none"))
+    ctx = diagnose.Context(Ruleset(), (), False, unobserved=("bridge guard in (hook input, priority 0)",))
+    fs = diagnose.diagnose(r, ctx)
+    assert [f.code for f in fs] == ["unobserved-chains"] and "bridge guard in (hook input, priority 0)" in fs[0].message
+    assert "a chain fwtrace cannot observe may have dropped it" in diagnose.conclusion(r, fs)
+    assert "routing" in diagnose.conclusion(r, diagnose.diagnose(r, diagnose.Context(Ruleset(), (), False)))

@@ -165,8 +165,8 @@ def unobserved(p: Probe) -> Optional[Finding]:
         return None
     what_ = "the probe" if r.verdict is Verdict.UNKNOWN else "the reply"
     return Finding("unobserved-chains",
-                   f"{what_[0].upper()}{what_[1:]} vanished, and these base chains cannot be traced by fwtrace, so any of them "
-                   f"may have dropped it: {', '.join(chains)}.",
+                   f"{what_[0].upper()}{what_[1:]} vanished, and these base chains are not instrumented by fwtrace (their "
+                   f"trace may be missing), so any of them may have dropped it: {', '.join(chains)}.",
                    "list them with `nft list chain FAMILY TABLE CHAIN` and look for a drop matching this flow")
 
 
