@@ -7,12 +7,13 @@ and only a catch-all earns the textbook "move the ACCEPT above it".
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Optional
 
 from tracer.findings.context import Probe, backend_of, verb, what, where
 from tracer.findings.fixes import accept_rule, ipt_cmd, table_opt, whitelist_rule
-from tracer.match import ipt_spec, rule_action, rule_matches
+from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.match.scope import Narrowing, narrowings
 from tracer.model import Backend, EventKind, Finding, Proto, Rule, RuleRef
 
@@ -75,9 +76,8 @@ def untracked(p: Probe) -> Optional[Finding]:
     return Finding("untracked", msg, fix)
 
 
-def _new_less(p: Probe):  # type: ignore[no-untyped-def]
-    import dataclasses
-
+def _new_less(p: Probe) -> PacketFacts:
+    """The probe's facts without a conntrack state: an UNTRACKED packet is not NEW."""
     return dataclasses.replace(p.facts, ct_state=None)
 
 
