@@ -37,7 +37,7 @@ def step_ref(step: Step, ruleset: Ruleset) -> RuleRef:
     backend = _backend(ruleset, ev.family, ev.table, ev.legacy)
     if ev.kind is EventKind.POLICY:
         chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
-        policy = (ev.verdict or (chain.policy if chain else None) or "?").split()[0]
+        policy = ev.action.action.value if ev.action is not None else (chain.policy if chain else None) or "?"
         return RuleRef(ev.family, ev.table, ev.chain, None, policy, backend)
     return RuleRef(ev.family, ev.table, ev.chain, step.rule, backend=backend)
 

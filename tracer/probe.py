@@ -47,7 +47,7 @@ from tracer.commands import (
     Wait,
 )
 from tracer.errors import UsageError
-from tracer.model import IPAddress, Mode, PacketSpec, ProbeRequest, Proto, TraceEvent
+from tracer.model import Action, IPAddress, Mode, PacketSpec, ProbeRequest, Proto, TraceEvent
 from tracer.outcome import ProbeReport
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
@@ -271,7 +271,8 @@ class Waiter:
 
 def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe_events, _ = correlate.split_events(events, spec, roles)
-    return any(e.verdict == "drop" for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
+    return any(e.action is not None and e.action.action is Action.DROP
+               for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
 
 
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:

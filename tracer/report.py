@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tracer.model import EventKind, PacketResult, Step
+from tracer.model import Action, EventKind, PacketResult, Step
 from tracer.packet import parse_headers
 from tracer.outcome import ProbeReport
 
@@ -52,8 +52,9 @@ def _packet(i: int, r: PacketResult) -> list[str]:
                 where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
                 lines.append(f"    {where:<28} {span}: no match")
             pos[key] = step.rule.number
-            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
-                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+            v = ev.action
+            if v is not None and v.action in (Action.JUMP, Action.GOTO) and v.target:
+                jumped = (ev.family, ev.table, v.target, ev.legacy)
                 pos[jumped] = 0
         h = parse_headers(step.event.packet) if step.event.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):

@@ -35,7 +35,7 @@ class RuleVerdict:
             return None
         word, _, rest = text.strip().partition(" ")
         try:
-            action = Action(word)
+            action = Action(word.lower())
         except ValueError:
             action = Action.OTHER
         return cls(action, rest.strip() or None)
