@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from tracer.ebpf import findings as ebpf_findings
 from tracer.findings import checks, decider
 from tracer.findings.context import (
     Context,
@@ -46,7 +47,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
 # reply, an echo reply; for a stray ACK/FIN (no SYN) the RST of a listening port; for UDP,
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
-NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains")
+NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains") + ebpf_findings.NOT_REACHED
 
 
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
@@ -56,7 +57,9 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
         found = next((f for f in (check(p) for check in group) if f is not None), None)
         if found is not None:
             findings.append(found)
-    return findings
+    # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
+    # replace the findings above (a named cause replaces stack-drop).
+    return ebpf_findings.amend(result, findings, ctx)
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
@@ -74,6 +77,9 @@ def reached(result: PacketResult, findings: list[Finding]) -> bool:
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     spec, ref = result.spec, result.decided_by
     codes = {f.code for f in findings}
+    by_kernel = ebpf_findings.conclusion(result, findings)
+    if by_kernel is not None:
+        return by_kernel
     subject = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
     service = seen(result)
     if spec.proto is not Proto.ICMP and service.dport != spec.dport:  # REDIRECT / DNAT to another port
