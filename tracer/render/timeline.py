@@ -114,7 +114,10 @@ def steps(r: PacketResult) -> Section:
             last_hdr = h
         deciding = not decided and _is_decider(step, r)
         decided = decided or deciding
-        rows.append(_step_row(step, deciding, bad))
+        row = _step_row(step, deciding, bad)
+        if ev.ct_state:  # Linux 6.16+ traces carry the conntrack state at every step
+            row = Row(row.label, f"{row.body}  [ct {ev.ct_state}]", row.style, row.marker)
+        rows.append(row)
     rows += held
     if not r.steps:
         rows.append(Row("", "(no chain of the ruleset saw this packet)", "dim"))
@@ -149,11 +152,21 @@ def packet(i: int, r: PacketResult) -> Section:
     reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
     rows.append(Row("reply", reply, ""))
     if r.conntrack is not None:
-        rows.append(Row("conntrack", r.conntrack, "dim"))
+        traced = any(s.event.ct_state for s in r.steps)
+        rows.append(Row("conntrack", r.conntrack + ("" if traced else "  (read from the conntrack table after the "
+                                                     "probe: this kernel's trace events carry no conntrack state)"), "dim"))
     for step in r.reply_steps:
         ev = step.event
         rows.append(Row("reply via", f"{_where(ev.family, ev.table, ev.chain, ev.legacy)}: {_step_row(step, False, False).label} "
                         f"{_step_row(step, False, False).body}".rstrip(), "dim"))
+    if r.reply_dropped and r.reply_decided_by is not None:
+        d = r.reply_decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        rows.append(Row("reply fate", f"{r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}",
+                        "bad", ">"))
+    if len(r.hooks) > 1:  # every base chain's outcome, when more than one had a say
+        rows += [Row("base chain", f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+                     + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy"), "dim") for h in r.hooks]
     return rows
 
 
