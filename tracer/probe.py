@@ -88,17 +88,22 @@ class ProbeReport:
     # inserting and deleting the --log rules, one each
     own_commits: int = 0
     legacy_unchanged: Optional[bool] = None  # iptables-legacy tables listed before and after: equal?
+    unchanged: Optional[bool] = None  # the content proof (tracer/undo/proof.py): no object differs
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
-        """True when the generations show exactly fwtrace's own transactions: its add, its
-        --log rules in and out, then its delete of the same table, so the ruleset is the one from
-        before. False when other writers committed meanwhile (nothing can then be said), None
-        when not measured. (x_tables has no generation: legacy_unchanged compares listings.)"""
+        """The content proof alone: every object fwtrace touched (tables, chains, sets, rules
+        with handles, x_tables tables, sysctls, tc state) equals its listing before the run."""
+        return self.unchanged
+
+    @property
+    def other_writers(self) -> Optional[bool]:
+        """Did anybody but fwtrace commit to nf_tables during the run? The generations must show
+        exactly fwtrace's own transactions: its add, its --log rules in and out, its delete."""
         g = self.generations
         if len(g) != 3:
             return None
-        return self.cleanup_ok and g[1] == g[0] + 1 and g[2] == g[1] + 1 + self.own_commits
+        return not (g[1] == g[0] + 1 and g[2] == g[1] + 1 + self.own_commits)
 
     @property
     def reached(self) -> bool:
@@ -122,7 +127,7 @@ class ProbeReport:
             "notes": list(self.notes),
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
-                        "legacy_unchanged": self.legacy_unchanged},
+                        "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged},
         }
 
     def dumps(self) -> str:
@@ -188,12 +193,16 @@ def _resolve_dst(req: ProbeRequest, via: Optional[str] = None) -> IPAddress:
 
 
 KILL_ENV = "FWTRACE_TEST_KILL_AT"
+SIGINT_ENV = "FWTRACE_TEST_SIGINT_AT"
 
 
 def checkpoint(phase: str) -> None:
-    """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all)."""
+    """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all), or
+    get a SIGINT there (as from a Ctrl-C at that moment)."""
     if os.environ.get(KILL_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(SIGINT_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -254,6 +263,11 @@ class Run:
         self.notes: list[str] = []
         self.nft_log_rules = 0  # --log rules iptables-nft put into nf_tables
         self.port_lock: Optional[int] = None  # simulated ingress: one run per namespace at a time
+        from tracer.undo.verify import ContentProof
+
+        self.proof = ContentProof(plan.table_name(self.run_id), req.netns)  # the cleanup proof by content
+        self.undo_errors: Optional[list[str]] = None  # set once the undo ran
+        self.port_left: list[str] = []  # what of the injection port differs after the undo
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -276,8 +290,12 @@ class Run:
         self.log.info("change", what=undo.what, netns=undo.netns)
         try:
             result = apply()
-        except BaseException:
-            if atomic:
+            checkpoint(f"applied-{self.changes + 1}")
+        except Exception as e:
+            # Only a failure the tool itself reported means "nothing changed"; an interrupt
+            # (KeyboardInterrupt is no Exception) or a tool killed by a signal leaves the
+            # outcome unknown: the undo stays pending (every undo is idempotent).
+            if atomic and not _outcome_unknown(e):
                 self.journal.mark(index, "undone")
             raise
         self.changes += 1
@@ -293,15 +311,21 @@ class Run:
             return errors
         with signals_blocked():
             for index, undo in self.journal.pending():
-                err = apply_undo(undo)
+                # Each step in its own try, whatever the logger or the journal's disk does: a
+                # closed or full stderr must not keep the next undo from running.
+                try:
+                    err = apply_undo(undo)
+                except BaseException as e:
+                    err = f"{type(e).__name__}: {e}"
                 if err is None:
-                    self.journal.mark(index, "undone")
-                    self.log.info("undone", what=undo.what, netns=undo.netns)
+                    _quietly(self.journal.mark, index, "undone")
+                    _quietly(self.log.info, "undone", what=undo.what, netns=undo.netns)
                 else:
                     errors.append(f"{undo.what}: {err}")
-                checkpoint("cleanup")
+                _quietly(checkpoint, "cleanup")
             if not errors:
-                self.journal.remove()
+                _quietly(self.journal.remove)
+        self.undo_errors = errors
         return errors
 
     def _in_target(self) -> ProbeReport:
@@ -355,7 +379,7 @@ class Run:
             tsock = TraceSocket(system.interface_names())
             stack.callback(tsock.close)
             sources: list[Any] = [tsock]
-            self.journal = Journal(self.run_id, list(sys.argv))
+            self.journal = Journal(self.run_id, list(sys.argv), netns=req.netns)
             try:
                 inj: Any = None
                 if mode == "ingress":
@@ -376,7 +400,8 @@ class Run:
                         inj = Injector()
                 stack.callback(inj.close)
                 roles = plan.roles(tplan)
-                kplan = kernel_plan(self.run_id, specs, req.log, legacy_saved)
+                nft_chains = self.proof.before(specs[0].nfproto if req.log else None, legacy_saved)
+                kplan = kernel_plan(self.run_id, specs, req.log, legacy_saved, nft_chains)
                 if kplan is not None:
                     ksrc, nsrc = self._kernel_sources(kplan, stack)
                     sources += [src for src in (ksrc, nsrc) if src is not None]
@@ -401,7 +426,7 @@ class Run:
                 if port_plan is not None:
                     from tracer.inject.simulate import leftovers
 
-                    cleanup_errors += leftovers(port_plan, self.run_id)
+                    self.port_left = leftovers(port_plan, self.run_id)  # compared in the content proof
                 self._unlock()
                 if ksrc is not None:
                     kmsg_raw = list(ksrc.raw)
@@ -419,15 +444,13 @@ class Run:
         full, tplan, kplan, legacy_saved, mode, via = live.full, live.tplan, live.kplan, live.legacy_saved, live.mode, live.via
         # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
         diff = compare.leftover(full.nft_text, snapshot.take().nft_text) if full else []
-        gone = system.run(["nft", "list", "table", "inet", tplan.table], check=False).returncode != 0
-        left = list(live.cleanup_errors) + ([] if gone else [f"table inet {tplan.table} still present"])
+        from tracer.undo import verify
+
+        found = self.proof.after(verify.undos_of(self.journal), self.port_left)
+        left = list(live.cleanup_errors) + list(verify.leftover_texts(found))
         legacy_unchanged: Optional[bool] = None
-        if legacy_saved or (kplan is not None and kplan.legacy_changes):
-            before_legacy = snapshot.legacy_listing(snapshot.with_legacy(Ruleset(), legacy_saved))
-            after_legacy = snapshot.legacy_listing(snapshot.with_legacy(Ruleset(), snapshot.legacy()))
-            legacy_diff = compare.leftover(before_legacy, after_legacy)
-            legacy_unchanged = not legacy_diff
-            left += legacy_diff
+        if legacy_saved or self.proof.legacy_seen:
+            legacy_unchanged = not any(f.name.startswith("x_tables ") for f in found)
 
         # The rules are read now, chain by chain, for the chains the probes met: handles do not
         # change, and the generations prove whether anything else changed meanwhile. Legacy
@@ -463,6 +486,7 @@ class Run:
                      tuple(diff) if full else None, legacy_saved, live.kmsg_raw, live.nflog_raw,
                      tuple(sorted(live.own)), kernplan_json(kplan)),
             live.generations, mode, via, live.caveats, tuple(self.notes), 2 * self.nft_log_rules, legacy_unchanged,
+            unchanged=not found,
         )
 
     def _open_port(self, specs: list[PacketSpec], via: str, back: Any) -> tuple[Any, Any, str]:
@@ -538,10 +562,6 @@ class Run:
         ns = self.req.netns
         if kplan.kmsg:
             self._kmsg_setup(kplan)
-        for family in kplan.families:
-            if before_has_raw(family) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.changes):
-                self.notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
-                                  "empty (x_tables cannot unregister a table) and changes no packet")
         for c in kplan.changes:
             self.change(Undo("cmd", c.what, ns, c.undo, gone=kernplan.IPT_GONE), functools.partial(system.run, list(c.apply)))
             if c.apply[0] in kernplan.NFT_IPT_CMD.values():
@@ -629,6 +649,21 @@ class Run:
         return reply, events
 
 
+def _quietly(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    """Call fn, and let nothing it raises (a closed stderr, a full disk) stop the caller."""
+    try:
+        fn(*args, **kw)
+    except Exception:
+        pass
+
+
+def _outcome_unknown(e: BaseException) -> bool:
+    """A tool killed by a signal (a Ctrl-C reaches the whole process group) may have committed."""
+    from tracer.errors import CommandError
+
+    return isinstance(e, CommandError) and e.returncode < 0
+
+
 def _dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe, _ = correlate.split_events(events, spec, roles)
     return any(e.verdict == "drop" for e in probe if not e.table.startswith(plan.TABLE_PREFIX))
@@ -653,12 +688,14 @@ def _resolve_ingress(req: ProbeRequest) -> tuple[IPAddress, IPAddress, str, Any]
     return src, dst, via, back
 
 
-def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: dict[str, str]) -> Optional[kernplan.KernPlan]:
+def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: dict[str, str],
+                nft_chains: Optional[frozenset[tuple[str, str, str]]] = None) -> Optional[kernplan.KernPlan]:
     """The kernel-log plan, or None on the default path (no x_tables rules, no --log).
 
     It needs the chains before the run: the legacy tables from their save, and with --log the
     iptables-nft tables of the probe's family from iptables-nft-save (--log is opt-in; the
-    default path lists nothing in full)."""
+    default path lists nothing in full). `nft_chains`: the chains nf_tables holds in those tables
+    (iptables-nft would create a missing built-in chain for a --log rule, and keep it)."""
     if not log and not legacy_saved:
         return None
     from tracer.ruleset import parse_iptables_save
@@ -671,7 +708,9 @@ def kernel_plan(run_id: str, specs: list[PacketSpec], log: str, legacy_saved: di
         family = specs[0].nfproto
         saved = system.run([snapshot.IPT_SAVE[family]], check=False).stdout
         tables = kernplan.iptables_nft_tables(family, parse_iptables_save(saved)) + tables
-    return kernplan.kern_plan(run_id, specs, Ruleset(tables), log)
+    family = specs[0].nfproto
+    return kernplan.kern_plan(run_id, specs, Ruleset(tables), log, nft_chains if log else None,
+                              legacy_raw=before_has_raw(family))
 
 
 def kernplan_json(kplan: Optional[kernplan.KernPlan]) -> Optional[dict[str, object]]:

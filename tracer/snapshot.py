@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from tracer.errors import CommandError
 from tracer.model import Backend, Ruleset, Table
@@ -157,3 +157,39 @@ def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = No
     ipt_text = {family: save_text(tables) for family, tables in ipt.items()}
     legacy_saved = legacy_saved or {}
     return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cleanup proof's listings (tracer/undo/proof.py compares them): only what a run may touch.
+
+
+def proof_state(scope: "proof.Scope", legacy_saved: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The objects of `scope` as they are now: the table list (cheap: nft fetches no rules for
+    it), the tables fwtrace adds to in full, and the x_tables tables. `legacy_saved`: the
+    iptables-legacy-save outputs already read (no second save)."""
+    from tracer.trace.plan import TABLE_PREFIX
+    from tracer.undo import proof
+
+    def other_run(family: str, table: str) -> bool:
+        return table.startswith(TABLE_PREFIX) and table != scope.own_table
+
+    state = proof.nft_objects(run(["nft", "-j", "list", "tables"]).stdout, other_run)
+    for family, table in scope.tables:
+        listed = run(["nft", "-j", "-s", "list", "table", family, table], check=False)
+        if listed.returncode == 0:
+            state.update(proof.nft_objects(listed.stdout))
+        elif "No such file or directory" not in listed.stderr:
+            raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
+    for family in scope.legacy_families:
+        names = proc_net(LEGACY_NAMES[family])
+        if not names.strip():
+            continue
+        saved = (legacy_saved or {}).get(family)
+        if saved is None:
+            saved = run([LEGACY_SAVE[family]], check=False).stdout
+        state.update(proof.legacy_objects(family, names, saved))
+    return state
+
+
+if TYPE_CHECKING:
+    from tracer.undo import proof
