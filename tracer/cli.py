@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from tracer.errors import ExitStatus, FwtraceError, UsageError
+from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
@@ -29,7 +32,16 @@ examples:
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
-             3 environment problem (not root, missing tool, unknown namespace), 4 internal error
+             3 environment problem (not root, missing tool, unknown namespace), 4 internal error,
+             5 cleanup incomplete (the report names what is left and the command that removes it),
+             130 interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
+"""
+
+EPILOG_CLEANUP = """\
+With --netns NS: replays the journals of the dead runs that probed NS only, then removes
+fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
+whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
+Runs still alive are never touched.
 """
 
 TCP_FLAG_LETTERS = set("FSRPAUEC")
@@ -102,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
                     "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
                     "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
-    pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
-                    "(report, rulesets before/after, instrumentation, raw trace, replies)")
+    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR "
+                    "(report, rulesets before/after, instrumentation, raw trace, replies); DIR must be new or empty, "
+                    "a .tar.gz must not exist: checked before anything is changed, nothing is ever overwritten")
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
 
-    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
-    cl.add_argument("--netns", help="namespace to clean (default: the current one)")
+    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
+                        epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
+                    "tables there (default: every dead run's changes, and stale tables of the current namespace)")
     return p
 
 
@@ -144,26 +159,80 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     )
 
 
+def check_evidence_path(path: Optional[str]) -> None:
+    """--evidence must be writable and overwrite nothing: a new or empty directory, or a new
+    .tar.gz file. Checked by really creating (and removing) a file there, since root passes
+    every access(2) test, even for /proc."""
+    if path is None:
+        return
+    hint = "give a new or empty directory, or a new FILE.tar.gz"
+    if not path:
+        raise UsageError("--evidence needs a path", hint)
+    is_dir = os.path.isdir(path)
+    if path.endswith(".tar.gz") or not is_dir:
+        if os.path.lexists(path):
+            raise UsageError(f"--evidence {path} exists and is not a directory; fwtrace never overwrites", hint)
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            raise UsageError(f"--evidence {path}: directory {where} does not exist", hint)
+    else:
+        if os.listdir(path):
+            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
+        where = path
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fwtrace-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None
+
+
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
+    check_evidence_path(ns.evidence)
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
     from tracer.probe import Run
     from tracer.report import render
 
-    run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
-    report = run.execute()
+    run = Run(req, log, log_events=ns.verbose, full_snapshot=ns.evidence is not None)
+    try:
+        report = run.execute()
+    except KeyboardInterrupt as e:
+        raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
     text = render(report)
-    sys.stdout.write(report.dumps() + "\n" if ns.json else text)
+    written = _write_out(report.dumps() + "\n" if ns.json else text)
     if ns.evidence:
         from tracer.evidence import bundle_files, write_bundle
 
         write_bundle(ns.evidence, bundle_files(report, text))
         log.info("evidence written", directory=ns.evidence)
     if not report.cleanup_ok:
-        return ExitStatus.ENVIRONMENT
+        _say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+        return ExitStatus.LEFTOVER
+    if written is not None:
+        raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+
+
+def _write_out(text: str) -> Optional[str]:
+    """Write to stdout; the error (a broken pipe, a full disk) instead of raising it: the run is
+    over and undone by now, and what it found about its cleanup must still decide the status."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        return getattr(e, "strerror", None) or str(e)
+    return None
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if stderr can take it."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
@@ -176,7 +245,10 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from tracer.undo import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
-    print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))
+    scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
+    if _write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
+        return ExitStatus.ENVIRONMENT
     return ExitStatus.OK
 
 
@@ -202,44 +274,129 @@ def configure_logging(fmt: str, verbose: bool) -> Any:
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        logger_factory=lambda *_: structlog.PrintLogger(_SafeStderr()),
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("fwtrace")
 
 
-class _Terminated(Exception):
-    pass
+class _SafeStderr:
+    """fwtrace's log stream: sys.stderr as it is at each call, and a write that cannot fail. A
+    closed terminal, a broken pipe (`2>&1 | head -1`) or a full disk must never stop a run
+    halfway, least of all its undo."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
-def _on_signal(signum: int, frame: Any) -> None:
-    # Raised in the main thread wherever it is, so every ExitStack on the way out undoes its part.
-    raise _Terminated(signal.Signals(signum).name)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[None]:
+    """The first SIGINT/SIGTERM/SIGHUP raises Interrupted wherever the main thread is, so every
+    undo on the way out runs; later ones are ignored: a second Ctrl-C must not cut the cleanup
+    the first one started (nor raise again while the first is being reported)."""
+    seen: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if seen:
+            return
+        seen.append(signal.Signals(signum).name)
+        raise Interrupted(seen[0])
+
+    old = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    name = getattr(e, "signame", None) or "SIGINT"
+    errors = getattr(e, "undo_errors", None)
+    netns = getattr(e, "netns", None)
+    if not getattr(e, "run", False):
+        return f"fwtrace: interrupted ({name})"
+    if errors is None:
+        return f"fwtrace: interrupted ({name}) before the run changed anything"
+    if not errors:
+        return f"fwtrace: interrupted ({name}); every change of the run was undone"
+    return (f"fwtrace: interrupted ({name}); could not undo: {'; '.join(errors)} "
+            f"(hint: run `fwtrace cleanup{f' --netns {netns}' if netns else ''}`)")
+
+
+def _std_streams() -> None:
+    """With fd 0, 1 or 2 closed, the next file or socket fwtrace opens would get that number and
+    receive whatever is written to "stdout": point them at /dev/null first."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
+def _settle_streams() -> None:
+    """A stream that cannot be flushed (EPIPE, ENOSPC) would make the interpreter's own flush at
+    exit print an error and exit 120: point its fd at /dev/null so the status stays ours."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError):
+                pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _std_streams()
     parser = build_parser()
     ns: Optional[argparse.Namespace] = None
     try:
-        ns = parser.parse_args(argv)
-        if ns.command is None:
-            parser.print_help()
-            return ExitStatus.USAGE
-        log = configure_logging(ns.log_format, ns.verbose)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _on_signal)
-        return int(COMMANDS[ns.command](ns, log))
-    except FwtraceError as e:
-        print(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
-        return int(e.status)
-    except (KeyboardInterrupt, _Terminated) as e:
-        print(f"fwtrace: interrupted ({e or 'SIGINT'}); instrumentation removed", file=sys.stderr)
+        with _interrupts():
+            try:
+                ns = parser.parse_args(argv)
+                if ns.command is None:
+                    parser.print_help()
+                    return ExitStatus.USAGE
+                log = configure_logging(ns.log_format, ns.verbose)
+                return int(COMMANDS[ns.command](ns, log))
+            except FwtraceError as e:
+                _say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
+                return int(e.status)
+            except KeyboardInterrupt as e:
+                _say(_interrupted_line(e))
+                return int(ExitStatus.INTERRUPTED)
+            except Exception as e:
+                if ns is not None and ns.traceback:
+                    raise
+                _say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
+                return int(ExitStatus.INTERNAL)
+    except KeyboardInterrupt as e:  # arrived while the first one was reported: still one line
+        _say(_interrupted_line(e))
         return int(ExitStatus.INTERRUPTED)
-    except Exception as e:
-        if ns is not None and ns.traceback:
-            raise
-        print(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)", file=sys.stderr)
-        return int(ExitStatus.INTERNAL)
+    finally:
+        _settle_streams()
 
 
 def run() -> None:

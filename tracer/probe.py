@@ -304,9 +304,19 @@ class Run:
 
     def _undo_all(self) -> list[str]:
         """Take every journaled change back, newest first, each in its own try."""
+        try:
+            return self._undo_pending()
+        except KeyboardInterrupt:
+            # It came before the signals were held (or is the held one, delivered after): the
+            # undo still runs in full -- the signal handler ignores every later interrupt.
+            self._undo_pending()
+            raise
+
+    def _undo_pending(self) -> list[str]:
         from tracer.undo.cleanup import apply_undo
 
         errors: list[str] = []
+        self.undo_errors = errors
         if self.journal is None:
             return errors
         with signals_blocked():
@@ -325,7 +335,6 @@ class Run:
                 _quietly(checkpoint, "cleanup")
             if not errors:
                 _quietly(self.journal.remove)
-        self.undo_errors = errors
         return errors
 
     def _in_target(self) -> ProbeReport:
