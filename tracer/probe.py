@@ -198,10 +198,10 @@ SIGINT_ENV = "FWTRACE_TEST_SIGINT_AT"
 
 def checkpoint(phase: str) -> None:
     """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all), or
-    get a SIGINT there (as from a Ctrl-C at that moment)."""
+    get a SIGINT there (as from a Ctrl-C at that moment; a comma-separated list of phases)."""
     if os.environ.get(KILL_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(SIGINT_ENV) == phase:
+    if phase in os.environ.get(SIGINT_ENV, "").split(","):
         os.kill(os.getpid(), signal.SIGINT)
 
 
