@@ -1,5 +1,6 @@
 """The kernel-log side of a run, computed as data (no I/O): iptables-legacy tables in the model,
-the legacy TRACE rules, the LOG evidence rules (`--log`) and the sysctls the kernel log needs.
+the LOG evidence rules (`--log`) and the sysctls the kernel log needs. Legacy chains are traced
+by the trace bit fwtrace's nft chain sets (see kern_plan), not by TRACE rules.
 
 Only used when the target has iptables-legacy rules or `--log` was given: the default
 (nft-only) path stays one nft batch and one trace socket.
