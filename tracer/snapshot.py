@@ -173,11 +173,11 @@ def proof_state(scope: "proof.Scope", legacy_saved: Optional[dict[str, str]] = N
     def other_run(family: str, table: str) -> bool:
         return table.startswith(TABLE_PREFIX) and table != scope.own_table
 
-    state = proof.nft_objects(run(["nft", "-j", "list", "tables"]).stdout, other_run)
+    state = {k: v for k, v in nft_tables().items() if not other_run(*k.split()[1:3])}
     for family, table in scope.tables:
         listed = run(["nft", "-j", "-s", "list", "table", family, table], check=False)
         if listed.returncode == 0:
-            state.update(proof.nft_objects(listed.stdout))
+            state.update(proof.nft_objects(listed.stdout, own_mark="fwtrace:" + scope.own_table[len(TABLE_PREFIX):]))
         elif "No such file or directory" not in listed.stderr:
             raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
     for family in scope.legacy_families:
@@ -189,6 +189,26 @@ def proof_state(scope: "proof.Scope", legacy_saved: Optional[dict[str, str]] = N
             saved = run([LEGACY_SAVE[family]], check=False).stdout
         state.update(proof.legacy_objects(family, names, saved))
     return state
+
+
+def nft_tables() -> dict[str, str]:
+    """Every nf_tables table of the calling thread's namespace over netlink (tracer/undo/tables.py):
+    one dump, whatever the number of rules."""
+    import socket
+
+    from tracer.trace.nftrace import NETLINK_NETFILTER
+    from tracer.undo import tables
+
+    data = b""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+        s.bind((0, 0))
+        s.settimeout(2.0)
+        s.send(tables.gettable_request(1))
+        while True:
+            data += s.recv(1 << 16)
+            out, done = tables.parse_tables(data)
+            if done:
+                return out
 
 
 if TYPE_CHECKING:

@@ -102,3 +102,36 @@ def test_sysctl_not_restored() -> None:
     [d] = proof.differences(before, after)
     assert d.text() == ("sysctl net.netfilter.nf_log.2 in srv: changed "
                         "(remedy: `ip netns exec srv sysctl -w net.netfilter.nf_log.2=NONE`)")
+
+
+def test_another_runs_marked_rules_are_skipped_and_do_not_shift_positions() -> None:
+    def listing(*rules: str) -> str:
+        items = ",".join(f'{{"rule": {{"family": "ip", "table": "filter", "chain": "INPUT", "handle": {h}, '
+                         f'"comment": "{c}", "expr": [{{"accept": null}}]}}}}' for h, c in
+                         (r.split(":", 1) for r in rules))
+        return f'{{"nftables": [{items}]}}'
+
+    own = "fwtrace:0badc0de"
+    before = proof.nft_objects(listing("2:user"), own_mark=own)
+    during_other = proof.nft_objects(listing("7:fwtrace:1a2b3c4d", "2:user"), own_mark=own)
+    assert during_other == before
+    ours_left = proof.nft_objects(listing("8:fwtrace:0badc0de", "2:user"), own_mark=own)
+    assert [d.name for d in proof.differences(before, ours_left)] == ["rule ip filter INPUT handle 2",
+                                                                      "rule ip filter INPUT handle 8"]
+
+
+def test_table_list_over_netlink() -> None:
+    """An NFT_MSG_GETTABLE dump captured after the FORWARD chain was made (scripts/capture-test-data)."""
+    from tracer.undo import tables
+
+    raw = (DATA / "nft-gettable.nlmsg").read_bytes()
+    got, done = tables.parse_tables(raw)
+    assert done
+    assert got == {"table ip filter": '{"flags": 0, "handle": 1, "use": 2}',  # INPUT and the implicit FORWARD
+                   "table inet guard": '{"flags": 0, "handle": 2, "use": 2}',
+                   "table ip dormant": '{"flags": 1, "handle": 3, "use": 0}',
+                   "table inet noted": '{"flags": 0, "handle": 4, "use": 0, "userdata": "000c6b657074206279206f707300"}'}
+    assert tables.parse_tables(raw[:40]) == ({}, False)  # a cut datagram: nothing half-parsed
+    before = dict(got, **{"table ip filter": '{"flags": 0, "handle": 1, "use": 1}'})
+    [d] = proof.differences(before, got)
+    assert (d.name, d.change) == ("table ip filter", "changed")

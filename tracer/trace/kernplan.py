@@ -178,7 +178,9 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str,
                               "--nflog-size", "128"]
                 else:
                     target = ["-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
-                rest = [*log_match(specs), *limit, *target]
+                # The comment makes the rule fwtrace's in any listing (an xt LOG target's prefix
+                # is invisible to nft): the cleanup proof of a concurrent run skips it by it.
+                rest = [*log_match(specs), *limit, *comment, *target]
                 changes.append(Change(f"{tool} -t {t.name} {target[1]} rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
                                       _ipt(tool, t.name, "-D", c.name, rest)))
                 if t.backend is Backend.IPTABLES_LEGACY:

@@ -5,10 +5,11 @@ delete were symmetric (iptables-nft creates base chains implicitly and never del
 legacy TRACE rule instantiates an x_tables table that cannot be unregistered). So the objects
 fwtrace may have touched are listed before the first change and after the undo and compared:
 
-* nf_tables: the list of tables (name, handle, flags: a table deleted and made again has a new
-  handle), and every table fwtrace added to (its own and, with --log, iptables-nft's tables of the
-  probe's family) in full: chains (hook, priority, policy), sets with their elements, rules
-  with their handles and positions. `nft -j -s` (stateless) output; unrelated tables are not listed.
+* nf_tables: the list of tables over netlink (tracer/undo/tables.py: handle -- a table deleted
+  and made again has a new one --, flags, comment, and the count of chains, sets and objects
+  each holds), and with --log the iptables-nft tables of the probe's family it added to in full:
+  chains (hook, priority, policy), sets with their elements, rules with their handles and
+  positions (`nft -j -s`, stateless). Unrelated tables' rules are not listed.
 * x_tables: the tables named in /proc/net/ip*_tables_names, and each chain's policy and rules.
 * sysctls fwtrace set: the value read before the change.
 * whatever else the undo layers check themselves (tc, links), as ready-made leftovers.
@@ -63,11 +64,13 @@ class Scope:
     legacy_families: tuple[str, ...] = ("ip", "ip6")
 
 
-def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] = None) -> dict[str, str]:
+def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] = None,
+                own_mark: Optional[str] = None) -> dict[str, str]:
     """Objects of `nft -j [-s] list tables|table F T` output. Rules are keyed by handle (the
     kernel's identity of a rule: a rule deleted and added again gets a new one) and carry their
     position in the chain. `skip_table(family, name)` leaves out tables of no interest (another
-    fwtrace run's own table, which comes and goes by itself)."""
+    fwtrace run's own table, which comes and goes by itself); with `own_mark` ("fwtrace:<runid>"),
+    rules marked by another run are left out too."""
     if not listing.strip():
         return {}
     out: dict[str, str] = {}
@@ -79,6 +82,8 @@ def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] =
         family, table = obj.get("family", ""), obj.get("table", obj.get("name", ""))
         if skip_table is not None and skip_table(family, table):
             continue
+        if kind == "rule" and own_mark is not None and _foreign(obj, own_mark):
+            continue  # another fwtrace run's --log rule: it comes and goes by itself (not counted in positions)
         if kind == "table":
             out[f"table {family} {obj['name']}"] = _canon(obj)
         elif kind == "chain":
@@ -93,6 +98,14 @@ def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] =
         else:  # an object kind this nft knows and fwtrace does not: still compared
             out[f"{kind} {family} {table} {_canon(obj)[:60]}"] = _canon(obj)
     return out
+
+
+_MARK = re.compile(r"fwtrace:[0-9a-f]{8}")
+
+
+def _foreign(rule: Mapping[str, Any], own_mark: str) -> bool:
+    marks = set(_MARK.findall(json.dumps(rule)))
+    return bool(marks) and own_mark not in marks
 
 
 def table_names(listing: str) -> set[tuple[str, str]]:

@@ -35,9 +35,8 @@ class ContentProof:
         full (where --log may put a rule without creating a chain)."""
         tables: tuple[tuple[str, str], ...] = ()
         if log_family is not None:
-            listed = system.run(["nft", "-j", "list", "tables"]).stdout
-            tables = tuple(sorted((f, n) for f, n in proof.table_names(listed)
-                                  if f == log_family and n in snapshot.XTABLES_NAMES))
+            names = [k.split()[1:3] for k in snapshot.nft_tables()]
+            tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in snapshot.XTABLES_NAMES))
         self.scope = proof.Scope(self.table, tables)
         self.state = snapshot.proof_state(self.scope, legacy_saved)
         return frozenset(tuple(k.split()[1:4]) for k in self.state if k.startswith("chain "))  # type: ignore[misc]
