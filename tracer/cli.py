@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from tracer import console
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
@@ -202,37 +201,18 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     except KeyboardInterrupt as e:
         raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
     text = render(report)
-    written = _write_out(report.dumps() + "\n" if ns.json else text)
+    written = console.write_out(report.dumps() + "\n" if ns.json else text)
     if ns.evidence:
         from tracer.evidence import bundle_files, write_bundle
 
         write_bundle(ns.evidence, bundle_files(report, text))
         log.info("evidence written", directory=ns.evidence)
     if not report.cleanup_ok:
-        _say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+        console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
         return ExitStatus.LEFTOVER
     if written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
-
-
-def _write_out(text: str) -> Optional[str]:
-    """Write to stdout; the error (a broken pipe, a full disk) instead of raising it: the run is
-    over and undone by now, and what it found about its cleanup must still decide the status."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except (OSError, ValueError) as e:
-        return getattr(e, "strerror", None) or str(e)
-    return None
-
-
-def _say(line: str) -> None:
-    """One line on stderr, if stderr can take it."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
@@ -246,7 +226,7 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
 
     removed = cleanup.clean_stale(ns.netns, log)
     scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
-    if _write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
                   + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
         return ExitStatus.ENVIRONMENT
     return ExitStatus.OK
@@ -274,52 +254,10 @@ def configure_logging(fmt: str, verbose: bool) -> Any:
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(_SafeStderr()),
+        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("fwtrace")
-
-
-class _SafeStderr:
-    """fwtrace's log stream: sys.stderr as it is at each call, and a write that cannot fail. A
-    closed terminal, a broken pipe (`2>&1 | head -1`) or a full disk must never stop a run
-    halfway, least of all its undo."""
-
-    def write(self, text: str) -> int:
-        try:
-            return sys.stderr.write(text)
-        except (OSError, ValueError, AttributeError):
-            return 0
-
-    def flush(self) -> None:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def _interrupts() -> Iterator[None]:
-    """The first SIGINT/SIGTERM/SIGHUP raises Interrupted wherever the main thread is, so every
-    undo on the way out runs; later ones are ignored: a second Ctrl-C must not cut the cleanup
-    the first one started (nor raise again while the first is being reported)."""
-    seen: list[str] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if seen:
-            return
-        seen.append(signal.Signals(signum).name)
-        raise Interrupted(seen[0])
-
-    old = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _interrupted_line(e: KeyboardInterrupt) -> str:
@@ -336,44 +274,12 @@ def _interrupted_line(e: KeyboardInterrupt) -> str:
             f"(hint: run `fwtrace cleanup{f' --netns {netns}' if netns else ''}`)")
 
 
-def _std_streams() -> None:
-    """With fd 0, 1 or 2 closed, the next file or socket fwtrace opens would get that number and
-    receive whatever is written to "stdout": point them at /dev/null first."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-    if sys.stdout is None:
-        sys.stdout = open(os.devnull, "w")
-    if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")
-
-
-def _settle_streams() -> None:
-    """A stream that cannot be flushed (EPIPE, ENOSPC) would make the interpreter's own flush at
-    exit print an error and exit 120: point its fd at /dev/null so the status stays ours."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            try:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, stream.fileno())
-                os.close(null)
-            except (OSError, ValueError):
-                pass
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _std_streams()
+    console.std_streams()
     parser = build_parser()
     ns: Optional[argparse.Namespace] = None
     try:
-        with _interrupts():
+        with console.interrupts():
             try:
                 ns = parser.parse_args(argv)
                 if ns.command is None:
@@ -382,21 +288,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 log = configure_logging(ns.log_format, ns.verbose)
                 return int(COMMANDS[ns.command](ns, log))
             except FwtraceError as e:
-                _say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
+                console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
                 return int(e.status)
             except KeyboardInterrupt as e:
-                _say(_interrupted_line(e))
+                console.say(_interrupted_line(e))
                 return int(ExitStatus.INTERRUPTED)
             except Exception as e:
                 if ns is not None and ns.traceback:
                     raise
-                _say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
+                console.say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
                 return int(ExitStatus.INTERNAL)
     except KeyboardInterrupt as e:  # arrived while the first one was reported: still one line
-        _say(_interrupted_line(e))
+        console.say(_interrupted_line(e))
         return int(ExitStatus.INTERRUPTED)
     finally:
-        _settle_streams()
+        console.settle_streams()
 
 
 def run() -> None:

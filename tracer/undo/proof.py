@@ -108,11 +108,6 @@ def _foreign(rule: Mapping[str, Any], own_mark: str) -> bool:
     return bool(marks) and own_mark not in marks
 
 
-def table_names(listing: str) -> set[tuple[str, str]]:
-    """(family, name) of the tables in `nft -j list tables` output."""
-    return {(k[1], k[2]) for k in (name.split() for name in nft_objects(listing)) if k[0] == "table"}
-
-
 _COUNTERS = re.compile(r" \[\d+:\d+\]$")
 
 
