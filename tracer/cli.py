@@ -192,7 +192,8 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
-    from tracer.probe import Run
+    from tracer.driver import Run
+    from tracer.outcome import exit_status
     from tracer.report import render
 
     run = Run(req, log, log_events=ns.verbose, full_snapshot=ns.evidence is not None)
@@ -207,12 +208,12 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
         write_bundle(ns.evidence, bundle_files(report, text))
         log.info("evidence written", directory=ns.evidence)
+    status = exit_status(report)
     if not report.cleanup_ok:
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
-        return ExitStatus.LEFTOVER
-    if written is not None:
+    elif written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
-    return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+    return status
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:

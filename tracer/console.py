@@ -26,6 +26,15 @@ def write_out(text: str) -> Optional[str]:
     return None
 
 
+def quietly(fn: Any, *args: Any, **kw: Any) -> None:
+    """Call fn, and let nothing it raises (a closed stderr, a full disk) stop the caller: for
+    the log and bookkeeping calls between undo steps."""
+    try:
+        fn(*args, **kw)
+    except Exception:
+        pass
+
+
 def say(line: str) -> None:
     """One line on stderr, if stderr can take it."""
     try:

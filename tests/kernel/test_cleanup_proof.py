@@ -22,7 +22,7 @@ from tracer import cli, system
 from tracer.errors import ExitStatus
 from tracer.lab import Lab
 from tracer.model import ProbeRequest
-from tracer.probe import KILL_ENV, SIGINT_ENV, Run
+from tracer.driver import KILL_ENV, SIGINT_ENV, Run
 from tracer.undo import journal
 from tracer.undo.cleanup import SKIP_UNDO_ENV
 
@@ -97,11 +97,11 @@ def test_log_leaves_every_listing_as_it_was(lab: Lab, capsys: Any, scenario: str
 def test_a_log_rule_in_a_missing_chain_would_be_caught(lab: Lab, capsys: Any, monkeypatch: Any) -> None:
     """The proof can fail: with the old plan (a rule in every chain iptables-nft-save prints),
     iptables-nft creates FORWARD and OUTPUT and keeps them, and the report says so."""
-    from tracer import probe
+    from tracer import kernsteps
 
     lab.run(lab.server, ["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"])
-    old_plan = probe.kernel_plan
-    monkeypatch.setattr(probe, "kernel_plan", lambda *a, **kw: old_plan(*a[:4]))
+    old_plan = kernsteps.kernel_plan
+    monkeypatch.setattr(kernsteps, "kernel_plan", lambda *a, **kw: old_plan(*a[:4]))
     status = cli.main(["probe", "--dport", "22", "--netns", lab.server, "--from-netns", lab.client, "--timeout", "0.5",
                        "--json", "--log"])
     captured = capsys.readouterr()

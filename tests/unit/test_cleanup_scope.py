@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from tracer.undo.cleanup import probed
-from tracer.undo.journal import JournalDoc, Undo, nft_undo
+from tracer.undo.journal import JournalDoc
+from tracer.undo.records import from_json, in_netns, nft_undo, to_json
 
 
 def doc(netns: str | None, entries_ns: list[str | None]) -> JournalDoc:
-    entries = [{"undo": nft_undo(ns, "delete table inet fwtrace_0badc0de\n", "table").to_json(), "state": "pending"}
-               for ns in entries_ns]
+    entries = [{"undo": to_json(in_netns(nft_undo("delete table inet fwtrace_0badc0de\n", "table"), ns)),
+                "state": "pending"} for ns in entries_ns]
     return JournalDoc("0badc0de", 1, "1", ["fwtrace"], entries, netns)
 
 
@@ -20,4 +21,4 @@ def test_journal_names_its_target() -> None:
 def test_older_journals_are_told_by_their_undos() -> None:
     old = doc(None, ["@home", "b"])
     assert probed(old, "b") and not probed(old, "a")
-    assert Undo.from_json(old.entries[1]["undo"]).netns == "b"
+    assert from_json(old.entries[1]["undo"]).netns == "b"

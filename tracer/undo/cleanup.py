@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 from tracer import system
 from tracer.errors import FwtraceError
 from tracer.trace import plan
-from tracer.undo.journal import JournalDoc, Undo, is_alive, list_journals
+from tracer.undo.journal import JournalDoc, is_alive, list_journals
+from tracer.undo.records import ReleaseShared, RemoveClsact, RestoreSysctl, Undo
 
 # Test-only fault hook: an undo whose description contains this text is skipped and reported as
 # done, like a buggy undo would be. The content proof (tracer/undo/proof.py) must catch it.
@@ -24,16 +25,16 @@ def apply_undo(undo: Undo) -> Optional[str]:
         return None
     try:
         with system.netns(undo.netns):
-            if undo.kind == "sysctl":
-                system.sysctl_set(undo.key, undo.value)
+            if isinstance(undo, RestoreSysctl):
+                system.sysctl_set(undo.key, undo.old)
                 return None
-            if undo.kind == "shared":
+            if isinstance(undo, ReleaseShared):
                 from tracer.undo import shared
 
-                shared.release(undo.key, undo.value, system.sysctl_set)
+                shared.release(undo.key, undo.run_id, system.sysctl_set)
                 return None
-            if undo.kind == "clsact":
-                return _remove_clsact(undo.key)
+            if isinstance(undo, RemoveClsact):
+                return _remove_clsact(undo.dev)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):
@@ -107,7 +108,7 @@ def probed(doc: JournalDoc, netns: Optional[str]) -> bool:
 def clean_journals(log: Any, netns: Optional[str] = None) -> list[str]:
     """Replay the undos of every dead run's journal (of the runs that probed `netns` only, when
     given); returns what was undone. Each journal's undos run with signals held, each in its own try."""
-    from tracer.probe import signals_blocked
+    from tracer.driver import signals_blocked
 
     done: list[str] = []
     for path, doc in list_journals():

@@ -1,105 +1,86 @@
-"""Carry out the cleanup proof of one run (tracer/undo/proof.py decides; this lists and reads).
+"""The cleanup proof of one run, as pipeline steps (pure; tracer/undo/proof.py compares).
 
-`before()` is called in the target namespace before fwtrace's first nft change, `after()` once
-every undo ran. The listings come from `snapshot.proof_state`; the sysctls from the journal,
-whose undo records hold the value each had before the run set it.
+`before()` runs in the target before fwtrace's first nft change, `after()` once every undo ran.
+The listings come from the driver (`ProofListing`, `NftTables`); the sysctls from the undo
+records the run journaled, which hold the value each had before the run set it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Optional
 
-from tracer import snapshot, system
+from tracer.commands import Finished, NftTables, ProofListing, ReadSysctl, SharedHeld, Steps
+from tracer.snapshot import XTABLES_NAMES
 from tracer.undo import proof
-from tracer.undo.journal import Undo
+from tracer.undo.records import ReleaseShared, RestoreSysctl
 
 ChainKey = tuple[str, str, str]
 
 
-@dataclass
-class ContentProof:
-    table: str  # the run's own table, fwtrace_<runid>
-    netns: Optional[str]  # the target namespace (for the remedies' commands)
-    scope: Optional[proof.Scope] = None
+@dataclass(frozen=True)
+class Start:
+    """What the run may touch, as listed before its first nft change."""
+
+    scope: proof.Scope
     state: dict[str, str] = field(default_factory=dict)
-    state_after: dict[str, str] = field(default_factory=dict)
 
     @property
-    def legacy_seen(self) -> bool:
-        """Were there x_tables tables before or after the run?"""
-        return any(k.startswith("x_tables ") for k in (*self.state, *self.state_after))
-
-    def before(self, log_family: Optional[str], legacy_saved: dict[str, str]) -> frozenset[ChainKey]:
-        """List what the run may touch; returns the nf_tables chains of the tables listed in
-        full (where --log may put a rule without creating a chain)."""
-        tables: tuple[tuple[str, str], ...] = ()
-        if log_family is not None:
-            names = [k.split()[1:3] for k in snapshot.nft_tables()]
-            tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in snapshot.XTABLES_NAMES))
-        self.scope = proof.Scope(self.table, tables)
-        self.state = snapshot.proof_state(self.scope, legacy_saved)
-        return frozenset(tuple(k.split()[1:4]) for k in self.state if k.startswith("chain "))  # type: ignore[misc]
-
-    def after(self, undos: Iterable[Undo], extra: Iterable[str] = ()) -> tuple[proof.Leftover, ...]:
-        """What differs now; `undos`: every change the run journaled; `extra`: what other layers
-        found left (the injection port's links and tc state)."""
-        port = [proof.Leftover(e, "left behind", self._port_remedy(e)) for e in extra]
-        if self.scope is None:
-            return tuple(port)
-        now = snapshot.proof_state(self.scope)
-        self.state_after = now
-        undos = list(undos)
-        before = {**self.state, **proof.sysctl_objects(_sysctls(undos, after=False))}
-        now.update(proof.sysctl_objects(_sysctls(undos, after=True)))
-        found = list(proof.differences(before, now, self.netns))
-        found += [proof.Leftover(name, "shared switch still registered to this run", f"`fwtrace cleanup{self._ns_arg()}`")
-                  for name in _shared_left(undos)]
-        return tuple(found + port)
-
-    def _port_remedy(self, text: str) -> str:
-        pre = f"ip netns exec {self.netns} " if self.netns else ""
-        if text.startswith("injection port "):
-            return f"`{pre}ip link del {text.split()[2]}`"
-        return (f"compare `{pre}tc qdisc show` and `{pre}tc filter show dev DEV egress` with the state before "
-                "the run; delete the cls_bpf filters fwtrace added (and its clsact qdisc where it made one)")
-
-    def _ns_arg(self) -> str:
-        return f" --netns {self.netns}" if self.netns else ""
+    def nft_chains(self) -> frozenset[ChainKey]:
+        """The chains of the tables listed in full: where --log may put a rule without making one."""
+        return frozenset((k.split()[1], k.split()[2], k.split()[3]) for k in self.state if k.startswith("chain "))
 
 
-def _sysctls(undos: list[Undo], after: bool) -> list[tuple[Optional[str], str, Optional[str]]]:
-    """(netns, key, value) of each sysctl the run set: the value before the run, or now."""
-    out = []
-    for u in undos:
-        if u.kind != "sysctl":
-            continue
-        if not after:
-            out.append((u.netns, u.key, u.value))
-            continue
-        try:
-            with system.netns(u.netns):
-                out.append((u.netns, u.key, system.sysctl_get(u.key)))
-        except Exception:  # the namespace is gone, and the sysctl with it
-            out.append((u.netns, u.key, u.value))
-    return out
+@dataclass(frozen=True)
+class Verdict:
+    """The proof's answer: what differs, and whether x_tables tables were there to compare."""
+
+    found: tuple[proof.Leftover, ...]
+    legacy_seen: bool
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(f.text() for f in self.found)
+
+    @property
+    def legacy_unchanged(self) -> Optional[bool]:
+        return not any(f.name.startswith("x_tables ") for f in self.found) if self.legacy_seen else None
 
 
-def _shared_left(undos: list[Undo]) -> list[str]:
-    """Global switches (tracer/undo/shared.py) this run still holds: the last live run restores
-    them, so only the run's own registration is checked here."""
-    from tracer.undo import shared
-
-    return [f"global sysctl {u.key}" for u in undos if u.kind == "shared"
-            and os.path.exists(os.path.join(shared.SHARED_DIR, u.key + ".users", u.value))]
-
-
-def leftover_texts(found: Iterable[proof.Leftover]) -> tuple[str, ...]:
-    return tuple(f.text() for f in found)
+def before(table: str, log_family: Optional[str], legacy_saved: dict[str, str]) -> Steps[Start]:
+    """List the scope: the table list, x_tables, and with --log the iptables-nft tables of the
+    probe's family in full (where its rules go)."""
+    tables: tuple[tuple[str, str], ...] = ()
+    if log_family is not None:
+        names = [k.split()[1:3] for k in (yield NftTables())]
+        tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in XTABLES_NAMES))
+    scope = proof.Scope(table, tables)
+    return Start(scope, dict((yield ProofListing(scope, legacy_saved))))
 
 
-def undos_of(journal: Any) -> list[Undo]:
-    """Every undo the run journaled, done or not (the journal file may be gone: its content stays)."""
-    if journal is None:
-        return []
-    return [Undo.from_json(e["undo"]) for e in journal.doc.entries]
+def after(start: Optional[Start], finished: Finished, netns: Optional[str]) -> Steps[Verdict]:
+    """Compare; `netns` names the target in the remedies' commands."""
+    port = tuple(proof.Leftover(e, "left behind", _port_remedy(e, netns)) for e in finished.port_left)
+    if start is None:  # the run failed before its first nft change
+        return Verdict(port, False)
+    now = dict((yield ProofListing(start.scope)))
+    sysctls = [u for u in finished.undos if isinstance(u, RestoreSysctl)]
+    then = {**start.state, **proof.sysctl_objects((u.netns, u.key, u.old) for u in sysctls)}
+    values = []
+    for u in sysctls:
+        values.append((u.netns, u.key, (yield ReadSysctl(u.key))))
+    now.update(proof.sysctl_objects(values))
+    found = list(proof.differences(then, now, netns))
+    for u in finished.undos:
+        if isinstance(u, ReleaseShared) and (yield SharedHeld(u.key, u.run_id)):
+            found.append(proof.Leftover(f"global sysctl {u.key}", "still registered to this run",
+                                        f"`fwtrace cleanup{f' --netns {netns}' if netns else ''}`"))
+    seen = any(k.startswith("x_tables ") for k in (*start.state, *now))
+    return Verdict(tuple(found) + port, seen)
+
+
+def _port_remedy(text: str, netns: Optional[str]) -> str:
+    pre = f"ip netns exec {netns} " if netns else ""
+    if text.startswith("injection port "):
+        return f"`{pre}ip link del {text.split()[2]}`"
+    return (f"compare `{pre}tc qdisc show` and `{pre}tc filter show dev DEV egress` with the state before "
+            "the run; delete the cls_bpf filters fwtrace added (and its clsact qdisc where it made one)")

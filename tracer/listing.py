@@ -1,0 +1,117 @@
+"""Read the firewall of the calling thread's namespace (the I/O half of tracer/snapshot.py)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from tracer.errors import CommandError
+from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, managed_tables, parse_nft_ruleset
+from tracer.snapshot import (
+    IPT,
+    IPT_SAVE,
+    XTABLES_NAMES,
+    ChainKey,
+    Snapshot,
+    assemble,
+    families_to_save,
+    merge_tables,
+    save_text,
+    with_iptables,
+    with_legacy,
+)
+from tracer.system import proc_net, run
+from tracer.trace.plan import TABLE_PREFIX
+from tracer.undo import proof, tables
+from tracer.undo.proof import Scope
+
+
+def legacy_families() -> list[str]:
+    """Families with x_tables tables in this namespace: reading /proc costs nothing, so the
+    nft-only path runs no legacy tool at all."""
+    return [f for f, name in LEGACY_NAMES.items() if proc_net(name).strip()]
+
+
+def legacy() -> dict[str, str]:
+    """iptables-legacy-save output of each family that has x_tables tables."""
+    return {f: run([LEGACY_SAVE[f]], check=False).stdout for f in legacy_families()}
+
+
+def take() -> Snapshot:
+    listed = run(["nft", "-a", "list", "ruleset"])
+    ruleset = parse_nft_ruleset(listed.stdout, managed_tables(listed.stderr))
+    # iptables-save exits 3 after a rule it cannot print: what it printed is still right.
+    ipt = {f: run([IPT_SAVE[f]], check=False).stdout for f in families_to_save(ruleset)}
+    legacy_saved = legacy()
+    return Snapshot(with_legacy(with_iptables(merge_tables(ruleset), ipt), legacy_saved), listed.stdout, ipt, legacy_saved)
+
+
+def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = None) -> Snapshot:
+    """Only the given chains (a chain deleted meanwhile is skipped; any other failure to read
+    one is an error: explaining a verdict with rules we could not read would be guesswork).
+    `legacy_saved`: the iptables-legacy-save outputs read before the run, added as they are."""
+    texts, errs = [], []
+    ipt: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for family, table, chain in sorted(set(keys)):
+        listed = run(["nft", "-a", "list", "chain", family, table, chain], check=False)
+        if listed.returncode != 0:
+            if "No such file or directory" in listed.stderr:
+                continue
+            raise CommandError(list(listed.argv), listed.returncode, listed.stderr,
+                               "the ruleset cannot be read by this nft; is it older than the tool that wrote the rules?")
+        texts.append(listed.stdout)
+        errs.append(listed.stderr)
+        if family in IPT and table in XTABLES_NAMES:
+            spec = run([IPT[family], "-t", table, "-S", chain], check=False)
+            if spec.returncode == 0:
+                ipt.setdefault(family, {}).setdefault(table, {})[chain] = spec.stdout.splitlines()
+    text = "".join(texts)
+    ipt_text = {family: save_text(tables) for family, tables in ipt.items()}
+    legacy_saved = legacy_saved or {}
+    return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cleanup proof's listings (tracer/undo/proof.py compares them): only what a run may touch.
+
+
+def proof_state(scope: Scope, legacy_saved: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The objects of `scope` as they are now: the table list (over netlink: one dump, no rule
+    read), the tables fwtrace adds to in full, and the x_tables tables. `legacy_saved`: the
+    iptables-legacy-save outputs already read (no second save)."""
+    def other_run(family: str, table: str) -> bool:
+        return table.startswith(TABLE_PREFIX) and table != scope.own_table
+
+    state = {k: v for k, v in nft_tables().items() if not other_run(*k.split()[1:3])}
+    for family, table in scope.tables:
+        listed = run(["nft", "-j", "-s", "list", "table", family, table], check=False)
+        if listed.returncode == 0:
+            state.update(proof.nft_objects(listed.stdout, own_mark="fwtrace:" + scope.own_table[len(TABLE_PREFIX):]))
+        elif "No such file or directory" not in listed.stderr:
+            raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
+    for family in scope.legacy_families:
+        names = proc_net(LEGACY_NAMES[family])
+        if not names.strip():
+            continue
+        saved = (legacy_saved or {}).get(family)
+        if saved is None:
+            saved = run([LEGACY_SAVE[family]], check=False).stdout
+        state.update(proof.legacy_objects(family, names, saved))
+    return state
+
+
+def nft_tables() -> dict[str, str]:
+    """Every nf_tables table of the calling thread's namespace over netlink (tracer/undo/tables.py):
+    one dump, whatever the number of rules."""
+    import socket
+
+    from tracer.trace.nftrace import NETLINK_NETFILTER
+
+    data = b""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+        s.bind((0, 0))
+        s.settimeout(2.0)
+        s.send(tables.gettable_request(1))
+        while True:
+            data += s.recv(1 << 16)
+            out, done = tables.parse_tables(data)
+            if done:
+                return out
