@@ -68,17 +68,24 @@ def probe_once(lab: Lab) -> tuple[float, int, int]:
 
 def proof_costs(lab: Lab, runs: int) -> dict[str, float]:
     """Median milliseconds of each cleanup proof in the lab's server namespace."""
+    from tracer import listing
+    from tracer.snapshot import XTABLES_NAMES
     from tracer.trace.collect import ruleset_generation
-    from tracer.undo.verify import ContentProof
+    from tracer.undo import proof
 
     def generation() -> None:
         for _ in range(3):
             ruleset_generation()
 
     def content(log_family: str | None) -> None:
-        proof = ContentProof("fwtrace_0badc0de", lab.server)
-        proof.before(log_family, {})
-        assert proof.after([]) == (), "the ruleset changed between two listings"
+        """What tracer/undo/verify.py has the driver list: before the first change and after the undo."""
+        tables: tuple[tuple[str, str], ...] = ()
+        if log_family is not None:
+            names = [k.split()[1:3] for k in listing.nft_tables()]
+            tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in XTABLES_NAMES))
+        scope = proof.Scope("fwtrace_0badc0de", tables)
+        before = listing.proof_state(scope, {})
+        assert proof.differences(before, listing.proof_state(scope)) == (), "the ruleset changed between two listings"
 
     out = {}
     with system.netns(lab.server):
