@@ -71,4 +71,4 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
         instrumentation=tuple(sending.tplan.rules) + (tuple(kplan.rules) if kplan is not None else ()),
         lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
         notes=armed.notes, own_commits=armed.own_commits, legacy_unchanged=verdict.legacy_unchanged,
-        unchanged=not verdict.found)
+        unchanged=not verdict.found, checked=verdict.checked)

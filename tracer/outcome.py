@@ -53,6 +53,7 @@ class ProbeReport:
     own_commits: int = 0
     legacy_unchanged: Optional[bool] = None  # the x_tables part of the content proof (None: no x_tables tables)
     unchanged: Optional[bool] = None  # the content proof (tracer/undo/proof.py): no object differs
+    checked: tuple[str, ...] = ()  # what the content proof compared
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -91,7 +92,8 @@ class ProbeReport:
             "notes": list(self.notes),
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
-                        "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged},
+                        "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged,
+                        "checked": list(self.checked)},
         }
 
     def dumps(self) -> str:
@@ -114,7 +116,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  lost_events: bool = False, evidence: Optional[Evidence] = None, mode: Optional[Mode] = None,
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
                  own_commits: int = 0, legacy_unchanged: Optional[bool] = None,
-                 unchanged: Optional[bool] = None) -> ProbeReport:
+                 unchanged: Optional[bool] = None, checked: Sequence[str] = ()) -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
     return ProbeReport(
@@ -122,7 +124,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
-        unchanged=unchanged,
+        unchanged=unchanged, checked=tuple(checked),
     )
 
 

@@ -126,9 +126,9 @@ def cleanup_lines(report: Any, mode: str) -> list[str]:
                                    else f"generation {g[0]} -> {g[2]}: {own}")
     out = []
     if report.cleanup_ok and report.ruleset_unchanged:
-        out.append(f"cleanup: {port}instrumentation removed; everything fwtrace touched equals its listing before the run "
-                   "(tables, chains, sets, rules with handles, sysctls" + (", iptables-legacy tables" if report.legacy_unchanged else "")
-                   + (f"; {gens})" if gens else ")"))
+        what = "; ".join(x for x in (", ".join(report.checked), gens) if x)
+        out.append(f"cleanup: {port}instrumentation removed; what fwtrace touched equals its listing before the run"
+                   + (f" ({what})" if what else ""))
     elif report.cleanup_ok:
         out.append(f"cleanup: {port}instrumentation removed" + (f" ({gens})" if gens else ""))
     if not report.cleanup_ok:

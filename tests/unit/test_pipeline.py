@@ -179,6 +179,8 @@ def test_log_rules_only_into_chains_the_proof_listed() -> None:
     edits = [cmd.action.argv for cmd in script.asked if isinstance(cmd, c.Change) and cmd.action.argv[0] == "iptables-nft"]
     assert [argv[5] for argv in edits] == ["INPUT"] and "--comment" in edits[0]
     assert report.cleanup_ok and report.ruleset_unchanged
+    assert report.checked == ("the table list (handles, flags, chain and set counts)",
+                              "ip filter in full (chains, sets, rules with handles)")
 
 
 def test_a_difference_after_the_undo_fails_the_cleanup_with_its_name() -> None:

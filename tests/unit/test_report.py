@@ -33,7 +33,7 @@ def test_seed_report_accounts_for_every_rule_before_the_decision() -> None:
     assert "rule 7   -A INPUT -j REJECT --reject-with icmp-host-prohibited  -> drop" in text
     assert "verdict: REJECT by ip filter INPUT rule 7: -A INPUT -j REJECT --reject-with icmp-host-prohibited" in text
     assert "[shadowed-rule]" in text and "fix: iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT" in text
-    assert "everything fwtrace touched equals its listing before the run" in text
+    assert "what fwtrace touched equals its listing before the run" in text
     assert "generation 5 -> 7: only fwtrace's add and delete)" in text
 
 
@@ -81,9 +81,12 @@ def test_legacy_report_marks_legacy_chains_and_the_listing_proof() -> None:
     files = read_bundle(str(BUNDLES / "legacy-user-chain-log"))
     results = tuple(replay(files))
     rep = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="kmsg"), "0badc0de", results,
-                       bare(files), generations=(5, 6, 7), legacy_unchanged=True, unchanged=True)
+                       bare(files), generations=(5, 6, 7), legacy_unchanged=True, unchanged=True,
+                       checked=("the table list (handles, flags, chain and set counts)", "the iptables-legacy tables"))
     text = render(rep)
     assert "ip filter fail2ban-SSH [legacy] rule 1: no match" in text
     assert "verdict: REJECT by ip filter fail2ban-SSH (iptables-legacy) rule 2" in text
-    assert "rules with handles, sysctls, iptables-legacy tables; generation 5 -> 7" in text
+    assert "cleanup: instrumentation removed; what fwtrace touched equals its listing before the run " \
+           "(the table list (handles, flags, chain and set counts), the iptables-legacy tables; generation 5 -> 7: " \
+           "only fwtrace's add and delete)" in text
     assert rep.to_json()["cleanup"]["legacy_unchanged"] is True

@@ -36,6 +36,7 @@ class Verdict:
 
     found: tuple[proof.Leftover, ...]
     legacy_seen: bool
+    checked: tuple[str, ...] = ()  # what was compared, for the report (it claims no more)
 
     @property
     def texts(self) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ def after(start: Optional[Start], finished: Finished, netns: Optional[str]) -> S
     """Compare; `netns` names the target in the remedies' commands."""
     port = tuple(proof.Leftover(e, "left behind", _port_remedy(e, netns)) for e in finished.port_left)
     if start is None:  # the run failed before its first nft change
-        return Verdict(port, False)
+        return Verdict(port, False, ("the injection port",) if port else ())
     now = dict((yield ProofListing(start.scope)))
     sysctls = [u for u in finished.undos if isinstance(u, RestoreSysctl)]
     then = {**start.state, **proof.sysctl_objects((u.netns, u.key, u.old) for u in sysctls)}
@@ -75,7 +76,18 @@ def after(start: Optional[Start], finished: Finished, netns: Optional[str]) -> S
             found.append(proof.Leftover(f"global sysctl {u.key}", "still registered to this run",
                                         f"`fwtrace cleanup{f' --netns {netns}' if netns else ''}`"))
     seen = any(k.startswith("x_tables ") for k in (*start.state, *now))
-    return Verdict(tuple(found) + port, seen)
+    return Verdict(tuple(found) + port, seen, _checked(start.scope, seen, len(sysctls)))
+
+
+def _checked(scope: proof.Scope, legacy_seen: bool, sysctls: int) -> tuple[str, ...]:
+    out = ["the table list (handles, flags, chain and set counts)"]
+    if scope.tables:
+        out.append(f"{', '.join(f'{f} {t}' for f, t in scope.tables)} in full (chains, sets, rules with handles)")
+    if legacy_seen:
+        out.append("the iptables-legacy tables")
+    if sysctls:
+        out.append(f"{sysctls} sysctl{'s' if sysctls > 1 else ''}")
+    return tuple(out)
 
 
 def _port_remedy(text: str, netns: Optional[str]) -> str:
