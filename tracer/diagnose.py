@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from tracer.ebpf import findings as ebpf_findings
 from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.model import (
     Backend,
@@ -40,7 +41,7 @@ class Context:
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
 
 
-NOT_REACHED = ("no-listener", "rp-filter")
+NOT_REACHED = ("no-listener", "rp-filter") + ebpf_findings.NOT_REACHED
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
@@ -377,7 +378,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             else:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
-    return findings
+    # the kernel's drop reasons (eBPF), when the run had them: confirm, complete, name the cause
+    return ebpf_findings.amend(result, findings, ctx)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
@@ -385,6 +387,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     ref = result.decided_by
     codes = {f.code for f in findings}
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    by_kernel = ebpf_findings.conclusion(result, findings)
+    if by_kernel is not None:
+        return by_kernel
     if "rp-filter" in codes:
         return f"{what} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:

@@ -29,6 +29,8 @@ class Evidence:
     nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
     own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
     kern_plan: Optional[dict[str, object]] = None  # kernplan.plan_to_json of the run's kernel-log plan
+    ebpf: tuple[bytes, ...] = ()  # the eBPF ring buffer's records as read (tracer/ebpf/decode.py)
+    ebpf_names: Optional[dict[str, object]] = None  # what their addresses, stacks, ifindexes meant
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ProbeReport:
     legacy_unchanged: Optional[bool] = None  # the x_tables part of the content proof (None: no x_tables tables)
     unchanged: Optional[bool] = None  # the content proof (tracer/undo/proof.py): no object differs
     checked: tuple[str, ...] = ()  # what the content proof compared
+    ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -90,6 +93,7 @@ class ProbeReport:
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),
+            "ebpf": {"mode": req.ebpf, "status": self.ebpf or "not used"},
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
                         "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged,
@@ -116,7 +120,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  lost_events: bool = False, evidence: Optional[Evidence] = None, mode: Optional[Mode] = None,
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
                  own_commits: int = 0, legacy_unchanged: Optional[bool] = None,
-                 unchanged: Optional[bool] = None, checked: Sequence[str] = ()) -> ProbeReport:
+                 unchanged: Optional[bool] = None, checked: Sequence[str] = (), ebpf: str = "") -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
     return ProbeReport(
@@ -124,7 +128,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
-        unchanged=unchanged, checked=tuple(checked),
+        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf,
     )
 
 
