@@ -279,7 +279,7 @@ def configure_logging(fmt: str, verbose: bool) -> Any:
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),
+        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("fwtrace")

@@ -13,7 +13,7 @@ import select
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from tracer import commands as c
 from tracer import listing, probe, system
@@ -24,8 +24,8 @@ from tracer.model import Listener, PacketSpec, ProbeRequest, Proto
 from tracer.outcome import ProbeReport
 from tracer.sockets import parse_proc_net
 from tracer.trace.events import EventSource, Sender
-from tracer.console import quietly
 from tracer.undo import shared
+from tracer.undo.cleanup import signals_blocked  # noqa: F401  (re-exported: one place holds the signals)
 from tracer.undo.journal import Journal
 from tracer.undo.records import ReleaseShared, Undo, from_json, in_netns
 
@@ -40,17 +40,6 @@ def checkpoint(phase: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if phase in os.environ.get(SIGINT_ENV, "").split(","):
         os.kill(os.getpid(), signal.SIGINT)
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Cleanup must not be cut short by a second Ctrl-C: hold INT/TERM/HUP until it is done."""
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def new_run_id() -> str:
@@ -187,29 +176,13 @@ class Run:
             raise
 
     def _undo_pending(self) -> list[str]:
-        from tracer.undo.cleanup import apply_undo
+        from tracer.undo.cleanup import undo_journal
 
-        errors: list[str] = []
-        self.undo_errors = errors
+        self.undo_errors = []
         if self.journal is None:
-            return errors
-        with signals_blocked():
-            for index, undo in self.journal.pending():
-                # Each step in its own try, whatever the logger or the journal's disk does: a
-                # closed or full stderr must not keep the next undo from running.
-                try:
-                    err = apply_undo(undo)
-                except BaseException as e:
-                    err = f"{type(e).__name__}: {e}"
-                if err is None:
-                    quietly(self.journal.mark, index, "undone")
-                    quietly(self.log.info, "undone", what=undo.what, netns=undo.netns)
-                else:
-                    errors.append(f"{undo.what}: {err}")
-                quietly(checkpoint, "cleanup")
-            if not errors:
-                quietly(self.journal.remove)
-        return errors
+            return self.undo_errors
+        self.undo_errors = undo_journal(self.journal, self.log, lambda: checkpoint("cleanup"))
+        return self.undo_errors
 
     def _finish(self) -> c.Finished:
         self.finished = c.Finished()  # once, even when an undo raises

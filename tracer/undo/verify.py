@@ -67,13 +67,13 @@ def after(start: Optional[Start], finished: Finished, netns: Optional[str]) -> S
     sysctls = [u for u in finished.undos if isinstance(u, RestoreSysctl)]
     then = {**start.state, **proof.sysctl_objects((u.netns, u.key, u.old) for u in sysctls)}
     values = []
-    for u in sysctls:
-        values.append((u.netns, u.key, (yield ReadSysctl(u.key))))
+    for s in sysctls:
+        values.append((s.netns, s.key, (yield ReadSysctl(s.key))))
     now.update(proof.sysctl_objects(values))
     found = list(proof.differences(then, now, netns))
-    for u in finished.undos:
-        if isinstance(u, ReleaseShared) and (yield SharedHeld(u.key, u.run_id)):
-            found.append(proof.Leftover(f"global sysctl {u.key}", "still registered to this run",
+    for r in finished.undos:
+        if isinstance(r, ReleaseShared) and (yield SharedHeld(r.key, r.run_id)):
+            found.append(proof.Leftover(f"global sysctl {r.key}", "still registered to this run",
                                         f"`fwtrace cleanup{f' --netns {netns}' if netns else ''}`"))
     seen = any(k.startswith("x_tables ") for k in (*start.state, *now))
     return Verdict(tuple(found) + port, seen, _checked(start.scope, seen, len(sysctls)))
