@@ -132,7 +132,7 @@ class Collector:
         files = self.files(report)
         if redact:
             files = redacted(files, report)
-        if dest.endswith((".tar.gz", ".tgz")):
+        if dest.endswith(".tar.gz"):
             write_tar(dest, files, f"fwtrace-{report.run_id}")
         else:
             write_dir(dest, files)

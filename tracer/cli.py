@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import logging
-import signal
+import os
 import sys
+import tempfile
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from tracer import __version__
-from tracer import modes
-from tracer.errors import ExitStatus, FwtraceError, UsageError
+from tracer import __version__, console, modes
+from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
@@ -33,28 +32,36 @@ examples:
   fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
                                          a full accept queue, a netfilter drop outside the traced chains)
 
-  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
-        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
-        rulesets before and after with counters, environment; other addresses made placeholders
-
 "reached" means the service's answer came back out through the firewall: a SYN-ACK for a SYN,
 a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence and no ICMP
 error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
 POSTROUTING) is not reached. With --count N every packet must have reached.
 
+  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
+        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
+        rulesets before and after with counters, environment; other addresses made placeholders
+
 exit status:
   0    the probe reached the service
   1    blocked or unanswered (or the reply was dropped)
   2    usage error (bad option or value)
-  3    environment problem (not root, missing tool, unknown namespace, cleanup failed)
+  3    environment problem (not root, missing tool, unknown namespace)
   4    internal error (a bug: rerun with --traceback and report it)
-  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); instrumentation removed
+  5    cleanup incomplete (the report names what is left and the command that removes it)
+  130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
 PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp] [options]   (--dport is required for tcp and udp)
        fwtrace probe --proto icmp [options]"""
 # Options that take a number: a negative value would otherwise be read as an option of its own
 # (argparse knows -6) and refused as "expected one argument" instead of by its range check.
 NUMERIC_OPTIONS = ("--dport", "--sport", "--count", "--timeout")
+
+EPILOG_CLEANUP = """\
+With --netns NS: replays the journals of the dead runs that probed NS only, then removes
+fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
+whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
+Runs still alive are never touched.
+"""
 
 TCP_FLAG_LETTERS = set("FSRPAUEC")
 
@@ -147,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
     pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR, or "
                     "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
-                    "and after with counters and their deltas, the environment, the raw trace for replay")
+                    "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
+                    "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
+                    "overwritten")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
@@ -162,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
     dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
 
-    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
-    cl.add_argument("--netns", help="namespace to clean (default: the current one)")
+    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
+                        epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
+                    "tables there (default: every dead run's changes, and stale tables of the current namespace)")
     return p
 
 
@@ -205,8 +216,37 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     )
 
 
+def check_evidence_path(path: Optional[str]) -> None:
+    """--evidence must be writable and overwrite nothing: a new or empty directory, or a new
+    .tar.gz file. Checked by really creating (and removing) a file there, since root passes
+    every access(2) test, even for /proc."""
+    if path is None:
+        return
+    hint = "give a new or empty directory, or a new FILE.tar.gz"
+    if not path:
+        raise UsageError("--evidence needs a path", hint)
+    is_dir = os.path.isdir(path)
+    if path.endswith(".tar.gz") or not is_dir:
+        if os.path.lexists(path):
+            raise UsageError(f"--evidence {path} exists and is not a directory; fwtrace never overwrites", hint)
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            raise UsageError(f"--evidence {path}: directory {where} does not exist", hint)
+    else:
+        if os.listdir(path):
+            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
+        where = path
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fwtrace-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None
+
+
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
+    check_evidence_path(ns.evidence)
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
@@ -219,30 +259,25 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
         bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
         bundle.before()
-    with _progress(log, ns, req) as plog:
-        report = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=bool(ns.evidence)).execute()
-    if ns.json:
-        sys.stdout.write(jsondoc.dumps(report) + "\n")
-    else:
-        terminal.render(report, terminal.make_console(sys.stdout, color=False if ns.no_color else None))
+    from tracer.render.progress import around
+
+    what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
+    with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
+        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=ns.evidence is not None)
+        try:
+            report = run.execute()
+        except KeyboardInterrupt as e:
+            raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    written = console.write_out(jsondoc.dumps(report) + "\n" if ns.json else terminal.for_stream(report, sys.stdout, ns.no_color))
     if bundle is not None:
         where = bundle.write(report, ns.evidence, redact=ns.redact)
         log.info("evidence written", path=where)
-    return jsondoc.exit_status(report)
-
-
-@contextlib.contextmanager
-def _progress(log: Any, ns: argparse.Namespace, req: ProbeRequest) -> Iterator[Any]:
-    """The run's logger, wrapped in a progress line when stderr is a terminal and nothing else
-    writes there (no -v, console log format)."""
-    if not sys.stderr.isatty() or ns.verbose or ns.log_format != "console":
-        yield log
-        return
-    from tracer.render.progress import Progress
-
-    what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
-    with Progress(log, req.count, what, req.timeout) as p:
-        yield p
+    status = jsondoc.exit_status(report)
+    if not report.cleanup_ok:
+        console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+    elif written is not None:
+        raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
+    return status
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
@@ -263,7 +298,10 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from tracer.undo import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
-    print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))
+    scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
+    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
+        return ExitStatus.ENVIRONMENT
     return ExitStatus.OK
 
 
@@ -292,46 +330,57 @@ def configure_logging(fmt: str, verbose: int) -> Any:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("fwtrace")
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    # Raised in the main thread wherever it is, so every ExitStack on the way out undoes its part.
-    raise _Terminated(signal.Signals(signum).name)
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    name = getattr(e, "signame", None) or "SIGINT"
+    errors = getattr(e, "undo_errors", None)
+    netns = getattr(e, "netns", None)
+    if not getattr(e, "run", False):
+        return f"fwtrace: interrupted ({name})"
+    if errors is None:
+        return f"fwtrace: interrupted ({name}) before the run changed anything"
+    if not errors:
+        return f"fwtrace: interrupted ({name}); every change of the run was undone"
+    return (f"fwtrace: interrupted ({name}); could not undo: {'; '.join(errors)} "
+            f"(hint: run `fwtrace cleanup{f' --netns {netns}' if netns else ''}`)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    console.std_streams()
     parser = build_parser()
     ns: Optional[argparse.Namespace] = None
     try:
-        args = list(sys.argv[1:] if argv is None else argv)
-        ns = parser.parse_args(_join_negative_numbers(args))
-        ns.argv = None if argv is None else ["fwtrace", *args]
-        if ns.command is None:
-            parser.print_help()
-            return ExitStatus.USAGE
-        log = configure_logging(ns.log_format, ns.verbose)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _on_signal)
-        return int(COMMANDS[ns.command](ns, log))
-    except FwtraceError as e:
-        print(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
-        return int(e.status)
-    except (KeyboardInterrupt, _Terminated) as e:
-        print(f"fwtrace: interrupted ({e or 'SIGINT'}); instrumentation removed", file=sys.stderr)
+        with console.interrupts():
+            try:
+                args = list(sys.argv[1:] if argv is None else argv)
+                ns = parser.parse_args(_join_negative_numbers(args))
+                ns.argv = None if argv is None else ["fwtrace", *args]
+                if ns.command is None:
+                    parser.print_help()
+                    return ExitStatus.USAGE
+                log = configure_logging(ns.log_format, ns.verbose)
+                return int(COMMANDS[ns.command](ns, log))
+            except FwtraceError as e:
+                console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
+                return int(e.status)
+            except KeyboardInterrupt as e:
+                console.say(_interrupted_line(e))
+                return int(ExitStatus.INTERRUPTED)
+            except Exception as e:
+                if ns is not None and ns.traceback:
+                    raise
+                console.say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
+                return int(ExitStatus.INTERNAL)
+    except KeyboardInterrupt as e:  # arrived while the first one was reported: still one line
+        console.say(_interrupted_line(e))
         return int(ExitStatus.INTERRUPTED)
-    except Exception as e:
-        if ns is not None and ns.traceback:
-            raise
-        print(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)", file=sys.stderr)
-        return int(ExitStatus.INTERNAL)
+    finally:
+        console.settle_streams()
 
 
 def _join_negative_numbers(args: list[str]) -> list[str]:
@@ -339,9 +388,9 @@ def _join_negative_numbers(args: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(args):
-        if args[i] in NUMERIC_OPTIONS and i + 1 < len(args) and args[i + 1][:1] == "-" and \
-                args[i + 1][1:2].isdigit() | args[i + 1][1:2].startswith("."):
-            out.append(f"{args[i]}={args[i + 1]}")
+        nxt = args[i + 1] if i + 1 < len(args) else ""
+        if args[i] in NUMERIC_OPTIONS and nxt[:1] == "-" and (nxt[1:2].isdigit() or nxt[1:2] == "."):
+            out.append(f"{args[i]}={nxt}")
             i += 2
             continue
         out.append(args[i])

@@ -215,4 +215,6 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
             print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
             sys.stdout.flush()
             show(after)
+        if not (before.cleanup_ok and after.cleanup_ok):
+            return ExitStatus.LEFTOVER  # the reports name what is left
         return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED

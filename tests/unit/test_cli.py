@@ -114,7 +114,7 @@ def test_help_shows_required_dport_every_exit_status_and_examples(capsys: Any) -
     usage = out.split("\n\n")[0]
     assert "--dport PORT" in usage and "[--dport" not in usage and "required for tcp and udp" in usage
     for status, what in ((0, "reached"), (1, "blocked"), (2, "usage"), (3, "environment"), (4, "internal"),
-                         (130, "interrupted")):
+                         (5, "cleanup incomplete"), (130, "interrupted")):
         assert any(line.split()[:1] == [str(status)] and what in line for line in out.splitlines()), status
     assert "unknown namespace" in out and "examples:" in out and "--evidence" in out
 
@@ -126,6 +126,62 @@ def test_unknown_namespace_is_an_environment_problem() -> None:
     with pytest.raises(EnvironmentProblem) as e:
         system.netns_path("no-such-namespace-fwtrace")
     assert e.value.status == ExitStatus.ENVIRONMENT == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# --evidence is checked before anything is touched (no root needed to be refused)
+
+
+def test_evidence_path_refused_up_front(tmp_path: Any, capsys: Any) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "report.json").write_text("{}")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    old_tgz = tmp_path / "old.tar.gz"
+    old_tgz.write_text("x")
+    cases = [("", "--evidence needs a path"), (str(a_file), "exists and is not a directory"),
+             (str(full), "is a directory that is not empty"), (str(old_tgz), "exists and is not a directory"),
+             ("/proc/x", "cannot write in /proc"), (str(tmp_path / "no" / "dir"), "does not exist")]
+    for path, needle in cases:
+        assert cli.main(["probe", "--dport", "80", "--evidence", path]) == ExitStatus.USAGE, path
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("fwtrace: error: ") and needle in err, (path, err)
+    assert (full / "report.json").read_text() == "{}" and a_file.read_text() == "x"
+
+
+def test_evidence_path_accepted(tmp_path: Any) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (str(empty), str(tmp_path / "new"), str(tmp_path / "bundle.tar.gz")):
+        cli.check_evidence_path(path)  # raises on refusal
+    assert list(empty.iterdir()) == [] and not (tmp_path / "new").exists()
+
+
+def test_interrupt_message_says_what_was_undone() -> None:
+    from tracer.errors import Interrupted
+
+    assert cli._interrupted_line(KeyboardInterrupt()) == "fwtrace: interrupted (SIGINT)"
+    assert cli._interrupted_line(Interrupted("SIGTERM", None, "srv", run=True)) == \
+        "fwtrace: interrupted (SIGTERM) before the run changed anything"
+    assert cli._interrupted_line(Interrupted("SIGINT", [], "srv", run=True)) == \
+        "fwtrace: interrupted (SIGINT); every change of the run was undone"
+    assert cli._interrupted_line(Interrupted("SIGHUP", ["veth fwi1: busy"], "srv", run=True)) == \
+        "fwtrace: interrupted (SIGHUP); could not undo: veth fwi1: busy (hint: run `fwtrace cleanup --netns srv`)"
+
+
+def test_cleanup_help_says_which_runs(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["cleanup", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "only the dead runs that probed" in out and "Without --netns: replays the journals of ALL dead runs" in out
+
+
+def test_probe_help_lists_exit_statuses(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["probe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # the table of statuses, spacing aside
+    assert "5 cleanup incomplete" in out and "130 interrupted" in out
 
 
 @pytest.mark.parametrize("argv, mode", [([], "auto"), (["--ebpf", "on"], "on"), (["--ebpf", "off"], "off")])

@@ -6,8 +6,10 @@ run has waited so far. It is transient: it disappears when the run ends.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 
 class Progress:
@@ -66,3 +68,14 @@ class _Live:
 
     def __rich__(self) -> str:
         return self.progress._line()
+
+
+@contextlib.contextmanager
+def around(log: Any, wanted: bool, total: int, what: str, timeout: float) -> Iterator[Any]:
+    """`log`, wrapped in a progress line when stderr is a terminal and `wanted` (nothing else
+    writes there: no -v, the console log format)."""
+    if not wanted or not sys.stderr.isatty():
+        yield log
+        return
+    with Progress(log, total, what, timeout) as p:
+        yield p

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 from typing import Any, Optional
 
 from rich.console import Console
@@ -61,14 +62,28 @@ def text(report: Any, width: int = 80) -> str:
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
-def make_console(file: Any, color: Optional[bool], width: Optional[int] = None) -> Console:
+def for_stream(report: Any, stream: Any, no_color: bool = False) -> str:
+    """The report as it should be written to `stream`: coloured and as wide as the terminal when
+    it is one, plain at 80 columns otherwise (a pipe, a file). Returned as text so the caller
+    decides how a failing write is reported."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    buf = io.StringIO()
+    width = shutil.get_terminal_size((80, 24)).columns if tty else 80
+    render(report, make_console(buf, color=False if no_color or not tty else None, width=width, terminal=tty))
+    return buf.getvalue()
+
+
+def make_console(file: Any, color: Optional[bool], width: Optional[int] = None, terminal: Optional[bool] = None) -> Console:
     """color None: colour on a terminal; False (--no-color), or NO_COLOR set to anything: no
     escape codes at all, bold included (https://no-color.org asks for no colour; plain text is
     what a pasted report needs)."""
     if color is False or os.environ.get("NO_COLOR"):
         return Console(file=file, width=width or 80, color_system=None, force_terminal=False,
                        highlight=False, emoji=False, no_color=True)
-    return Console(file=file, width=width, highlight=False, emoji=False)
+    return Console(file=file, width=width, highlight=False, emoji=False, force_terminal=terminal)
 
 
 def rows_text(heads: list[str], sections: list[timeline.Section], width: int = 100) -> str:

@@ -247,25 +247,15 @@ def tail(report: Any) -> Section:
 
 
 def cleanup(report: Any) -> list[str]:
-    g = report.generations
-    mode = report.mode or report.request.mode
-    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
-    own = "only fwtrace's add and delete" if not report.own_commits else \
-        f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
-    out = []
-    if report.cleanup_ok and report.ruleset_unchanged:
-        out.append(f"{port}instrumentation removed; the ruleset is the one from before the run "
-                   f"(generation {g[0]} -> {g[2]}: {own})")
-    elif report.cleanup_ok and len(g) == 3:
-        out.append(f"{port}instrumentation removed; other writers changed the ruleset during the run "
-                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown")
-    elif report.cleanup_ok:
-        out.append(f"{port}instrumentation removed")
-    if report.cleanup_ok and report.legacy_unchanged:
-        out.append("the iptables-legacy tables listed after the run equal those before (counters aside)")
-    if not report.cleanup_ok:
-        out.append("FAILED, the ruleset differs from before the run: " + "; ".join(report.leftover))
-        out.append(f"run `fwtrace cleanup` or delete the table named fwtrace_{report.run_id}")
+    """The cleanup proof as the text report words it (tracer.report.cleanup_lines), one row each."""
+    from tracer.report import cleanup_lines
+
+    out: list[str] = []
+    for line in cleanup_lines(report, str(report.mode or report.request.mode)):
+        if line.startswith("cleanup: ") or not out:
+            out.append(line.removeprefix("cleanup: "))
+        else:
+            out[-1] += " " + line.strip()
     return out
 
 
