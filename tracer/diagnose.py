@@ -1,6 +1,7 @@
 """Explain a verdict timeline: findings with a code, a message and a concrete fix. No I/O."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class Context:
     route_dev: Optional[str] = None  # the interface the route back to src leaves by
     rp_filter_drops: bool = False  # rp_filter is on for `via` and the route back does not pass it
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
+    # The whole ruleset, for near misses in chains and tables the packet never entered (None:
+    # only the chains it met are known)
+    full_ruleset: Optional[Ruleset] = None
 
 
 NOT_REACHED = ("no-listener", "rp-filter")
@@ -339,6 +343,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
+    findings.extend(near_miss_check(result, ctx, pf))
+
     if result.verdict is Verdict.UNKNOWN and result.path and not any(f.code == "rp-filter" for f in findings):
         findings.append(Finding(
             "stack-drop",
@@ -378,6 +384,18 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
     return findings
+
+
+def near_miss_check(result: PacketResult, ctx: Context, pf: PacketFacts) -> list[Finding]:
+    """Near misses (tracer/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed
+    on one condition, judged on the facts as filtered (after DNAT) and as sent."""
+    if result.verdict not in (Verdict.DROP, Verdict.REJECT):
+        return []
+    from tracer.nearfix import near_miss_findings
+
+    spec = result.spec
+    original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
+    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
