@@ -25,6 +25,7 @@ examples:
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
+  fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
 
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
                     "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
                     "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
+    pr.add_argument("--prove-fix", action="store_true", help="when blocked, try the first fix, narrowed to the "
+                    "probe's own source address and port (no other packet's verdict can change), probe again and "
+                    "remove it; if another block follows, try its fix on top (up to 3 steps)")
     pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
                     "(report, rulesets before/after, instrumentation, raw trace, replies)")
 
@@ -154,8 +158,17 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
     run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
     report = run.execute()
-    text = render(report)
-    sys.stdout.write(report.dumps() + "\n" if ns.json else text)
+    if ns.prove_fix:
+        import json
+
+        from tracer import provefix
+
+        report, steps = provefix.prove(report, log, provefix.runner(log))
+        text = render(report) + provefix.render(steps)
+        sys.stdout.write(json.dumps(provefix.to_json(report.to_json(), steps), indent=2) + "\n" if ns.json else text)
+    else:
+        text = render(report)
+        sys.stdout.write(report.dumps() + "\n" if ns.json else text)
     if ns.evidence:
         from tracer.evidence import bundle_files, write_bundle
 

@@ -242,8 +242,12 @@ class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
     def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
-                 full_snapshot: bool = False) -> None:
+                 full_snapshot: bool = False, extra: tuple[Any, ...] = (), on_extra: Optional[Callable[[], None]] = None) -> None:
         self.req = req
+        # --prove-fix (tracer/provefix.py): narrowed fix rules (tracer.narrow.Narrowed) put in for
+        # this run only, journaled and removed like the instrumentation; `on_extra` runs once they are in.
+        self.extra = extra
+        self.on_extra = on_extra
         self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
         self.log = log
         self.run_id = run_id or new_run_id()
@@ -384,6 +388,11 @@ class Run:
                 undo = nft_undo(req.netns, tplan.undo, f"table inet {tplan.table}")
                 self.change(undo, lambda: system.run(["nft", "-f", "-"], input=tplan.batch), atomic=True)
                 gens.append(ruleset_generation())
+                for x in self.extra:
+                    self.change(x.undo, functools.partial(system.run, list(x.argv)))
+                    self.nft_log_rules += x.nft_commits // 2  # its add and delete, in the generation proof
+                if self.on_extra is not None:
+                    self.on_extra()
                 tcp_loose = system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose")
                 if kplan is not None:
                     own = self._kernel_setup(kplan)
@@ -443,7 +452,11 @@ class Run:
         back = live.back
         rp = self._rp_filter(via, back) if mode == "ingress" and via is not None and live.dst.version == 4 else False
         tcp_loose = live.tcp_loose
-        ctx_d = diagnose.Context(snap.ruleset, listeners(), local=mode == "local",
+        # Near misses look beyond the met chains (other tables, zones never entered): a blocked
+        # probe costs one full listing, an accepted one nothing.
+        blocked = any(r.verdict.value in ("drop", "reject") for r in results)
+        full_rs = (full or snapshot.take()).ruleset if blocked else None
+        ctx_d = diagnose.Context(snap.ruleset, listeners(), local=mode == "local", full_ruleset=full_rs,
                                  tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                                  mode=mode, via=via, src=live.specs[0].src if live.specs else None,
                                  route_dev=back.dev if back is not None else None, rp_filter_drops=rp,

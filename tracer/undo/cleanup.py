@@ -27,6 +27,8 @@ def apply_undo(undo: Undo) -> Optional[str]:
                 return None
             if undo.kind == "clsact":
                 return _remove_clsact(undo.key)
+            if undo.kind == "nft-comment":
+                return _remove_commented(undo.key, undo.value)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):
@@ -37,6 +39,19 @@ def apply_undo(undo: Undo) -> Optional[str]:
     if done.returncode == 0 or any(g in done.stderr for g in undo.gone):
         return None
     return f"`{' '.join(undo.argv)}` failed: {done.stderr.strip().splitlines()[0] if done.stderr.strip() else done.returncode}"
+
+
+def _remove_commented(chain: str, marker: str) -> Optional[str]:
+    """Delete the rules of `chain` ("family table name") whose comment is `marker` (--prove-fix:
+    nft hands out a rule's handle only after the add, so the journal names the rule by its comment)."""
+    listed = system.run(["nft", "-a", "list", "chain", *chain.split()], check=False)
+    if listed.returncode != 0:
+        return None if "No such file or directory" in listed.stderr else listed.stderr.strip() or str(listed.returncode)
+    for handle in re.findall(r'comment "' + re.escape(marker) + r'".*# handle (\d+)', listed.stdout):
+        done = system.run(["nft", "delete", "rule", *chain.split(), "handle", handle], check=False)
+        if done.returncode != 0 and "No such file or directory" not in done.stderr:
+            return f"`nft delete rule {chain} handle {handle}` failed: {done.stderr.strip() or done.returncode}"
+    return None
 
 
 def _remove_clsact(dev: str) -> Optional[str]:

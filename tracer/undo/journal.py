@@ -25,7 +25,8 @@ class Undo:
     means the thing is already gone. kind "sysctl": write value to key in netns. kind "shared":
     run `value` no longer needs the global switch `key` (tracer/undo/shared.py restores it when no
     live run does). kind "clsact": delete the clsact qdisc of device `key` in netns, unless
-    somebody else's filters are on it.
+    somebody else's filters are on it. kind "nft-comment": delete the rules of chain `key`
+    ("family table name") whose comment is `value` (--prove-fix's narrowed rules).
     """
 
     kind: str

@@ -1,0 +1,121 @@
+"""--prove-fix without the kernel: narrowing a fix to the probe's flow, and the loop's decisions
+(the probe runs are replaced by a fake runner here; tests/kernel/test_nearmiss.py runs them for real)."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import shlex
+from typing import Any
+
+from tracer.model import Finding, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, RuleRef, Verdict
+from tracer.narrow import marker, narrow
+from tracer.probe import ProbeReport
+from tracer.provefix import first_fix, prove, render
+
+a = ipaddress.ip_address
+SRC = a("203.0.113.5")
+
+
+def test_iptables_fix_narrowed_to_source_and_port_with_its_undo() -> None:
+    n = narrow("iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT", SRC, 45000, Proto.TCP, "ab12cd34", "srv")
+    assert n is not None
+    assert n.argv == ("iptables", "-w", "-I", "INPUT", "7", "-p", "tcp", "-m", "tcp", "--dport", "8080",
+                      "-s", "203.0.113.5/32", "-m", "tcp", "--sport", "45000",
+                      "-m", "comment", "--comment", "fwtrace:ab12cd34:prove", "-j", "ACCEPT")
+    assert n.undo.argv[:4] == ("iptables", "-w", "-D", "INPUT") and n.undo.argv[4:] == n.argv[5:]
+    assert n.undo.netns == "srv" and n.nft_commits == 2
+
+
+def test_existing_source_is_replaced_by_the_probe_address_and_table_kept() -> None:
+    n = narrow("ip6tables -t nat -A PREROUTING -s 2001:db8::/32 -p udp --dport 53 -j ACCEPT", a("2001:db8::5"), 40000,
+               Proto.UDP, "r", None)
+    assert n is not None
+    words = list(n.argv)
+    assert words[:6] == ["ip6tables", "-w", "-t", "nat", "-A", "PREROUTING"]
+    assert words.count("-s") == 1 and "2001:db8::5/128" in words and "2001:db8::/32" not in words
+
+
+def test_nft_fix_narrowed_and_undone_by_comment() -> None:
+    n = narrow('nft insert rule inet fw input position 3 iifname "eth0" tcp dport 8080 accept comment "x"', SRC, 41000,
+               Proto.TCP, "r1", None)
+    assert n is not None
+    assert n.argv == ("nft", "insert", "rule", "inet", "fw", "input", "position", "3",
+                      f'ip saddr 203.0.113.5 tcp sport 41000 iifname "eth0" tcp dport 8080 accept comment "{marker("r1")}"')
+    assert n.undo.kind == "nft-comment" and n.undo.key == "inet fw input" and n.undo.value == marker("r1")
+
+
+def test_other_commands_are_not_narrowed() -> None:
+    assert narrow("firewall-cmd --zone=public --add-port=8080/tcp", SRC, 1, Proto.TCP, "r", None) is None
+    assert narrow("sysctl -w net.ipv4.conf.all.rp_filter=2", SRC, 1, Proto.TCP, "r", None) is None
+    assert narrow("iptables -D INPUT 9", SRC, 1, Proto.TCP, "r", None) is None
+
+
+def test_first_fix_prefers_the_proof_rule_and_skips_explanations() -> None:
+    fw = Finding("near-miss", "m", "f", ("firewall-cmd --zone=public --add-port=8080/tcp",),
+                 proof_rule="nft insert rule inet firewalld filter_IN_public_allow tcp dport 8080 accept")
+    local = Finding("local-probe", "m", "send it from elsewhere")
+    picked = first_fix((local, fw))
+    assert picked == (fw, fw.proof_rule)
+
+
+def _report(verdict: Verdict, findings: tuple[Finding, ...], ref: Any = None) -> ProbeReport:
+    spec = PacketSpec(Proto.TCP, SRC, a("192.0.2.1"), 40000, 8080, "S", 1)
+    reply = Reply("syn-ack" if verdict is Verdict.ACCEPT else "none")
+    r = PacketResult(spec, verdict, ref, reply, (), ("prerouting", "input"))
+    req = ProbeRequest(dport=8080, netns="srv", src=SRC)
+    return ProbeReport(req, "run0", (r,), findings, True, (), (), mode="ingress", via="eth0")
+
+
+SHADOW = Finding("shadowed-rule", "m", "f", ("iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT", "iptables -D INPUT 9"))
+POLICY = Finding("policy", "m", "f", ("nft add rule inet extra input tcp dport 8080 accept",))
+
+
+def test_not_enough_then_the_next_block_is_proven() -> None:
+    calls: list[tuple[ProbeRequest, tuple[Any, ...]]] = []
+    second = _report(Verdict.DROP, (POLICY,), RuleRef("inet", "extra", "input", None, "drop"))
+
+    def run(req: ProbeRequest, run_id: str, extra: tuple[Any, ...], on_extra: Any) -> ProbeReport:
+        calls.append((req, extra))
+        return second if len(calls) == 1 else _report(Verdict.ACCEPT, ())
+
+    first = _report(Verdict.REJECT, (Finding("local-probe", "m"), SHADOW))
+    marked, steps = prove(first, _Log(), run, rng=random.Random(1))
+    assert [s.reached for s in steps] == [False, True]
+    assert steps[0].blocked_by == "inet extra input policy DROP"
+    assert len(calls[1][1]) == 2  # the second run keeps the first narrowed rule and adds the next
+    req = calls[0][0]
+    assert req.src == SRC and req.count == 1 and req.sport is not None and req.via == "eth0"
+    assert f"--sport {req.sport}" in steps[0].narrowed
+    shadow = next(f for f in marked.findings if f.code == "shadowed-rule")
+    assert shadow.proven is False and shadow.proven_with == steps[0].narrowed
+    assert next(f for f in marked.findings if f.code == "local-probe").proven is None
+    text = render(steps)
+    assert "not enough: next it is blocked by inet extra input policy DROP" in text
+    assert "proven: with this rule the probe reached the service" in text
+    assert marked.to_json()["findings"][1]["proven"] is False
+
+
+def test_proven_first_time_and_at_most_three_steps() -> None:
+    marked, steps = prove(_report(Verdict.REJECT, (SHADOW,)), _Log(), lambda *a: _report(Verdict.ACCEPT, ()))
+    assert [s.reached for s in steps] == [True] and marked.findings[0].proven is True
+    fixes = iter([SHADOW, POLICY, dataclasses.replace(POLICY, commands=("iptables -A INPUT -j ACCEPT",)),
+                  dataclasses.replace(POLICY, commands=("iptables -A INPUT -p tcp -j ACCEPT",))])
+    _, steps = prove(_report(Verdict.REJECT, (next(fixes),)), _Log(),
+                     lambda *a: _report(Verdict.DROP, (next(fixes),), RuleRef("ip", "filter", "INPUT", None, "drop")))
+    assert len(steps) == 3 and not any(s.reached for s in steps)
+
+
+def test_reached_probe_is_not_proven_again() -> None:
+    rep = _report(Verdict.ACCEPT, ())
+    assert prove(rep, _Log(), lambda *a: 1 / 0) == (rep, ())
+
+
+class _Log:
+    def info(self, *a: Any, **kw: Any) -> None:
+        pass
+
+
+def test_narrowed_iptables_command_is_shell_safe() -> None:
+    n = narrow("iptables -I INPUT 1 -p tcp --dport 8080 -m comment --comment 'a b' -j ACCEPT", SRC, 40001, Proto.TCP, "r", None)
+    assert n is not None and shlex.split(n.command)[0] == "iptables" and "a b" in n.argv
