@@ -34,9 +34,14 @@ class ProofStep:
                 "blocked_by": self.blocked_by or None, "error": self.error or None}
 
 
+# The admin's own rules first: one that matches but is never reached, one that almost matched;
+# then the rules fwtrace composes (policy, blocked-by-rule, ...) in report order.
+_PREFERENCE = {"shadowed-rule": 0, "near-miss": 1}
+
+
 def first_fix(findings: tuple[Finding, ...]) -> Optional[tuple[Finding, str]]:
     """The first blocking finding with a fix fwtrace can apply, and that fix as one command."""
-    for f in findings:
+    for f in sorted(findings, key=lambda f: _PREFERENCE.get(f.code, 2)):
         if f.code not in BLOCKING:
             continue
         for cmd in (f.proof_rule, *f.commands):
@@ -57,7 +62,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
         return report, ()
     spec = report.results[0].spec
     steps: list[ProofStep] = []
-    applied: list[Narrowed] = []
+    applied: list[str] = []  # fixes found not enough, kept (narrowed anew each run) under the next one
     current = report
     for _ in range(MAX_STEPS):
         picked = first_fix(current.findings)
@@ -68,15 +73,16 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
             break  # the same fix again: it changed nothing, trying it twice proves nothing more
         run_id = new_run_id()
         sport = rng.randrange(33000, 60000)
-        n = narrow(cmd, spec.src, sport, spec.proto, run_id, report.request.netns)
-        if n is None:
+        narrowed = [narrow(c, spec.src, sport, spec.proto, run_id, report.request.netns) for c in applied + [cmd]]
+        n = narrowed[-1]
+        if n is None or None in narrowed:
             break
         req: ProbeRequest = dataclasses.replace(report.request, src=spec.src, dst=spec.dst, count=1,
                                                 sport=sport if spec.proto.value != "icmp" else None,
                                                 via=report.via if report.mode == "ingress" else None)
         log.info("prove-fix", step=len(steps) + 1, rule=n.command)
         try:
-            after = run(req, run_id, tuple(applied) + (n,), on_extra)
+            after = run(req, run_id, tuple(x for x in narrowed if x is not None), on_extra)
         except Exception as e:  # the rule was refused (syntax the kernel's nft lacks, ...): say so
             steps.append(ProofStep(finding, n.command, False, error=str(e)))
             break
@@ -89,7 +95,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
         steps.append(ProofStep(finding, n.command, after.reached, block))
         if after.reached:
             break
-        applied.append(n)
+        applied.append(cmd)
         current = after
     first = _mark(report, steps)
     return first, tuple(steps)

@@ -1,0 +1,196 @@
+"""Near misses and --prove-fix on the real kernel, in namespaces the tests build and delete.
+
+Each test loads a ruleset into the lab's server, probes it from the client namespace (a real
+second host), checks the near-miss finding (rule, failed condition, fix) or the proof steps, and
+that `nft -s list ruleset` and iptables-save / ip6tables-save are byte-identical afterwards.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import structlog
+
+from tracer import system
+from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
+from tracer.model import Finding, ProbeRequest, Proto
+from tracer.probe import ProbeReport, Run
+from tracer.provefix import ProofStep, prove, runner
+
+log = structlog.get_logger("test")
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def listing(lab: Lab) -> str:
+    """The server's whole firewall as text: nft without state, and the iptables-save of both
+    families without their date comments and traffic counters."""
+    out = [lab.run(lab.server, ["nft", "-s", "list", "ruleset"]).stdout]
+    for tool in ("iptables-save", "ip6tables-save"):
+        text = lab.run(lab.server, [tool]).stdout
+        out.append("\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")))
+    return "\n".join(out)
+
+
+def probe(lab: Lab, prove_fix: bool = False, on_extra: Optional[Callable[[], None]] = None,
+          **kw: Any) -> tuple[ProbeReport, tuple[ProofStep, ...]]:
+    kw.setdefault("netns", lab.server)
+    kw.setdefault("from_netns", lab.client)
+    kw.setdefault("dst", SERVER4)
+    kw.setdefault("dport", 8080)
+    before = listing(lab)
+    report = Run(ProbeRequest(**kw), log).execute()
+    steps: tuple[ProofStep, ...] = ()
+    if prove_fix:
+        report, steps = prove(report, log, runner(log), on_extra=on_extra)
+    assert listing(lab) == before, "the firewall changed"
+    assert report.cleanup_ok and report.ruleset_unchanged is True
+    return report, steps
+
+
+def near(report: ProbeReport) -> list[Finding]:
+    return [f for f in report.findings if f.code == "near-miss"]
+
+
+def filt(*lines: str, policy: str = "ACCEPT") -> str:
+    return f"*filter\n:INPUT {policy} [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" + "".join(
+        f"{line}\n" for line in lines) + "COMMIT\n"
+
+
+def test_accept_on_the_wrong_interface(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, filt("-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT",
+                                          "-A INPUT -i eth1 -p tcp -m tcp --dport 8080 -j ACCEPT",
+                                          "-A INPUT -j REJECT --reject-with icmp-host-prohibited"))
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == "-i eth1"
+    assert "ip filter INPUT rule 2 `-A INPUT -i eth1 -p tcp -m tcp --dport 8080 -j ACCEPT`" in f.message
+    assert "arrived on eth0" in f.message
+    assert f.commands == ("iptables -I INPUT 2 -i eth0 -p tcp -m tcp --dport 8080 -j ACCEPT",)
+    # The first blocking finding is the policy/blocked one or this near miss: either way one step proves it.
+    assert [s.reached for s in steps] == [True]
+
+
+def test_opened_in_iptables_only_with_an_ipv6_probe(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, filt("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT", "-A INPUT -j REJECT"))
+    # Neighbour discovery must pass, or the client never sends the probe at all.
+    lab.iptables_restore(lab.server, filt("-A INPUT -p ipv6-icmp -j ACCEPT", "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT",
+                                          "-A INPUT -j REJECT"), ipv6=True)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, dst=SERVER6, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == "table ip filter" and "IPv4 only" in f.message and "IPv6" in f.message
+    assert f.commands == ("ip6tables -I INPUT 3 -p tcp -m tcp --dport 8080 -j ACCEPT",)
+    assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"
+    assert "-s 2001:db8:1::2/128" in steps[0].narrowed
+
+
+def test_opened_in_ip6tables_only_with_an_ipv4_probe(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, filt("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT", "-A INPUT -j REJECT"), ipv6=True)
+    lab.iptables_restore(lab.server, filt("-A INPUT -j REJECT"))
+    report, _ = probe(lab)
+    [f] = near(report)
+    assert f.failed_condition == "table ip6 filter" and "IPv6 only" in f.message
+    assert f.commands == ("iptables -I INPUT 1 -p tcp -m tcp --dport 8080 -j ACCEPT",)
+
+
+def test_accept_in_input_for_a_dnated_forwarded_packet(router_lab: Lab) -> None:
+    lab = router_lab
+    assert lab.backend is not None
+    lab.iptables_restore(lab.server, published_port("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n"))
+    lab.listen(lab.backend, Proto.TCP, 80)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == "chain INPUT (hook input)" and "FORWARD, never INPUT" in f.message
+    assert f.commands == (f"iptables -A FORWARD -d {BACKEND4} -p tcp -m tcp --dport 80 -j ACCEPT",)
+    assert steps and steps[-1].reached
+
+
+def test_firewalld_port_open_in_a_zone_bound_to_another_source(lab: Lab) -> None:
+    lab.nft(lab.server, (DATA / "nft-list-firewalld.txt").read_text())
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    [r] = report.results
+    assert r.verdict.value == "reject" and r.decided_by is not None and r.decided_by.chain == "filter_IN_public"
+    [f] = near(report)
+    assert f.failed_condition == "ip saddr 10.0.0.0/8"
+    assert "firewalld zone internal" in f.message and "lands in zone public" in f.message
+    assert 'interface binding: `iifname "eth0"`' in f.message
+    assert f.commands == ("firewall-cmd --zone=public --add-port=8080/tcp",)
+    assert [s.reached for s in steps] == [True] and "filter_IN_public_allow" in steps[0].narrowed
+    assert f.proven is True
+
+
+def test_state_new_accept_with_an_untracked_packet(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         "-A PREROUTING -p tcp -m tcp --dport 8080 -j NOTRACK\n-A OUTPUT -p tcp -m tcp --sport 8080 -j NOTRACK\nCOMMIT\n"
+                         + filt("-A INPUT -p tcp -m state --state NEW -m tcp --dport 8080 -j ACCEPT", "-A INPUT -j REJECT"))
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == "--state NEW" and "UNTRACKED" in f.message
+    assert f.commands == ("iptables -I INPUT 1 -p tcp -m state --state NEW,UNTRACKED -m tcp --dport 8080 -j ACCEPT",)
+    assert steps and steps[-1].reached
+
+
+def test_prove_fix_on_the_seed_ruleset_and_nothing_widened(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    lab.ip(lab.client, "addr", "add", "192.0.2.3/24", "dev", "eth0")
+    others: list[str] = []
+
+    def while_in_place() -> None:  # the narrowed fix is in: other clients must still be refused
+        others.extend(_connect(lab, src) for src in ("192.0.2.3", str(CLIENT4)))
+
+    report, steps = probe(lab, prove_fix=True, on_extra=while_in_place)
+    [s] = steps
+    assert s.reached and s.finding.code == "shadowed-rule"
+    assert f"-s {CLIENT4}/32" in s.narrowed and "--sport" in s.narrowed
+    shadow = next(f for f in report.findings if f.code == "shadowed-rule")
+    assert shadow.proven is True and report.to_json()["findings"][0]["proven"] is True
+    assert others == ["refused", "refused"]  # a second address, and the same address from another port
+
+
+def test_two_blocks_in_a_row_first_not_enough_then_the_second_named(lab: Lab) -> None:
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    lab.nft(lab.server, "table inet extra {\n chain input {\n  type filter hook input priority filter + 10; policy drop;\n"
+                        "  ct state established,related accept\n  iifname \"lo\" accept\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    assert [s.reached for s in steps] == [False, True]
+    assert steps[0].finding.code == "shadowed-rule"
+    assert steps[0].blocked_by == "inet extra input policy DROP"
+    assert steps[1].finding.code == "policy" and "inet extra input" in steps[1].narrowed
+    assert next(f for f in report.findings if f.code == "shadowed-rule").proven is False
+
+
+def test_cli_prove_fix_json(lab: Lab, capsys: Any) -> None:
+    import json
+
+    from tracer import cli
+
+    lab.iptables_restore(lab.server, SEED_RULESET)
+    lab.listen(lab.server, Proto.TCP, 8080)
+    before = listing(lab)
+    rc = cli.main(["probe", "--dport", "8080", "--netns", lab.server, "--from-netns", lab.client, "--dst", str(SERVER4),
+                   "--prove-fix", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and listing(lab) == before
+    assert doc["prove_fix"][0]["proven"] is True
+    assert all("failed_condition" in f for f in doc["findings"])
+
+
+def _connect(lab: Lab, src: str) -> str:
+    with system.netns(lab.client):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.bind((src, 0))
+        s.connect((str(SERVER4), 8080))
+        return "connected"
+    except (ConnectionRefusedError, OSError):
+        return "refused"
+    finally:
+        s.close()
