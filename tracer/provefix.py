@@ -28,10 +28,13 @@ class ProofStep:
     reached: bool
     blocked_by: str = ""  # not enough: what blocked the probe next ("ip filter FORWARD policy DROP")
     error: str = ""  # the fix could not be put in
+    generations: tuple[int, ...] = ()  # the proving run's nft generations: before, after its adds, after all removed
+    unchanged: Optional[bool] = None  # the proving run's ruleset_unchanged: only its own changes, all undone
 
     def to_json(self) -> dict[str, object]:
         return {"code": self.finding.code, "fix": self.finding.fix, "narrowed": self.narrowed, "proven": self.reached,
-                "blocked_by": self.blocked_by or None, "error": self.error or None}
+                "blocked_by": self.blocked_by or None, "error": self.error or None,
+                "cleanup": {"ruleset_unchanged": self.unchanged, "generations": list(self.generations)}}
 
 
 # The admin's own rules first: one that matches but is never reached, one that almost matched;
@@ -92,7 +95,8 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
             raise EnvironmentProblem("the --prove-fix run could not remove everything: " + "; ".join(after.leftover),
                                      "run `fwtrace cleanup`")
         block = _block(after)
-        steps.append(ProofStep(finding, n.command, after.reached, block))
+        steps.append(ProofStep(finding, n.command, after.reached, block, generations=tuple(after.generations),
+                               unchanged=after.ruleset_unchanged))
         if after.reached:
             break
         applied.append(cmd)
@@ -148,4 +152,9 @@ def render(steps: tuple[ProofStep, ...]) -> str:
             out.append("     proven: with this rule the probe reached the service")
         else:
             out.append(f"     not enough: next it is blocked by {s.blocked_by}")
+        if s.unchanged and len(s.generations) == 3:
+            out.append(f"     removed: the ruleset is the one from before (generation {s.generations[0]} -> "
+                       f"{s.generations[2]}: only fwtrace's own changes)")
+        elif s.unchanged is False:
+            out.append("     removed, but other writers changed the ruleset meanwhile: equality is not shown")
     return "\n".join(out) + "\n"
