@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import pytest
 import structlog
 
 from tracer import system
@@ -194,3 +195,42 @@ def _connect(lab: Lab, src: str) -> str:
         return "refused"
     finally:
         s.close()
+
+
+NFT_POLICY_DROP = """table inet filter {
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tct state established,related accept
+\t\ttcp dport 22 accept
+\t}
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_sigkill_while_the_narrowed_fix_is_in_then_cleanup_removes_it(lab: Lab, backend: str, tmp_path: Any,
+                                                                      monkeypatch: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tracer.probe import KILL_ENV
+
+    monkeypatch.setenv("FWTRACE_RUN_DIR", str(tmp_path))  # this test's own journals
+    if backend == "nft":
+        lab.nft(lab.server, NFT_POLICY_DROP)
+    else:
+        lab.iptables_restore(lab.server, SEED_RULESET)
+    before = listing(lab)
+    argv = [sys.executable, "-m", "tracer", "probe", "--dport", "8080", "--netns", lab.server, "--from-netns",
+            lab.client, "--timeout", "0.5", "--prove-fix"]
+    # The first run makes one change (its table); the proving run's second change is the narrowed rule.
+    killed = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, KILL_ENV: "instrument-2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert ":prove" in listing(lab)  # the narrowed rule (and the table) are still there
+    cleaned = subprocess.run([sys.executable, "-m", "tracer", "cleanup", "--netns", lab.server], capture_output=True,
+                             text=True, timeout=60)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert listing(lab) == before
