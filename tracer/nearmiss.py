@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from tracer.match import PacketFacts, rule_action
 from tracer.match.conditions import Condition, conditions
@@ -55,6 +55,19 @@ def packet_facts(result: PacketResult, pf: PacketFacts) -> PacketFacts:
         if s.rule is not None and rule_action(s.rule) == "continue" and _NOTRACK.search(s.rule.display):
             return dataclasses.replace(pf, ct_state="untracked")
     return pf
+
+
+def left_at(result: PacketResult) -> dict[ChainKey, Rule]:
+    """Chains the packet left for good by a jump or goto: the rule it left by. Its last event in
+    the chain is that jump (coming back would show a later rule, a return or the policy), so the
+    rules after it were never reached: e.g. firewalld's source-bound zone taken before the
+    interface's zone."""
+    last: dict[ChainKey, Any] = {}
+    for s in result.steps:
+        if s.event.kind is not EventKind.CONNTRACK and not s.event.legacy:
+            last[(s.event.family, s.event.table, s.event.chain)] = s
+    return {k: s.rule for k, s in last.items()
+            if s.rule is not None and (s.event.verdict or "").startswith(("jump ", "goto "))}
 
 
 def visited(result: PacketResult) -> set[ChainKey]:
@@ -112,6 +125,7 @@ def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], 
     if rule_action(rule) != "accept":
         return None
     key = (rule.family, rule.table, rule.chain)
+    gone = left_at(result)
     on_hook = bool(where.hooks & path_hooks)
     candidates = [pf] if on_hook or pf == original else [original, pf]
     best: Optional[tuple[list[Condition], PacketFacts]] = None
@@ -126,6 +140,11 @@ def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], 
         entry_fail: Optional[Rule] = None
         if on_hook and key not in seen and not _is_base(where):
             for jump in where.entry:
+                left = gone.get((jump.family, jump.table, jump.chain))
+                if left is not None and left.number < jump.number:
+                    fails.append(Condition(f"`{jump.display}` is never reached: the packet left {jump.chain} at rule "
+                                           f"{left.number} `{left.display}`", "entry", False))
+                    entry_fail = jump
                 jc = [c for c in conditions(jump, facts) if c.kind != "family"]
                 if any(c.result is None for c in jc):
                     fails.append(Condition(f"the jump `{jump.display}`", "entry", None))

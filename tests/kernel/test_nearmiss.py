@@ -234,3 +234,20 @@ def test_sigkill_while_the_narrowed_fix_is_in_then_cleanup_removes_it(lab: Lab, 
                              text=True, timeout=60)
     assert cleaned.returncode == 0, cleaned.stderr
     assert listing(lab) == before
+
+
+def test_firewalld_source_zone_before_the_interface_zone_simulated_ingress(lab: Lab) -> None:
+    """A client of 10.0.0.0/8 arriving on eth0 lands in the source-bound zone internal, so a port
+    open in public (eth0's zone) does not apply; probed as simulated ingress, and proven."""
+    import ipaddress
+
+    text = (DATA / "nft-list-firewalld.txt").read_text().replace("tcp dport 22 accept # handle 127", "tcp dport 8443 accept # handle 127")
+    lab.nft(lab.server, text)
+    lab.listen(lab.server, Proto.TCP, 8443)
+    lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
+    report, steps = probe(lab, from_netns=None, src=ipaddress.ip_address("10.1.2.3"), dport=8443, prove_fix=True)
+    assert report.mode == "ingress"
+    [f] = near(report)
+    assert "lands in zone internal (source binding: `ip saddr 10.0.0.0/8`)" in f.message
+    assert f.commands == ("firewall-cmd --zone=internal --add-port=8443/tcp",)
+    assert [s.reached for s in steps] == [True] and "filter_IN_internal_allow" in steps[0].narrowed

@@ -271,3 +271,43 @@ def test_fix_changes_only_the_failed_condition(iif: Optional[str], src: Optional
         assert {b for b, _ in changed} <= {f"-p {proto}", f"-m {proto}"}
     else:
         assert len(after) == len(before) and [b for b, _ in changed] == [fails[0].text]
+
+
+def test_firewalld_source_zone_taken_before_the_interface_zone() -> None:
+    """firewalld classifies by source before interface: a client of 10.0.0.0/8 on eth0 lands in
+    zone internal, so the port open in public (eth0's zone) never applies to it."""
+    text = (DATA / "nft-list-firewalld.txt").read_text().replace("tcp dport 22 accept # handle 127", "tcp dport 8443 accept # handle 127")
+    rs = parse_nft_ruleset(text)
+    assert rs.rule_by_handle("inet", "firewalld", "filter_IN_public_allow", 127) is not None
+
+    def step(chain: str, handle: Optional[int], verdict: str) -> Step:
+        rule = rs.rule_by_handle("inet", "firewalld", chain, handle) if handle else None
+        return Step(TraceEvent(1, EventKind.RULE, "inet", "firewalld", chain, handle, verdict, iif="eth0"), rule)
+
+    internal = [c for c in rs.chain("inet", "firewalld", "filter_IN_internal").rules if "reject" in c.text][0]  # type: ignore[union-attr]
+    sp = dataclasses.replace(spec(dport=8443), src=a("10.1.2.3"))
+    r = blocked(rs, [step("filter_INPUT", 106, "jump filter_INPUT_POLICIES"),
+                     step("filter_INPUT_POLICIES", 109, "jump filter_IN_internal"),
+                     step("filter_IN_internal", internal.handle, "drop")], sp)
+    [f] = findings(rs, r)
+    assert "is never reached: the packet left filter_INPUT_POLICIES at rule 1" in (f.failed_condition or "")
+    assert "zone public" in f.message and "lands in zone internal (source binding: `ip saddr 10.0.0.0/8`)" in f.message
+    assert f.commands == ("firewall-cmd --zone=internal --add-port=8443/tcp",)
+    assert f.proof_rule == "nft insert rule inet firewalld filter_IN_internal_allow tcp dport 8443 accept"
+
+
+def test_firewalld_older_layout_with_goto_dispatch() -> None:
+    """firewalld < 1.0: filter_INPUT_ZONES dispatches with goto."""
+    text = (DATA / "nft-list-firewalld.txt").read_text().replace("chain filter_INPUT_POLICIES", "chain filter_INPUT_ZONES") \
+        .replace("jump filter_INPUT_POLICIES", "jump filter_INPUT_ZONES").replace("jump filter_IN_internal #", "goto filter_IN_internal #") \
+        .replace('"eth0" jump filter_IN_public', '"eth0" goto filter_IN_public')
+    rs = parse_nft_ruleset(text)
+
+    def step(chain: str, handle: Optional[int], verdict: str) -> Step:
+        rule = rs.rule_by_handle("inet", "firewalld", chain, handle) if handle else None
+        return Step(TraceEvent(1, EventKind.RULE, "inet", "firewalld", chain, handle, verdict, iif="eth0"), rule)
+
+    r = blocked(rs, [step("filter_INPUT", 106, "jump filter_INPUT_ZONES"), step("filter_INPUT_ZONES", 111, "goto filter_IN_public"),
+                     step("filter_IN_public", 122, "drop")])
+    [f] = findings(rs, r)
+    assert f.failed_condition == "ip saddr 10.0.0.0/8" and "lands in zone public" in f.message
