@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -78,14 +79,15 @@ def visited(result: PacketResult) -> set[ChainKey]:
 def chain_map(table: Table) -> dict[str, Where]:
     """Every chain of `table` reached from one of its base chains, with the jumps leading there."""
     out: dict[str, Where] = {}
-    todo: list[tuple[Chain, frozenset[str], tuple[Rule, ...]]] = [
-        (c, frozenset({c.hook}) if c.hook else frozenset(), ()) for c in table.chains if c.is_base]
+    todo: deque[tuple[Chain, frozenset[str], tuple[Rule, ...]]] = deque(
+        (c, frozenset({c.hook}) if c.hook else frozenset(), ()) for c in table.chains if c.is_base)
     while todo:
-        chain, hooks, entry = todo.pop(0)
+        chain, hooks, entry = todo.popleft()
         old = out.get(chain.name)
         if old is not None:
-            out[chain.name] = dataclasses.replace(old, hooks=old.hooks | hooks)
-            continue
+            if hooks <= old.hooks:
+                continue
+            hooks, entry = old.hooks | hooks, old.entry  # reached from another hook too: tell its children
         out[chain.name] = Where(chain, hooks, entry)
         for r in chain.rules:
             act = rule_action(r)

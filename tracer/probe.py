@@ -455,7 +455,7 @@ class Run:
         # Near misses look beyond the met chains (other tables, zones never entered): a blocked
         # probe costs one full listing, an accepted one nothing.
         blocked = any(r.verdict.value in ("drop", "reject") for r in results)
-        full_rs = (full or snapshot.take()).ruleset if blocked else None
+        full_rs = (full or snapshot.filter_view(legacy_saved)).ruleset if blocked else None
         ctx_d = diagnose.Context(snap.ruleset, listeners(), local=mode == "local", full_ruleset=full_rs,
                                  tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                                  mode=mode, via=via, src=live.specs[0].src if live.specs else None,

@@ -157,3 +157,26 @@ def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = No
     ipt_text = {family: save_text(tables) for family, tables in ipt.items()}
     legacy_saved = legacy_saved or {}
     return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)
+
+
+def filter_view(legacy_saved: Optional[dict[str, str]] = None) -> Snapshot:
+    """Every nf_tables chain (one `nft -a list ruleset`), with the `iptables -S` form of the
+    iptables-nft *filter* tables only: near misses look for ACCEPT rules on the input and forward
+    hooks, and skipping the nat table (kube-proxy's tens of thousands of rules) keeps
+    iptables-nft-save's seconds out of a blocked probe."""
+    listed = run(["nft", "-a", "list", "ruleset"])
+    ruleset = parse_nft_ruleset(listed.stdout, managed_tables(listed.stderr))
+    ipt: dict[str, str] = {}
+    for family in IPT:
+        if any(t.family == family and t.name == "filter" for t in ruleset.tables):
+            spec = run([IPT[family], "-t", "filter", "-S"], check=False)
+            if spec.returncode == 0:
+                by_chain: dict[str, list[str]] = {}
+                for line in spec.stdout.splitlines():
+                    words = line.split()
+                    if len(words) >= 2 and words[0] == "-A":
+                        by_chain.setdefault(words[1], []).append(line)
+                ipt[family] = save_text({"filter": by_chain})
+    legacy_saved = legacy_saved or {}
+    return Snapshot(with_legacy(with_iptables(merge_tables(ruleset), ipt), legacy_saved), listed.stdout, ipt, legacy_saved)
+
