@@ -81,6 +81,7 @@ def chain_map(table: Table) -> dict[str, Where]:
     out: dict[str, Where] = {}
     todo: deque[tuple[Chain, frozenset[str], tuple[Rule, ...]]] = deque(
         (c, frozenset({c.hook}) if c.hook else frozenset(), ()) for c in table.chains if c.is_base)
+    by_name = {c.name: c for c in table.chains}
     while todo:
         chain, hooks, entry = todo.popleft()
         old = out.get(chain.name)
@@ -92,7 +93,7 @@ def chain_map(table: Table) -> dict[str, Where]:
         for r in chain.rules:
             act = rule_action(r)
             if act.startswith(("jump ", "goto ")):
-                target = table.chain(act.split(" ", 1)[1])
+                target = by_name.get(act.split(" ", 1)[1])
                 if target is not None and len(entry) < 8:
                     todo.append((target, hooks, entry + (r,)))
     return out

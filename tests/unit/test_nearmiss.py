@@ -311,3 +311,13 @@ def test_firewalld_older_layout_with_goto_dispatch() -> None:
                      step("filter_IN_public", 122, "drop")])
     [f] = findings(rs, r)
     assert f.failed_condition == "ip saddr 10.0.0.0/8" and "lands in zone public" in f.message
+
+
+def test_filter_tables_from_nft_list_chains() -> None:
+    from tracer.snapshot import filter_tables
+
+    text = ("table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n"
+            "\tchain KUBE-FW {\n\t}\n}\ntable ip nat {\n\tchain PREROUTING {\n\t\ttype nat hook prerouting priority dstnat;"
+            " policy accept;\n\t}\n}\ntable inet fw {\n\tchain fwd {\n\t\ttype filter hook forward priority 0; policy drop;\n"
+            "\t}\n}\ntable netdev edge {\n\tchain in {\n\t\ttype filter hook ingress device \"eth0\" priority 0;\n\t}\n}\n")
+    assert filter_tables(text) == [("ip", "filter"), ("inet", "fw")]
