@@ -321,3 +321,35 @@ def test_filter_tables_from_nft_list_chains() -> None:
             " policy accept;\n\t}\n}\ntable inet fw {\n\tchain fwd {\n\t\ttype filter hook forward priority 0; policy drop;\n"
             "\t}\n}\ntable netdev edge {\n\tchain in {\n\t\ttype filter hook ingress device \"eth0\" priority 0;\n\t}\n}\n")
     assert filter_tables(text) == [("ip", "filter"), ("inet", "fw")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["eth0", "eth1", None]), st.sampled_from(["203.0.113.0/24", "10.0.0.0/8", None]),
+       st.sampled_from(["8080", "8081", "{ 80, 443 }", "8000-8079"]), st.sampled_from(["tcp", "udp"]),
+       st.sampled_from(["new", "established,related", None]), st.sampled_from(["new", "untracked"]))
+def test_nft_fix_changes_only_the_failed_condition(iif: Optional[str], src: Optional[str], port: str, proto: str,
+                                                   state: Optional[str], ct: str) -> None:
+    parts = ([f'iifname "{iif}"'] if iif else []) + ([f"ip saddr {src}"] if src else [])
+    parts += [f"ct state {state}"] if state else []
+    parts += [f"{proto} dport {port}", "accept"]
+    text = ("table inet fw { # handle 1\n\tchain input { # handle 1\n\t\ttype filter hook input priority filter; policy drop;\n"
+            f"\t\t{' '.join(parts)} # handle 5\n\t}}\n}}\n")
+    rs = parse_nft_ruleset(text)
+    r = blocked(rs, [Step(TraceEvent(1, EventKind.POLICY, "inet", "fw", "input", None, "drop", iif="eth0"))])
+    pf = facts(r, ct)
+    [rule] = rs.chain("inet", "fw", "input").rules  # type: ignore[union-attr]
+    before = conditions(rule, pf)
+    fails = [c for c in before if c.result is False]
+    fs = near_miss_findings(r, rs, pf, pf)
+    if len(fails) != 1:
+        assert fs == []
+        return
+    if not fs or not fs[0].commands:
+        return
+    prefix = "nft insert rule inet fw input position 5 "
+    assert fs[0].commands[0].startswith(prefix)
+    fixed = Rule("inet", "fw", "input", 1, None, fs[0].commands[0][len(prefix):])
+    assert rule_matches(fixed, pf) is True
+    after = conditions(fixed, pf)
+    assert len(after) == len(before)
+    assert [b.text for b, x in zip(before, after) if b.text != x.text] == [fails[0].text]

@@ -117,10 +117,15 @@ def nft_conditions(text: str, pkt: PacketFacts) -> list[Condition]:
             r = _nft_expr(c, pkt)
             words = c.toks[start : c.i]
             kind, value = _nft_kind(words)
-            if kind in ("dport", "sport") and r is False and words[0] in ("tcp", "udp") and pkt.proto in _L4.values():
-                # `udp dport 80` for a TCP packet to port 80: only the protocol is wrong.
+            if kind in ("dport", "sport") and r is False and words[0] in ("tcp", "udp") and pkt.proto in _L4.values() \
+                    and pkt.proto is not _L4[words[0]]:
+                # `udp dport 80` for a TCP packet to port 80: only the protocol is wrong; to port
+                # 81 both are, which is two failed conditions in one expression.
                 if _nft_expr(_Cursor(" ".join(words)), dataclasses.replace(pkt, proto=_L4[words[0]])) is True:
                     kind = "proto"
+                else:
+                    out.append(Condition(f"{words[0]} (the protocol of `{' '.join(words)}`)", "proto", False, start, start + 1,
+                                         words[0]))
             out.append(Condition(" ".join(words), kind, r, start, c.i, value, "!=" in words))
     except _Unparsed:
         out.append(Condition(" ".join(c.toks[c.i :]), "other", None, c.i, len(c.toks)))
