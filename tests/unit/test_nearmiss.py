@@ -353,3 +353,31 @@ def test_nft_fix_changes_only_the_failed_condition(iif: Optional[str], src: Opti
     after = conditions(fixed, pf)
     assert len(after) == len(before)
     assert [b.text for b, x in zip(before, after) if b.text != x.text] == [fails[0].text]
+
+
+def _nla(t: int, payload: bytes) -> bytes:
+    import struct
+
+    raw = struct.pack("=HH", 4 + len(payload), t) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def test_chain_dump_parsed_into_hooked_tables() -> None:
+    import struct
+
+    from tracer.trace.nfchains import NFT_MSG_NEWCHAIN, getchain_dump_request, parse_chain_dump, tables_on
+
+    def chain(family: int, table: str, name: str, hook: Optional[int]) -> bytes:
+        body = struct.pack("=BBH", family, 0, 0) + _nla(1, table.encode() + b"\0") + _nla(3, name.encode() + b"\0")
+        if hook is not None:
+            body += _nla(4 | 0x8000, _nla(1, struct.pack(">I", hook)) + _nla(2, struct.pack(">i", 0)))
+        return struct.pack("=IHHII", 16 + len(body), 10 << 8 | NFT_MSG_NEWCHAIN, 2, 1, 0) + body
+
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
+    data = chain(2, "nat", "PREROUTING", 0) + chain(2, "filter", "INPUT", 1) + chain(2, "filter", "KUBE-FW", None) \
+        + chain(1, "firewalld", "filter_FORWARD", 2) + chain(5, "edge", "in", 1)
+    got, finished = parse_chain_dump(data)
+    assert not finished and got[1] == ("ip", "filter", "INPUT", "input") and got[2][3] == ""
+    assert parse_chain_dump(done) == ([], True)
+    assert tables_on(got) == [("ip", "filter"), ("inet", "firewalld")]  # netdev's hook 1 is not input
+    assert len(getchain_dump_request(7)) == 20
