@@ -75,7 +75,7 @@ def _because(nm: NearMiss, result: PacketResult) -> str:
     if kind == "entry":
         if nm.zone is not None:
             zone, land = nm.zone
-            return (f"the rule is in firewalld zone {zone}, which the packet is not classified into; it lands in "
+            return (f"the rule is in firewalld zone {zone}, whose binding the packet does not meet; it lands in "
                     f"zone {land} ({nm.zone_why})")
         return f"the packet never entered chain {nm.rule.chain}: the jump `{nm.entry_rule.display if nm.entry_rule else '?'}` needs it"
     return "the packet does not have it"
@@ -150,7 +150,7 @@ def _fix(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> tuple[Optional
         return None, ""
     pos = _position(rule, result.decided_by)
     return _command(rule.family, rule.table, rule.chain, _backend(ruleset, rule), body, pos, ipt), \
-        f"add the same rule with {_new_condition(cond, pf, ipt) or 'the protocol changed'} instead of {cond.text}, every other condition kept"
+        f"add the same rule with {_new_condition(cond, pf, ipt) or pf.proto.value} instead of {cond.text}, every other condition kept"
 
 
 def _nft_words(text: str) -> list[str]:
