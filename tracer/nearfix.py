@@ -198,10 +198,7 @@ def _move(nm: NearMiss, result: PacketResult, ruleset: Ruleset, words: list[str]
             return None, ""
         return f"nft insert rule {rule.family} {rule.table} {allow.name} {body}", ""
     if cond.kind == "entry" and nm.entry_rule is not None:
-        e = nm.entry_rule
-        pos = _position(e, ref)
-        return (_command(e.family, e.table, e.chain, _backend(ruleset, e), body, pos, ipt),
-                f"add the same rule to {e.chain}, which the packet goes through, before the jump it does not take")
+        return _before_jump(nm, result, ruleset, body, ipt)
     if cond.kind == "family":
         fam = "ip6" if pf.family == 6 else "ip"
         if ipt:
@@ -219,6 +216,45 @@ def _move(nm: NearMiss, result: PacketResult, ruleset: Ruleset, words: list[str]
                     f"the same rule in {ref.family} {ref.table} {ref.chain}, which sees IPv{pf.family}")
         return None, f"make table {rule.family} {rule.table} an inet table, or copy the rule to a table of family {fam}"
     return _to_hook(nm, result, ruleset, words, ipt)
+
+
+def _before_jump(nm: NearMiss, result: PacketResult, ruleset: Ruleset, body: str, ipt: bool) -> tuple[Optional[str], str]:
+    """The jump the packet does not take, folded into the rule: the jump's own conditions (the failed
+    one changed to what the packet has) plus the rule's, in the jumping chain, before whatever
+    there takes the packet elsewhere first (the jump it does take, the deciding rule)."""
+    from tracer.match.conditions import conditions as conds_of
+    from tracer.nearmiss import left_at
+
+    e, cond, pf = nm.entry_rule, nm.failed, nm.facts
+    assert e is not None
+    if (e.ipt is not None) != ipt:
+        return None, ""
+    jconds = [c for c in conds_of(e, pf) if c.kind not in ("family", "module", "statement")]
+    words = ipt_words(e.ipt) if ipt and e.ipt else _nft_words(e.text)
+    kept = []
+    for c in jconds:
+        if c.text == cond.text and c.result is False:
+            new = _new_condition(c, pf, ipt)
+            if new is None:
+                return None, ""
+            kept.append(new)
+        else:
+            kept.append(" ".join(shlex.quote(w) for w in words[c.start : c.end]) if ipt else c.text)
+    if ipt and any(w in ("-m", "--match") for w in words[: max((c.end for c in jconds), default=0)]):
+        return None, ""  # the jump's matches need their -m modules: not rebuilt here
+    first = [r for r in (e, left_at(result).get((e.family, e.table, e.chain)), _same_chain(result.decided_by, e))
+             if r is not None]
+    pos = min(first, key=lambda r: r.number)
+    text = " ".join(kept + [body])
+    return (_command(e.family, e.table, e.chain, _backend(ruleset, e), text, pos, ipt),
+            f"add the rule to {e.chain}, which the packet goes through, with the conditions of the jump it does not take"
+            + (" (the failed one changed)" if cond.result is False and any(c.text == cond.text for c in jconds) else ""))
+
+
+def _same_chain(ref: Optional[RuleRef], rule: Rule) -> Optional[Rule]:
+    if ref is not None and ref.rule is not None and (ref.family, ref.table, ref.chain) == (rule.family, rule.table, rule.chain):
+        return ref.rule
+    return None
 
 
 def _to_hook(nm: NearMiss, result: PacketResult, ruleset: Ruleset, words: list[str], ipt: bool) -> tuple[Optional[str], str]:

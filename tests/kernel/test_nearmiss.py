@@ -251,3 +251,14 @@ def test_firewalld_source_zone_before_the_interface_zone_simulated_ingress(lab: 
     assert "lands in zone internal (source binding: `ip saddr 10.0.0.0/8`)" in f.message
     assert f.commands == ("firewall-cmd --zone=internal --add-port=8443/tcp",)
     assert [s.reached for s in steps] == [True] and "filter_IN_internal_allow" in steps[0].narrowed
+
+
+def test_openwrt_style_zone_chain_for_another_interface(lab: Lab) -> None:
+    """fw4-like: 8080 is open in input_lan (br-lan) only; the probe arrives on eth0 (input_wan)."""
+    lab.nft(lab.server, (DATA / "nft-list-fw4.txt").read_text())
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == 'iifname "br-lan"'
+    assert f.commands[0].endswith('iifname "eth0" tcp dport 8080 accept')
+    assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"

@@ -381,3 +381,20 @@ def test_chain_dump_parsed_into_hooked_tables() -> None:
     assert parse_chain_dump(done) == ([], True)
     assert tables_on(got) == [("ip", "filter"), ("inet", "firewalld")]  # netdev's hook 1 is not input
     assert len(getchain_dump_request(7)) == 20
+
+
+FW4 = (DATA / "nft-list-fw4.txt").read_text()  # an OpenWrt fw4-style zone dispatch, trimmed
+
+
+def test_openwrt_fw4_port_open_on_the_lan_zone_only() -> None:
+    rs = parse_nft_ruleset(FW4)
+
+    def step(chain: str, handle: int, verdict: str) -> Step:
+        return Step(TraceEvent(1, EventKind.RULE, "inet", "fw4", chain, handle, verdict, iif="eth0"),
+                    rs.rule_by_handle("inet", "fw4", chain, handle))
+
+    r = blocked(rs, [step("input", 4, "jump input_wan"), step("input_wan", 10, "drop")])
+    [f] = findings(rs, r)
+    assert f.failed_condition == 'iifname "br-lan"'
+    # Before the jump to input_wan the packet does take, with eth0 for br-lan: nothing else opened.
+    assert f.commands == ('nft insert rule inet fw4 input position 3 iifname "eth0" tcp dport 8080 accept',)
