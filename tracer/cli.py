@@ -153,7 +153,8 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
-    from tracer.probe import Run
+    from tracer.driver import Run
+    from tracer.outcome import exit_status
     from tracer.report import render
 
     run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
@@ -174,9 +175,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
         write_bundle(ns.evidence, bundle_files(report, text))
         log.info("evidence written", directory=ns.evidence)
-    if not report.cleanup_ok:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+    return exit_status(report)
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:

@@ -12,16 +12,18 @@ import json
 import os
 from typing import Any, Mapping
 
-from tracer import correlate, snapshot
-from tracer.model import PacketResult, PacketSpec, Proto
+from tracer import correlate, diagnose, snapshot
+from tracer.model import PacketResult, PacketSpec, ProbeRequest, Proto
+from tracer.outcome import ProbeReport, build_report
 from tracer.packet import parse_headers
 from tracer.trace import plan
 from tracer.trace.nftrace import parse_messages
 
 
-def bundle_files(report: Any, text: str) -> dict[str, bytes]:
+def bundle_files(report: ProbeReport, text: str) -> dict[str, bytes]:
     """File name -> content for a ProbeReport (pure)."""
     ev = report.evidence
+    assert ev is not None, "only a live run's report carries its evidence"
     files: dict[str, bytes] = {
         "report.json": report.dumps().encode() + b"\n",
         "report.txt": text.encode(),
@@ -94,3 +96,9 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
         raw = files.get(f"reply-{i}.ip", b"")
         results.append(correlate.packet_result(spec, events, ruleset, parse_headers(raw), "", roles))
     return results
+
+
+def replay_report(files: Mapping[str, bytes], request: ProbeRequest, ctx: diagnose.Context, **kw: Any) -> ProbeReport:
+    """A report from a bundle's raw material, put together as the live run does (pure); `kw` as
+    for outcome.build_report (generations, cleanup, ...), which the bundle cannot replay."""
+    return build_report(request, json.loads(files["report.json"])["run_id"], replay(files), ctx, **kw)

@@ -178,7 +178,7 @@ def demo(log: Any, as_json: bool = False) -> int:
 
     from tracer import provefix
     from tracer.model import ProbeRequest
-    from tracer.probe import Run
+    from tracer.driver import Run
     from tracer.report import render
 
     system.require_root()

@@ -170,6 +170,17 @@ def _hostport(addr: IPAddress, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
+class Mode(str, enum.Enum):
+    """How a probe is sent. A str enum: it prints, compares and serialises as its value."""
+
+    INGRESS = "ingress"  # simulated: received on an interface as if from a remote client
+    LOCAL = "local"  # from the target namespace itself (OUTPUT -> lo -> INPUT)
+    FROM_NETNS = "from-netns"  # from a second namespace, a real host on a link
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class ProbeRequest:
     """A probe run as the command line asked for it, validated."""
@@ -191,11 +202,11 @@ class ProbeRequest:
     print_bpf: bool = False  # print the generated tc programs on stderr
 
     @property
-    def mode(self) -> str:
-        """"from-netns" (a real second host), "local", or "ingress" (simulated, the default)."""
+    def mode(self) -> "Mode":
+        """How the command line asked the probe to be sent (a run may fall back to local)."""
         if self.from_netns is not None:
-            return "from-netns"
-        return "local" if self.local else "ingress"
+            return Mode.FROM_NETNS
+        return Mode.LOCAL if self.local else Mode.INGRESS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tracer.model import IPAddress, Proto
-from tracer.undo.journal import Undo
+from tracer.undo.records import RemoveCommented, RunCommand, Undo
 
 _IPT_TOOLS = frozenset({"iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"})
 _NFT_COMMENT = re.compile(r'\s*\bcomment\s+"(?:[^"\\]|\\.)*"')
@@ -75,9 +75,9 @@ def _narrow_ipt(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
         extra += ["-m", proto.value, "--sport", str(sport)]
     spec = match + extra + ["-m", "comment", "--comment", marker(run_id)] + target
     apply = [tool, "-w", *table, verb, chain, *pos, *spec]
-    undo = Undo("cmd", f"{tool} {' '.join(table)} rule in {chain} (--prove-fix)".replace("  ", " "), netns,
-                (tool, "-w", *table, "-D", chain, *spec), gone=("does a matching rule exist", "No chain/target/match",
-                                                                "Bad rule"))
+    undo = RunCommand(f"{tool} {' '.join(table)} rule in {chain} (--prove-fix)".replace("  ", " "),
+                      (tool, "-w", *table, "-D", chain, *spec),
+                      gone=("does a matching rule exist", "No chain/target/match", "Bad rule"), netns=netns)
     legacy = tool.endswith("-legacy")
     return Narrowed(shlex.join(apply[:1] + apply[2:]), tuple(apply), undo, 0 if legacy else 2)
 
@@ -116,7 +116,6 @@ def _narrow_nft(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
     rule = f'{narrowing} {text} comment "{marker(run_id)}"'
     # One argument: nft joins its arguments into one command line, so the quotes survive.
     apply = ["nft", verb, "rule", family, table, chain, *pos, rule]
-    undo = Undo("nft-comment", f"rule in {family} {table} {chain} (--prove-fix)", netns,
-                key=f"{family} {table} {chain}", value=marker(run_id))
+    undo = RemoveCommented(f"{family} {table} {chain}", marker(run_id), netns)
     command = f"nft {verb} rule {family} {table} {chain} {' '.join(pos) + ' ' if pos else ''}{rule}"
     return Narrowed(command, tuple(apply), undo, 2)

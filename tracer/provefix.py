@@ -58,7 +58,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
     """(the first report with `proven` set on the finding tried, the steps taken).
 
     `run(req, run_id, extra, on_extra)` executes one probe run and returns its report."""
-    from tracer.probe import new_run_id
+    from tracer.driver import new_run_id
 
     rng = rng or random.Random()
     if report.reached or not report.results:
@@ -128,7 +128,7 @@ def _mark(report: Any, steps: list[ProofStep]) -> Any:
 def runner(log: Any) -> Callable[..., Any]:
     """The probe run --prove-fix calls: tracer/probe.py's, with the narrowed rules in its plan."""
     def run(req: ProbeRequest, run_id: str, extra: tuple[Narrowed, ...], on_extra: Optional[Callable[[], None]]) -> Any:
-        from tracer.probe import Run
+        from tracer.driver import Run
 
         return Run(req, log, run_id=run_id, extra=extra, on_extra=on_extra).execute()
 

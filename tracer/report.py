@@ -5,7 +5,7 @@ from typing import Optional
 
 from tracer.model import EventKind, PacketResult, Step
 from tracer.packet import parse_headers
-from tracer.probe import ProbeReport
+from tracer.outcome import ProbeReport
 
 
 def _step_line(step: Step) -> str:

@@ -32,7 +32,8 @@ from tracer.lab import (
 )
 from tracer.model import ProbeRequest, Proto
 from tracer.packet import parse_headers
-from tracer.probe import KILL_ENV, ProbeReport, Run
+from tracer.driver import KILL_ENV, Run
+from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 a = ipaddress.ip_address

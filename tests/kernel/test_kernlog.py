@@ -20,7 +20,8 @@ import structlog
 from tracer import cli, snapshot, system
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import EventKind, ProbeRequest, Proto, Ruleset
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 from tracer.trace import kernplan
 
 log = structlog.get_logger("test")
@@ -370,7 +371,7 @@ def test_sigkill_then_cleanup_restores_global_sysctl_and_legacy_rules(lab: Lab, 
     import subprocess
     import sys
 
-    from tracer.probe import KILL_ENV
+    from tracer.driver import KILL_ENV
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     start = state(lab)

@@ -17,7 +17,8 @@ import structlog
 from tracer import system
 from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
 from tracer.model import Finding, ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 from tracer.provefix import ProofStep, prove, runner
 
 log = structlog.get_logger("test")
@@ -215,7 +216,7 @@ def test_sigkill_while_the_narrowed_fix_is_in_then_cleanup_removes_it(lab: Lab, 
     import subprocess
     import sys
 
-    from tracer.probe import KILL_ENV
+    from tracer.driver import KILL_ENV
 
     monkeypatch.setenv("FWTRACE_RUN_DIR", str(tmp_path))  # this test's own journals
     if backend == "nft":

@@ -23,7 +23,8 @@ from tracer.lab import (
     published_port,
 )
 from tracer.model import ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 

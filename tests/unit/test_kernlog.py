@@ -190,23 +190,23 @@ def test_kern_plan_trace_and_log_rules() -> None:
     rs = snapshot.with_legacy(Ruleset(), {"ip": LEGACY4})
     spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
     p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="")
-    assert [c.apply for c in p.changes] == [
+    assert [c.apply for c in p.edits] == [
         ("iptables-legacy", "-w", "-t", "raw", "-I", chain, "1", "-s", "192.0.2.2/32", "-d", "192.0.2.1/32",
          "-p", "tcp", "--sport", "40001", "--dport", "8080", "-m", "u32", "--u32", "2&0xFFFF=4660",
          "-m", "comment", "--comment", "fwtrace:1a2b3c4d", "-j", "TRACE") for chain in ("PREROUTING", "OUTPUT")]
-    assert [c.undo[4] for c in p.changes] == ["-D", "-D"] and p.changes[0].undo[7:] == p.changes[0].apply[8:]
+    assert [c.undo[4] for c in p.edits] == ["-D", "-D"] and p.edits[0].undo[7:] == p.edits[0].apply[8:]
     assert p.offsets == {("ip", "raw", "PREROUTING"): 1, ("ip", "raw", "OUTPUT"): 1}
     logged = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="kmsg")
     assert len(logged.log_points) == 6  # raw PREROUTING/OUTPUT, filter INPUT/FORWARD/OUTPUT/blocklist
     assert logged.offsets[("ip", "filter", "blocklist")] == 1 and logged.offsets[("ip", "raw", "PREROUTING")] == 2
-    first = logged.changes[0].apply
+    first = logged.edits[0].apply
     assert "--log-prefix" in first and first[first.index("--log-prefix") + 1] == "fwtrace:1a2b3c4d:1 "
     assert "limit" in first
     nfl = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="nflog")
     assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: TRACE still needs the kernel log
-    assert "NFLOG" in nfl.changes[0].apply and "fwtrace:1a2b3c4d:1" in nfl.changes[0].apply
+    assert "NFLOG" in nfl.edits[0].apply and "fwtrace:1a2b3c4d:1" in nfl.edits[0].apply
     nft_only = kernplan.kern_plan("1a2b3c4d", [spec], Ruleset(), log="nflog")
-    assert not nft_only.kmsg and nft_only.changes == ()
+    assert not nft_only.kmsg and nft_only.edits == ()
     v6 = PacketSpec(Proto.TCP, C6, S6, 40001, 8080, "S", 0xABCDE)
     assert "0&0xFFFFF=703710" in kernplan.trace_match(v6)
 
@@ -301,7 +301,7 @@ def test_kern_plan_survives_the_bundle_round_trip() -> None:
                                           "-A INPUT -j blocklist\nCOMMIT\n")
     rs = Ruleset(kernplan.iptables_nft_tables("ip", saved) + kernplan.legacy_tables("ip", saved))
     kp = kernplan.kern_plan("0badc0de", specs, rs, "kmsg")
-    assert {p.legacy for p in kp.log_points.values()} == {True, False} and kp.legacy_changes
+    assert {p.legacy for p in kp.log_points.values()} == {True, False} and kp.legacy_edits
     back = kernplan.plan_from_json(kernplan.plan_to_json(kp))
     assert (back.offsets, back.log_points, back.families, back.kmsg, back.nflog_group) == \
         (kp.offsets, kp.log_points, kp.families, kp.kmsg, kp.nflog_group)

@@ -10,8 +10,9 @@ from typing import Any
 
 from tracer.model import Finding, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, RuleRef, Verdict
 from tracer.narrow import marker, narrow
-from tracer.probe import ProbeReport
+from tracer.outcome import ProbeReport
 from tracer.provefix import first_fix, prove, render
+from tracer.undo.records import RemoveCommented, from_json, to_json
 
 a = ipaddress.ip_address
 SRC = a("203.0.113.5")
@@ -42,7 +43,8 @@ def test_nft_fix_narrowed_and_undone_by_comment() -> None:
     assert n is not None
     assert n.argv == ("nft", "insert", "rule", "inet", "fw", "input", "position", "3",
                       f'ip saddr 203.0.113.5 tcp sport 41000 iifname "eth0" tcp dport 8080 accept comment "{marker("r1")}"')
-    assert n.undo.kind == "nft-comment" and n.undo.key == "inet fw input" and n.undo.value == marker("r1")
+    assert n.undo == RemoveCommented("inet fw input", marker("r1"))
+    assert from_json(to_json(n.undo)) == n.undo  # the journal keeps it
 
 
 def test_other_commands_are_not_narrowed() -> None:

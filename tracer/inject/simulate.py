@@ -25,9 +25,9 @@ from tracer.inject.tcbpf import (
     tcx_count,
 )
 from tracer.model import IPAddress, PacketSpec, Proto
-from tracer.undo.journal import Undo
+from tracer.undo.records import RemoveClsact, RunCommand
 
-Change = Callable[..., Any]  # Run.change(undo, apply, atomic=False)
+Change = Callable[..., Any]  # driver.Run.change(undo, apply, atomic=False): journals the undo in the run's namespace
 
 
 LOCK_WAIT = 5.0  # seconds another run's port may keep us waiting (a run takes well under one)
@@ -188,7 +188,7 @@ def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[Pac
               log: Any, print_bpf: Optional[Callable[[str, str], None]] = None) -> IngressPort:
     """Make the injection port and attach the programs, each change journaled first."""
     inj, peer = ingress.port_names(run_id)
-    change(Undo("cmd", f"veth {inj} (injection port)", netns, ingress.undo_port(inj), gone=ingress.GONE),
+    change(RunCommand(f"veth {inj} (injection port)", ingress.undo_port(inj), gone=ingress.GONE),
            lambda: _make_veth(inj, peer))
     inj_index, peer_index = socket.if_nametoindex(inj), socket.if_nametoindex(peer)
     via = plan.via
@@ -205,11 +205,11 @@ def open_port(change: Change, netns: Optional[str], run_id: str, specs: list[Pac
                 continue
             _show(log, print_bpf, f"reply catcher, tc egress of {name} (pref {e.pref})", prog)
             if e.add_clsact:
-                change(Undo("clsact", f"clsact qdisc on {name}", netns, key=name),
+                change(RemoveClsact(name),
                        lambda name=name: system.run(["tc", "qdisc", "add", "dev", name, "clsact"]), atomic=True)
             # NLM_F_EXCL: if the preference was taken meanwhile, the request fails and changes nothing.
-            change(Undo("cmd", f"tc egress filter pref {e.pref} on {name}", netns,
-                        ingress.undo_filter(name, "egress", e.pref), gone=ingress.GONE),
+            change(RunCommand(f"tc egress filter pref {e.pref} on {name}",
+                              ingress.undo_filter(name, "egress", e.pref), gone=ingress.GONE),
                    lambda e=e, prog=prog: _attach(e.link.ifindex, "egress", e.pref, prog, f"fwtrace_r{run_id}"),
                    atomic=True)
     except BaseException:

@@ -64,8 +64,9 @@ def legacy_tables(family: str, saved: dict[str, IptTable]) -> tuple[Table, ...]:
 
 
 @dataclass(frozen=True)
-class Change:
-    """One command that changes the target, and the one that takes it back."""
+class RuleEdit:
+    """One iptables command that inserts a rule of the plan, and the one that deletes it again
+    (the run makes it as one journaled change)."""
 
     what: str
     apply: tuple[str, ...]
@@ -76,7 +77,7 @@ class Change:
 @dataclass(frozen=True)
 class KernPlan:
     run_id: str
-    changes: tuple[Change, ...] = ()
+    edits: tuple[RuleEdit, ...] = ()
     offsets: dict[tuple[str, str, str], int] = field(default_factory=dict)
     log_points: dict[int, LogPoint] = field(default_factory=dict)
     families: tuple[str, ...] = ()  # nf_log families the kernel log is needed for
@@ -88,11 +89,11 @@ class KernPlan:
 
     @property
     def rules(self) -> list[str]:
-        return [" ".join(c.apply) for c in self.changes]
+        return [" ".join(c.apply) for c in self.edits]
 
     @property
-    def legacy_changes(self) -> bool:
-        return any(c.apply[0] in LEGACY_CMD.values() for c in self.changes)
+    def legacy_edits(self) -> bool:
+        return any(c.apply[0] in LEGACY_CMD.values() for c in self.edits)
 
 
 def _mask(spec: PacketSpec) -> str:
@@ -144,7 +145,7 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
     reports every rule the packet meets in them."""
     family = specs[0].nfproto
     comment = ["-m", "comment", "--comment", f"fwtrace:{run_id}"]
-    changes: list[Change] = []
+    edits: list[RuleEdit] = []
     offsets: dict[tuple[str, str, str], int] = {}
     points: dict[int, LogPoint] = {}
     legacy = [t for t in ruleset.tables if t.backend is Backend.IPTABLES_LEGACY and t.family == family]
@@ -164,7 +165,7 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
                 else:
                     target = ["-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
                 rest = [*log_match(specs), *limit, *target]
-                changes.append(Change(f"{tool} -t {t.name} {target[1]} rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
+                edits.append(RuleEdit(f"{tool} -t {t.name} {target[1]} rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
                                       _ipt(tool, t.name, "-D", c.name, rest)))
                 if t.backend is Backend.IPTABLES_LEGACY:
                     offsets[(family, t.name, c.name)] = offsets.get((family, t.name, c.name), 0) + 1
@@ -173,12 +174,12 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
         for spec in specs:
             rest = [*trace_match(spec), *comment, "-j", "TRACE"]
             for chain in ("PREROUTING", "OUTPUT"):
-                changes.append(Change(f"{cmd} -t raw TRACE rule in {chain}", _ipt(cmd, "raw", "-I", chain, rest),
+                edits.append(RuleEdit(f"{cmd} -t raw TRACE rule in {chain}", _ipt(cmd, "raw", "-I", chain, rest),
                                       _ipt(cmd, "raw", "-D", chain, rest)))
                 offsets[(family, "raw", chain)] = offsets.get((family, "raw", chain), 0) + 1
 
     kmsg = bool(legacy) or log == "kmsg"
-    return KernPlan(run_id, tuple(changes), offsets, points, (family,), kmsg, group, ruleset)
+    return KernPlan(run_id, tuple(edits), offsets, points, (family,), kmsg, group, ruleset)
 
 
 def own_handles(nft_listing: str, run_id: str) -> frozenset[tuple[str, str, int]]:

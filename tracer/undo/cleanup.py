@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 from tracer import system
 from tracer.errors import FwtraceError
 from tracer.trace import plan
-from tracer.undo.journal import Undo, is_alive, list_journals
+from tracer.undo.journal import is_alive, list_journals
+from tracer.undo.records import ReleaseShared, RemoveClsact, RemoveCommented, RestoreSysctl, Undo
 
 _TABLE_RE = re.compile(r"^table inet (" + re.escape(plan.TABLE_PREFIX) + r"[0-9a-f]{8}) \{", re.M)
 
@@ -17,18 +18,18 @@ def apply_undo(undo: Undo) -> Optional[str]:
     """Carry out one undo; None when done (or nothing was left to undo), else the error."""
     try:
         with system.netns(undo.netns):
-            if undo.kind == "sysctl":
-                system.sysctl_set(undo.key, undo.value)
+            if isinstance(undo, RestoreSysctl):
+                system.sysctl_set(undo.key, undo.old)
                 return None
-            if undo.kind == "shared":
+            if isinstance(undo, ReleaseShared):
                 from tracer.undo import shared
 
-                shared.release(undo.key, undo.value, system.sysctl_set)
+                shared.release(undo.key, undo.run_id, system.sysctl_set)
                 return None
-            if undo.kind == "clsact":
-                return _remove_clsact(undo.key)
-            if undo.kind == "nft-comment":
-                return _remove_commented(undo.key, undo.value)
+            if isinstance(undo, RemoveClsact):
+                return _remove_clsact(undo.dev)
+            if isinstance(undo, RemoveCommented):
+                return _remove_commented(undo.chain, undo.marker)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):

@@ -14,52 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from tracer.undo.records import Undo, from_json, to_json
+
 RUN_DIR = os.environ.get("FWTRACE_RUN_DIR", "/run/fwtrace")
-
-
-@dataclass(frozen=True)
-class Undo:
-    """How to take one change back.
-
-    kind "cmd": run argv (with input) in netns; a failure whose stderr contains one of `gone`
-    means the thing is already gone. kind "sysctl": write value to key in netns. kind "shared":
-    run `value` no longer needs the global switch `key` (tracer/undo/shared.py restores it when no
-    live run does). kind "clsact": delete the clsact qdisc of device `key` in netns, unless
-    somebody else's filters are on it. kind "nft-comment": delete the rules of chain `key`
-    ("family table name") whose comment is `value` (--prove-fix's narrowed rules).
-    """
-
-    kind: str
-    what: str  # for people: "table inet fwtrace_1a2b3c4d", "net.netfilter.nf_log_all_netns=0"
-    netns: Optional[str] = None
-    argv: tuple[str, ...] = ()
-    input: str = ""
-    gone: tuple[str, ...] = ()
-    key: str = ""
-    value: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> "Undo":
-        return Undo(
-            kind=str(d["kind"]), what=str(d.get("what", "")), netns=d.get("netns"),
-            argv=tuple(d.get("argv", ())), input=str(d.get("input", "")), gone=tuple(d.get("gone", ())),
-            key=str(d.get("key", "")), value=str(d.get("value", "")),
-        )
-
-
-def nft_undo(netns: Optional[str], batch: str, what: str) -> Undo:
-    return Undo("cmd", what, netns, ("nft", "-f", "-"), batch, gone=("No such file or directory",))
-
-
-def sysctl_undo(netns: Optional[str], key: str, old: str) -> Undo:
-    return Undo("sysctl", f"{key}={old}", netns, key=key, value=old)
-
-
-def shared_undo(netns: Optional[str], key: str, run_id: str) -> Undo:
-    return Undo("shared", f"{key} (global: restored once no fwtrace run needs it)", netns, key=key, value=run_id)
 
 
 @dataclass
@@ -82,7 +39,7 @@ class JournalDoc:
 
     def undos(self) -> list[Undo]:
         """Pending and applied changes, newest first: the order to take them back in."""
-        return [Undo.from_json(e["undo"]) for e in reversed(self.entries) if e.get("state") != "undone"]
+        return [from_json(e["undo"]) for e in reversed(self.entries) if e.get("state") != "undone"]
 
 
 def process_starttime(pid: int) -> Optional[str]:
@@ -119,7 +76,7 @@ class Journal:
 
     def record(self, undo: Undo) -> int:
         """Write the undo down before the change is made; returns the entry's index."""
-        self.doc.entries.append({"undo": undo.to_json(), "state": "pending", "at": time.time()})
+        self.doc.entries.append({"undo": to_json(undo), "state": "pending", "at": time.time()})
         self._write()
         return len(self.doc.entries) - 1
 
@@ -128,7 +85,7 @@ class Journal:
         self._write()
 
     def pending(self) -> list[tuple[int, Undo]]:
-        return [(i, Undo.from_json(e["undo"])) for i, e in reversed(list(enumerate(self.doc.entries)))
+        return [(i, from_json(e["undo"])) for i, e in reversed(list(enumerate(self.doc.entries)))
                 if e["state"] != "undone"]
 
     def remove(self) -> None:
