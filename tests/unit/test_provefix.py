@@ -122,3 +122,38 @@ class _Log:
 def test_narrowed_iptables_command_is_shell_safe() -> None:
     n = narrow("iptables -I INPUT 1 -p tcp --dport 8080 -m comment --comment 'a b' -j ACCEPT", SRC, 40001, Proto.TCP, "r", None)
     assert n is not None and shlex.split(n.command)[0] == "iptables" and "a b" in n.argv
+
+
+def test_pipeline_puts_the_narrowed_rules_in_after_its_table_and_counts_their_commits() -> None:
+    """tracer/probe.py with --prove-fix's rules: journaled Changes after the trace table, then the
+    checkpoint the tests hook into; the generation proof expects their add and delete."""
+    import itertools
+
+    from tracer import commands as c
+    from tracer.commands import drive
+    from tracer.probe import EXTRA_IN, probe
+    from tracer.snapshot import Snapshot
+    from tracer.model import Ruleset
+
+    empty = Snapshot(Ruleset(), "", {})
+    gens = itertools.count(10)
+    answers: dict[str, Any] = {"SaveLegacy": {}, "OpenInjector": SRC, "BuildPackets": lambda cmd: tuple(b"p" for _ in cmd.specs),
+                               "Generation": lambda cmd: next(gens), "ReadSysctl": "0", "Send": 100.0, "Finish": c.Finished(),
+                               "TableGone": True, "MetChains": empty, "FilterView": empty, "Listeners": (), "Conntrack": "none"}
+    asked: list[c.Command] = []
+
+    def script(cmd: c.Command) -> Any:
+        asked.append(cmd)
+        a = answers.get(type(cmd).__name__)
+        return a(cmd) if callable(a) else a
+
+    n = narrow("iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT", SRC, 45000, Proto.TCP, "0badc0de", None)
+    assert n is not None
+    req = ProbeRequest(dport=8080, from_netns="cli", dst=a("192.0.2.1"), src=SRC, sport=45000)
+    report = drive(probe(req, "0badc0de", 1, random.Random(1), extra=(n,)), script)
+    changes = [cmd for cmd in asked if isinstance(cmd, c.Change)]
+    assert [ch.action for ch in changes][1:] == [c.RunArgv(n.argv)] and changes[1].undo == n.undo
+    names = [type(cmd).__name__ for cmd in asked]
+    assert names[names.index("Change") + 1:][:4] == ["Generation", "ReadSysctl", "Change", "Checkpoint"]
+    assert c.Checkpoint(EXTRA_IN) in asked
+    assert report.own_commits == 2 and report.generations == (10, 11, 12) and report.ruleset_unchanged is False
