@@ -42,6 +42,7 @@ class Context:
     # The whole ruleset, for near misses in chains and tables the packet never entered (None:
     # only the chains it met are known)
     full_ruleset: Optional[Ruleset] = None
+    full_sets: Optional[dict[tuple[str, str, str], tuple[str, ...]]] = None  # nft named sets' elements (tracer/nftsets.py)
 
 
 NOT_REACHED = ("no-listener", "rp-filter")
@@ -395,7 +396,7 @@ def near_miss_check(result: PacketResult, ctx: Context, pf: PacketFacts) -> list
 
     spec = result.spec
     original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
-    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original)
+    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from typing import Optional
 
-from tracer.match.conditions import Condition, ipt_words, replace_span
+from tracer.match.conditions import Condition, Sets, ipt_words, replace_span
 from tracer.match.facts import PacketFacts
 from tracer.model import Backend, Finding, PacketResult, Proto, Rule, RuleRef, Ruleset
 from tracer.nearmiss import NearMiss
@@ -23,11 +23,12 @@ _FAMILY_NAME = {"ip": "IPv4 only", "ip6": "IPv6 only"}
 MAX_SHOWN = 3  # nearest first; more would bury the blocking finding
 
 
-def near_miss_findings(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, original: PacketFacts) -> list[Finding]:
+def near_miss_findings(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, original: PacketFacts,
+                       sets: Optional[Sets] = None) -> list[Finding]:
     """The `near-miss` findings of a blocked packet, nearest first."""
     from tracer.nearmiss import near_misses
 
-    return [finding(nm, result, ruleset) for nm in near_misses(result, ruleset, pf, original)[:MAX_SHOWN]]
+    return [finding(nm, result, ruleset) for nm in near_misses(result, ruleset, pf, original, sets)[:MAX_SHOWN]]
 
 
 def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:
@@ -56,14 +57,15 @@ def _because(nm: NearMiss, result: PacketResult) -> str:
         return f"the packet arrived on {pf.iif}"
     if kind == "oif":
         return f"the packet leaves by {pf.oif}"
+    where = f", which is not in set {cond.value}" if cond.value.startswith("@") else ""
     if kind == "saddr":
-        return f"the packet comes from {pf.src}"
+        return f"the packet comes from {pf.src}{where}"
     if kind == "daddr":
-        return f"the packet is addressed to {pf.dst}"
+        return f"the packet is addressed to {pf.dst}{where}"
     if kind == "proto":
         return f"the packet is {pf.proto.value}"
     if kind == "dport":
-        return f"the packet is for port {pf.dport}"
+        return f"the packet is for port {pf.dport}{where}"
     if kind == "state":
         return f"conntrack state of the packet: {(pf.ct_state or 'unknown').upper()}"
     if kind == "family":

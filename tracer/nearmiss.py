@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from tracer.match import PacketFacts, rule_action
-from tracer.match.conditions import Condition, conditions
+from tracer.match.conditions import Condition, Sets, conditions
 from tracer.model import Chain, EventKind, PacketResult, Rule, Ruleset, Table
 
 ChainKey = tuple[str, str, str]
@@ -99,10 +99,11 @@ def chain_map(table: Table) -> dict[str, Where]:
     return out
 
 
-def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, original: PacketFacts) -> list[NearMiss]:
+def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, original: PacketFacts,
+                sets: Optional[Sets] = None) -> list[NearMiss]:
     """The near misses for a blocked packet, nearest first. `pf`: the facts as the filter chains
     saw them (after DNAT); `original`: as sent (an INPUT rule for a forwarded packet is written
-    for the address and port the client used)."""
+    for the address and port the client used); `sets`: the elements of nft named sets."""
     pf, original = packet_facts(result, pf), dataclasses.replace(original, ct_state=packet_facts(result, pf).ct_state)
     seen = visited(result)
     path_hooks = {h for h in result.path if h in FILTER_HOOKS}
@@ -116,7 +117,7 @@ def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, origina
             if not where.hooks & set(FILTER_HOOKS):
                 continue
             for rule in where.chain.rules:
-                nm = _judge(result, rule, where, seen, path_hooks, pf, original)
+                nm = _judge(result, rule, where, seen, path_hooks, pf, original, sets)
                 if nm is not None:
                     out.append(nm)
     out.sort(key=lambda n: (n.distance, n.rule.family, n.rule.table, n.rule.chain, n.rule.number))
@@ -124,7 +125,7 @@ def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, origina
 
 
 def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], path_hooks: set[str],
-           pf: PacketFacts, original: PacketFacts) -> Optional[NearMiss]:
+           pf: PacketFacts, original: PacketFacts, sets: Optional[Sets]) -> Optional[NearMiss]:
     if rule_action(rule) != "accept":
         return None
     key = (rule.family, rule.table, rule.chain)
@@ -133,7 +134,7 @@ def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], 
     candidates = [pf] if on_hook or pf == original else [original, pf]
     best: Optional[tuple[list[Condition], PacketFacts]] = None
     for facts in candidates:
-        conds = conditions(rule, facts)
+        conds = conditions(rule, facts, sets)
         if any(c.result is None for c in conds) or not _for_service(conds, facts):
             continue
         fails = [c for c in conds if c.result is False]
@@ -148,7 +149,7 @@ def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], 
                     fails.append(Condition(f"`{jump.display}` is never reached: the packet left {jump.chain} at rule "
                                            f"{left.number} `{left.display}`", "entry", False))
                     entry_fail = jump
-                jc = [c for c in conditions(jump, facts) if c.kind != "family"]
+                jc = [c for c in conditions(jump, facts, sets) if c.kind != "family"]
                 if any(c.result is None for c in jc):
                     fails.append(Condition(f"the jump `{jump.display}`", "entry", None))
                 for c in jc:

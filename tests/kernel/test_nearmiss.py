@@ -263,3 +263,16 @@ def test_openwrt_style_zone_chain_for_another_interface(lab: Lab) -> None:
     assert f.failed_condition == 'iifname "br-lan"'
     assert f.commands[0].endswith('iifname "eth0" tcp dport 8080 accept')
     assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"
+
+
+def test_client_not_in_the_named_set(lab: Lab) -> None:
+    lab.nft(lab.server, "table inet fw {\n set admins {\n  type ipv4_addr\n  flags interval\n"
+                        "  elements = { 10.0.0.0/8, 192.0.2.10 }\n }\n chain input {\n"
+                        "  type filter hook input priority filter; policy drop;\n  ct state established,related accept\n"
+                        "  ip saddr @admins tcp dport 8080 accept\n }\n}\n")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.failed_condition == "ip saddr @admins" and f"{CLIENT4}, which is not in set @admins" in f.message
+    assert f.commands[0].endswith(f"ip saddr {CLIENT4} tcp dport 8080 accept")
+    assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"

@@ -398,3 +398,41 @@ def test_openwrt_fw4_port_open_on_the_lan_zone_only() -> None:
     assert f.failed_condition == 'iifname "br-lan"'
     # Before the jump to input_wan the packet does take, with eth0 for br-lan: nothing else opened.
     assert f.commands == ('nft insert rule inet fw4 input position 3 iifname "eth0" tcp dport 8080 accept',)
+
+
+NFT_SETS = """\
+table inet fw { # handle 1
+	set admins { # handle 2
+		type ipv4_addr
+		flags interval
+		elements = { 10.0.0.0/8,
+			     192.0.2.10 }
+	}
+
+	set web { # handle 3
+		typeof tcp dport
+		elements = { 80, 443 }
+	}
+
+	chain input { # handle 4
+		type filter hook input priority filter; policy drop;
+		ip saddr @admins tcp dport 8080 accept # handle 5
+		tcp dport @web accept # handle 6
+		ip saddr @nowhere tcp dport 8080 accept # handle 7
+	}
+}
+"""
+
+
+def test_named_set_membership_is_the_failed_condition() -> None:
+    from tracer.nftsets import parse_sets
+
+    rs = parse_nft_ruleset(NFT_SETS)
+    sets = parse_sets(NFT_SETS)
+    assert sets[("inet", "fw", "admins")] == ("10.0.0.0/8", "192.0.2.10") and sets[("inet", "fw", "web")] == ("80", "443")
+    r = blocked(rs, [Step(TraceEvent(1, EventKind.POLICY, "inet", "fw", "input", None, "drop", iif="eth0"))])
+    pf = facts(r)
+    assert near_miss_findings(r, rs, pf, pf) == []  # without the elements: unknown, never a guess
+    [f] = near_miss_findings(r, rs, pf, pf, sets)  # @web lacks 8080 but is not close to it; @nowhere is unknown
+    assert f.failed_condition == "ip saddr @admins" and "203.0.113.5, which is not in set @admins" in f.message
+    assert f.commands == ("nft insert rule inet fw input position 5 ip saddr 203.0.113.5 tcp dport 8080 accept",)

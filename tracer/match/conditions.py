@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
-from tracer.match.facts import PacketFacts, Tri, _family_sees, _not
+from tracer.match.facts import PacketFacts, Tri, _addr_in, _and, _any, _family_sees, _not, _port_in
 from tracer.match.iptables import _ipt_option, _ipt_split, _IptOption
 from tracer.match.nft import _Cursor, _nft_at_terminal, _nft_expr, _Unparsed
 from tracer.model import Proto, Rule
@@ -36,13 +36,37 @@ class Condition:
     negated: bool = False
 
 
-def conditions(rule: Rule, pkt: PacketFacts) -> list[Condition]:
-    """The conditions of `rule` for `pkt`, in rule order, the table's family first."""
+Sets = Mapping[tuple[str, str, str], tuple[str, ...]]  # (family, table, name) -> elements (tracer/nftsets.py)
+
+
+def conditions(rule: Rule, pkt: PacketFacts, sets: Optional[Sets] = None) -> list[Condition]:
+    """The conditions of `rule` for `pkt`, in rule order, the table's family first. With `sets`,
+    a match on a named nft set (`ip saddr @allowed`) is judged on its elements."""
     family = Condition(f"table {rule.family} {rule.table}", "family", _family_sees(rule.family, pkt),
                        value=rule.family)
     if rule.ipt is not None:
         return [family] + ipt_conditions(rule.ipt, pkt)
-    return [family] + nft_conditions(rule.text, pkt)
+    conds = nft_conditions(rule.text, pkt)
+    if sets:
+        conds = [_in_set(c, pkt, sets.get((rule.family, rule.table, c.value[1:]))) for c in conds]
+    return [family] + conds
+
+
+def _in_set(c: Condition, pkt: PacketFacts, elements: Optional[tuple[str, ...]]) -> Condition:
+    if c.result is not None or elements is None or not c.value.startswith("@") or c.kind not in ("saddr", "daddr", "dport", "sport"):
+        return c
+    head = c.text.split()[0]
+    if c.kind in ("saddr", "daddr"):
+        if head not in ("ip", "ip6"):
+            return c
+        addr = pkt.src if c.kind == "saddr" else pkt.dst
+        hit = _and([pkt.family == (4 if head == "ip" else 6), _any(_addr_in(e, addr) for e in elements)])
+    else:
+        if head not in ("tcp", "udp"):
+            return c
+        port = pkt.dport if c.kind == "dport" else pkt.sport
+        hit = _and([pkt.proto is _L4[head], _any(_port_in(e, port, "-") for e in elements)])
+    return dataclasses.replace(c, result=_not(hit) if c.negated else hit)
 
 
 # ---------------------------------------------------------------------------------------------
