@@ -1,12 +1,12 @@
 """Explain a verdict timeline: findings with a code, a message and a concrete fix. No I/O."""
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Optional
 
+from tracer import nearfix
 from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.model import (
     Backend,
@@ -344,7 +344,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             (fix,),
         ))
 
-    findings.extend(near_miss_check(result, ctx, pf))
+    # Near misses (tracer/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed one condition.
+    findings.extend(nearfix.check(result, ctx, pf))
 
     if result.verdict is Verdict.UNKNOWN and result.path and not any(f.code == "rp-filter" for f in findings):
         findings.append(Finding(
@@ -385,18 +386,6 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
     return findings
-
-
-def near_miss_check(result: PacketResult, ctx: Context, pf: PacketFacts) -> list[Finding]:
-    """Near misses (tracer/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed
-    on one condition, judged on the facts as filtered (after DNAT) and as sent."""
-    if result.verdict not in (Verdict.DROP, Verdict.REJECT):
-        return []
-    from tracer.nearfix import near_miss_findings
-
-    spec = result.spec
-    original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
-    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:

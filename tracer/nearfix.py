@@ -9,12 +9,13 @@ chain the packet never enters: the same rule where it does. Pure: no I/O.
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
-from typing import Optional
+from typing import Any, Optional
 
 from tracer.match.conditions import Condition, Sets, ipt_words, replace_span
 from tracer.match.facts import PacketFacts
-from tracer.model import Backend, Finding, PacketResult, Proto, Rule, RuleRef, Ruleset
+from tracer.model import Backend, Finding, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
 from tracer.nearmiss import NearMiss
 
 _FAMILY_NAME = {"ip": "IPv4 only", "ip6": "IPv6 only"}
@@ -29,6 +30,17 @@ def near_miss_findings(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, 
     from tracer.nearmiss import near_misses
 
     return [finding(nm, result, ruleset) for nm in near_misses(result, ruleset, pf, original, sets)[:MAX_SHOWN]]
+
+
+def check(result: PacketResult, ctx: Any, pf: PacketFacts) -> list[Finding]:
+    """The diagnosis' near-miss check (tracer/diagnose.py): for a dropped or rejected packet, judged
+    on the facts as filtered (after DNAT, `pf`) and as sent; `ctx` is diagnose's Context (its
+    `full_ruleset` and `full_sets` when the run listed them, else the met chains only)."""
+    if result.verdict not in (Verdict.DROP, Verdict.REJECT):
+        return []
+    spec = result.spec
+    original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
+    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
 
 
 def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:
