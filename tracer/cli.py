@@ -165,7 +165,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
         from tracer import provefix
 
         report, steps = provefix.prove(report, log, provefix.runner(log))
-        text = render(report) + provefix.render(steps)
+        text = render(report) + provefix.render(steps, report.reached)
         sys.stdout.write(json.dumps(provefix.to_json(report.to_json(), steps), indent=2) + "\n" if ns.json else text)
     else:
         text = render(report)

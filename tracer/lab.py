@@ -198,7 +198,7 @@ def demo(log: Any, as_json: bool = False) -> int:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
             print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
             print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server} --prove-fix")
-            print(render(before) + provefix.render(steps))
+            print(render(before) + provefix.render(steps, before.reached))
         if fix is None:
             print("demo: fwtrace did not find (or could not prove) the fix of the shadowed rule", file=sys.stderr)
             return ExitStatus.BLOCKED

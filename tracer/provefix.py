@@ -139,10 +139,11 @@ def to_json(doc: dict[str, Any], steps: tuple[ProofStep, ...]) -> dict[str, Any]
     return {**doc, "prove_fix": [s.to_json() for s in steps]}
 
 
-def render(steps: tuple[ProofStep, ...]) -> str:
+def render(steps: tuple[ProofStep, ...], reached: bool = False) -> str:
     """The --prove-fix part of the text report."""
     if not steps:
-        return "prove-fix: no fix of a blocking finding could be tried\n"
+        return ("prove-fix: nothing to try, the probe reached the service\n" if reached else
+                "prove-fix: no finding has a fix fwtrace can apply narrowed to the probe (iptables or nft)\n")
     out = ["prove-fix (each rule narrowed to the probe's own source address and port, removed after):"]
     for i, s in enumerate(steps, 1):
         out.append(f"  {i}. [{s.finding.code}] tried: {s.narrowed}")

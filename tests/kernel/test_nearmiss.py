@@ -48,6 +48,7 @@ def probe(lab: Lab, prove_fix: bool = False, on_extra: Optional[Callable[[], Non
         report, steps = prove(report, log, runner(log), on_extra=on_extra)
     assert listing(lab) == before, "the firewall changed"
     assert report.cleanup_ok and report.ruleset_unchanged is True
+    assert all(s.unchanged is True and not s.error for s in steps)  # each proving run proved its own cleanup
     return report, steps
 
 

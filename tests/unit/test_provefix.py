@@ -112,6 +112,7 @@ def test_proven_first_time_and_at_most_three_steps() -> None:
 def test_reached_probe_is_not_proven_again() -> None:
     rep = _report(Verdict.ACCEPT, ())
     assert prove(rep, _Log(), lambda *a: 1 / 0) == (rep, ())
+    assert render((), reached=True) == "prove-fix: nothing to try, the probe reached the service\n"
 
 
 class _Log:
