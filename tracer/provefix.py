@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from tracer.errors import CommandError
 from tracer.model import Finding, ProbeRequest
 from tracer.narrow import Narrowed, narrow
 
@@ -86,7 +87,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
         log.info("prove-fix", step=len(steps) + 1, rule=n.command)
         try:
             after = run(req, run_id, tuple(x for x in narrowed if x is not None), on_extra)
-        except Exception as e:  # the rule was refused (syntax the kernel's nft lacks, ...): say so
+        except CommandError as e:  # the rule was refused (syntax this nft lacks, ...): say so; the run undid itself
             steps.append(ProofStep(finding, n.command, False, error=str(e)))
             break
         if not after.cleanup_ok:

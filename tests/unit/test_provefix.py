@@ -158,3 +158,22 @@ def test_pipeline_puts_the_narrowed_rules_in_after_its_table_and_counts_their_co
     assert names[names.index("Change") + 1:][:4] == ["Generation", "ReadSysctl", "Change", "Checkpoint"]
     assert c.Checkpoint(EXTRA_IN) in asked
     assert report.own_commits == 2 and report.generations == (10, 11, 12) and report.ruleset_unchanged is False
+
+
+def test_a_refused_rule_is_reported_and_other_errors_propagate() -> None:
+    import pytest
+
+    from tracer.errors import CommandError, EnvironmentProblem
+
+    def refused(*a: Any) -> ProbeReport:
+        raise CommandError(["iptables", "-I"], 2, "Bad argument")
+
+    marked, steps = prove(_report(Verdict.REJECT, (SHADOW,)), _Log(), refused)
+    assert [s.error for s in steps] and "Bad argument" in steps[0].error and marked.findings[0].proven is None
+    assert "could not be put in" in render(steps)
+
+    def broken(*a: Any) -> ProbeReport:
+        raise EnvironmentProblem("nft vanished", "install nftables")
+
+    with pytest.raises(EnvironmentProblem):
+        prove(_report(Verdict.REJECT, (SHADOW,)), _Log(), broken)
