@@ -277,3 +277,17 @@ def test_client_not_in_the_named_set(lab: Lab) -> None:
     assert f.failed_condition == "ip saddr @admins" and f"{CLIENT4}, which is not in set @admins" in f.message
     assert f.commands[0].endswith(f"ip saddr {CLIENT4} tcp dport 8080 accept")
     assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"
+
+
+def test_docker_published_port_opened_in_input_belongs_in_docker_user(router_lab: Lab) -> None:
+    lab = router_lab
+    assert lab.backend is not None
+    lab.iptables_restore(lab.server, published_port(
+        ":DOCKER-USER - [0:0]\n-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n-A FORWARD -j DOCKER-USER\n"
+        "-A DOCKER-USER -j RETURN\n"))
+    lab.listen(lab.backend, Proto.TCP, 80)
+    report, steps = probe(lab, prove_fix=True)
+    [f] = near(report)
+    assert f.commands == (f"iptables -I DOCKER-USER 1 -d {BACKEND4} -p tcp -m tcp --dport 80 -j ACCEPT",)
+    assert [s.reached for s in steps] == [True] and steps[0].finding.code == "near-miss"
+    assert "DOCKER-USER" in steps[0].narrowed
