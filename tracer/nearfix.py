@@ -48,6 +48,9 @@ def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:
     where = f"{rule.family} {rule.table} {rule.chain} rule {rule.number}"
     msg = (f"{where} `{rule.display}` would have accepted the packet but for one condition: "
            f"{cond.text} ({_because(nm, result)}).")
+    if nm.unreached:
+        msg += (f" Its base chain did not even see the packet: {nm.unreached} dropped it first, so this fix "
+                "alone is not enough.")
     command, text = _fix(nm, result, ruleset)
     if nm.zone is not None:
         zone, land = nm.zone

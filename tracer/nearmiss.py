@@ -47,6 +47,7 @@ class NearMiss:
     entry_rule: Optional[Rule] = None  # kind "entry": the jump rule whose condition failed
     zone: Optional[tuple[str, str]] = None  # firewalld: (zone of the rule, zone the packet lands in)
     zone_why: str = ""  # how the packet is classified into its zone
+    unreached: str = ""  # the rule's base chain never saw the packet: what dropped it before ("ip filter INPUT")
 
 
 def packet_facts(result: PacketResult, pf: PacketFacts) -> PacketFacts:
@@ -121,7 +122,23 @@ def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, origina
                 if nm is not None:
                     out.append(nm)
     out.sort(key=lambda n: (n.distance, n.rule.family, n.rule.table, n.rule.chain, n.rule.number))
-    return _zones(result, ruleset, out)
+    return [_unreached(result, ruleset, n, seen) for n in _zones(result, ruleset, out)]
+
+
+def _unreached(result: PacketResult, ruleset: Ruleset, n: NearMiss, seen: set[ChainKey]) -> NearMiss:
+    """Every nf_tables base chain a traced packet passes reports at least its policy, so a base
+    chain on the packet's hook without any event never saw it: an earlier one dropped it."""
+    ref = result.decided_by
+    table = ruleset.table(n.rule.family, n.rule.table)
+    if ref is None or ref.legacy or table is None or table.backend.value == "iptables-legacy" or n.distance > 1:
+        return n
+    where = chain_map(table).get(n.rule.chain)
+    if where is None:
+        return n
+    base = where.entry[0].chain if where.entry else where.chain.name
+    if (n.rule.family, n.rule.table, base) in seen or (ref.family, ref.table) == (n.rule.family, n.rule.table):
+        return n
+    return dataclasses.replace(n, unreached=f"{ref.family} {ref.table} {ref.chain}")
 
 
 def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], path_hooks: set[str],

@@ -436,3 +436,24 @@ def test_named_set_membership_is_the_failed_condition() -> None:
     [f] = near_miss_findings(r, rs, pf, pf, sets)  # @web lacks 8080 but is not close to it; @nowhere is unknown
     assert f.failed_condition == "ip saddr @admins" and "203.0.113.5, which is not in set @admins" in f.message
     assert f.commands == ("nft insert rule inet fw input position 5 ip saddr 203.0.113.5 tcp dport 8080 accept",)
+
+
+def test_rule_in_a_base_chain_the_packet_never_reached_says_so() -> None:
+    text = """\
+table inet first { # handle 1
+	chain input { # handle 1
+		type filter hook input priority filter; policy drop;
+		tcp dport 22 accept # handle 2
+	}
+}
+table inet second { # handle 2
+	chain input { # handle 1
+		type filter hook input priority filter + 10; policy drop;
+		iifname "eth1" tcp dport 8080 accept # handle 3
+	}
+}
+"""
+    rs = parse_nft_ruleset(text)
+    r = blocked(rs, [Step(TraceEvent(1, EventKind.POLICY, "inet", "first", "input", None, "drop", iif="eth0"))])
+    [f] = findings(rs, r)
+    assert f.failed_condition == 'iifname "eth1"' and "inet first input dropped it first" in f.message
