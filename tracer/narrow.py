@@ -2,8 +2,9 @@
 
 The fix command (`iptables [-t T] -I CHAIN [N] SPEC`, `nft insert|add rule F T C [position H]
 TEXT`) is rewritten so that it matches only packets from the probe's source address AND source
-port (the port is random per proving run), and carries the run's comment: while it is in place
-no other packet's verdict can change, and cleanup finds it by that comment.
+port (the port is random per proving run) -- or, for a fix of the replies, only packets to them
+-- and carries the run's comment: while it is in place no other packet's verdict can change, and
+cleanup finds it by that comment.
 """
 from __future__ import annotations
 
@@ -32,26 +33,28 @@ def marker(run_id: str) -> str:
 
 
 def narrow(command: str, src: IPAddress, sport: Optional[int], proto: Proto, run_id: str,
-           netns: Optional[str]) -> Optional[Narrowed]:
-    """The command narrowed to (src, sport); None when it is not an iptables/nft rule insertion."""
+           netns: Optional[str], reply: bool = False) -> Optional[Narrowed]:
+    """The command narrowed to (src, sport); None when it is not an iptables/nft rule insertion.
+    `reply`: the fix is for the service's replies (reply-dropped), which go back TO the probe's
+    address and port: narrowed by destination instead."""
     if command.split()[:1] == ["nft"]:
         # nft's rule text keeps its quotes (`iifname "eth0"`): split off the words before it only.
         words = command.split(None, 6)
         if len(words) == 7 and words[6].startswith("position "):
             head, rest = words[6].split(None, 2)[:2], words[6].split(None, 2)[2:]
             words = words[:6] + head + rest
-        return _narrow_nft(words, src, sport, proto, run_id, netns)
+        return _narrow_nft(words, src, sport, proto, run_id, netns, reply)
     try:
         argv = shlex.split(command)
     except ValueError:
         return None
     if argv[:1] and argv[0] in _IPT_TOOLS:
-        return _narrow_ipt(argv, src, sport, proto, run_id, netns)
+        return _narrow_ipt(argv, src, sport, proto, run_id, netns, reply)
     return None
 
 
 def _narrow_ipt(argv: list[str], src: IPAddress, sport: Optional[int], proto: Proto, run_id: str,
-                netns: Optional[str]) -> Optional[Narrowed]:
+                netns: Optional[str], reply: bool = False) -> Optional[Narrowed]:
     tool, rest = argv[0], argv[1:]
     table: list[str] = []
     if rest[:1] == ["-t"] and len(rest) > 1:
@@ -67,12 +70,13 @@ def _narrow_ipt(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
     j = rest.index("-j")
     match, target = rest[:j], rest[j:]
     plen = 32 if src.version == 4 else 128
-    match = _drop_option(match, ("-s", "--source", "--src"))  # the probe's source is inside it: it matched
-    extra = ["-s", f"{src}/{plen}"]
+    addr_opts = ("-d", "--destination", "--dst") if reply else ("-s", "--source", "--src")
+    match = _drop_option(match, addr_opts)  # the probe's address is inside it: it matched
+    extra = ["-d" if reply else "-s", f"{src}/{plen}"]
     if proto is not Proto.ICMP and sport is not None:
         if not any(w in ("-p", "--protocol") for w in match):
             extra += ["-p", proto.value]
-        extra += ["-m", proto.value, "--sport", str(sport)]
+        extra += ["-m", proto.value, "--dport" if reply else "--sport", str(sport)]
     spec = match + extra + ["-m", "comment", "--comment", marker(run_id)] + target
     apply = [tool, "-w", *table, verb, chain, *pos, *spec]
     undo = RunCommand(f"{tool} {' '.join(table)} rule in {chain} (--prove-fix)".replace("  ", " "),
@@ -97,7 +101,7 @@ def _drop_option(words: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 def _narrow_nft(argv: list[str], src: IPAddress, sport: Optional[int], proto: Proto, run_id: str,
-                netns: Optional[str]) -> Optional[Narrowed]:
+                netns: Optional[str], reply: bool = False) -> Optional[Narrowed]:
     rest = argv[1:]
     if len(rest) < 6 or rest[0] not in ("insert", "add") or rest[1] != "rule":
         return None
@@ -110,9 +114,9 @@ def _narrow_nft(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
     if not text:
         return None
     l3 = "ip" if src.version == 4 else "ip6"
-    narrowing = f"{l3} saddr {src}"
+    narrowing = f"{l3} {'daddr' if reply else 'saddr'} {src}"
     if proto is not Proto.ICMP and sport is not None:
-        narrowing += f" {proto.value} sport {sport}"
+        narrowing += f" {proto.value} {'dport' if reply else 'sport'} {sport}"
     rule = f'{narrowing} {text} comment "{marker(run_id)}"'
     # One argument: nft joins its arguments into one command line, so the quotes survive.
     apply = ["nft", verb, "rule", family, table, chain, *pos, rule]

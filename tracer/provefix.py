@@ -66,7 +66,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
         return report, ()
     spec = report.results[0].spec
     steps: list[ProofStep] = []
-    applied: list[str] = []  # fixes found not enough, kept (narrowed anew each run) under the next one
+    applied: list[tuple[str, str]] = []  # (code, fix) found not enough, kept (narrowed anew each run) under the next
     current = report
     for _ in range(MAX_STEPS):
         picked = first_fix(current.findings)
@@ -77,7 +77,8 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
             break  # the same fix again: it changed nothing, trying it twice proves nothing more
         run_id = new_run_id()
         sport = rng.randrange(33000, 60000)
-        narrowed = [narrow(c, spec.src, sport, spec.proto, run_id, report.request.netns) for c in applied + [cmd]]
+        narrowed = [narrow(c, spec.src, sport, spec.proto, run_id, report.request.netns, code == "reply-dropped")
+                    for code, c in applied + [(finding.code, cmd)]]
         n = narrowed[-1]
         if n is None or None in narrowed:
             break
@@ -100,7 +101,7 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
                                unchanged=after.ruleset_unchanged))
         if after.reached:
             break
-        applied.append(cmd)
+        applied.append((finding.code, cmd))
         current = after
     first = _mark(report, steps)
     return first, tuple(steps)

@@ -128,36 +128,25 @@ def test_narrowed_iptables_command_is_shell_safe() -> None:
 def test_pipeline_puts_the_narrowed_rules_in_after_its_table_and_counts_their_commits() -> None:
     """tracer/probe.py with --prove-fix's rules: journaled Changes after the trace table, then the
     checkpoint the tests hook into; the generation proof expects their add and delete."""
-    import itertools
-
     from tracer import commands as c
     from tracer.commands import drive
+    from tracer.model import Ruleset
     from tracer.probe import EXTRA_IN, probe
     from tracer.snapshot import Snapshot
-    from tracer.model import Ruleset
 
-    empty = Snapshot(Ruleset(), "", {})
-    gens = itertools.count(10)
-    answers: dict[str, Any] = {"SaveLegacy": {}, "OpenInjector": SRC, "BuildPackets": lambda cmd: tuple(b"p" for _ in cmd.specs),
-                               "Generation": lambda cmd: next(gens), "ReadSysctl": "0", "Send": 100.0, "Finish": c.Finished(),
-                               "TableGone": True, "MetChains": empty, "FilterView": empty, "Listeners": (), "Conntrack": "none"}
-    asked: list[c.Command] = []
+    from .test_pipeline import Script
 
-    def script(cmd: c.Command) -> Any:
-        asked.append(cmd)
-        a = answers.get(type(cmd).__name__)
-        return a(cmd) if callable(a) else a
-
+    script = Script(FilterView=Snapshot(Ruleset(), "", {}), OpenInjector=SRC)
     n = narrow("iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT", SRC, 45000, Proto.TCP, "0badc0de", None)
     assert n is not None
     req = ProbeRequest(dport=8080, from_netns="cli", dst=a("192.0.2.1"), src=SRC, sport=45000)
     report = drive(probe(req, "0badc0de", 1, random.Random(1), extra=(n,)), script)
-    changes = [cmd for cmd in asked if isinstance(cmd, c.Change)]
+    changes = [cmd for cmd in script.asked if isinstance(cmd, c.Change)]
     assert [ch.action for ch in changes][1:] == [c.RunArgv(n.argv)] and changes[1].undo == n.undo
-    names = [type(cmd).__name__ for cmd in asked]
-    assert names[names.index("Change") + 1:][:4] == ["Generation", "ReadSysctl", "Change", "Checkpoint"]
-    assert c.Checkpoint(EXTRA_IN) in asked
-    assert report.own_commits == 2 and report.generations == (10, 11, 12) and report.ruleset_unchanged is False
+    names = script.names()
+    after_table = names[names.index("Change") + 1:]
+    assert after_table[after_table.index("Change") + 1] == "Checkpoint" and c.Checkpoint(EXTRA_IN) in script.asked
+    assert report.own_commits == 2 and report.ruleset_unchanged is False  # the script's generations count no rule
 
 
 def test_a_refused_rule_is_reported_and_other_errors_propagate() -> None:
@@ -177,3 +166,21 @@ def test_a_refused_rule_is_reported_and_other_errors_propagate() -> None:
 
     with pytest.raises(EnvironmentProblem):
         prove(_report(Verdict.REJECT, (SHADOW,)), _Log(), broken)
+
+
+def test_a_fix_for_the_replies_is_narrowed_by_destination() -> None:
+    n = narrow("iptables -I FORWARD 1 -p tcp -m tcp --sport 80 -m conntrack --ctstate ESTABLISHED -j ACCEPT", SRC, 41000,
+               Proto.TCP, "r", None, reply=True)
+    assert n is not None and "-d 203.0.113.5/32 -m tcp --dport 41000" in n.command and " -s " not in n.command
+    m = narrow("nft insert rule inet fw output ct state established tcp sport 80 accept", SRC, 41000, Proto.TCP, "r", None,
+               reply=True)
+    assert m is not None and m.argv[-1].startswith("ip daddr 203.0.113.5 tcp dport 41000 ct state established")
+    reply_fix = Finding("reply-dropped", "m", "f", ("iptables -I OUTPUT 1 -p tcp -m tcp --sport 8080 -m state --state ESTABLISHED -j ACCEPT",))
+    calls: list[Any] = []
+
+    def run(req: ProbeRequest, run_id: str, extra: tuple[Any, ...], on_extra: Any) -> ProbeReport:
+        calls.append(extra)
+        return _report(Verdict.ACCEPT, ())
+
+    prove(_report(Verdict.REJECT, (reply_fix,)), _Log(), run)
+    assert "--dport" in calls[0][0].command and "-d 203.0.113.5/32" in calls[0][0].command
