@@ -238,14 +238,17 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     added = yield Generation()
     tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")
     armed = Armed(kplan, (before, added), frozenset(), tcp_loose)
-    if kplan is not None:
-        own, notes, commits = yield from kernsteps.kernel_setup(run_id, kplan)
-        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits)
+    # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
+    # user's rules only, as the fix was written.
     for x in extra:
         yield Change(x.undo, RunArgv(x.argv))
-        armed = dataclasses.replace(armed, own_commits=armed.own_commits + x.nft_commits)  # its add and delete
     if extra:
         yield Checkpoint(EXTRA_IN)
+    extra_commits = sum(x.nft_commits for x in extra)  # each one's add and delete
+    armed = dataclasses.replace(armed, own_commits=extra_commits)
+    if kplan is not None:
+        own, notes, commits = yield from kernsteps.kernel_setup(run_id, kplan)
+        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits + extra_commits)
     return armed
 
 

@@ -82,7 +82,8 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
         n = narrowed[-1]
         if n is None or None in narrowed:
             break
-        req: ProbeRequest = dataclasses.replace(report.request, src=spec.src, dst=spec.dst, count=1,
+        # No --log rules in a proving run: they would sit among the fix's own positions.
+        req: ProbeRequest = dataclasses.replace(report.request, src=spec.src, dst=spec.dst, count=1, log="",
                                                 sport=sport if spec.proto.value != "icmp" else None,
                                                 via=report.via if report.mode == "ingress" else None)
         log.info("prove-fix", step=len(steps) + 1, rule=n.command)

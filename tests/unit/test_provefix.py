@@ -88,7 +88,7 @@ def test_not_enough_then_the_next_block_is_proven() -> None:
     assert len(calls[1][1]) == 2  # the second run keeps the first narrowed rule and adds the next
     assert f"--sport {calls[1][0].sport}" in calls[1][1][0].command  # narrowed to the new run's port
     req = calls[0][0]
-    assert req.src == SRC and req.count == 1 and req.sport is not None and req.via == "eth0"
+    assert req.src == SRC and req.count == 1 and req.sport is not None and req.via == "eth0" and req.log == ""
     assert f"--sport {req.sport}" in steps[0].narrowed
     shadow = next(f for f in marked.findings if f.code == "shadowed-rule")
     assert shadow.proven is False and shadow.proven_with == steps[0].narrowed
