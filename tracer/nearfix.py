@@ -81,6 +81,8 @@ def _because(nm: NearMiss, result: PacketResult) -> str:
         return f"the packet is {pf.proto.value}"
     if kind == "dport":
         return f"the packet is for port {pf.dport}{where}"
+    if kind == "sport":
+        return f"the packet comes from port {pf.sport}{where}; a client picks its source port, so no fix is offered"
     if kind == "state":
         return f"conntrack state of the packet: {(pf.ct_state or 'unknown').upper()}"
     if kind == "family":
