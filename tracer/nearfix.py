@@ -51,6 +51,9 @@ def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:
     if nm.unreached:
         msg += (f" Its base chain did not even see the packet: {nm.unreached} dropped it first, so this fix "
                 "alone is not enough.")
+    elif cond.kind not in ("family", "chain", "entry"):
+        note = _placement(rule, result, pf)[1]
+        msg += f" But {note}." if note else ""
     command, text = _fix(nm, result, ruleset)
     if nm.zone is not None:
         zone, land = nm.zone
@@ -167,7 +170,7 @@ def _fix(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> tuple[Optional
             return None, ("no fix offered: conntrack found the packet INVALID, and accepting INVALID packets is not "
                           "a fix (see the conntrack-invalid finding)")
         return None, ""
-    pos = _position(rule, result.decided_by)
+    pos = _position(rule, result, pf)
     return _command(rule.family, rule.table, rule.chain, _backend(ruleset, rule), body, pos, ipt), \
         f"add the same rule with {_new_condition(cond, pf, ipt) or pf.proto.value} instead of {cond.text}, every other condition kept"
 
@@ -178,12 +181,28 @@ def _nft_words(text: str) -> list[str]:
     return list(_Cursor(text).toks)
 
 
-def _position(rule: Rule, decider: Optional[RuleRef]) -> Rule:
-    """Before the deciding rule when it comes first in the same chain, else before `rule`."""
-    if decider is not None and decider.rule is not None and (decider.family, decider.table, decider.chain) == \
-            (rule.family, rule.table, rule.chain) and decider.rule.number < rule.number:
-        return decider.rule
-    return rule
+def _placement(rule: Rule, result: PacketResult, pf: PacketFacts) -> tuple[Rule, str]:
+    """(the rule to insert a copy of `rule` before, why that alone is not enough or ""): before the
+    deciding rule when it comes first in the same chain and blocks the service for everyone (as a
+    shadowed ACCEPT is moved), else before `rule` itself. A targeted block (a ban) or a jump the
+    packet left the chain by first is never jumped over: the fix then says it is not enough alone."""
+    from tracer.nearmiss import catch_all, left_at
+
+    left = left_at(result).get((rule.family, rule.table, rule.chain))
+    if left is not None and left.number < rule.number:
+        return rule, (f"the packet never gets to rule {rule.number}: it left {rule.chain} at rule {left.number} "
+                      f"`{left.display}` and was decided there, so this fix alone is not enough")
+    dec = _same_chain(result.decided_by, rule)
+    if dec is not None and dec.number < rule.number:
+        if catch_all(dec, pf):
+            return dec, ""
+        return rule, (f"rule {dec.number} `{dec.display}` blocks this client first (a targeted block), so this fix "
+                      "alone is not enough")
+    return rule, ""
+
+
+def _position(rule: Rule, result: PacketResult, pf: Optional[PacketFacts] = None) -> Rule:
+    return _placement(rule, result, pf)[0] if pf is not None else rule
 
 
 def _backend(ruleset: Ruleset, rule: Rule) -> Backend:
@@ -242,7 +261,7 @@ def _before_jump(nm: NearMiss, result: PacketResult, ruleset: Ruleset, body: str
     one changed to what the packet has) plus the rule's, in the jumping chain, before whatever
     there takes the packet elsewhere first (the jump it does take, the deciding rule)."""
     from tracer.match.conditions import conditions as conds_of
-    from tracer.nearmiss import left_at
+    from tracer.nearmiss import catch_all
 
     e, cond, pf = nm.entry_rule, nm.failed, nm.facts
     assert e is not None
@@ -261,13 +280,23 @@ def _before_jump(nm: NearMiss, result: PacketResult, ruleset: Ruleset, body: str
             kept.append(" ".join(shlex.quote(w) for w in words[c.start : c.end]) if ipt else c.text)
     if ipt and any(w in ("-m", "--match") for w in words[: max((c.end for c in jconds), default=0)]):
         return None, ""  # the jump's matches need their -m modules: not rebuilt here
-    first = [r for r in (e, left_at(result).get((e.family, e.table, e.chain)), _same_chain(result.decided_by, e))
-             if r is not None]
-    pos = min(first, key=lambda r: r.number)
     text = " ".join(kept + [body])
-    return (_command(e.family, e.table, e.chain, _backend(ruleset, e), text, pos, ipt),
+    changed = " (the failed one changed)" if cond.result is False and any(c.text == cond.text for c in jconds) else ""
+    ref = result.decided_by
+    if ref is not None and (ref.family, ref.table) == (e.family, e.table) and not ref.legacy:
+        # Where the packet was decided, as a shadowed ACCEPT is moved: before a catch-all, or at
+        # the end of a chain whose policy decided.
+        if ref.rule is not None and (ref.rule.ipt is not None) == ipt and catch_all(ref.rule, pf):
+            return (_command(e.family, e.table, ref.chain, _backend(ruleset, e), text, ref.rule, ipt),
+                    f"add the rule to {ref.chain}, where the packet was decided, with the conditions of the jump it "
+                    f"does not take{changed}")
+        if ref.rule is None:
+            return (_command(e.family, e.table, ref.chain, _backend(ruleset, e), text, None, ipt),
+                    f"add the rule to {ref.chain}, whose policy decided, with the conditions of the jump it does not "
+                    f"take{changed}")
+    return (_command(e.family, e.table, e.chain, _backend(ruleset, e), text, _position(e, result, pf), ipt),
             f"add the rule to {e.chain}, which the packet goes through, with the conditions of the jump it does not take"
-            + (" (the failed one changed)" if cond.result is False and any(c.text == cond.text for c in jconds) else ""))
+            + changed)
 
 
 def _same_chain(ref: Optional[RuleRef], rule: Rule) -> Optional[Rule]:

@@ -72,6 +72,16 @@ def left_at(result: PacketResult) -> dict[ChainKey, Rule]:
             if s.rule is not None and (s.event.verdict or "").startswith(("jump ", "goto "))}
 
 
+# Conditions every client of the service meets: a rule with only these (all true) blocks the
+# service for everyone, so an ACCEPT may go before it. A source, a set, a source port or anything
+# fwtrace cannot judge makes it a targeted block (a ban), which a fix must never jump over.
+_CATCH_ALL_KINDS = frozenset({"family", "module", "statement", "proto", "dport", "daddr", "iif", "oif", "state", "icmp"})
+
+
+def catch_all(rule: Rule, pf: PacketFacts) -> bool:
+    return all(c.result is True and c.kind in _CATCH_ALL_KINDS for c in conditions(rule, pf))
+
+
 def visited(result: PacketResult) -> set[ChainKey]:
     return {(s.event.family, s.event.table, s.event.chain) for s in result.steps
             if s.event.kind is not EventKind.CONNTRACK and not s.event.legacy}
@@ -111,28 +121,32 @@ def near_misses(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, origina
     if not path_hooks:
         return []
     out: list[NearMiss] = []
+    maps: dict[tuple[str, str, bool], dict[str, Where]] = {}
+    gone = left_at(result)
     for table in ruleset.tables:
         if table.family not in ("ip", "ip6", "inet") or table.name.startswith("fwtrace_"):
             continue
-        for where in chain_map(table).values():
+        cmap = maps.setdefault((table.family, table.name, table.backend.value == "iptables-legacy"), chain_map(table))
+        for where in cmap.values():
             if not where.hooks & set(FILTER_HOOKS):
                 continue
             for rule in where.chain.rules:
-                nm = _judge(result, rule, where, seen, path_hooks, pf, original, sets)
+                nm = _judge(result, rule, where, seen, path_hooks, pf, original, sets, gone)
                 if nm is not None:
                     out.append(nm)
     out.sort(key=lambda n: (n.distance, n.rule.family, n.rule.table, n.rule.chain, n.rule.number))
-    return [_unreached(result, ruleset, n, seen) for n in _zones(result, ruleset, out)]
+    return [_unreached(result, ruleset, n, seen, maps) for n in _zones(result, ruleset, out)]
 
 
-def _unreached(result: PacketResult, ruleset: Ruleset, n: NearMiss, seen: set[ChainKey]) -> NearMiss:
+def _unreached(result: PacketResult, ruleset: Ruleset, n: NearMiss, seen: set[ChainKey],
+               maps: dict[tuple[str, str, bool], dict[str, Where]]) -> NearMiss:
     """Every nf_tables base chain a traced packet passes reports at least its policy, so a base
     chain on the packet's hook without any event never saw it: an earlier one dropped it."""
     ref = result.decided_by
     table = ruleset.table(n.rule.family, n.rule.table)
     if ref is None or ref.legacy or table is None or table.backend.value == "iptables-legacy" or n.distance > 1:
         return n
-    where = chain_map(table).get(n.rule.chain)
+    where = maps.get((table.family, table.name, False), {}).get(n.rule.chain)
     if where is None:
         return n
     base = where.entry[0].chain if where.entry else where.chain.name
@@ -142,11 +156,10 @@ def _unreached(result: PacketResult, ruleset: Ruleset, n: NearMiss, seen: set[Ch
 
 
 def _judge(result: PacketResult, rule: Rule, where: Where, seen: set[ChainKey], path_hooks: set[str],
-           pf: PacketFacts, original: PacketFacts, sets: Optional[Sets]) -> Optional[NearMiss]:
+           pf: PacketFacts, original: PacketFacts, sets: Optional[Sets], gone: dict[ChainKey, Rule]) -> Optional[NearMiss]:
     if rule_action(rule) != "accept":
         return None
     key = (rule.family, rule.table, rule.chain)
-    gone = left_at(result)
     on_hook = bool(where.hooks & path_hooks)
     candidates = [pf] if on_hook or pf == original else [original, pf]
     best: Optional[tuple[list[Condition], PacketFacts]] = None

@@ -396,8 +396,8 @@ def test_openwrt_fw4_port_open_on_the_lan_zone_only() -> None:
     r = blocked(rs, [step("input", 4, "jump input_wan"), step("input_wan", 10, "drop")])
     [f] = findings(rs, r)
     assert f.failed_condition == 'iifname "br-lan"'
-    # Before the jump to input_wan the packet does take, with eth0 for br-lan: nothing else opened.
-    assert f.commands == ('nft insert rule inet fw4 input position 3 iifname "eth0" tcp dport 8080 accept',)
+    # In input_wan, where the packet was decided, before its catch-all reject; eth0 for br-lan.
+    assert f.commands == ('nft insert rule inet fw4 input_wan position 10 iifname "eth0" tcp dport 8080 accept',)
 
 
 NFT_SETS = """\
@@ -457,3 +457,24 @@ table inet second { # handle 2
     r = blocked(rs, [Step(TraceEvent(1, EventKind.POLICY, "inet", "first", "input", None, "drop", iif="eth0"))])
     [f] = findings(rs, r)
     assert f.failed_condition == 'iifname "eth1"' and "inet first input dropped it first" in f.message
+
+
+def test_copy_goes_before_the_jump_the_packet_left_by() -> None:
+    """INPUT jumps to a chain that rejects; the near miss after that jump is never reached, and its
+    copy is not put above the jump (it could be a ban): the finding says the fix is not enough alone."""
+    save = filt("-A INPUT -j BANS", "-A INPUT -i eth1 -p tcp -m tcp --dport 8080 -j ACCEPT", policy="DROP",
+                extra=":BANS - [0:0]\n") .replace("COMMIT\n", "-A BANS -j REJECT\nCOMMIT\n")
+    rs = ipt(save)
+    r = blocked(rs, [ev(rs, "ip", "filter", "INPUT", 1, "jump BANS"), ev(rs, "ip", "filter", "BANS", 1, "drop")])
+    [f] = findings(rs, r)
+    assert f.commands == ("iptables -I INPUT 2 -i eth0 -p tcp -m tcp --dport 8080 -j ACCEPT",)
+    assert "it left INPUT at rule 1 `-A INPUT -j BANS`" in f.message and "not enough" in f.message
+
+
+def test_a_targeted_block_before_the_near_miss_is_never_jumped_over() -> None:
+    rs = ipt(filt("-A INPUT -s 203.0.113.0/24 -j DROP", "-A INPUT -i eth1 -p tcp -m tcp --dport 8080 -j ACCEPT",
+                  "-A INPUT -j REJECT"))
+    r = blocked(rs, [ev(rs, "ip", "filter", "INPUT", 1, "drop")])
+    [f] = findings(rs, r)
+    assert f.commands == ("iptables -I INPUT 2 -i eth0 -p tcp -m tcp --dport 8080 -j ACCEPT",)
+    assert "rule 1 `-A INPUT -s 203.0.113.0/24 -j DROP` blocks this client first (a targeted block)" in f.message
