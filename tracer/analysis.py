@@ -18,6 +18,9 @@ from tracer.commands import (
     TableGone,
     TakeSnapshot,
 )
+from tracer.ebpf import timeline as ebpf_timeline
+from tracer.ebpf.commands import EbpfOutcome
+from tracer.inject.ingress import port_names
 from tracer.kernsteps import kernplan_json
 from tracer.model import EventKind, Mode, ProbeRequest, Ruleset
 from tracer.nftsets import parse_sets
@@ -48,20 +51,25 @@ def verify(full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Send
 
 
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
-            armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished) -> Steps[ProbeReport]:
+            armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
+            ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
     """Read the chains the probes met, correlate, explain: the report."""
     left, diff, legacy_unchanged = yield from verify(full, legacy_saved, sending, armed, finished)
     # The rules are read now, chain by chain, for the chains the probes met: handles do not
     # change, and the generations prove whether anything else changed meanwhile. Legacy tables
     # come from their save before the run (the kernel log's rule numbers count those).
     met = {(e.family, e.table, e.chain) for x in exchanges for e in x.events
-           if not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy and e.kind is not EventKind.CONNTRACK}
+           if e.source != ebpf_timeline.SOURCE and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy
+           and e.kind is not EventKind.CONNTRACK}
     snap: Snapshot = yield MetChains(tuple(sorted(met)), legacy_saved)
     roles = plan.roles(sending.tplan)
+    own_ports = frozenset(port_names(run_id)) if sending.mode is Mode.INGRESS else frozenset()
     results = []
     for x in exchanges:
         said = (yield Describe(x.reply.data)) if x.reply else ""
-        r = correlate.packet_result(x.spec, list(x.events), snap.ruleset, x.reply.headers if x.reply else None, said, roles)
+        events, kernel_events = ebpf_timeline.split(x.events)  # eBPF events join after correlation
+        r = correlate.packet_result(x.spec, events, snap.ruleset, x.reply.headers if x.reply else None, said, roles)
+        r = ebpf_timeline.attach(r, kernel_events, own_ports)
         results.append(dataclasses.replace(r, conntrack=x.conntrack) if x.conntrack is not None else r)
     target, mode, via = sending.target, sending.mode, sending.via
     rp = (yield RpFilter(via, target.back)) if mode is Mode.INGRESS and via is not None and target.dst.version == 4 else False
@@ -81,9 +89,10 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,
         finished.trace, tuple(x.reply.data if x.reply else b"" for x in exchanges), diff, legacy_saved,
-        finished.kmsg, finished.nflog, tuple(sorted(armed.own)), kernplan_json(kplan))
+        finished.kmsg, finished.nflog, tuple(sorted(armed.own)), kernplan_json(kplan), ebpf.raw, ebpf.names)
     return build_report(
         req, run_id, results, ctx, leftover=left, generations=armed.generations,
         instrumentation=tuple(sending.tplan.rules) + (tuple(kplan.rules) if kplan is not None else ()),
         lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
-        notes=armed.notes, own_commits=armed.own_commits, legacy_unchanged=legacy_unchanged)
+        notes=armed.notes + ebpf.notes, own_commits=armed.own_commits, legacy_unchanged=legacy_unchanged,
+        ebpf=ebpf.status)

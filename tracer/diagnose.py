@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tracer import nearfix
+from tracer.ebpf import findings as ebpf_findings
 from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.model import (
     Backend,
@@ -45,7 +46,7 @@ class Context:
     full_sets: Optional[dict[tuple[str, str, str], tuple[str, ...]]] = None  # nft named sets' elements (tracer/nftsets.py)
 
 
-NOT_REACHED = ("no-listener", "rp-filter")
+NOT_REACHED = ("no-listener", "rp-filter") + ebpf_findings.NOT_REACHED
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
@@ -385,7 +386,8 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             else:
                 fix = f"start the service on port {dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{dport}'`)"
             findings.append(Finding("no-listener", msg, fix))
-    return findings
+    # the kernel's drop reasons (eBPF), when the run had them: confirm, complete, name the cause
+    return ebpf_findings.amend(result, findings, ctx)
 
 
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
@@ -393,6 +395,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     ref = result.decided_by
     codes = {f.code for f in findings}
     what = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    by_kernel = ebpf_findings.conclusion(result, findings)
+    if by_kernel is not None:
+        return by_kernel
     if "rp-filter" in codes:
         return f"{what} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:

@@ -16,8 +16,9 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from tracer import commands as c
-from tracer.commands import drive
 from tracer import listing, probe, system
+from tracer.commands import drive
+from tracer.ebpf import commands as ec
 from tracer.errors import CommandError, EnvironmentProblem
 from tracer.model import Listener, PacketSpec, ProbeRequest, Proto
 from tracer.outcome import ProbeReport
@@ -76,6 +77,7 @@ class Run:
         self.inj: Optional[Sender] = None  # raw sockets, or the simulated-ingress port
         self.finished: Optional[c.Finished] = None
         self.stack = contextlib.ExitStack()
+        self.ebpf: Any = None  # tracer.ebpf.phase.EbpfPhase, when the run loads the eBPF programs
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -86,10 +88,53 @@ class Run:
         with system.netns(self.req.netns), self.stack:
             try:
                 steps = probe.probe(self.req, self.run_id, os.getpid(), self.rng, self.full_snapshot, self.extra)
-                return drive(steps, self.carry_out)
+                report = drive(steps, self.carry_out)
             finally:
                 if self.finished is None:  # the pipeline failed before its Finish: undo here
                     self._finish()
+        return self._ebpf_second_pass(report)
+
+    def _ebpf_second_pass(self, report: ProbeReport) -> ProbeReport:
+        """--ebpf auto: probe again with the eBPF programs when the first pass left a fate unexplained."""
+        import dataclasses
+
+        from tracer.ebpf.policy import unexplained
+
+        why = unexplained(report.results) if self.req.ebpf == "auto" and report.cleanup_ok else None
+        if why is None:
+            return report
+        from tracer.ebpf.loader import unavailable
+
+        cannot = unavailable()
+        if cannot is not None:
+            note = f"--ebpf auto: the first pass left a fate unexplained ({why}), but eBPF cannot run here: {cannot}"
+            return dataclasses.replace(report, notes=report.notes + (note,))
+        self.log.info("probing again with eBPF", why=why)
+        again = Run(dataclasses.replace(self.req, ebpf="on"), self.log, log_events=self.log_events,
+                    full_snapshot=self.full_snapshot, extra=self.extra, on_extra=self.on_extra).execute()
+        note = (f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); "
+                "probed again with the eBPF programs loaded")
+        return dataclasses.replace(again, notes=(note,) + again.notes)
+
+    # --- eBPF (tracer/ebpf/phase.py) --------------------------------------------------------------
+    def _start_ebpf(self, cmd: Any) -> None:
+        from tracer.ebpf.phase import EbpfPhase
+
+        self.ebpf = EbpfPhase("on", self.log, _print_bpf if cmd.print_source else None)
+        self.ebpf.start()
+
+    def _open_ebpf(self, cmd: Any) -> str:
+        assert self.ebpf is not None, "StartEbpf comes first"
+        src = self.ebpf.open(self.stack)
+        if src is not None:
+            self.sources.append(src)
+        return str(self.ebpf.status)
+
+    def _collect_ebpf(self, cmd: Any) -> Any:
+        from tracer.ebpf.commands import EbpfOutcome
+
+        e = self.ebpf
+        return EbpfOutcome(e.status, tuple(e.notes), e.raw(), e.names()) if e is not None else EbpfOutcome()
 
     def checkpoint(self, phase: str) -> None:
         checkpoint(phase)
@@ -368,6 +413,10 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.Wait: Run._wait,
     c.Reset: Run._reset,
     c.Finish: lambda run, cmd: run._finish(),
+    ec.StartEbpf: Run._start_ebpf,
+    ec.OpenEbpf: Run._open_ebpf,
+    ec.WatchEbpf: lambda run, cmd: run.ebpf.watch(cmd.spec),
+    ec.CollectEbpf: Run._collect_ebpf,
 }
 
 

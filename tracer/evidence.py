@@ -39,6 +39,9 @@ def bundle_files(report: ProbeReport, text: str) -> dict[str, bytes]:
         files[f"{snapshot.LEGACY_SAVE[family]}.txt"] = saved.encode()
     if ev.nflog:
         files["nflog.nlmsg"] = ev.nflog
+    if getattr(ev, "ebpf", ()):
+        files["ebpf-records.bin"] = b"".join(ev.ebpf)  # struct event_t records (tracer/ebpf/decode.py)
+        files["ebpf-names.json"] = json.dumps(ev.ebpf_names, indent=1, sort_keys=True).encode() + b"\n"
     if ev.own_handles:
         files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
     if ev.kern_plan is not None:
@@ -95,6 +98,14 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     for i, spec in enumerate(specs, 1):
         raw = files.get(f"reply-{i}.ip", b"")
         results.append(correlate.packet_result(spec, events, ruleset, parse_headers(raw), "", roles))
+    if "ebpf-records.bin" in files:  # the kernel's own view, as the run decoded it
+        from tracer.ebpf import decode, render, timeline
+        from tracer.inject.ingress import port_names
+
+        kernel = decode.replay_events(files["ebpf-records.bin"], json.loads(files["ebpf-names.json"]),
+                                      decode.HEAD_SIZE + render.PKT_MAX)
+        port = frozenset(port_names(doc["run_id"])) if doc.get("mode") == "ingress" else frozenset()
+        results = [timeline.attach(r, kernel, port) for r in results]
     return results
 
 

@@ -200,6 +200,7 @@ class ProbeRequest:
     via: Optional[str] = None  # simulated ingress: the interface the probe arrives on
     local: bool = False  # send from the target namespace itself (OUTPUT -> lo -> INPUT)
     print_bpf: bool = False  # print the generated tc programs on stderr
+    ebpf: str = "off"  # "auto" (the CLI's default): load the eBPF probes when a first pass leaves a fate unexplained; "on"; "off"
 
     @property
     def mode(self) -> "Mode":
@@ -219,6 +220,12 @@ class EventKind(str, enum.Enum):
     POLICY = "policy"  # fell off the end of a base chain: its policy decided
     LOG = "log"  # a kernel-log line (LOG target, legacy TRACE)
     CONNTRACK = "conntrack"  # a conntrack observation
+    # eBPF (source "ebpf"): the kernel's own view, outside netfilter's rules
+    DROP = "drop"  # skb:kfree_skb: the packet was freed, `reason` as the kernel names it
+    SEND = "send"  # the stack sends a reply about the packet: tcp:tcp_send_reset, icmp:icmp_send
+    CONSUME = "consume"  # skb:consume_skb: the stack took the packet without a drop reason
+    STATE = "state"  # sock:inet_sock_set_state of the probe's flow
+    HOOK = "hook"  # nf_hook_slow returned (kprobe/fentry): the hook's verdict
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,8 @@ class TraceEvent:
     text: str = ""  # free text (kernel-log line, conntrack message)
     number: Optional[int] = None  # rule number for sources that count rules (legacy TRACE)
     legacy: bool = False  # the table is an iptables-legacy (x_tables) one
+    reason: Optional[str] = None  # eBPF drop reason as the running kernel spells it (NETFILTER_DROP)
+    location: Optional[str] = None  # eBPF: the kernel function that dropped or replied
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -249,7 +258,7 @@ class TraceEvent:
             "chain": self.chain,
             "source": self.source,
         }
-        for k in ("handle", "number", "verdict", "iif", "oif", "hook"):
+        for k in ("handle", "number", "verdict", "iif", "oif", "hook", "reason", "location"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v

@@ -29,6 +29,8 @@ class Evidence:
     nflog: bytes = b""  # the nfnetlink_log datagrams of the NFLOG rules, concatenated
     own_handles: tuple[tuple[str, str, int], ...] = ()  # nf_tables handles of fwtrace's LOG/NFLOG rules
     kern_plan: Optional[dict[str, object]] = None  # kernplan.plan_to_json of the run's kernel-log plan
+    ebpf: tuple[bytes, ...] = ()  # the eBPF ring buffer's records as read (tracer/ebpf/decode.py)
+    ebpf_names: Optional[dict[str, object]] = None  # what their addresses, stacks, ifindexes meant
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class ProbeReport:
     # inserting and deleting the --log rules, one each
     own_commits: int = 0
     legacy_unchanged: Optional[bool] = None  # iptables-legacy tables listed before and after: equal?
+    ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -84,6 +87,7 @@ class ProbeReport:
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),
+            "ebpf": {"mode": req.ebpf, "status": self.ebpf or "not used"},
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
                         "legacy_unchanged": self.legacy_unchanged},
@@ -108,7 +112,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  leftover: Sequence[str] = (), generations: Sequence[int] = (), instrumentation: Sequence[str] = (),
                  lost_events: bool = False, evidence: Optional[Evidence] = None, mode: Optional[Mode] = None,
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
-                 own_commits: int = 0, legacy_unchanged: Optional[bool] = None) -> ProbeReport:
+                 own_commits: int = 0, legacy_unchanged: Optional[bool] = None, ebpf: str = "") -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
     return ProbeReport(
@@ -116,6 +120,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
+        ebpf=ebpf,
     )
 
 

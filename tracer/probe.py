@@ -9,6 +9,9 @@ simulated-ingress fallback and the waiting rules are tested without root.
     pipeline: snapshot -> address -> packets -> Begin -> injection (port, or fallback to local)
               -> instrument -> exchange per probe -> Finish (undo all, also when interrupted)
               -> verify cleanup -> analyse -> outcome.build_report
+
+    with --ebpf on (tracer/ebpf/commands.py): StartEbpf first (the programs load beside the rest),
+    OpenEbpf before the trace table, WatchEbpf before each Send, CollectEbpf after Finish.
 """
 from __future__ import annotations
 
@@ -21,10 +24,10 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer import analysis, correlate, kernsteps
 from tracer.commands import (
-    Change,
     Begin,
     BuildPackets,
     Captured,
+    Change,
     Checkpoint,
     Conntrack,
     Finish,
@@ -45,8 +48,23 @@ from tracer.commands import (
     TakeSnapshot,
     Wait,
 )
+from tracer.ebpf.commands import (
+    CollectEbpf,
+    EbpfOutcome,
+    OpenEbpf,
+    StartEbpf,
+    WatchEbpf,
+)
 from tracer.errors import UsageError
-from tracer.model import IPAddress, Mode, PacketSpec, ProbeRequest, Proto, TraceEvent
+from tracer.model import (
+    EventKind,
+    IPAddress,
+    Mode,
+    PacketSpec,
+    ProbeRequest,
+    Proto,
+    TraceEvent,
+)
 from tracer.outcome import ProbeReport
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
@@ -117,6 +135,8 @@ class Exchange:
 def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_snapshot: bool = False,
           extra: tuple["Narrowed", ...] = ()) -> Steps[ProbeReport]:
     """The whole run, step by step."""
+    if req.ebpf == "on":
+        yield StartEbpf(req.print_bpf)  # bcc and the kernel take a while: beside the rest of the set-up
     full: Optional[Snapshot] = (yield TakeSnapshot()) if full_snapshot else None
     yield Checkpoint("snapshot")
     target = yield from address(req)
@@ -135,9 +155,11 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
     finally:
         finished: Finished = yield Finish()
+    ebpf: EbpfOutcome = (yield CollectEbpf()) if req.ebpf == "on" else EbpfOutcome()
     after = yield Generation()
     armed = dataclasses.replace(armed, generations=armed.generations + (after,))
-    return (yield from analysis.analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished))
+    return (yield from analysis.analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished,
+                                        ebpf))
 
 
 def address(req: ProbeRequest) -> Steps[Target]:
@@ -231,6 +253,8 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
+    if req.ebpf == "on":
+        yield OpenEbpf()  # after the injection port exists: its interface names are known
     tplan = sending.tplan
     before = yield Generation()
     yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
@@ -280,12 +304,16 @@ class Waiter:
 
 def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe_events, _ = correlate.split_events(events, spec, roles)
-    return any(e.verdict == "drop" for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
+    # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
+    return any(e.verdict == "drop" or e.kind is EventKind.DROP for e in probe_events
+               if not e.table.startswith(plan.TABLE_PREFIX))
 
 
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:
     """Send one probe; wait for its reply and trace (or the timeout)."""
     roles = plan.roles(sending.tplan)
+    if req.ebpf == "on":
+        yield WatchEbpf(spec)
     sent = yield Send(spec, data)
     waiter = Waiter(spec, roles, sent + req.timeout)
     while True:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tracer.ebpf.text import ebpf_line
 from tracer.model import EventKind, PacketResult, Step
-from tracer.packet import parse_headers
 from tracer.outcome import ProbeReport
+from tracer.packet import parse_headers
 
 
 def _step_line(step: Step) -> str:
     ev = step.event
+    if ev.source == "ebpf":
+        return ebpf_line(ev)
     where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
     if ev.kind is EventKind.CONNTRACK:
         return f"{'conntrack':<28} INVALID: {ev.text}"
@@ -38,8 +41,12 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     # (family, table, chain, legacy): x_tables and nf_tables may both have "ip filter INPUT"
     pos: dict[tuple[str, str, str, bool], int] = {}  # rules of each chain already accounted for
     jumped: Optional[tuple[str, str, str, bool]] = None  # the chain the previous step jumped to
+    held: list[str] = []  # a REJECT's own reply (eBPF), said after the rules its rule skipped
     for step in r.steps:
         ev = step.event
+        if ev.source == "ebpf" and ev.kind is EventKind.SEND and "reject" in (ev.location or ""):
+            held.append(f"    {_step_line(step)}" + (f" [in {ev.iif}]" if ev.iif else ""))
+            continue
         key = (ev.family, ev.table, ev.chain, ev.legacy)
         if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
             # The kernel reports no event for falling off a regular chain: say it here.
@@ -55,6 +62,8 @@ def _packet(i: int, r: PacketResult) -> list[str]:
             if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
                 jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
                 pos[jumped] = 0
+        lines += held
+        held = []
         h = parse_headers(step.event.packet) if step.event.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
             lines.append(f"    (packet now addressed to {h.dst}:{h.dport})")
@@ -62,6 +71,7 @@ def _packet(i: int, r: PacketResult) -> list[str]:
             last_hdr = h
         iface = f" [in {step.event.iif}]" if step.event.iif and step.event.packet else ""
         lines.append(f"    {_step_line(step)}{iface}")
+    lines += held
     if not r.steps:
         lines.append("    (no chain of the ruleset saw this packet)")
     if r.decided_by is not None:
