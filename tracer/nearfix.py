@@ -15,7 +15,16 @@ from typing import Any, Optional
 
 from tracer.match.conditions import Condition, Sets, ipt_words, replace_span
 from tracer.match.facts import PacketFacts
-from tracer.model import Backend, Finding, PacketResult, Proto, Rule, RuleRef, Ruleset, Verdict
+from tracer.model import (
+    Backend,
+    Finding,
+    PacketResult,
+    Proto,
+    Rule,
+    RuleRef,
+    Ruleset,
+    Verdict,
+)
 from tracer.nearmiss import NearMiss
 
 _FAMILY_NAME = {"ip": "IPv4 only", "ip6": "IPv6 only"}

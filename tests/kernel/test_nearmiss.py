@@ -15,9 +15,17 @@ import pytest
 import structlog
 
 from tracer import system
-from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
-from tracer.model import Finding, ProbeRequest, Proto
 from tracer.driver import Run
+from tracer.lab import (
+    BACKEND4,
+    CLIENT4,
+    SEED_RULESET,
+    SERVER4,
+    SERVER6,
+    Lab,
+    published_port,
+)
+from tracer.model import Finding, ProbeRequest, Proto
 from tracer.outcome import ProbeReport
 from tracer.provefix import ProofStep, prove, runner
 

@@ -266,7 +266,7 @@ def test_fix_changes_only_the_failed_condition(iif: Optional[str], src: Optional
     fixed = Rule("ip", "filter", "INPUT", 1, None, "", "-A INPUT " + " ".join(shlex.quote(w) for w in fixed_words))
     assert rule_matches(fixed, pf) is True
     after = conditions(fixed, pf)
-    changed = [(b.text, x.text) for b, x in zip(before, after) if b.text != x.text]
+    changed = [(b.text, x.text) for b, x in zip(before, after, strict=True) if b.text != x.text]
     if fails[0].kind == "proto":  # -p and its -m name the protocol together
         assert {b for b, _ in changed} <= {f"-p {proto}", f"-m {proto}"}
     else:
@@ -352,7 +352,7 @@ def test_nft_fix_changes_only_the_failed_condition(iif: Optional[str], src: Opti
     assert rule_matches(fixed, pf) is True
     after = conditions(fixed, pf)
     assert len(after) == len(before)
-    assert [b.text for b, x in zip(before, after) if b.text != x.text] == [fails[0].text]
+    assert [b.text for b, x in zip(before, after, strict=True) if b.text != x.text] == [fails[0].text]
 
 
 def _nla(t: int, payload: bytes) -> bytes:
@@ -365,7 +365,12 @@ def _nla(t: int, payload: bytes) -> bytes:
 def test_chain_dump_parsed_into_hooked_tables() -> None:
     import struct
 
-    from tracer.trace.nfchains import NFT_MSG_NEWCHAIN, getchain_dump_request, parse_chain_dump, tables_on
+    from tracer.trace.nfchains import (
+        NFT_MSG_NEWCHAIN,
+        getchain_dump_request,
+        parse_chain_dump,
+        tables_on,
+    )
 
     def chain(family: int, table: str, name: str, hook: Optional[int]) -> bytes:
         body = struct.pack("=BBH", family, 0, 0) + _nla(1, table.encode() + b"\0") + _nla(3, name.encode() + b"\0")

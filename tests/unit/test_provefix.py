@@ -8,7 +8,16 @@ import random
 import shlex
 from typing import Any
 
-from tracer.model import Finding, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, RuleRef, Verdict
+from tracer.model import (
+    Finding,
+    PacketResult,
+    PacketSpec,
+    ProbeRequest,
+    Proto,
+    Reply,
+    RuleRef,
+    Verdict,
+)
 from tracer.narrow import marker, narrow
 from tracer.outcome import ProbeReport
 from tracer.provefix import first_fix, prove, render

@@ -14,7 +14,16 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from tracer.match.facts import PacketFacts, Tri, _addr_in, _and, _any, _family_sees, _not, _port_in
+from tracer.match.facts import (
+    PacketFacts,
+    Tri,
+    _addr_in,
+    _and,
+    _any,
+    _family_sees,
+    _not,
+    _port_in,
+)
 from tracer.match.iptables import _ipt_option, _ipt_split, _IptOption
 from tracer.match.nft import _Cursor, _nft_at_terminal, _nft_expr, _Unparsed
 from tracer.model import Proto, Rule
