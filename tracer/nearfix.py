@@ -65,16 +65,34 @@ def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:
         msg += f" But {note}." if note else ""
     command, text = _fix(nm, result, ruleset)
     if nm.zone is not None:
-        zone, land = nm.zone
-        port = f"{pf.dport}/{pf.proto.value}" if pf.proto is not Proto.ICMP else ""
-        fw = (f"firewall-cmd --zone={land} --add-port={port}" if port else
-              f"firewall-cmd --zone={land} --add-icmp-block-inversion")
-        fix = (f"open it in the zone the packet lands in: {fw} (add --permanent to keep it); "
+        land = nm.zone[1]
+        fw = _zone_fix(land, pf, _source_bound(cond))
+        who = f"for {pf.src} only (the zone it missed is bound to sources)" if _source_bound(cond) else "there"
+        fix = (f"open it in the zone the packet lands in, {who}: {fw} (add --permanent to keep it); "
                f"the rule as nftables sees it: {command}" if command else f"open it in zone {land}: {fw}")
         return Finding("near-miss", msg, fix, (fw,), failed_condition=cond.text, proof_rule=command)
     if command is None:
         return Finding("near-miss", msg, text or None, (), failed_condition=cond.text)
     return Finding("near-miss", msg, f"{text}: {command}", (command,), failed_condition=cond.text)
+
+
+def _source_bound(cond: Condition) -> bool:
+    """The zone the rule is in is bound to a source range the client is not in."""
+    return cond.kind == "entry" and cond.text.split()[:2] in (["ip", "saddr"], ["ip6", "saddr"])
+
+
+def _zone_fix(land: str, pf: PacketFacts, source_bound: bool) -> str:
+    """firewalld's own command for the zone the packet lands in: the port (as the rule had it), or
+    for a zone bound to sources a rich rule for this client alone -- opening the port to the whole
+    landing zone would let in every client the source binding kept out."""
+    fam = "ipv4" if pf.family == 4 else "ipv6"
+    what = ('icmp-type name="echo-request"' if pf.proto is Proto.ICMP
+            else f'port port="{pf.dport}" protocol="{pf.proto.value}"')
+    if source_bound:
+        return f"firewall-cmd --zone={land} --add-rich-rule='rule family=\"{fam}\" source address=\"{pf.src}\" {what} accept'"
+    if pf.proto is Proto.ICMP:
+        return f"firewall-cmd --zone={land} --add-rich-rule='rule family=\"{fam}\" {what} accept'"
+    return f"firewall-cmd --zone={land} --add-port={pf.dport}/{pf.proto.value}"
 
 
 def _because(nm: NearMiss, result: PacketResult) -> str:
@@ -243,7 +261,8 @@ def _move(nm: NearMiss, result: PacketResult, ruleset: Ruleset, words: list[str]
         allow = ruleset.chain(rule.family, rule.table, f"filter_IN_{land}_allow")
         if allow is None:
             return None, ""
-        return f"nft insert rule {rule.family} {rule.table} {allow.name} {body}", ""
+        client = f"{'ip' if pf.family == 4 else 'ip6'} saddr {pf.src} " if _source_bound(cond) else ""
+        return f"nft insert rule {rule.family} {rule.table} {allow.name} {client}{body}", ""
     if cond.kind == "entry" and nm.entry_rule is not None:
         return _before_jump(nm, result, ruleset, body, ipt)
     if cond.kind == "family":

@@ -199,8 +199,11 @@ def test_firewalld_port_open_in_a_zone_bound_to_another_source() -> None:
     assert f.failed_condition == "ip saddr 10.0.0.0/8"
     assert "zone internal" in f.message and "lands in zone public" in f.message
     assert 'interface binding: `iifname "eth0"`' in f.message
-    assert f.commands == ("firewall-cmd --zone=public --add-port=8080/tcp",)
-    assert f.proof_rule == "nft insert rule inet firewalld filter_IN_public_allow tcp dport 8080 accept"
+    # Zone internal admits 10.0.0.0/8 only: opening 8080 to all of public would let in every
+    # client that binding kept out, so the fix is for this client alone.
+    assert f.commands == ("firewall-cmd --zone=public --add-rich-rule='rule family=\"ipv4\" source address="
+                          "\"203.0.113.5\" port port=\"8080\" protocol=\"tcp\" accept'",)
+    assert f.proof_rule == "nft insert rule inet firewalld filter_IN_public_allow ip saddr 203.0.113.5 tcp dport 8080 accept"
 
 
 def test_accepted_packet_has_no_near_miss_and_diagnose_wires_it() -> None:
