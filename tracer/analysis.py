@@ -84,7 +84,7 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
                            tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
-                           fallback=sending.fallback)
+                           fallback=sending.fallback, unobserved=sending.tplan.unobserved)
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,

@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
 
+from tracer import modes
 from tracer.errors import ExitStatus, FwtraceError, UsageError
 from tracer.model import ProbeRequest, Proto
 
@@ -30,6 +31,11 @@ examples:
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
   fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
                                          a full accept queue, a netfilter drop outside the traced chains)
+
+"reached" means the service's answer came back out through the firewall: a SYN-ACK for a SYN,
+a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence and no ICMP
+error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
+POSTROUTING) is not reached. With --count N every packet must have reached.
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
              3 environment problem (not root, missing tool, unknown namespace), 4 internal error
@@ -130,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     proto = Proto(ns.proto)
+    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
+    if ns.from_netns is not None and ns.from_netns == ns.netns:
+        ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
     if proto is not Proto.ICMP and ns.dport is None:
         raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
     if ns.flags is not None:

@@ -56,7 +56,15 @@ class SaveLegacy(Command):
 
 @dataclass(frozen=True)
 class ListAddresses(Command):
-    """`ip -j addr show` -> its JSON text."""
+    """`ip -j addr show` (in namespace `netns`, None: the target) -> its JSON text."""
+
+    netns: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ListBaseChains(Command):
+    """`nft list chains` (chains without their rules: cheap on any ruleset) -> its text, "" when
+    nft cannot list this ruleset (the met chains' listing reports that later)."""
 
 
 @dataclass(frozen=True)

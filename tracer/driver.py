@@ -330,6 +330,11 @@ def _build_packets(cmd: c.BuildPackets) -> tuple[bytes, ...]:
     return tuple(build(s) for s in cmd.specs)
 
 
+def _list_addresses(cmd: c.ListAddresses) -> str:
+    with system.netns(cmd.netns):
+        return system.run(["ip", "-j", "addr", "show"]).stdout
+
+
 def _route_back(cmd: c.RouteBack) -> Any:
     from tracer.inject import simulate
 
@@ -388,7 +393,8 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.TakeSnapshot: lambda run, cmd: listing.take(),
     c.Checkpoint: lambda run, cmd: run.checkpoint(cmd.phase),
     c.SaveLegacy: lambda run, cmd: listing.legacy(),
-    c.ListAddresses: lambda run, cmd: system.run(["ip", "-j", "addr", "show"]).stdout,
+    c.ListAddresses: lambda run, cmd: _list_addresses(cmd),
+    c.ListBaseChains: lambda run, cmd: system.run(["nft", "list", "chains"], check=False).stdout,
     c.RouteBack: lambda run, cmd: _route_back(cmd),
     c.BuildPackets: lambda run, cmd: _build_packets(cmd),
     c.IptSave: lambda run, cmd: system.run([listing.IPT_SAVE[cmd.family]], check=False).stdout,

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
+from tracer.verdict import Action, RuleVerdict  # noqa: F401  (re-exported: part of the model)
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -249,6 +251,14 @@ class TraceEvent:
     legacy: bool = False  # the table is an iptables-legacy (x_tables) one
     reason: Optional[str] = None  # eBPF drop reason as the running kernel spells it (NETFILTER_DROP)
     location: Optional[str] = None  # eBPF: the kernel function that dropped or replied
+    # conntrack's view at this step (nftrace, Linux 6.16+): new, established, related, invalid,
+    # untracked; None when the source does not say
+    ct_state: Optional[str] = None
+
+    @property
+    def action(self) -> Optional["RuleVerdict"]:
+        """The verdict, typed: `jump X` is (JUMP, "X")."""
+        return RuleVerdict.parse(self.verdict)
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -258,7 +268,7 @@ class TraceEvent:
             "chain": self.chain,
             "source": self.source,
         }
-        for k in ("handle", "number", "verdict", "iif", "oif", "hook", "reason", "location"):
+        for k in ("handle", "number", "verdict", "iif", "oif", "hook", "reason", "location", "ct_state"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -303,6 +313,23 @@ class RuleRef:
 
 
 @dataclass(frozen=True)
+class HookOutcome:
+    """How one base chain the packet crossed let it go: every base chain of a hook runs in
+    priority order, and an accept ends only its own chain, so each has its own outcome."""
+
+    ref: RuleRef  # the rule (or policy) that ended the chain's walk
+    hook: str
+    priority: int
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, object]:
+        r = self.ref
+        return {"family": r.family, "table": r.table, "chain": r.chain, "hook": self.hook, "priority": self.priority,
+                "verdict": self.verdict.value, "rule_number": r.rule.number if r.rule else None, "rule": r.text,
+                "backend": r.backend.value}
+
+
+@dataclass(frozen=True)
 class Step:
     """One line of the timeline: an event joined with the rule it refers to."""
 
@@ -321,6 +348,7 @@ class Step:
 class Reply:
     kind: str  # "syn-ack", "rst", "icmp 3/10 host-prohibited", "udp", "echo-reply", "none"
     summary: str = ""
+    captured: bool = True  # False: known only from its trace through OUTPUT, never seen leaving
 
     @property
     def none(self) -> bool:
@@ -337,6 +365,16 @@ class PacketResult:
     path: tuple[str, ...] = ()  # hooks met in order, e.g. ("prerouting", "input")
     reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
     conntrack: Optional[str] = None  # the flow's conntrack entry after the probe, "none" when absent
+    hooks: tuple[HookOutcome, ...] = ()  # every base chain the probe crossed, in hook and priority order
+    # The reply's own fate on its way out (OUTPUT, POSTROUTING): ACCEPT when it was captured or
+    # its trace got through, DROP/REJECT when a chain dropped it, UNKNOWN when nothing says.
+    reply_verdict: Verdict = Verdict.UNKNOWN
+    reply_decided_by: Optional[RuleRef] = None
+    reply_hooks: tuple[HookOutcome, ...] = ()
+
+    @property
+    def reply_dropped(self) -> bool:
+        return self.reply_verdict in (Verdict.DROP, Verdict.REJECT)
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -351,6 +389,10 @@ class PacketResult:
             "path": list(self.path),
             "events": [s.to_json() for s in self.steps],
             "reply_events": [s.to_json() for s in self.reply_steps],
+            "reply_verdict": self.reply_verdict.value,
+            "reply_decided_by": self.reply_decided_by.to_json() if self.reply_decided_by else None,
+            "hooks": [h.to_json() for h in self.hooks],
+            "reply_hooks": [h.to_json() for h in self.reply_hooks],
             "conntrack": self.conntrack,
         }
 

@@ -192,6 +192,12 @@ def _fix(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> tuple[Optional
     else:
         new = _new_condition(cond, pf, ipt)
         body = replace_span(words, cond, new, quote=ipt) if new else None
+    if cond.kind == "state" and pf.ct_state == "untracked" and body is not None:
+        # As the untracked finding says: accepting packets conntrack does not track is stateless
+        # filtering, the admin's call, so the changed condition is named but not pasted.
+        return None, (f"the rule would match with {_new_condition(cond, pf, ipt)} instead of {cond.text}: that accepts "
+                      "the service's packets without connection tracking, the admin's call (see the untracked "
+                      "finding); or remove the NOTRACK rule")
     if body is None:
         if cond.kind == "state" and pf.ct_state == "invalid":
             return None, ("no fix offered: conntrack found the packet INVALID, and accepting INVALID packets is not "

@@ -84,6 +84,7 @@ class ProbeReport:
             "packets": [r.to_json() for r in self.results],
             "findings": [f.to_json() for f in self.findings],
             "conclusion": " ".join(dict.fromkeys(self.conclusions)),
+            "reached": self.reached,  # as tracer.diagnose.reached defines it; the exit status follows it
             "instrumentation": list(self.instrumentation),
             "events_lost": self.lost_events,
             "notes": list(self.notes),
@@ -98,14 +99,17 @@ class ProbeReport:
 
 
 def explain(results: Sequence[PacketResult], ctx: diagnose.Context) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
-    """The findings of all packets (each once, in order) and one conclusion per packet."""
+    """The findings of all packets (each once, in order) and one conclusion for the run, which
+    says so when the packets fared differently (--count N)."""
     findings: list[Finding] = []
     conclusions = []
+    reached = []
     for r in results:
         fs = diagnose.diagnose(r, ctx)
         conclusions.append(diagnose.conclusion(r, fs))
+        reached.append(diagnose.reached(r, fs))
         findings.extend(f for f in fs if f not in findings)
-    return tuple(findings), tuple(conclusions)
+    return tuple(findings), (diagnose.overall(conclusions, reached),)
 
 
 def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketResult], ctx: diagnose.Context, *,

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from tracer import analysis, correlate, kernsteps
+from tracer import analysis, correlate, kernsteps, modes
 from tracer.commands import (
     Begin,
     BuildPackets,
@@ -34,6 +34,7 @@ from tracer.commands import (
     Finished,
     Generation,
     ListAddresses,
+    ListBaseChains,
     OpenInjector,
     OpenKernelSources,
     OpenPort,
@@ -57,6 +58,7 @@ from tracer.ebpf.commands import (
 )
 from tracer.errors import UsageError
 from tracer.model import (
+    Action,
     EventKind,
     IPAddress,
     Mode,
@@ -208,7 +210,10 @@ def destination(req: ProbeRequest, via: Optional[str] = None) -> Steps[IPAddress
         return req.dst
     version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
     text = yield ListAddresses()
-    addr = (pick_address(text, version, via) if via else None) or pick_address(text, version)
+    sender = (yield ListAddresses(req.from_netns)) if req.mode is Mode.FROM_NETNS else ""
+    # --from-netns: the target's address on a subnet the sender shares, not the first (docker0)
+    addr = (pick_address(text, version, via) if via else None) or modes.reachable_dst(text, sender, version) \
+        or pick_address(text, version)
     if addr is None:
         if req.mode is Mode.LOCAL:
             return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
@@ -221,8 +226,10 @@ def packets(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, target
     if target.src.version != target.dst.version:
         raise UsageError(f"--src {target.src} and --dst {target.dst} are of different address families",
                          "give both as IPv4 or both as IPv6")
+    modes.check_addresses(target.src, target.dst, (yield ListAddresses()), mode is Mode.INGRESS)
     specs = tuple(build_specs(req, target.src, target.dst, rng))
-    tplan = plan.trace_plan(run_id, list(specs), pid)
+    # Below every chain of the ruleset on each hook, and on each device's ingress (issue 11).
+    tplan = plan.trace_plan(run_id, list(specs), pid, plan.floors((yield ListBaseChains())))
     datas = yield BuildPackets(specs)  # built before anything is changed: bad input fails here
     return Sending(mode, target, specs, tuple(datas), tplan)
 
@@ -305,8 +312,8 @@ class Waiter:
 def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe_events, _ = correlate.split_events(events, spec, roles)
     # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
-    return any(e.verdict == "drop" or e.kind is EventKind.DROP for e in probe_events
-               if not e.table.startswith(plan.TABLE_PREFIX))
+    return any((e.action is not None and e.action.action is Action.DROP) or e.kind is EventKind.DROP
+               for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
 
 
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:

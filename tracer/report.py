@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from tracer.ebpf.text import ebpf_line
-from tracer.model import EventKind, PacketResult, Step
+from tracer.model import Action, EventKind, PacketResult, Step
 from tracer.outcome import ProbeReport
 from tracer.packet import parse_headers
 
@@ -59,8 +59,9 @@ def _packet(i: int, r: PacketResult) -> list[str]:
                 where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
                 lines.append(f"    {where:<28} {span}: no match")
             pos[key] = step.rule.number
-            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
-                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+            v = ev.action
+            if v is not None and v.action in (Action.JUMP, Action.GOTO) and v.target:
+                jumped = (ev.family, ev.table, v.target, ev.legacy)
                 pos[jumped] = 0
         lines += held
         held = []
@@ -70,7 +71,8 @@ def _packet(i: int, r: PacketResult) -> list[str]:
         if h is not None:
             last_hdr = h
         iface = f" [in {step.event.iif}]" if step.event.iif and step.event.packet else ""
-        lines.append(f"    {_step_line(step)}{iface}")
+        ct = f" [ct {step.event.ct_state}]" if step.event.ct_state else ""  # Linux 6.16+ traces say it
+        lines.append(f"    {_step_line(step)}{iface}{ct}")
     lines += held
     if not r.steps:
         lines.append("    (no chain of the ruleset saw this packet)")
@@ -84,9 +86,27 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
     lines.append(f"  reply:   {reply}")
     if r.conntrack is not None:
-        lines.append(f"  conntrack: {r.conntrack}")
+        # Linux 6.16+ traces carry the state at every step; older ones only leave the table
+        traced = any(s.event.ct_state for s in r.steps)
+        source = "" if traced else "  (read from the conntrack table after the probe: this kernel's trace events carry no conntrack state)"
+        lines.append(f"  conntrack: {r.conntrack}{source}")
     for step in r.reply_steps:
         lines.append(f"    reply {_step_line(step)}")
+    lines.extend(_verdict_lines(r))
+    return lines
+
+
+def _verdict_lines(r: PacketResult) -> list[str]:
+    """The reply's own fate, and every base chain's outcome when more than one had a say."""
+    lines = []
+    if r.reply_dropped and r.reply_decided_by is not None:
+        d = r.reply_decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        lines.append(f"  reply verdict: {r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}")
+    if len(r.hooks) > 1:
+        lines.append("  base chains: " + "; ".join(
+            f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+            + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy") for h in r.hooks))
     return lines
 
 

@@ -43,7 +43,7 @@ class Script:
             "OpenInjector": SERVER, "BuildPackets": lambda cmd: tuple(b"probe" for _ in cmd.specs),
             "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "TableGone": True, "MetChains": EMPTY,
-            "Describe": "a reply", "RpFilter": False, "Listeners": (), **answers,
+            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
         }
         self.asked: list[c.Command] = []
 
@@ -64,7 +64,7 @@ def test_local_run_sequence() -> None:
     script = Script()
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
-        "Checkpoint", "ListAddresses", "OpenInjector", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Change",
+        "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Change",
         "Generation", "ReadSysctl", "Send", "Wait", "Finish", "Generation", "TableGone", "MetChains", "Listeners"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
@@ -79,7 +79,9 @@ def test_from_netns_enters_the_client_namespace_once() -> None:
     opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
     assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
     assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
-    assert "ListAddresses" not in script.names() and "RouteBack" not in script.names()
+    # (the target's addresses are read once, for the checks of tracer.modes; none in the client)
+    assert [cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)] == [c.ListAddresses()]
+    assert "RouteBack" not in script.names()
 
 
 def test_waits_until_the_timeout_then_cleans_up() -> None:
@@ -103,9 +105,10 @@ def test_ingress_falls_back_to_a_local_probe_when_the_port_cannot_be_built() -> 
     report = run(ProbeRequest(dport=8080, src=ipaddress.ip_address("203.0.113.5")), script)
     names = script.names()
     # The route back picks eth0, whose address becomes the destination; asked again from it.
-    assert names[:5] == ["Checkpoint", "RouteBack", "ListAddresses", "RouteBack", "BuildPackets"]
+    assert names[:7] == ["Checkpoint", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses", "ListBaseChains",
+                         "BuildPackets"]
     after_port = names[names.index("OpenPort") + 1:]
-    assert after_port[:2] == ["OpenInjector", "BuildPackets"]  # a local source, new packets
+    assert after_port[:4] == ["OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets"]  # a local source, new packets
     sent = next(cmd for cmd in script.asked if isinstance(cmd, c.Send))
     assert sent.spec.src == SERVER  # not the spoofed 203.0.113.5: its replies would leave the machine
     assert report.mode is Mode.LOCAL and report.via is None

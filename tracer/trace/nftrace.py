@@ -21,6 +21,10 @@ NFT_MSG_TRACE = 17
 A_TABLE, A_CHAIN, A_RULE_HANDLE, A_TYPE, A_VERDICT, A_ID = 1, 2, 3, 4, 5, 6
 A_LL_HEADER, A_NETWORK_HEADER, A_TRANSPORT_HEADER, A_IIF = 7, 8, 9, 10
 A_OIF, A_POLICY = 12, 16
+# Linux 6.16+: the packet's conntrack entry at this step (NFTA_TRACE_CT_*)
+A_CT_ID, A_CT_DIRECTION, A_CT_STATUS, A_CT_STATE = 18, 19, 20, 21
+# NFTA_TRACE_CT_STATE bits, as `ct state` matches them (NF_CT_STATE_*_BIT)
+_CT_STATES = ((64, "untracked"), (8, "new"), (4, "related"), (2, "established"), (1, "invalid"))
 # enum nft_verdict_attributes
 V_CODE, V_CHAIN = 1, 2
 
@@ -113,6 +117,7 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
     if kind is EventKind.POLICY and A_POLICY in fields and len(fields[A_POLICY]) == 4:
         verdict = _VERDICTS.get(struct.unpack(">I", fields[A_POLICY])[0], verdict)
     packet = None
+    ct_state = _ct_state(fields)
     if A_NETWORK_HEADER in fields:
         packet = fields[A_NETWORK_HEADER] + fields.get(A_TRANSPORT_HEADER, b"")
     return TraceEvent(
@@ -126,7 +131,18 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
         iif=ifname(A_IIF),
         oif=ifname(A_OIF),
         packet=packet,
+        ct_state=ct_state,
     )
+
+
+def _ct_state(fields: Mapping[int, bytes]) -> Optional[str]:
+    """The conntrack state of the packet at this step. Before conntrack ran (priority below
+    -200) the kernel reports INVALID too (no entry yet): tracer.correlate tells the two apart."""
+    raw = fields.get(A_CT_STATE)
+    if raw is None or len(raw) != 4:
+        return None
+    bits = struct.unpack(">I", raw)[0]
+    return next((n for b, n in _CT_STATES if bits & b), None)
 
 
 # ---------------------------------------------------------------------------------------------

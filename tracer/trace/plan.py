@@ -9,8 +9,8 @@ else: in nftables every base chain at a hook runs in turn, and accept in one of 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 from tracer.model import PacketSpec, Proto
 
@@ -43,6 +43,7 @@ class TracePlan:
     entries: tuple[Entry, ...]  # in the order they appear in each chain
     batch: str  # one atomic `nft -f -` batch that adds everything
     undo: str  # the batch that removes it again
+    unobserved: tuple[str, ...] = ()  # base chains of the ruleset no trace can show (Floors.unobserved)
 
     @property
     def rules(self) -> list[str]:
@@ -52,7 +53,10 @@ class TracePlan:
 
 Roles = dict[tuple[str, str], Entry]  # (our table, chain) -> the entry whose rule it holds
 
-_HOOKS = (("pre", "prerouting"), ("out", "output"))
+# Hooks where fwtrace sets the trace flag, and the chain-name prefix of its chains there. The
+# flag stays on the skb through the later hooks (input, forward, postrouting), so these are
+# enough, provided they run before every chain of the ruleset: see `Floors`.
+_HOOKS = (("pre", "prerouting"), ("out", "output"), ("ing", "ingress"))
 # Empty chains of ours at the end of the later hooks: a traced packet leaves a policy event in
 # each, so the path shows every hook it passed, and the last one tells whether it got through
 # netfilter to local delivery or out of the box, or vanished in between (routing, rp_filter).
@@ -68,15 +72,74 @@ def chain_names(index: int) -> list[str]:
 def hook_of_chain(name: str) -> Optional[str]:
     if name in END_CHAINS:
         return END_CHAINS[name]
+    if name.startswith("ingress_"):
+        return "ingress"
     for prefix, hook in _HOOKS:
         if name.startswith(prefix) and (name == prefix or name[len(prefix):].isdigit()):
             return hook
     return None
 
 
+@dataclass(frozen=True)
+class Floors:
+    """Where the ruleset's base chains sit: the lowest priority in use on each hook (user chains
+    may sit below -1000, e.g. -2000), and the devices with ingress chains (netdev, inet) with
+    the lowest priority on each. fwtrace's chains go below all of them."""
+
+    hooks: Mapping[str, int] = field(default_factory=dict)
+    ingress: Mapping[str, int] = field(default_factory=dict)  # device -> lowest priority
+    # Base chains fwtrace does not instrument (bridge and arp families: its flag is set on the IP
+    # and ingress hooks), as "family table chain (hook H, priority P)": named when a probe
+    # vanishes. (Measured on 6.18: a bridge input chain's events do show up in the trace, and a
+    # netdev egress chain's too: the skb keeps its flag from OUTPUT to the device.)
+    unobserved: tuple[str, ...] = ()
+
+    def priority(self, hook: str, device: Optional[str] = None) -> int:
+        low = self.ingress.get(device) if device is not None else self.hooks.get(hook)
+        return TRACE_PRIORITY if low is None else min(TRACE_PRIORITY, low - 1)
+
+
+_CHAIN_HEAD = re.compile(r"^table (\S+) (\S+) \{|^\s*chain (\S+) \{|^\s*type \S+ hook (\S+)(?: device \"?([^\"\s]+)\"?| devices = \{ ([^}]*) \})? "
+                         r"priority ([^;]+);", re.M)
+
+
+def floors(chains_text: str) -> Floors:
+    """The Floors of a ruleset from `nft list chains` (no rules are listed: cheap on any host).
+
+    Sample: `type filter hook ingress device "eth0" priority -500; policy accept;`
+    Other fwtrace runs' tables are left out: they must not push each other ever lower.
+    """
+    from tracer.correlate import priority_value
+
+    hooks: dict[str, int] = {}
+    ingress: dict[str, int] = {}
+    unobserved: list[str] = []
+    family = table = chain = ""
+    for m in _CHAIN_HEAD.finditer(chains_text):
+        if m.group(1):
+            family, table = m.group(1), m.group(2)
+            continue
+        if m.group(3):
+            chain = m.group(3)
+            continue
+        if table.startswith(TABLE_PREFIX):
+            continue
+        hook, prio = m.group(4), priority_value(m.group(7).strip())
+        if family in ("bridge", "arp"):
+            unobserved.append(f"{family} {table} {chain} (hook {hook}, priority {prio})")
+            continue
+        hooks[hook] = min(hooks.get(hook, prio), prio)
+        if hook == "ingress":
+            for dev in (m.group(5) or "").split() + [d.strip() for d in (m.group(6) or "").split(",") if d.strip()]:
+                ingress[dev] = min(ingress.get(dev, prio), prio)
+    return Floors(hooks, ingress, tuple(unobserved))
+
+
 def roles(plan: TracePlan) -> Roles:
     """Which entry each of our chains is for (pure): a trace event's chain name says it."""
-    return {(plan.table, name): entry for i, entry in enumerate(plan.entries) for name in chain_names(i)}
+    ingress = "hook ingress" in plan.batch
+    return {(plan.table, name): entry for i, entry in enumerate(plan.entries) for name in chain_names(i)
+            if ingress or not name.startswith("ing")}
 
 
 def _l3(spec: PacketSpec, reply: bool) -> str:
@@ -123,7 +186,7 @@ def table_comment(run_id: str, pid: int) -> str:
 COMMENT_RE = re.compile(r'comment "fwtrace run ([0-9a-f]{8}) pid (\d+);')
 
 
-def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
+def trace_plan(run_id: str, specs: list[PacketSpec], pid: int, where: Floors = Floors()) -> TracePlan:
     if not RUN_ID_RE.match(run_id):
         raise ValueError(f"bad run id {run_id!r}")
     table = table_name(run_id)
@@ -139,9 +202,15 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int) -> TracePlan:
     chains = []
     for prefix, hook in _HOOKS:
         jumps = "".join(f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries))
-        chains.append(f"\tchain {prefix} {{\n\t\ttype filter hook {hook} priority {TRACE_PRIORITY}; policy accept;\n{jumps}\t}}\n")
-        chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
+        # Ingress chains (one per device that has ingress chains of the ruleset, Linux 5.10+ for
+        # the inet family) only where the ruleset has some: nothing to observe elsewhere.
+        bases = [(f"ingress_{n}", f'device "{dev}" ', where.priority(hook, dev)) for n, dev in enumerate(sorted(where.ingress))] \
+            if hook == "ingress" else [(prefix, "", where.priority(hook))]
+        for name, device, prio in bases:
+            chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} {device}priority {prio}; policy accept;\n{jumps}\t}}\n")
+        if bases:
+            chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
     for name, hook in END_CHAINS.items():
         chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
     batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
-    return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n")
+    return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n", where.unobserved)
