@@ -302,3 +302,15 @@ def test_docker_published_port_opened_in_input_belongs_in_docker_user(router_lab
     assert f.commands == (f"iptables -I DOCKER-USER 1 -d {BACKEND4} -p tcp -m tcp --dport 80 -j ACCEPT",)
     assert steps and steps[0].finding.code == "near-miss" and steps[-1].reached
     assert "DOCKER-USER" in steps[0].narrowed
+
+
+def test_netlink_chain_dump_finds_the_hooked_tables(lab: Lab) -> None:
+    """The NFT_MSG_GETCHAIN dump near misses use, against what nft itself lists."""
+    from tracer import listing
+
+    lab.nft(lab.server, (DATA / "nft-list-firewalld.txt").read_text())
+    lab.iptables_restore(lab.server, published_port())
+    with system.netns(lab.server):
+        found = set(listing.hooked_tables())
+        by_nft = set(listing.filter_tables(system.run(["nft", "list", "chains"]).stdout))
+    assert found == by_nft == {("inet", "firewalld"), ("ip", "filter"), ("ip", "nat")}

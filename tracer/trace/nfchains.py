@@ -27,15 +27,31 @@ def getchain_dump_request(seq: int) -> bytes:
     return struct.pack("=IHHII", 16 + len(nfgen), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + nfgen
 
 
+def _has_hook(body: bytes) -> bool:
+    """Does this NEWCHAIN message carry NFTA_CHAIN_HOOK? The kernel writes the attributes in type
+    order (table, handle, name, hook, policy, ...: nf_tables_fill_chain_info), so only the headers
+    up to the first type >= NFTA_CHAIN_HOOK are read. The nest is started without NLA_F_NESTED."""
+    off = 4
+    while off + 4 <= len(body):
+        length, atype = struct.unpack_from("=HH", body, off)
+        atype &= 0x3FFF
+        if atype >= NFTA_CHAIN_HOOK or length < 4:
+            return atype == NFTA_CHAIN_HOOK
+        off += (length + 3) & ~3
+    return False
+
+
 def parse_chain_dump(data: bytes) -> tuple[list[tuple[str, str, str, str]], bool]:
-    """([(family, table, chain, hook or "")], done) from one or more datagrams of the dump."""
+    """([(family, table, chain, hook)] of the base chains, done) from datagrams of the dump."""
     out: list[tuple[str, str, str, str]] = []
     done = False
     for mtype, body in messages(data):
         if mtype in (NLMSG_DONE, NLMSG_ERROR):
             done = True
             continue
-        if mtype != (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN) or len(body) < 4:
+        # Regular chains (kube-proxy has tens of thousands) have no hook attribute: skip them
+        # without walking their attributes.
+        if mtype != (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN) or len(body) < 4 or not _has_hook(body):
             continue
         family = FAMILIES.get(body[0], str(body[0]))
         fields = dict(attrs(body[4:]))
@@ -45,7 +61,8 @@ def parse_chain_dump(data: bytes) -> tuple[list[tuple[str, str, str, str]], bool
                 hook = INET_HOOKS.get(struct.unpack(">I", v)[0], "")
         table = fields.get(NFTA_CHAIN_TABLE, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
         name = fields.get(NFTA_CHAIN_NAME, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
-        out.append((family, table, name, hook))
+        if hook:
+            out.append((family, table, name, hook))
     return out, done
 
 
