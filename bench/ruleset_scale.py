@@ -8,6 +8,11 @@ KUBE-FIREWALL/KUBE-FORWARD style set of rules and a final REJECT) into a lab nam
 times `fwtrace probe --dport 8080` from the client namespace (median of --runs) and its peak RSS.
 The 0-rule run is the baseline; the report gives what each size adds.
 Target (issue "safe on production firewalls"): 50k rules add < 1 s.
+
+Beside it, the cleanup proofs' own cost at each size (issue 13), in-process in the server
+namespace, median of --runs: the generation proof (three NFT_MSG_GETGEN round trips, as a run
+reads them), the content proof of the default path (table list before and after, x_tables names)
+and of a --log run (also the iptables-nft tables of the family listed in full, before and after).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from tracer import system
 from tracer.lab import Lab
 from tracer.model import Proto
 
@@ -69,6 +75,40 @@ def probe_once(lab: Lab) -> tuple[float, int, int]:
     return wall, int(p.stderr.strip().splitlines()[-1]), doc["packets"][0]["decided_by"]["rule_number"]
 
 
+def proof_costs(lab: Lab, runs: int) -> dict[str, float]:
+    """Median milliseconds of each cleanup proof in the lab's server namespace."""
+    from tracer import listing
+    from tracer.snapshot import XTABLES_NAMES
+    from tracer.trace.collect import ruleset_generation
+    from tracer.undo import proof
+
+    def generation() -> None:
+        for _ in range(3):
+            ruleset_generation()
+
+    def content(log_family: str | None) -> None:
+        """What tracer/undo/verify.py has the driver list: before the first change and after the undo."""
+        tables: tuple[tuple[str, str], ...] = ()
+        if log_family is not None:
+            names = [k.split()[1:3] for k in listing.nft_tables()]
+            tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in XTABLES_NAMES))
+        scope = proof.Scope("fwtrace_0badc0de", tables)
+        before = listing.proof_state(scope, {})
+        assert proof.differences(before, listing.proof_state(scope)) == (), "the ruleset changed between two listings"
+
+    out = {}
+    with system.netns(lab.server):
+        for name, fn in (("generation_proof_ms", generation), ("content_proof_ms", lambda: content(None)),
+                         ("content_proof_log_ms", lambda: content("ip"))):
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1000)
+            out[name] = round(statistics.median(times), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="0,1000,10000,50000")
@@ -91,7 +131,7 @@ def main() -> None:
                 walls.append(wall)
                 rss = max(rss, maxrss)
             rows.append({"rules": size, "load_seconds": round(load, 2), "median_seconds": round(statistics.median(walls), 3),
-                         "peak_rss_mb": round(rss / 1024, 1)})
+                         "peak_rss_mb": round(rss / 1024, 1), **proof_costs(lab, args.runs)})
     base = rows[0]["median_seconds"]
     for r in rows:
         r["added_seconds"] = round(r["median_seconds"] - base, 3)

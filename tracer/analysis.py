@@ -13,48 +13,40 @@ from tracer.commands import (
     Listeners,
     MetChains,
     RpFilter,
-    SaveLegacy,
     Steps,
-    TableGone,
     TakeSnapshot,
 )
 from tracer.ebpf import timeline as ebpf_timeline
 from tracer.ebpf.commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.kernsteps import kernplan_json
-from tracer.model import EventKind, Mode, ProbeRequest, Ruleset
+from tracer.model import EventKind, Mode, ProbeRequest
 from tracer.nftsets import parse_sets
 from tracer.outcome import Evidence, ProbeReport, build_report
-from tracer.snapshot import Snapshot, legacy_listing, with_legacy
+from tracer.snapshot import Snapshot
 from tracer.trace import plan
+from tracer.undo import verify as verify_
 
 if TYPE_CHECKING:
     from tracer.probe import Armed, Exchange, Sending
 
 
-def verify(full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending, armed: Armed,
-           finished: Finished) -> Steps[tuple[list[str], Optional[tuple[str, ...]], Optional[bool]]]:
-    """After the undos, prove the firewall is as before: (what is left over, the full listings'
-    diff when there was a full snapshot, whether the legacy tables are unchanged when measured)."""
+def verify(req: ProbeRequest, full: Optional[Snapshot], armed: Armed,
+           finished: Finished) -> Steps[tuple[list[str], Optional[tuple[str, ...]], verify_.Verdict]]:
+    """After the undos, prove the firewall is as before, object by object (tracer/undo/verify.py):
+    (what failed or is left over, the full listings' diff when there was a full snapshot, the
+    content proof's verdict)."""
     # With a full snapshot (evidence bundles) the listings are compared too, counters aside.
     diff = tuple(compare.leftover(full.nft_text, (yield TakeSnapshot()).nft_text)) if full else None
-    table = sending.tplan.table
-    left = list(finished.errors) + ([] if (yield TableGone(table)) else [f"table inet {table} still present"])
-    legacy_unchanged: Optional[bool] = None
-    if legacy_saved or (armed.kplan is not None and armed.kplan.legacy_edits):
-        before = legacy_listing(with_legacy(Ruleset(), legacy_saved))
-        after = legacy_listing(with_legacy(Ruleset(), (yield SaveLegacy())))
-        legacy_diff = compare.leftover(before, after)
-        legacy_unchanged = not legacy_diff
-        left += legacy_diff
-    return left, diff, legacy_unchanged
+    verdict = yield from verify_.after(armed.proof, finished, req.netns)
+    return list(finished.errors) + list(verdict.texts), diff, verdict
 
 
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
     """Read the chains the probes met, correlate, explain: the report."""
-    left, diff, legacy_unchanged = yield from verify(full, legacy_saved, sending, armed, finished)
+    left, diff, verdict = yield from verify(req, full, armed, finished)
     # The rules are read now, chain by chain, for the chains the probes met: handles do not
     # change, and the generations prove whether anything else changed meanwhile. Legacy tables
     # come from their save before the run (the kernel log's rule numbers count those).
@@ -94,5 +86,5 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
         req, run_id, results, ctx, leftover=left, generations=armed.generations,
         instrumentation=tuple(sending.tplan.rules) + (tuple(kplan.rules) if kplan is not None else ()),
         lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
-        notes=armed.notes + ebpf.notes, own_commits=armed.own_commits, legacy_unchanged=legacy_unchanged,
-        ebpf=ebpf.status)
+        notes=armed.notes + ebpf.notes, own_commits=armed.own_commits, legacy_unchanged=verdict.legacy_unchanged,
+        unchanged=not verdict.found, checked=verdict.checked, ebpf=ebpf.status)

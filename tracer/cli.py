@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
+import os
 import sys
+import tempfile
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from tracer import modes
-from tracer.errors import ExitStatus, FwtraceError, UsageError
+from tracer import console, modes
+from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
@@ -38,7 +39,16 @@ error: the text says which), an echo reply for ICMP. A reply dropped on its way 
 POSTROUTING) is not reached. With --count N every packet must have reached.
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
-             3 environment problem (not root, missing tool, unknown namespace), 4 internal error
+             3 environment problem (not root, missing tool, unknown namespace), 4 internal error,
+             5 cleanup incomplete (the report names what is left and the command that removes it),
+             130 interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
+"""
+
+EPILOG_CLEANUP = """\
+With --netns NS: replays the journals of the dead runs that probed NS only, then removes
+fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
+whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
+Runs still alive are never touched.
 """
 
 TCP_FLAG_LETTERS = set("FSRPAUEC")
@@ -118,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prove-fix", action="store_true", help="when blocked, try the first fix, narrowed to the "
                     "probe's own source address and port (no other packet's verdict can change), probe again and "
                     "remove it; if another block follows, try its fix on top (up to 3 steps)")
-    pr.add_argument("--evidence", metavar="DIR", help="write an evidence bundle for a ticket into DIR "
-                    "(report, rulesets before/after, instrumentation, raw trace, replies)")
+    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR "
+                    "(report, rulesets before/after, instrumentation, raw trace, replies); DIR must be new or empty, "
+                    "a .tar.gz must not exist: checked before anything is changed, nothing is ever overwritten")
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
@@ -129,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
     dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
 
-    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
-    cl.add_argument("--netns", help="namespace to clean (default: the current one)")
+    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
+                        epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
+                    "tables there (default: every dead run's changes, and stale tables of the current namespace)")
     return p
 
 
@@ -168,8 +181,37 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     )
 
 
+def check_evidence_path(path: Optional[str]) -> None:
+    """--evidence must be writable and overwrite nothing: a new or empty directory, or a new
+    .tar.gz file. Checked by really creating (and removing) a file there, since root passes
+    every access(2) test, even for /proc."""
+    if path is None:
+        return
+    hint = "give a new or empty directory, or a new FILE.tar.gz"
+    if not path:
+        raise UsageError("--evidence needs a path", hint)
+    is_dir = os.path.isdir(path)
+    if path.endswith(".tar.gz") or not is_dir:
+        if os.path.lexists(path):
+            raise UsageError(f"--evidence {path} exists and is not a directory; fwtrace never overwrites", hint)
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            raise UsageError(f"--evidence {path}: directory {where} does not exist", hint)
+    else:
+        if os.listdir(path):
+            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
+        where = path
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fwtrace-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None
+
+
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
+    check_evidence_path(ns.evidence)
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
@@ -177,19 +219,13 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     from tracer.outcome import exit_status
     from tracer.report import render
 
-    run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
-    report = run.execute()
-    if ns.prove_fix:
-        import json
-
-        from tracer import provefix
-
-        report, steps = provefix.prove(report, log, provefix.runner(log))
-        text = render(report) + provefix.render(steps, report.reached)
-        sys.stdout.write(json.dumps(provefix.to_json(report.to_json(), steps), indent=2) + "\n" if ns.json else text)
-    else:
-        text = render(report)
-        sys.stdout.write(report.dumps() + "\n" if ns.json else text)
+    run = Run(req, log, log_events=ns.verbose, full_snapshot=ns.evidence is not None)
+    try:
+        report = run.execute()
+    except KeyboardInterrupt as e:
+        raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    report, text, doc = _prove_fix(report, log) if ns.prove_fix else (report, render(report), report.dumps() + "\n")
+    written = console.write_out(doc if ns.json else text)
     if ns.evidence:
         from tracer.evidence import bundle_files, write_bundle
 
@@ -199,7 +235,24 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
         files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
         write_bundle(ns.evidence, files)
         log.info("evidence written", directory=ns.evidence)
-    return exit_status(report)
+    status = exit_status(report)
+    if not report.cleanup_ok:
+        console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+    elif written is not None:
+        raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
+    return status
+
+
+def _prove_fix(report: Any, log: Any) -> tuple[Any, str, str]:
+    """--prove-fix (tracer/provefix.py): the report with `proven` set, its text and its JSON."""
+    import json
+
+    from tracer import provefix
+    from tracer.report import render
+
+    report, steps = provefix.prove(report, log, provefix.runner(log))
+    doc = json.dumps(provefix.to_json(report.to_json(), steps), indent=2) + "\n"
+    return report, render(report) + provefix.render(steps, report.reached), doc
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
@@ -220,7 +273,10 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from tracer.undo import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
-    print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))
+    scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
+    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
+        return ExitStatus.ENVIRONMENT
     return ExitStatus.OK
 
 
@@ -247,44 +303,55 @@ def configure_logging(fmt: str, verbose: bool) -> Any:
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("fwtrace")
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    # Raised in the main thread wherever it is, so every ExitStack on the way out undoes its part.
-    raise _Terminated(signal.Signals(signum).name)
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    name = getattr(e, "signame", None) or "SIGINT"
+    errors = getattr(e, "undo_errors", None)
+    netns = getattr(e, "netns", None)
+    if not getattr(e, "run", False):
+        return f"fwtrace: interrupted ({name})"
+    if errors is None:
+        return f"fwtrace: interrupted ({name}) before the run changed anything"
+    if not errors:
+        return f"fwtrace: interrupted ({name}); every change of the run was undone"
+    return (f"fwtrace: interrupted ({name}); could not undo: {'; '.join(errors)} "
+            f"(hint: run `fwtrace cleanup{f' --netns {netns}' if netns else ''}`)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    console.std_streams()
     parser = build_parser()
     ns: Optional[argparse.Namespace] = None
     try:
-        ns = parser.parse_args(argv)
-        if ns.command is None:
-            parser.print_help()
-            return ExitStatus.USAGE
-        log = configure_logging(ns.log_format, ns.verbose)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _on_signal)
-        return int(COMMANDS[ns.command](ns, log))
-    except FwtraceError as e:
-        print(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
-        return int(e.status)
-    except (KeyboardInterrupt, _Terminated) as e:
-        print(f"fwtrace: interrupted ({e or 'SIGINT'}); instrumentation removed", file=sys.stderr)
+        with console.interrupts():
+            try:
+                ns = parser.parse_args(argv)
+                if ns.command is None:
+                    parser.print_help()
+                    return ExitStatus.USAGE
+                log = configure_logging(ns.log_format, ns.verbose)
+                return int(COMMANDS[ns.command](ns, log))
+            except FwtraceError as e:
+                console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
+                return int(e.status)
+            except KeyboardInterrupt as e:
+                console.say(_interrupted_line(e))
+                return int(ExitStatus.INTERRUPTED)
+            except Exception as e:
+                if ns is not None and ns.traceback:
+                    raise
+                console.say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
+                return int(ExitStatus.INTERNAL)
+    except KeyboardInterrupt as e:  # arrived while the first one was reported: still one line
+        console.say(_interrupted_line(e))
         return int(ExitStatus.INTERRUPTED)
-    except Exception as e:
-        if ns is not None and ns.traceback:
-            raise
-        print(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)", file=sys.stderr)
-        return int(ExitStatus.INTERNAL)
+    finally:
+        console.settle_streams()
 
 
 def run() -> None:

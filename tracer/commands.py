@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar, U
 from tracer.model import IPAddress, PacketSpec, TraceEvent
 from tracer.packet import Headers
 from tracer.snapshot import ChainKey
+from tracer.undo.proof import Scope
 from tracer.undo.records import Undo
 
 if TYPE_CHECKING:  # the default nft-only path never loads the kernel-log and ingress modules
@@ -145,10 +146,25 @@ class FilterView(Command):
 
 
 @dataclass(frozen=True)
-class TableGone(Command):
-    """Is fwtrace's table `inet <name>` gone? -> bool."""
+class NftTables(Command):
+    """Every nf_tables table over netlink (tracer/undo/tables.py) -> dict "table F N" -> content."""
 
-    name: str
+
+@dataclass(frozen=True)
+class ProofListing(Command):
+    """The objects of a cleanup-proof scope as they are now (tracer/undo/proof.py) -> dict name ->
+    content. `legacy_saved`: iptables-legacy-save outputs already read, not read again."""
+
+    scope: Scope
+    legacy_saved: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SharedHeld(Command):
+    """Is this run still registered as a user of the global switch `key`? -> bool"""
+
+    key: str
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -293,8 +309,10 @@ class Finish(Command):
 
 @dataclass(frozen=True)
 class Finished:
-    errors: tuple[str, ...] = ()  # undos that failed, port leftovers
+    errors: tuple[str, ...] = ()  # undos that failed
     trace: bytes = b""  # the raw nfnetlink trace datagrams
     lost: bool = False  # the kernel dropped trace events
     kmsg: tuple[bytes, ...] = ()
     nflog: bytes = b""
+    port_left: tuple[str, ...] = ()  # what of the injection port differs from before (links, tc state)
+    undos: tuple[Undo, ...] = ()  # every change the run journaled, in order (the sysctls' old values)

@@ -13,7 +13,7 @@ import select
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from tracer import commands as c
 from tracer import listing, probe, system
@@ -24,27 +24,22 @@ from tracer.model import Listener, PacketSpec, ProbeRequest, Proto
 from tracer.outcome import ProbeReport
 from tracer.sockets import parse_proc_net
 from tracer.trace.events import EventSource, Sender
+from tracer.undo import shared
+from tracer.undo.cleanup import signals_blocked  # noqa: F401  (re-exported: one place holds the signals)
 from tracer.undo.journal import Journal
-from tracer.undo.records import ReleaseShared, Undo, in_netns
+from tracer.undo.records import ReleaseShared, Undo, from_json, in_netns
 
 KILL_ENV = "FWTRACE_TEST_KILL_AT"
+SIGINT_ENV = "FWTRACE_TEST_SIGINT_AT"
 
 
 def checkpoint(phase: str) -> None:
-    """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all)."""
+    """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all), or
+    get a SIGINT there (as from a Ctrl-C at that moment; a comma-separated list of phases)."""
     if os.environ.get(KILL_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Cleanup must not be cut short by a second Ctrl-C: hold INT/TERM/HUP until it is done."""
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if phase in os.environ.get(SIGINT_ENV, "").split(","):
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def new_run_id() -> str:
@@ -77,6 +72,7 @@ class Run:
         self.inj: Optional[Sender] = None  # raw sockets, or the simulated-ingress port
         self.finished: Optional[c.Finished] = None
         self.stack = contextlib.ExitStack()
+        self.undo_errors: Optional[list[str]] = None  # set once the undo ran (the interrupt message says it)
         self.ebpf: Any = None  # tracer.ebpf.phase.EbpfPhase, when the run loads the eBPF programs
 
     def execute(self) -> ProbeReport:
@@ -164,8 +160,12 @@ class Run:
         self.log.info("change", what=undo.what, netns=undo.netns)
         try:
             result = apply()
-        except BaseException:
-            if atomic:
+            checkpoint(f"applied-{self.changes + 1}")
+        except Exception as e:
+            # Only a failure the tool itself reported means "nothing changed"; an interrupt
+            # (KeyboardInterrupt is no Exception) or a tool killed by a signal leaves the
+            # outcome unknown: the undo stays pending (every undo is idempotent).
+            if atomic and not _outcome_unknown(e):
                 self.journal.mark(index, "undone")
             raise
         self.changes += 1
@@ -177,39 +177,41 @@ class Run:
 
     def _undo_all(self) -> list[str]:
         """Take every journaled change back, newest first, each in its own try."""
-        from tracer.undo.cleanup import apply_undo
+        try:
+            return self._undo_pending()
+        except KeyboardInterrupt:
+            # It came before the signals were held (or is the held one, delivered after): the
+            # undo still runs in full -- the signal handler ignores every later interrupt.
+            self._undo_pending()
+            raise
 
-        errors: list[str] = []
+    def _undo_pending(self) -> list[str]:
+        from tracer.undo.cleanup import undo_journal
+
+        self.undo_errors = []
         if self.journal is None:
-            return errors
-        with signals_blocked():
-            for index, undo in self.journal.pending():
-                err = apply_undo(undo)
-                if err is None:
-                    self.journal.mark(index, "undone")
-                    self.log.info("undone", what=undo.what, netns=undo.netns)
-                else:
-                    errors.append(f"{undo.what}: {err}")
-                checkpoint("cleanup")
-            if not errors:
-                self.journal.remove()
-        return errors
+            return self.undo_errors
+        self.undo_errors = undo_journal(self.journal, self.log, lambda: checkpoint("cleanup"))
+        return self.undo_errors
 
     def _finish(self) -> c.Finished:
         self.finished = c.Finished()  # once, even when an undo raises
+        port_left: list[str] = []
         try:
             errors = self._undo_all()
             if self.port_plan is not None:
                 from tracer.inject.simulate import leftovers
 
-                errors += leftovers(self.port_plan, self.run_id)
+                port_left = leftovers(self.port_plan, self.run_id)  # compared in the content proof
         finally:
             self._unlock()
             self.stack.close()  # the sources and the injector
         tsock = self.sources[0] if self.sources else None
+        undos = tuple(from_json(e["undo"]) for e in self.journal.doc.entries) if self.journal else ()
         self.finished = c.Finished(
             tuple(errors), b"".join(tsock.raw) if tsock else b"", bool(tsock and tsock.lost),
-            tuple(self.kmsg.raw) if self.kmsg else (), b"".join(self.nflog.raw) if self.nflog else b"")
+            tuple(self.kmsg.raw) if self.kmsg else (), b"".join(self.nflog.raw) if self.nflog else b"",
+            tuple(port_left), undos)
         return self.finished
 
     # --- sources and sending --------------------------------------------------------------------
@@ -219,7 +221,7 @@ class Run:
         tsock = TraceSocket(system.interface_names())
         self.stack.callback(tsock.close)
         self.sources.insert(0, tsock)
-        self.journal = Journal(self.run_id, list(sys.argv))
+        self.journal = Journal(self.run_id, list(sys.argv), netns=self.req.netns)
 
     def _open_injector(self, cmd: c.OpenInjector) -> Any:
         from tracer.inject.raw import Injector, source_address
@@ -405,7 +407,9 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.Generation: lambda run, cmd: _generation(),
     c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved),
     c.FilterView: lambda run, cmd: listing.filter_view(cmd.legacy_saved),
-    c.TableGone: lambda run, cmd: system.run(["nft", "list", "table", "inet", cmd.name], check=False).returncode != 0,
+    c.NftTables: lambda run, cmd: listing.nft_tables(),
+    c.ProofListing: lambda run, cmd: listing.proof_state(cmd.scope, cmd.legacy_saved),
+    c.SharedHeld: lambda run, cmd: shared.held(cmd.key, cmd.run_id),
     c.Describe: lambda run, cmd: _describe(cmd),
     c.RpFilter: lambda run, cmd: _rp_filter(cmd),
     c.Listeners: lambda run, cmd: listeners(),
@@ -424,6 +428,11 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     ec.WatchEbpf: lambda run, cmd: run.ebpf.watch(cmd.spec),
     ec.CollectEbpf: Run._collect_ebpf,
 }
+
+
+def _outcome_unknown(e: BaseException) -> bool:
+    """A tool killed by a signal (a Ctrl-C reaches the whole process group) may have committed."""
+    return isinstance(e, CommandError) and e.returncode < 0
 
 
 def _generation() -> int:

@@ -11,6 +11,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2  # bad command line
     ENVIRONMENT = 3  # not root, missing tool, unknown namespace, kernel cannot do it
     INTERNAL = 4  # a bug: an unexpected exception
+    LEFTOVER = 5  # cleanup incomplete: something fwtrace changed is not as before the run (named in the report)
     INTERRUPTED = 130
 
 
@@ -45,3 +46,16 @@ class CommandError(EnvironmentProblem):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: raised once, wherever the main thread is, so every undo on the
+    way out runs. `undo_errors`: None before the run's undo ran, else what it could not undo."""
+
+    def __init__(self, signame: str, undo_errors: Optional[list[str]] = None, netns: Optional[str] = None,
+                 run: bool = False) -> None:
+        super().__init__(signame)
+        self.signame = signame
+        self.undo_errors = undo_errors
+        self.netns = netns
+        self.run = run  # raised again by `fwtrace probe` with what its undo did

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from tracer.trace.kernplan import KernPlan
 
 
-def kernel_plan(run_id: str, specs: tuple[PacketSpec, ...], log: str, legacy_saved: dict[str, str]) -> Steps[Optional["KernPlan"]]:
+def kernel_plan(run_id: str, specs: tuple[PacketSpec, ...], log: str, legacy_saved: dict[str, str],
+                nft_chains: Optional[frozenset[tuple[str, str, str]]] = None) -> Steps[Optional["KernPlan"]]:
     """The kernel-log plan, or None on the default path (no x_tables rules, no --log).
 
     It needs the chains before the run: the legacy tables from their save, and with --log the
     iptables-nft tables of the probe's family from iptables-nft-save (--log is opt-in; the
-    default path lists nothing in full)."""
+    default path lists nothing in full). `nft_chains`: the chains nf_tables holds in those tables
+    (iptables-nft would create a missing built-in chain for a --log rule, and keep it); None: unknown."""
     if not log and not legacy_saved:
         return None
     from tracer.ruleset import parse_iptables_save
@@ -42,7 +44,11 @@ def kernel_plan(run_id: str, specs: tuple[PacketSpec, ...], log: str, legacy_sav
         family = specs[0].nfproto
         saved = yield IptSave(family)
         tables = kernplan.iptables_nft_tables(family, parse_iptables_save(saved)) + tables
-    return kernplan.kern_plan(run_id, list(specs), Ruleset(tables), log)
+    # Legacy chains are traced by the trace bit fwtrace's nft chain sets: no TRACE rule, so no
+    # x_tables raw table is ever instantiated (kernplan.kern_plan).
+    has_raw = yield LegacyHasRaw(specs[0].nfproto)
+    return kernplan.kern_plan(run_id, list(specs), Ruleset(tables), log, nft_chains if log else None,
+                              legacy_raw=bool(has_raw))
 
 
 def kernel_setup(run_id: str, kplan: "KernPlan") -> Steps[tuple[frozenset[tuple[str, str, int]], tuple[str, ...], int]]:
@@ -52,10 +58,6 @@ def kernel_setup(run_id: str, kplan: "KernPlan") -> Steps[tuple[frozenset[tuple[
     from tracer.trace import kernplan
 
     notes = list((yield from kmsg_setup(run_id, kplan)) if kplan.kmsg else ())
-    for family in kplan.families:
-        if (yield LegacyHasRaw(family)) is False and any(c.apply[3:5] == ("raw", "-I") for c in kplan.edits):
-            notes.append(f"the legacy TRACE rules instantiated an x_tables raw table ({family}); it stays, "
-                         "empty (x_tables cannot unregister a table) and changes no packet")
     commits = 0
     for c in kplan.edits:
         yield Change(RunCommand(c.what, tuple(c.undo), gone=kernplan.IPT_GONE), RunArgv(tuple(c.apply)))

@@ -212,4 +212,6 @@ def demo(log: Any, as_json: bool = False) -> int:
             print(f"\n# And from a real second host (namespace {lab.client}) after the fix:")
             print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
             print(render(after))
+        if not (before.cleanup_ok and after.cleanup_ok):
+            return ExitStatus.LEFTOVER  # the reports name what is left
         return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED

@@ -20,6 +20,9 @@ from tracer.snapshot import (
     with_legacy,
 )
 from tracer.system import proc_net, run
+from tracer.trace.plan import TABLE_PREFIX
+from tracer.undo import proof, tables
+from tracer.undo.proof import Scope
 
 
 def legacy_families() -> list[str]:
@@ -67,6 +70,52 @@ def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = No
     return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)
 
 
+# ---------------------------------------------------------------------------------------------
+# The cleanup proof's listings (tracer/undo/proof.py compares them): only what a run may touch.
+
+
+def proof_state(scope: Scope, legacy_saved: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The objects of `scope` as they are now: the table list (over netlink: one dump, no rule
+    read), the tables fwtrace adds to in full, and the x_tables tables. `legacy_saved`: the
+    iptables-legacy-save outputs already read (no second save)."""
+    def other_run(family: str, table: str) -> bool:
+        return table.startswith(TABLE_PREFIX) and table != scope.own_table
+
+    state = {k: v for k, v in nft_tables().items() if not other_run(*k.split()[1:3])}
+    for family, table in scope.tables:
+        listed = run(["nft", "-j", "-s", "list", "table", family, table], check=False)
+        if listed.returncode == 0:
+            state.update(proof.nft_objects(listed.stdout, own_mark="fwtrace:" + scope.own_table[len(TABLE_PREFIX):]))
+        elif "No such file or directory" not in listed.stderr:
+            raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
+    for family in scope.legacy_families:
+        names = proc_net(LEGACY_NAMES[family])
+        if not names.strip():
+            continue
+        saved = (legacy_saved or {}).get(family)
+        if saved is None:
+            saved = run([LEGACY_SAVE[family]], check=False).stdout
+        state.update(proof.legacy_objects(family, names, saved))
+    return state
+
+
+def nft_tables() -> dict[str, str]:
+    """Every nf_tables table of the calling thread's namespace over netlink (tracer/undo/tables.py):
+    one dump, whatever the number of rules."""
+    import socket
+
+    from tracer.trace.nftrace import NETLINK_NETFILTER
+
+    data = b""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+        s.bind((0, 0))
+        s.settimeout(2.0)
+        s.send(tables.gettable_request(1))
+        while True:
+            data += s.recv(1 << 16)
+            out, done = tables.parse_tables(data)
+            if done:
+                return out
 def hooked_tables() -> list[tuple[str, str]]:
     """The ip/ip6/inet tables with a base chain on input or forward, from one NFT_MSG_GETCHAIN
     dump over netlink in the calling thread's namespace (milliseconds at 50k rules)."""

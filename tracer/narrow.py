@@ -26,6 +26,7 @@ class Narrowed:
     argv: tuple[str, ...]
     undo: Undo
     nft_commits: int  # nf_tables transactions it costs in and out (the generation proof counts them)
+    table: Optional[tuple[str, str]] = None  # the nf_tables table it goes into (the cleanup proof lists it); None: x_tables
 
 
 def marker(run_id: str) -> str:
@@ -83,7 +84,8 @@ def _narrow_ipt(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
                       (tool, "-w", *table, "-D", chain, *spec),
                       gone=("does a matching rule exist", "No chain/target/match", "Bad rule"), netns=netns)
     legacy = tool.endswith("-legacy")
-    return Narrowed(shlex.join(apply[:1] + apply[2:]), tuple(apply), undo, 0 if legacy else 2)
+    where = None if legacy else ("ip6" if tool.startswith("ip6") else "ip", table[1] if table else "filter")
+    return Narrowed(shlex.join(apply[:1] + apply[2:]), tuple(apply), undo, 0 if legacy else 2, where)
 
 
 def _drop_option(words: list[str], names: tuple[str, ...]) -> list[str]:
@@ -122,4 +124,4 @@ def _narrow_nft(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
     apply = ["nft", verb, "rule", family, table, chain, *pos, rule]
     undo = RemoveCommented(f"{family} {table} {chain}", marker(run_id), netns)
     command = f"nft {verb} rule {family} {table} {chain} {' '.join(pos) + ' ' if pos else ''}{rule}"
-    return Narrowed(command, tuple(apply), undo, 2)
+    return Narrowed(command, tuple(apply), undo, 2, (family, table))

@@ -53,19 +53,25 @@ class ProbeReport:
     # nft transactions fwtrace itself committed between its add and its delete: iptables-nft
     # inserting and deleting the --log rules, one each
     own_commits: int = 0
-    legacy_unchanged: Optional[bool] = None  # iptables-legacy tables listed before and after: equal?
+    legacy_unchanged: Optional[bool] = None  # the x_tables part of the content proof (None: no x_tables tables)
+    unchanged: Optional[bool] = None  # the content proof (tracer/undo/proof.py): no object differs
+    checked: tuple[str, ...] = ()  # what the content proof compared
     ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
-        """True when the generations show exactly fwtrace's own transactions: its add, its
-        --log rules in and out, then its delete of the same table, so the ruleset is the one from
-        before. False when other writers committed meanwhile (nothing can then be said), None
-        when not measured. (x_tables has no generation: legacy_unchanged compares listings.)"""
+        """The content proof alone: every object fwtrace touched (tables, chains, sets, rules
+        with handles, x_tables tables, sysctls, tc state) equals its listing before the run."""
+        return self.unchanged
+
+    @property
+    def other_writers(self) -> Optional[bool]:
+        """Did anybody but fwtrace commit to nf_tables during the run? The generations must show
+        exactly fwtrace's own transactions: its add, its --log rules in and out, its delete."""
         g = self.generations
         if len(g) != 3:
             return None
-        return self.cleanup_ok and g[1] == g[0] + 1 and g[2] == g[1] + 1 + self.own_commits
+        return not (g[1] == g[0] + 1 and g[2] == g[1] + 1 + self.own_commits)
 
     @property
     def reached(self) -> bool:
@@ -91,7 +97,8 @@ class ProbeReport:
             "ebpf": {"mode": req.ebpf, "status": self.ebpf or "not used"},
             "cleanup": {"ok": self.cleanup_ok, "leftover": list(self.leftover),
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
-                        "legacy_unchanged": self.legacy_unchanged},
+                        "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged,
+                        "checked": list(self.checked)},
         }
 
     def dumps(self) -> str:
@@ -116,7 +123,8 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  leftover: Sequence[str] = (), generations: Sequence[int] = (), instrumentation: Sequence[str] = (),
                  lost_events: bool = False, evidence: Optional[Evidence] = None, mode: Optional[Mode] = None,
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
-                 own_commits: int = 0, legacy_unchanged: Optional[bool] = None, ebpf: str = "") -> ProbeReport:
+                 own_commits: int = 0, legacy_unchanged: Optional[bool] = None,
+                 unchanged: Optional[bool] = None, checked: Sequence[str] = (), ebpf: str = "") -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
     return ProbeReport(
@@ -124,12 +132,12 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
-        ebpf=ebpf,
+        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf,
     )
 
 
 def exit_status(report: ProbeReport) -> ExitStatus:
     """httpie-style: the status a finished probe exits with (errors map theirs in cli.main)."""
     if not report.cleanup_ok:
-        return ExitStatus.ENVIRONMENT
+        return ExitStatus.LEFTOVER  # the report names what is left and the command that removes it
     return ExitStatus.OK if report.reached else ExitStatus.BLOCKED

@@ -70,6 +70,7 @@ from tracer.model import (
 from tracer.outcome import ProbeReport
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
+from tracer.undo import verify
 from tracer.undo.records import nft_undo
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Armed:
     tcp_loose: Optional[str]
     notes: tuple[str, ...] = ()
     own_commits: int = 0  # nft transactions of iptables-nft's --log rules, in and out
+    proof: Optional[verify.Start] = None  # the cleanup proof's listing before the first nft change
 
 
 @dataclass(frozen=True)
@@ -257,18 +259,23 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
                extra: tuple["Narrowed", ...] = ()) -> Steps[Armed]:
     """fwtrace's trace table, and the kernel-log rules and switches when the run needs them; with
     --prove-fix, the narrowed fix rules (tracer/provefix.py) after the table, so they are traced."""
-    kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved)
+    tplan = sending.tplan
+    # The cleanup proof lists what the run may touch first; with --log its listing also says
+    # which chains nf_tables really holds (a --log rule into a missing one would create it). The
+    # tables --prove-fix's rules go into are listed in full too.
+    start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
+                                     tuple(x.table for x in extra if x.table is not None))
+    kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
     if req.ebpf == "on":
         yield OpenEbpf()  # after the injection port exists: its interface names are known
-    tplan = sending.tplan
     before = yield Generation()
     yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
                 atomic=True)
     added = yield Generation()
     tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")
-    armed = Armed(kplan, (before, added), frozenset(), tcp_loose)
+    armed = Armed(kplan, (before, added), frozenset(), tcp_loose, proof=start)
     # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
     # user's rules only, as the fix was written.
     for x in extra:

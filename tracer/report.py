@@ -1,7 +1,7 @@
 """Render a probe report as the text an admin reads on a terminal. No I/O."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from tracer.ebpf.text import ebpf_line
 from tracer.model import Action, EventKind, PacketResult, Step
@@ -143,21 +143,29 @@ def render(report: ProbeReport) -> str:
         out.append(f"note: {note}")
     if report.lost_events:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
+    out.extend(cleanup_lines(report, mode))
+    return "\n".join(out) + "\n"
+
+
+def cleanup_lines(report: Any, mode: str) -> list[str]:
+    """The cleanup proof: by content (every object fwtrace touched, listed before and after);
+    the nf_tables generations only say whether anybody else wrote meanwhile."""
     g = report.generations
     port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
     own = "only fwtrace's add and delete" if not report.own_commits else \
         f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
+    gens = "" if len(g) != 3 else (f"generation {g[0]} -> {g[2]}: other writers committed during the run" if report.other_writers
+                                   else f"generation {g[0]} -> {g[2]}: {own}")
+    out = []
     if report.cleanup_ok and report.ruleset_unchanged:
-        out.append(f"cleanup: {port}instrumentation removed; the ruleset is the one from before the run "
-                   f"(generation {g[0]} -> {g[2]}: {own})")
+        what = "; ".join(x for x in (", ".join(report.checked), gens) if x)
+        out.append(f"cleanup: {port}instrumentation removed; what fwtrace touched equals its listing before the run"
+                   + (f" ({what})" if what else ""))
     elif report.cleanup_ok:
-        out.append(f"cleanup: {port}instrumentation removed; other writers changed the ruleset during the run "
-                   f"(generation {g[0]} -> {g[2]}), so equality with the start is not shown" if len(g) == 3 else
-                   f"cleanup: {port}instrumentation removed")
-    if report.cleanup_ok and report.legacy_unchanged:
-        out.append("cleanup: the iptables-legacy tables listed after the run equal those before (counters aside)")
+        out.append(f"cleanup: {port}instrumentation removed" + (f" ({gens})" if gens else ""))
     if not report.cleanup_ok:
-        out.append("cleanup: FAILED, the ruleset differs from before the run:")
+        out.append("cleanup: FAILED, not as before the run:")
         out.extend(f"  {line}" for line in report.leftover)
-        out.append("  run `fwtrace cleanup` or delete the table named fwtrace_" + report.run_id)
-    return "\n".join(out) + "\n"
+        if report.other_writers:
+            out.append(f"  ({gens}: some of these may be theirs)")
+    return out

@@ -135,6 +135,7 @@ def test_unreadable_ruleset_is_an_error_after_a_clean_undo(lab: Lab, tmp_path: A
     start, before_journals = state(lab), journals()
     real = subprocess.run(["which", "nft"], capture_output=True, text=True).stdout.strip()
     path = fake_tool_dir(tmp_path, "nft", f"""#!/bin/sh
+case " $* " in *" tables "*) exec {real} "$@";; esac  # the table list holds no rule: readable
 for a in "$@"; do [ "$a" = list ] && [ "$2" != table ] && {{ echo "Error: unknown expression type 'frob'" >&2; exit 1; }}; done
 exec {real} "$@"
 """)

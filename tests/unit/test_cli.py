@@ -82,6 +82,62 @@ def test_log_option(argv: list[str], log: str) -> None:
 
 
 
+# ---------------------------------------------------------------------------------------------
+# --evidence is checked before anything is touched (no root needed to be refused)
+
+
+def test_evidence_path_refused_up_front(tmp_path: Any, capsys: Any) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "report.json").write_text("{}")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    old_tgz = tmp_path / "old.tar.gz"
+    old_tgz.write_text("x")
+    cases = [("", "--evidence needs a path"), (str(a_file), "exists and is not a directory"),
+             (str(full), "is a directory that is not empty"), (str(old_tgz), "exists and is not a directory"),
+             ("/proc/x", "cannot write in /proc"), (str(tmp_path / "no" / "dir"), "does not exist")]
+    for path, needle in cases:
+        assert cli.main(["probe", "--dport", "80", "--evidence", path]) == ExitStatus.USAGE, path
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("fwtrace: error: ") and needle in err, (path, err)
+    assert (full / "report.json").read_text() == "{}" and a_file.read_text() == "x"
+
+
+def test_evidence_path_accepted(tmp_path: Any) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (str(empty), str(tmp_path / "new"), str(tmp_path / "bundle.tar.gz")):
+        cli.check_evidence_path(path)  # raises on refusal
+    assert list(empty.iterdir()) == [] and not (tmp_path / "new").exists()
+
+
+def test_interrupt_message_says_what_was_undone() -> None:
+    from tracer.errors import Interrupted
+
+    assert cli._interrupted_line(KeyboardInterrupt()) == "fwtrace: interrupted (SIGINT)"
+    assert cli._interrupted_line(Interrupted("SIGTERM", None, "srv", run=True)) == \
+        "fwtrace: interrupted (SIGTERM) before the run changed anything"
+    assert cli._interrupted_line(Interrupted("SIGINT", [], "srv", run=True)) == \
+        "fwtrace: interrupted (SIGINT); every change of the run was undone"
+    assert cli._interrupted_line(Interrupted("SIGHUP", ["veth fwi1: busy"], "srv", run=True)) == \
+        "fwtrace: interrupted (SIGHUP); could not undo: veth fwi1: busy (hint: run `fwtrace cleanup --netns srv`)"
+
+
+def test_cleanup_help_says_which_runs(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["cleanup", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "only the dead runs that probed" in out and "Without --netns: replays the journals of ALL dead runs" in out
+
+
+def test_probe_help_lists_exit_statuses(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["probe", "--help"])
+    out = capsys.readouterr().out
+    assert "5 cleanup incomplete" in out and "130 interrupted" in out
+
+
 @pytest.mark.parametrize("argv, mode", [([], "auto"), (["--ebpf", "on"], "on"), (["--ebpf", "off"], "off")])
 def test_ebpf_option(argv: list[str], mode: str) -> None:
     ns = cli.build_parser().parse_args(["probe", "--dport", "80", *argv])

@@ -186,29 +186,53 @@ def test_legacy_tables_skip_empty_ones() -> None:
     assert rs.has_legacy and not rs.has_nft
 
 
-def test_kern_plan_trace_and_log_rules() -> None:
+def test_kern_plan_traces_legacy_chains_by_the_trace_bit() -> None:
     rs = snapshot.with_legacy(Ruleset(), {"ip": LEGACY4})
     spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
+    # fwtrace's own nft chain sets the skb's trace bit: ip_tables then logs TRACE lines for the
+    # legacy chains by itself, so no TRACE rule (and no x_tables raw table) is needed.
     p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="")
+    assert p.edits == () and p.offsets == {} and p.kmsg and p.families == ("ip",)
+    # Without that route a TRACE rule goes into the raw table, and only where it already exists.
+    assert kernplan.kern_plan("1a2b3c4d", [spec], rs, log="", trace_bit=False, legacy_raw=False).edits == ()
+    p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="", trace_bit=False, legacy_raw=True)
     assert [c.apply for c in p.edits] == [
         ("iptables-legacy", "-w", "-t", "raw", "-I", chain, "1", "-s", "192.0.2.2/32", "-d", "192.0.2.1/32",
          "-p", "tcp", "--sport", "40001", "--dport", "8080", "-m", "u32", "--u32", "2&0xFFFF=4660",
          "-m", "comment", "--comment", "fwtrace:1a2b3c4d", "-j", "TRACE") for chain in ("PREROUTING", "OUTPUT")]
     assert [c.undo[4] for c in p.edits] == ["-D", "-D"] and p.edits[0].undo[7:] == p.edits[0].apply[8:]
     assert p.offsets == {("ip", "raw", "PREROUTING"): 1, ("ip", "raw", "OUTPUT"): 1}
+
+
+def test_kern_plan_log_rules() -> None:
+    rs = snapshot.with_legacy(Ruleset(), {"ip": LEGACY4})
+    spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
     logged = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="kmsg")
     assert len(logged.log_points) == 6  # raw PREROUTING/OUTPUT, filter INPUT/FORWARD/OUTPUT/blocklist
-    assert logged.offsets[("ip", "filter", "blocklist")] == 1 and logged.offsets[("ip", "raw", "PREROUTING")] == 2
+    assert logged.offsets[("ip", "filter", "blocklist")] == 1 and logged.offsets[("ip", "raw", "PREROUTING")] == 1
     first = logged.edits[0].apply
     assert "--log-prefix" in first and first[first.index("--log-prefix") + 1] == "fwtrace:1a2b3c4d:1 "
     assert "limit" in first
     nfl = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="nflog")
-    assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: TRACE still needs the kernel log
+    assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: their TRACE lines need the kernel log
     assert "NFLOG" in nfl.edits[0].apply and "fwtrace:1a2b3c4d:1" in nfl.edits[0].apply
     nft_only = kernplan.kern_plan("1a2b3c4d", [spec], Ruleset(), log="nflog")
     assert not nft_only.kmsg and nft_only.edits == ()
     v6 = PacketSpec(Proto.TCP, C6, S6, 40001, 8080, "S", 0xABCDE)
     assert "0&0xFFFFF=703710" in kernplan.trace_match(v6)
+
+
+def test_log_rules_only_in_chains_nf_tables_holds() -> None:
+    # iptables-nft-save prints every built-in chain; nf_tables holds only INPUT here, and
+    # `iptables-nft -I FORWARD` would create FORWARD (and keep it after -D).
+    saved = snapshot.parse_iptables_save("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                                          ":blocklist - [0:0]\n-A INPUT -j blocklist\nCOMMIT\n")
+    rs = Ruleset(kernplan.iptables_nft_tables("ip", saved))
+    spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
+    kp = kernplan.kern_plan("1a2b3c4d", [spec], rs, "nflog", nft_chains=frozenset({("ip", "filter", "INPUT"),
+                                                                                    ("ip", "filter", "blocklist")}))
+    assert [(p.table, p.chain) for p in kp.log_points.values()] == [("filter", "INPUT"), ("filter", "blocklist")]
+    assert [c.apply[5] for c in kp.edits] == ["INPUT", "blocklist"]
 
 
 def test_priority_values() -> None:

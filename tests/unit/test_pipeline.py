@@ -42,7 +42,8 @@ class Script:
             "TakeSnapshot": EMPTY, "SaveLegacy": {}, "ListAddresses": ADDRS, "RouteBack": Route("eth0"),
             "OpenInjector": SERVER, "BuildPackets": lambda cmd: tuple(b"probe" for _ in cmd.specs),
             "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
-            "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "TableGone": True, "MetChains": EMPTY,
+            "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
+            "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
         }
         self.asked: list[c.Command] = []
@@ -64,8 +65,9 @@ def test_local_run_sequence() -> None:
     script = Script()
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
-        "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Change",
-        "Generation", "ReadSysctl", "Send", "Wait", "Finish", "Generation", "TableGone", "MetChains", "Listeners"]
+        "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy",
+        "Begin", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
+        "Generation", "ProofListing", "MetChains", "Listeners"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
     assert add.undo.netns is None  # the driver gives it the run's namespace
@@ -165,3 +167,35 @@ def test_waiting_rules_ignore_other_packets_replies() -> None:
     w = Waiter(other, roles, deadline=101.0)
     w.feed(c.Polled(100.05, (), (c.Captured(headers, reply),)))
     assert w.reply is None and w.until == 101.0
+
+
+def test_log_rules_only_into_chains_the_proof_listed() -> None:
+    """--log: the proof lists the family's iptables-nft tables first; a chain iptables-nft-save
+    prints but nf_tables does not hold gets no rule (iptables-nft would create it)."""
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n"
+    listed = {"table ip filter": "{}", "chain ip filter INPUT": "{}", "rule ip filter INPUT handle 2": "{}"}
+    script = Script(NftTables={"table ip filter": "{}", "table inet other": "{}"}, ProofListing=listed, IptSave=saved,
+                    InInitialNetns=True, ListChains="")
+    report = run(ProbeRequest(dport=8080, local=True, log="nflog"), script)
+    [scope] = {cmd.scope for cmd in script.asked if isinstance(cmd, c.ProofListing)}
+    assert scope.tables == (("ip", "filter"),) and scope.own_table == "fwtrace_0badc0de"
+    edits = [cmd.action.argv for cmd in script.asked if isinstance(cmd, c.Change) and cmd.action.argv[0] == "iptables-nft"]
+    assert [argv[5] for argv in edits] == ["INPUT"] and "--comment" in edits[0]
+    assert report.cleanup_ok and report.ruleset_unchanged
+    assert report.checked == ("the table list (handles, flags, chain and set counts)",
+                              "ip filter in full (chains, sets, rules with handles)")
+
+
+def test_a_difference_after_the_undo_fails_the_cleanup_with_its_name() -> None:
+    from tracer.undo.records import RestoreSysctl
+
+    key = "net.netfilter.nf_conntrack_log_invalid"
+    listings = iter([{"table inet fwtrace_0badc0de": "absent"},
+                     {"table inet fwtrace_0badc0de": "absent", "table ip raw": '{"handle": 9}'}])
+    script = Script(ProofListing=lambda cmd: next(listings), Finish=c.Finished(undos=(RestoreSysctl(key, "0", "srv"),)),
+                    ReadSysctl=lambda cmd: "255" if cmd.key == key else "0")
+    report = run(ProbeRequest(dport=8080, netns="srv", local=True), script)
+    assert not report.cleanup_ok and report.ruleset_unchanged is False and exit_status(report) == 5
+    assert report.leftover == (
+        f"sysctl {key} in srv: changed (remedy: `ip netns exec srv sysctl -w {key}=0`)",
+        "table ip raw: left behind (remedy: `ip netns exec srv nft delete table ip raw`)")

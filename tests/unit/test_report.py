@@ -6,7 +6,8 @@ from pathlib import Path
 from tracer import diagnose
 from tracer.evidence import read_bundle, replay, replay_report
 from tracer.model import ProbeRequest
-from tracer.outcome import build_report
+from tracer.errors import ExitStatus
+from tracer.outcome import build_report, exit_status
 from tracer.report import render
 from tracer.snapshot import assemble
 
@@ -17,7 +18,8 @@ def report_of(name: str, generations: tuple[int, ...] = (5, 6, 7)) -> str:
     files = read_bundle(str(BUNDLES / name))
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
     ctx = diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local=False)
-    rep = replay_report(files, ProbeRequest(dport=8080, netns="srv", from_netns="cli"), ctx, generations=generations)
+    rep = replay_report(files, ProbeRequest(dport=8080, netns="srv", from_netns="cli"), ctx, generations=generations,
+                        unchanged=True)
     return render(rep)
 
 
@@ -31,12 +33,13 @@ def test_seed_report_accounts_for_every_rule_before_the_decision() -> None:
     assert "rule 7   -A INPUT -j REJECT --reject-with icmp-host-prohibited  -> drop" in text
     assert "verdict: REJECT by ip filter INPUT rule 7: -A INPUT -j REJECT --reject-with icmp-host-prohibited" in text
     assert "[shadowed-rule]" in text and "fix: iptables -I INPUT 7 -p tcp -m tcp --dport 8080 -j ACCEPT" in text
-    assert "(generation 5 -> 7: only fwtrace's add and delete)" in text
+    assert "what fwtrace touched equals its listing before the run" in text
+    assert "generation 5 -> 7: only fwtrace's add and delete)" in text
 
 
 def test_other_writers_are_reported_not_hidden() -> None:
     text = report_of("seed-shadowed", (5, 7, 9))
-    assert "other writers changed the ruleset during the run (generation 5 -> 9)" in text
+    assert "generation 5 -> 9: other writers committed during the run" in text
 
 
 def test_user_chain_and_forward_reports() -> None:
@@ -50,20 +53,40 @@ def test_log_rules_of_iptables_nft_count_in_the_generation_proof() -> None:
     files = read_bundle(str(BUNDLES / "nft-user-chain-nflog"))
     results = tuple(replay(files))
     base = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="nflog"), "0badc0de", results,
-                        bare(files), generations=(5, 6, 15), own_commits=8)
-    assert base.ruleset_unchanged is True
-    assert "(generation 5 -> 15: only fwtrace's add, its 4 --log rule(s) in and out, and its delete)" in render(base)
-    other = build_report(base.request, "0badc0de", results, bare(files), generations=(5, 6, 16), own_commits=8)
-    assert other.ruleset_unchanged is False and "other writers changed the ruleset" in render(other)
+                        bare(files), generations=(5, 6, 15), own_commits=8, unchanged=True)
+    assert base.ruleset_unchanged is True and base.other_writers is False
+    assert "generation 5 -> 15: only fwtrace's add, its 4 --log rule(s) in and out, and its delete)" in render(base)
+    other = build_report(base.request, "0badc0de", results, bare(files), generations=(5, 6, 16), own_commits=8,
+                         unchanged=True)
+    # The generations detect other writers; whether the ruleset is as before is the content proof's to say.
+    assert other.other_writers is True and other.ruleset_unchanged is True
+    assert "other writers committed during the run" in render(other)
+
+
+def test_a_leftover_is_named_with_its_remedy() -> None:
+    files = read_bundle(str(BUNDLES / "nft-user-chain-nflog"))
+    left = ("chain ip filter FORWARD: left behind (remedy: `ip netns exec srv nft delete chain ip filter FORWARD`)",)
+    rep = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="nflog"), "0badc0de",
+                       tuple(replay(files)), bare(files), leftover=left, generations=(5, 6, 9), own_commits=2,
+                       unchanged=False)
+    text = render(rep)
+    assert "cleanup: FAILED, not as before the run:\n  chain ip filter FORWARD: left behind (remedy: `ip netns exec srv nft " \
+           "delete chain ip filter FORWARD`)" in text
+    doc = rep.to_json()["cleanup"]
+    assert doc["ok"] is False and doc["ruleset_unchanged"] is False and doc["leftover"] == list(left)
+    assert exit_status(rep) == ExitStatus.LEFTOVER == 5
 
 
 def test_legacy_report_marks_legacy_chains_and_the_listing_proof() -> None:
     files = read_bundle(str(BUNDLES / "legacy-user-chain-log"))
     results = tuple(replay(files))
     rep = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="kmsg"), "0badc0de", results,
-                       bare(files), generations=(5, 6, 7), legacy_unchanged=True)
+                       bare(files), generations=(5, 6, 7), legacy_unchanged=True, unchanged=True,
+                       checked=("the table list (handles, flags, chain and set counts)", "the iptables-legacy tables"))
     text = render(rep)
     assert "ip filter fail2ban-SSH [legacy] rule 1: no match" in text
     assert "verdict: REJECT by ip filter fail2ban-SSH (iptables-legacy) rule 2" in text
-    assert "iptables-legacy tables listed after the run equal those before" in text
+    assert "cleanup: instrumentation removed; what fwtrace touched equals its listing before the run " \
+           "(the table list (handles, flags, chain and set counts), the iptables-legacy tables; generation 5 -> 7: " \
+           "only fwtrace's add and delete)" in text
     assert rep.to_json()["cleanup"]["legacy_unchanged"] is True

@@ -1,5 +1,6 @@
 """The kernel-log side of a run, computed as data (no I/O): iptables-legacy tables in the model,
-the legacy TRACE rules, the LOG evidence rules (`--log`) and the sysctls the kernel log needs.
+the LOG evidence rules (`--log`) and the sysctls the kernel log needs. Legacy chains are traced
+by the trace bit fwtrace's nft chain sets (see kern_plan), not by TRACE rules.
 
 Only used when the target has iptables-legacy rules or `--log` was given: the default
 (nft-only) path stays one nft batch and one trace socket.
@@ -138,11 +139,23 @@ def nflog_group(run_id: str) -> int:
     return 0x8000 | (int(run_id, 16) & 0x7FFF)
 
 
-def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) -> KernPlan:
-    """TRACE rules for the legacy tables; with `log` ("nflog" or "kmsg"), an NFLOG or LOG rule at
-    the top of every chain of the probe's family that iptables manages (legacy and iptables-nft). Native nft chains get none:
+def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str,
+              nft_chains: Optional[frozenset[tuple[str, str, str]]] = None, trace_bit: bool = True,
+              legacy_raw: bool = False) -> KernPlan:
+    """With `log` ("nflog" or "kmsg"), an NFLOG or LOG rule at the top of every chain of the
+    probe's family that iptables manages (legacy and iptables-nft). Native nft chains get none:
     a LOG rule there could only be undone by a handle known after it exists, and nftrace already
-    reports every rule the packet meets in them."""
+    reports every rule the packet meets in them.
+
+    Nothing may outlive the run. iptables-nft-save prints every built-in chain of a table, but
+    nf_tables holds only those made so far, and `iptables-nft -I` into a missing one creates it
+    (and `-D` leaves it): so iptables-nft chains get a rule only when they are in `nft_chains`
+    (the chains nf_tables lists; a chain that does not exist sees no packet anyway).
+
+    Legacy chains are traced by the trace bit fwtrace's own nft chain sets (`trace_bit`, the
+    default): ip_tables logs `TRACE: table:chain:rule:N` for any skb with it, as `-j TRACE` would,
+    and no x_tables raw table is instantiated (one cannot be unregistered). Only without that
+    route, and only when the legacy raw table already exists (`legacy_raw`), TRACE rules go there."""
     family = specs[0].nfproto
     comment = ["-m", "comment", "--comment", f"fwtrace:{run_id}"]
     edits: list[RuleEdit] = []
@@ -157,6 +170,8 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
         for t in [t for t in ruleset.tables if t.family == family and t.backend is not Backend.NFT]:
             tool = cmd if t.backend is Backend.IPTABLES_LEGACY else NFT_IPT_CMD[family]
             for c in t.chains:
+                if t.backend is Backend.IPTABLES_NFT and nft_chains is not None and (family, t.name, c.name) not in nft_chains:
+                    continue
                 n = len(points) + 1
                 points[n] = LogPoint(family, t.name, c.name, t.backend is Backend.IPTABLES_LEGACY)
                 if group is not None:
@@ -164,13 +179,15 @@ def kern_plan(run_id: str, specs: list[PacketSpec], ruleset: Ruleset, log: str) 
                               "--nflog-size", "128"]
                 else:
                     target = ["-j", "LOG", "--log-prefix", log_prefix(run_id, n)]
-                rest = [*log_match(specs), *limit, *target]
+                # The comment makes the rule fwtrace's in any listing (an xt LOG target's prefix
+                # is invisible to nft): the cleanup proof of a concurrent run skips it by it.
+                rest = [*log_match(specs), *limit, *comment, *target]
                 edits.append(RuleEdit(f"{tool} -t {t.name} {target[1]} rule in {c.name}", _ipt(tool, t.name, "-I", c.name, rest),
                                       _ipt(tool, t.name, "-D", c.name, rest)))
                 if t.backend is Backend.IPTABLES_LEGACY:
                     offsets[(family, t.name, c.name)] = offsets.get((family, t.name, c.name), 0) + 1
 
-    if legacy:
+    if legacy and not trace_bit and legacy_raw:
         for spec in specs:
             rest = [*trace_match(spec), *comment, "-j", "TRACE"]
             for chain in ("PREROUTING", "OUTPUT"):

@@ -1,21 +1,31 @@
 """Take changes back: one journaled undo, or everything runs whose process is gone left behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import Any, Callable, Optional
+import signal
+from typing import Any, Callable, Iterator, Optional
 
 from tracer import system
+from tracer.console import quietly
 from tracer.errors import FwtraceError
 from tracer.trace import plan
-from tracer.undo.journal import is_alive, list_journals
+from tracer.undo.journal import Journal, JournalDoc, is_alive, list_journals
 from tracer.undo.records import ReleaseShared, RemoveClsact, RemoveCommented, RestoreSysctl, Undo
+
+# Test-only fault hook: an undo whose description contains this text is skipped and reported as
+# done, like a buggy undo would be. The content proof (tracer/undo/proof.py) must catch it.
+SKIP_UNDO_ENV = "FWTRACE_TEST_SKIP_UNDO"
 
 _TABLE_RE = re.compile(r"^table inet (" + re.escape(plan.TABLE_PREFIX) + r"[0-9a-f]{8}) \{", re.M)
 
 
 def apply_undo(undo: Undo) -> Optional[str]:
     """Carry out one undo; None when done (or nothing was left to undo), else the error."""
+    skip = os.environ.get(SKIP_UNDO_ENV)
+    if skip and skip in undo.what:
+        return None
     try:
         with system.netns(undo.netns):
             if isinstance(undo, RestoreSysctl):
@@ -103,23 +113,76 @@ def warn_stale(log: Any) -> None:
         log.warning("a dead fwtrace run left changes behind", journal=path, hint="run `fwtrace cleanup` to undo them")
 
 
-def clean_journals(log: Any) -> list[str]:
-    """Replay the undos of every dead run's journal; returns what was undone."""
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Cleanup must not be cut short by a second Ctrl-C: hold INT/TERM/HUP until it is done."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def undo_journal(journal: Journal, log: Any, after_each: Callable[[], None] = lambda: None) -> list[str]:
+    """Take back every pending change of a live run's journal, newest first, with the signals
+    held; each step in its own try, whatever the logger or the journal's disk does (a closed or
+    full stderr must not keep the next undo from running). Returns what could not be undone."""
+    errors: list[str] = []
+    with signals_blocked():
+        for index, undo in journal.pending():
+            try:
+                err = apply_undo(undo)
+            except BaseException as e:
+                err = f"{type(e).__name__}: {e}"
+            if err is None:
+                quietly(journal.mark, index, "undone")
+                quietly(log.info, "undone", what=undo.what, netns=undo.netns)
+            else:
+                errors.append(f"{undo.what}: {err}")
+            quietly(after_each)
+        if not errors:
+            quietly(journal.remove)
+    return errors
+
+
+def probed(doc: JournalDoc, netns: Optional[str]) -> bool:
+    """Did the run of this journal probe `netns` (None: every run counts)? Journals written
+    before the target was recorded tell it by the namespaces their undos run in."""
+    if netns is None:
+        return True
+    if doc.netns is not None:
+        return doc.netns == netns
+    return any(e.get("undo", {}).get("netns") == netns for e in doc.entries)
+
+
+def clean_journals(log: Any, netns: Optional[str] = None) -> list[str]:
+    """Replay the undos of every dead run's journal (of the runs that probed `netns` only, when
+    given); returns what was undone. Each journal's undos run with signals held, each in its own try."""
     done: list[str] = []
     for path, doc in list_journals():
-        if doc is not None and is_alive(doc):
+        if doc is not None and (is_alive(doc) or not probed(doc, netns)):
             continue
+        if doc is None and netns is not None:
+            continue  # unreadable: it cannot say which namespace it probed
         errors = []
-        for undo in doc.undos() if doc is not None else []:
-            err = apply_undo(undo)
-            if err is None:
-                done.append(f"{undo.what} (run {doc.run_id if doc else '?'})")
-                log.info("undone", what=undo.what, netns=undo.netns)
-            else:
-                errors.append(err)
-                log.error("undo failed", what=undo.what, error=err)
-        if not errors:
-            os.unlink(path)
+        with signals_blocked():
+            for undo in doc.undos() if doc is not None else []:
+                try:
+                    err = apply_undo(undo)
+                except Exception as e:
+                    err = f"{type(e).__name__}: {e}"
+                if err is None:
+                    done.append(f"{undo.what} (run {doc.run_id if doc else '?'})")
+                    quietly(log.info, "undone", what=undo.what, netns=undo.netns)
+                else:
+                    errors.append(err)
+                    quietly(log.error, "undo failed", what=undo.what, error=err)
+            if not errors:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
     return done
 
 
@@ -140,4 +203,4 @@ def clean_tables(netns: Optional[str], log: Any) -> list[str]:
 
 def clean_stale(netns: Optional[str], log: Any) -> list[str]:
     system.require_root()
-    return clean_journals(log) + clean_tables(netns, log)
+    return clean_journals(log, netns) + clean_tables(netns, log)

@@ -28,6 +28,7 @@ class JournalDoc:
     starttime: str  # /proc/PID/stat field 22: tells a reused pid from ours
     argv: list[str]
     entries: list[dict[str, Any]] = field(default_factory=list)  # {"undo": ..., "state": ...}
+    netns: Optional[str] = None  # the namespace the run probed (`fwtrace cleanup --netns` picks by it)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,7 +36,7 @@ class JournalDoc:
     @staticmethod
     def from_json(d: dict[str, Any]) -> "JournalDoc":
         return JournalDoc(str(d["run_id"]), int(d["pid"]), str(d.get("starttime", "")), list(d.get("argv", [])),
-                          list(d.get("entries", [])))
+                          list(d.get("entries", [])), d.get("netns"))
 
     def undos(self) -> list[Undo]:
         """Pending and applied changes, newest first: the order to take them back in."""
@@ -58,11 +59,11 @@ def is_alive(doc: JournalDoc) -> bool:
 class Journal:
     """The journal file of the running process's run."""
 
-    def __init__(self, run_id: str, argv: list[str], directory: str = RUN_DIR) -> None:
+    def __init__(self, run_id: str, argv: list[str], directory: str = RUN_DIR, netns: Optional[str] = None) -> None:
         self.directory = directory
         self.path = os.path.join(directory, f"{run_id}.json")
         pid = os.getpid()
-        self.doc = JournalDoc(run_id, pid, process_starttime(pid) or "", argv)
+        self.doc = JournalDoc(run_id, pid, process_starttime(pid) or "", argv, netns=netns)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._write()
 

@@ -125,3 +125,8 @@ def release(key: str, run_id: str, write: Write, directory: str = SHARED_DIR,
         write(key, orig)
         os.unlink(base + ".orig")
         return True
+
+
+def held(key: str, run_id: str, directory: str = SHARED_DIR) -> bool:
+    """Is run `run_id` still registered as a user of `key`? (After its release it must not be.)"""
+    return os.path.exists(os.path.join(directory, key + ".users", run_id))
