@@ -157,8 +157,8 @@ def render(steps: tuple[ProofStep, ...], reached: bool = False) -> str:
         else:
             out.append(f"     not enough: next it is blocked by {s.blocked_by}")
         if s.unchanged and len(s.generations) == 3:
-            out.append(f"     removed: the ruleset is the one from before (generation {s.generations[0]} -> "
-                       f"{s.generations[2]}: only fwtrace's own changes)")
+            out.append(f"     removed: the ruleset is the one from before (its cleanup proof; generation "
+                       f"{s.generations[0]} -> {s.generations[2]})")
         elif s.unchanged is False:
-            out.append("     removed, but other writers changed the ruleset meanwhile: equality is not shown")
+            out.append("     removed, but its cleanup proof found a difference: see `fwtrace cleanup`")
     return "\n".join(out) + "\n"
