@@ -393,7 +393,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.LegacyHasRaw: lambda run, cmd: "raw" in system.proc_net(listing.LEGACY_NAMES[cmd.family]).split(),
     c.ListChains: lambda run, cmd: "".join(system.run(["nft", "-a", "list", "chain", *k]).stdout for k in cmd.keys),
     c.Generation: lambda run, cmd: _generation(),
-    c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved),
+    c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved, cmd.wanted),
     c.TableGone: lambda run, cmd: system.run(["nft", "list", "table", "inet", cmd.name], check=False).returncode != 0,
     c.Describe: lambda run, cmd: _describe(cmd),
     c.RpFilter: lambda run, cmd: _rp_filter(cmd),

@@ -36,6 +36,8 @@ class Snapshot:
     nft_text: str  # what nft printed (the whole ruleset, or the listed chains one after another)
     ipt_text: dict[str, str]  # "ip"/"ip6" -> iptables-save style text for those tables
     legacy_text: dict[str, str] = field(default_factory=dict)  # "ip"/"ip6" -> iptables-legacy-save output
+    # Chains holding only the rules a report shows (tracer/sparse.py): their other rules are not read
+    sparse: frozenset[ChainKey] = frozenset()
 
     @property
     def legacy_listing(self) -> str:
