@@ -9,6 +9,7 @@ scratch namespace (tracer/sparse.py).
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -19,7 +20,7 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 6, 7
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLM_F_CREATE, NLM_F_APPEND = 0x400, 0x800
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_EXPRESSIONS = 1, 2, 3, 4
@@ -93,7 +94,7 @@ def dump_chain(family: str, table: str, chain: str, wanted: frozenset[int]) -> C
                     if handle not in wanted:
                         break  # the rest of an unwanted rule is never looked at
                 elif kind in (NFTA_RULE_EXPRESSIONS, NFTA_RULE_COMPAT, NFTA_RULE_USERDATA):
-                    keep.append(bytes(m[a:a + alen]))
+                    keep.append(bytes(m[a:a + alen]) + b"\0" * (-alen % 4))  # attributes stay aligned
                 a += (alen + 3) & ~3
             if handle is not None and handle in wanted:
                 raw[handle] = b"".join(keep)
@@ -105,26 +106,49 @@ def refers_to_objects(raw: bytes) -> bool:
     return any(name in raw for name in _REFERS)
 
 
+def _send_batch(sock: socket.socket, family: int, table: str, chain: str, raw: bytes) -> None:
+    """One rule appended in a batch of its own. The kernel handles a batch inside send(), so by
+    its return the rule is in or an error is queued (no ACKs asked for)."""
+    body = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0") + raw
+    sock.send(_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, b"", NFNL_SUBSYS_NFTABLES)
+              + _msg(_rule_type(NFT_MSG_NEWRULE), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND, 2, family, body)
+              + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, 0, b"", NFNL_SUBSYS_NFTABLES))
+    try:
+        for _ in _messages(sock):  # raises on an error
+            pass
+    except BlockingIOError:
+        return  # nothing queued: added
+
+
+# The kernel does not dump NFTA_RULE_COMPAT (the `-p` an x_tables match was checked against),
+# and matches like multiport refuse a rule without it. Rendering ignores it (nft and iptables
+# print the protocol from the rule's own payload match), so a refused rule is tried again with
+# each protocol an x_tables match may require.
+_COMPAT_PROTOS = (6, 17, 132, 33, 136)
+NFTA_RULE_COMPAT_PROTO, NFTA_RULE_COMPAT_FLAGS = 1, 2  # both required
+
+
 def add_rules(family: str, table: str, rules: Iterable[tuple[str, bytes]]) -> None:
-    """Append rules (chain, raw attributes from dump_chain) in one transaction, in the calling
-    thread's namespace (only ever a scratch namespace of fwtrace's own). OSError on refusal."""
+    """Append rules (chain, raw attributes from dump_chain) in order, in the calling thread's
+    namespace (only ever a scratch namespace of fwtrace's own). OSError when one is refused."""
     fam = FAMILIES[family]
-    msgs = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, b"", NFNL_SUBSYS_NFTABLES)]
-    seq = 1
-    for chain, raw in rules:
-        seq += 1
-        body = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0") + raw
-        msgs.append(_msg(_rule_type(NFT_MSG_NEWRULE), NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
-                         seq, fam, body))
-    last = seq + 1
-    msgs.append(_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, last, 0, b"", NFNL_SUBSYS_NFTABLES))
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
-        s.settimeout(5.0)
-        s.send(b"".join(msgs))
-        acked = 0
-        while acked < seq - 1:
-            for kind, m in _messages(s):
-                if kind == NLMSG_ERROR:
-                    acked += 1
-                    if acked >= seq - 1:
-                        return
+        s.setblocking(False)
+        for chain, raw in rules:
+            try:
+                _send_batch(s, fam, table, chain, raw)
+                continue
+            except OSError as e:
+                if e.errno != errno.EINVAL or not (b"match\x00" in raw or b"target\x00" in raw):
+                    raise
+                refused = e
+            for proto in _COMPAT_PROTOS:
+                compat = _attr(NFTA_RULE_COMPAT | 0x8000, _attr(NFTA_RULE_COMPAT_PROTO, struct.pack(">I", proto))
+                               + _attr(NFTA_RULE_COMPAT_FLAGS, struct.pack(">I", 0)))
+                try:
+                    _send_batch(s, fam, table, chain, raw + compat)
+                    break
+                except OSError:
+                    continue
+            else:
+                raise refused
