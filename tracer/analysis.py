@@ -59,6 +59,18 @@ def _wanted(exchanges: tuple[Exchange, ...], met: set[ChainKey]) -> dict[ChainKe
     return {k: frozenset(v) for k, v in out.items()}
 
 
+def _searches_chains(r: PacketResult) -> bool:
+    """Will a finding read rules of the met chains that no event named? shadowed-rule looks for a
+    later ACCEPT after a deciding rule, untracked for an ACCEPT of state NEW after a NOTRACK, and
+    the fix for a dropped reply copies the style of every rule (tracer/findings)."""
+    if r.reply_dropped:
+        return True
+    if r.verdict is Verdict.ACCEPT or r.decided_by is None:
+        return False
+    return r.decided_by.rule is not None or any(s.rule is not None and "notrack" in s.rule.display.lower()
+                                                for s in r.steps)
+
+
 def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
              snap: Snapshot) -> Steps[list[PacketResult]]:
     """Each probe's result: its events correlated with the chains' rules."""
@@ -86,12 +98,11 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
            if e.source != ebpf_timeline.SOURCE and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy
            and e.kind is not EventKind.CONNTRACK}
     # Long chains are read sparsely (only the rules the events name, tracer/sparse.py) unless an
-    # evidence bundle lists everything anyway; when a packet was not plainly accepted, the findings
-    # search its chains (a later ACCEPT, the ruleset's style), so those are then read in full.
+    # evidence bundle lists everything anyway, and again in full when a finding will search them.
     wanted = None if full else _wanted(exchanges, met)
     snap: Snapshot = yield MetChains(tuple(sorted(met)), legacy_saved, wanted)
     results = yield from _results(run_id, sending, exchanges, snap)
-    if snap.sparse and not all(r.verdict is Verdict.ACCEPT and not r.reply_dropped for r in results):
+    if snap.sparse and any(_searches_chains(r) for r in results):
         snap = yield MetChains(tuple(sorted(met)), legacy_saved)
         results = yield from _results(run_id, sending, exchanges, snap)
     target, mode, via = sending.target, sending.mode, sending.via

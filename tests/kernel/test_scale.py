@@ -71,18 +71,20 @@ def test_rule_using_a_set_is_listed_in_full(lab: Lab) -> None:
 
 
 def probe_both(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> tuple[ProbeReport, ProbeReport, list[Any]]:
-    """The same probe read sparsely, then with sparse reading switched off; what sparse.read gave."""
+    """The same probe read sparsely, then with sparse reading switched off; the sparse run's
+    readings of the met chains (the keys read sparsely, or "full" for a full reading)."""
     seen: list[Any] = []
-    real = sparse.read
+    real = listing.chains
 
     def spy(*a: Any) -> Any:
         got = real(*a)
-        seen.append(got[0])
+        seen.append(got.sparse if len(a) > 2 and a[2] is not None else "full")
         return got
 
-    monkeypatch.setattr(sparse, "read", spy)
+    monkeypatch.setattr(listing, "chains", spy)
     req = ProbeRequest(netns=lab.server, from_netns=lab.client, dst=SERVER4, dport=8080)
     thin = Run(req, log).execute()
+    monkeypatch.setattr(listing, "chains", real)
     monkeypatch.setattr(sparse, "SPARSE_FROM", 10**9)
     full = Run(req, log).execute()
     return thin, full, seen
@@ -100,7 +102,7 @@ def test_accepted_after_a_long_chain_same_report(lab: Lab, monkeypatch: pytest.M
     lab.iptables_restore(lab.server, long_input())
     lab.listen(lab.server, Proto.TCP, 8080)
     thin, full, seen = probe_both(lab, monkeypatch)
-    assert seen[0] == frozenset({("ip", "filter", "INPUT")})  # read sparsely
+    assert seen == [frozenset({("ip", "filter", "INPUT")})]  # read sparsely, and only so
     same(thin, full)
     d = thin.results[0].decided_by
     assert d is not None and d.rule is not None and d.rule.number == N + 4
@@ -110,8 +112,20 @@ def test_accepted_after_a_long_chain_same_report(lab: Lab, monkeypatch: pytest.M
 def test_blocked_in_a_long_chain_same_report(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drop makes the findings search the chain: it is then listed in full."""
     lab.iptables_restore(lab.server, long_input(client_at=N // 2))
-    thin, full, _ = probe_both(lab, monkeypatch)
+    thin, full, seen = probe_both(lab, monkeypatch)
+    assert seen == [frozenset({("ip", "filter", "INPUT")}), "full"]
     same(thin, full)
     d = thin.results[0].decided_by
     assert thin.results[0].verdict.value == "drop" and d is not None and d.rule is not None
     assert d.rule.number == N // 2 + 4 and d.rule.display.startswith(f"-A INPUT -s {CLIENT4}/32")
+
+
+def test_policy_drop_after_a_long_chain_stays_sparse(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy decides: no finding searches the chain, so its sparse reading is the report's."""
+    lab.iptables_restore(lab.server, long_input().replace("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n", ""))
+    thin, full, seen = probe_both(lab, monkeypatch)
+    assert seen == [frozenset({("ip", "filter", "INPUT")})]
+    same(thin, full)
+    r = thin.results[0]
+    assert r.verdict.value == "drop" and r.decided_by is not None and r.decided_by.policy == "drop"
+    assert "policy" in {f.code for f in thin.findings}
