@@ -71,7 +71,8 @@ def probe_once(lab: Lab, src: str) -> tuple[float, float, int, int]:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", PYTHON, "-m", "tracer", "probe", "--dport", "8080",
-                        "--netns", lab.server, "--from-netns", lab.client, "--json"], capture_output=True, text=True, env=env)
+                        "--netns", lab.server, "--from-netns", lab.client, "--json"], capture_output=True, text=True, env=env,
+                       cwd=src)  # `-m` puts the working directory first on sys.path
     wall = time.perf_counter() - t
     doc = json.loads(p.stdout)
     maxrss, user, system = p.stderr.strip().splitlines()[-1].split()

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -74,31 +74,57 @@ def _messages(sock: socket.socket) -> Iterable[tuple[int, bytes]]:
 
 def dump_chain(family: str, table: str, chain: str, wanted: frozenset[int]) -> ChainRules:
     """The handles of one chain's rules in order, and the raw attributes of the `wanted` ones."""
-    body = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    names = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    # Every message of this dump starts with the same table and chain attributes, then the
+    # handle: one unpack per rule finds it (the attribute walk is the fallback).
+    at = 20 + len(names)
     handles: list[int] = []
     raw: dict[int, bytes] = {}
     unpack = struct.unpack_from
+    buf = bytearray(1 << 18)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        s.send(_msg(_rule_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, 1, FAMILIES[family], body))
-        for _, m in _messages(s):
-            a, end = 20, len(m)
-            keep: list[bytes] = []
-            handle = None
-            while a < end:
-                alen, kind = unpack("=HH", m, a)
-                kind &= NLA_TYPE_MASK
-                if kind == NFTA_RULE_HANDLE:
-                    handle = unpack(">Q", m, a + 4)[0]
+        s.send(_msg(_rule_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, 1, FAMILIES[family], names))
+        while True:
+            n = s.recv_into(buf)
+            off = 0
+            while off < n:
+                length, kind = unpack("=IH", buf, off)
+                if kind == NLMSG_DONE:
+                    return ChainRules(tuple(handles), raw)
+                if kind == NLMSG_ERROR:
+                    err = -unpack("=i", buf, off + 16)[0]
+                    raise OSError(err, f"nf_tables: {os.strerror(err)}")
+                if unpack("=H", buf, off + at + 2)[0] & NLA_TYPE_MASK == NFTA_RULE_HANDLE:
+                    handle = unpack(">Q", buf, off + at + 4)[0]
                     handles.append(handle)
-                    if handle not in wanted:
-                        break  # the rest of an unwanted rule is never looked at
-                elif kind in (NFTA_RULE_EXPRESSIONS, NFTA_RULE_COMPAT, NFTA_RULE_USERDATA):
-                    keep.append(bytes(m[a:a + alen]) + b"\0" * (-alen % 4))  # attributes stay aligned
-                a += (alen + 3) & ~3
-            if handle is not None and handle in wanted:
-                raw[handle] = b"".join(keep)
-    return ChainRules(tuple(handles), raw)
+                    if handle in wanted:
+                        raw[handle] = _kept(bytes(buf[off:off + length]))
+                else:
+                    handle, kept = _walk(bytes(buf[off:off + length]))
+                    if handle is not None:
+                        handles.append(handle)
+                        if handle in wanted:
+                            raw[handle] = kept
+                off += (length + 3) & ~3
+
+
+def _walk(m: bytes) -> tuple[Optional[int], bytes]:
+    """(handle, the attributes to copy) of one rule message."""
+    a, handle, keep = 20, None, []
+    while a + 4 <= len(m):
+        alen, kind = struct.unpack_from("=HH", m, a)
+        kind &= NLA_TYPE_MASK
+        if kind == NFTA_RULE_HANDLE:
+            handle = struct.unpack_from(">Q", m, a + 4)[0]
+        elif kind in (NFTA_RULE_EXPRESSIONS, NFTA_RULE_COMPAT, NFTA_RULE_USERDATA):
+            keep.append(m[a:a + alen] + b"\0" * (-alen % 4))  # attributes stay aligned
+        a += (alen + 3) & ~3
+    return handle, b"".join(keep)
+
+
+def _kept(m: bytes) -> bytes:
+    return _walk(m)[1]
 
 
 def refers_to_objects(raw: bytes) -> bool:
