@@ -16,7 +16,7 @@ import threading
 from typing import Callable, Optional
 
 from tracer import nlrules
-from tracer.model import Chain, Ruleset, Table
+from tracer.model import Backend, Chain, Ruleset, Table
 from tracer.system import CLONE_NEWNET, libc, run
 
 SPARSE_FROM = 1000  # rules; below it a full listing costs a few ms and stays the one code path
@@ -40,16 +40,16 @@ def renumber(chain: Chain, order: list[tuple[int, int]]) -> Optional[Chain]:
 
 def join(ruleset: Ruleset, extra: Ruleset) -> Ruleset:
     """Add extra's chains to ruleset's nf_tables table of the same name (never a legacy one)."""
+    legacy = Backend.IPTABLES_LEGACY
     tables = list(ruleset.tables)
     for t in extra.tables:
-        i = next((i for i, o in enumerate(tables) if (o.family, o.name, o.backend) == (t.family, t.name, t.backend)
-                  or ((o.family, o.name) == (t.family, t.name) and o.backend.value != "iptables-legacy"
-                      and t.backend.value != "iptables-legacy")), None)
+        i = next((i for i, o in enumerate(tables) if (o.family, o.name) == (t.family, t.name) and o.backend is not legacy),
+                 None)
         if i is None:
             tables.append(t)
         else:
             o = tables[i]
-            backend = t.backend if o.backend.value == "nftables" else o.backend
+            backend = t.backend if o.backend is Backend.NFT else o.backend
             tables[i] = Table(o.family, o.name, o.chains + t.chains, backend)
     return Ruleset(tuple(tables))
 
