@@ -20,10 +20,10 @@ from tracer.ebpf import timeline as ebpf_timeline
 from tracer.ebpf.commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.kernsteps import kernplan_json
-from tracer.model import EventKind, Mode, ProbeRequest
+from tracer.model import EventKind, Mode, PacketResult, ProbeRequest, Verdict
 from tracer.nftsets import parse_sets
 from tracer.outcome import Evidence, ProbeReport, build_report
-from tracer.snapshot import Snapshot
+from tracer.snapshot import ChainKey, Snapshot
 from tracer.trace import plan
 from tracer.undo import verify as verify_
 
@@ -42,6 +42,44 @@ def verify(req: ProbeRequest, full: Optional[Snapshot], armed: Armed,
     return list(finished.errors) + list(verdict.texts), diff, verdict
 
 
+def _wanted(exchanges: tuple[Exchange, ...], met: set[ChainKey]) -> dict[ChainKey, frozenset[int]]:
+    """The handles of the rules the probes' events name, per met chain."""
+    out: dict[ChainKey, set[int]] = {k: set() for k in met}
+    for x in exchanges:
+        for e in x.events:
+            key = (e.family, e.table, e.chain)
+            if key in out and e.handle is not None:
+                out[key].add(e.handle)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _searches_chains(r: PacketResult) -> bool:
+    """Will a finding read rules of the met chains that no event named? shadowed-rule looks for a
+    later ACCEPT after a deciding rule, untracked for an ACCEPT of state NEW after a NOTRACK, and
+    the fix for a dropped reply copies the style of every rule (tracer/findings)."""
+    if r.reply_dropped:
+        return True
+    if r.verdict is Verdict.ACCEPT or r.decided_by is None:
+        return False
+    return r.decided_by.rule is not None or any(s.rule is not None and "notrack" in s.rule.display.lower()
+                                                for s in r.steps)
+
+
+def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
+             snap: Snapshot) -> Steps[list[PacketResult]]:
+    """Each probe's result: its events correlated with the chains' rules."""
+    roles = plan.roles(sending.tplan)
+    own_ports = frozenset(port_names(run_id)) if sending.mode is Mode.INGRESS else frozenset()
+    results = []
+    for x in exchanges:
+        said = (yield Describe(x.reply.data)) if x.reply else ""
+        events, kernel_events = ebpf_timeline.split(x.events)  # eBPF events join after correlation
+        r = correlate.packet_result(x.spec, events, snap.ruleset, x.reply.headers if x.reply else None, said, roles)
+        r = ebpf_timeline.attach(r, kernel_events, own_ports)
+        results.append(dataclasses.replace(r, conntrack=x.conntrack) if x.conntrack is not None else r)
+    return results
+
+
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
@@ -53,16 +91,14 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     met = {(e.family, e.table, e.chain) for x in exchanges for e in x.events
            if e.source != ebpf_timeline.SOURCE and not e.table.startswith(plan.TABLE_PREFIX) and not e.legacy
            and e.kind is not EventKind.CONNTRACK}
-    snap: Snapshot = yield MetChains(tuple(sorted(met)), legacy_saved)
-    roles = plan.roles(sending.tplan)
-    own_ports = frozenset(port_names(run_id)) if sending.mode is Mode.INGRESS else frozenset()
-    results = []
-    for x in exchanges:
-        said = (yield Describe(x.reply.data)) if x.reply else ""
-        events, kernel_events = ebpf_timeline.split(x.events)  # eBPF events join after correlation
-        r = correlate.packet_result(x.spec, events, snap.ruleset, x.reply.headers if x.reply else None, said, roles)
-        r = ebpf_timeline.attach(r, kernel_events, own_ports)
-        results.append(dataclasses.replace(r, conntrack=x.conntrack) if x.conntrack is not None else r)
+    # Long chains are read sparsely (only the rules the events name, tracer/sparse.py) unless an
+    # evidence bundle lists everything anyway, and again in full when a finding will search them.
+    wanted = None if full else _wanted(exchanges, met)
+    snap: Snapshot = yield MetChains(tuple(sorted(met)), legacy_saved, wanted)
+    results = yield from _results(run_id, sending, exchanges, snap)
+    if snap.sparse and any(_searches_chains(r) for r in results):
+        snap = yield MetChains(tuple(sorted(met)), legacy_saved)
+        results = yield from _results(run_id, sending, exchanges, snap)
     target, mode, via = sending.target, sending.mode, sending.via
     rp = (yield RpFilter(via, target.back)) if mode is Mode.INGRESS and via is not None and target.dst.version == 4 else False
     tcp_loose = armed.tcp_loose

@@ -135,6 +135,9 @@ class MetChains(Command):
 
     keys: tuple[ChainKey, ...]
     legacy_saved: dict[str, str] = field(default_factory=dict)
+    # The rule handles the report will show, per chain: long chains then hold only those rules
+    # (tracer/sparse.py); None lists every rule.
+    wanted: Optional[dict[ChainKey, frozenset[int]]] = None
 
 
 @dataclass(frozen=True)

@@ -405,7 +405,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.LegacyHasRaw: lambda run, cmd: "raw" in system.proc_net(listing.LEGACY_NAMES[cmd.family]).split(),
     c.ListChains: lambda run, cmd: "".join(system.run(["nft", "-a", "list", "chain", *k]).stdout for k in cmd.keys),
     c.Generation: lambda run, cmd: _generation(),
-    c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved),
+    c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved, cmd.wanted),
     c.FilterView: lambda run, cmd: listing.filter_view(cmd.legacy_saved),
     c.NftTables: lambda run, cmd: listing.nft_tables(),
     c.ProofListing: lambda run, cmd: listing.proof_state(cmd.scope, cmd.legacy_saved),

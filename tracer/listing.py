@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from tracer.errors import CommandError
+from tracer.model import Ruleset
 from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, managed_tables, parse_nft_ruleset
 from tracer.snapshot import (
     IPT,
@@ -45,13 +46,37 @@ def take() -> Snapshot:
     return Snapshot(with_legacy(with_iptables(merge_tables(ruleset), ipt), legacy_saved), listed.stdout, ipt, legacy_saved)
 
 
-def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = None) -> Snapshot:
+def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = None,
+           wanted: Optional[dict[ChainKey, frozenset[int]]] = None) -> Snapshot:
     """Only the given chains (a chain deleted meanwhile is skipped; any other failure to read
     one is an error: explaining a verdict with rules we could not read would be guesswork).
-    `legacy_saved`: the iptables-legacy-save outputs read before the run, added as they are."""
+    `legacy_saved`: the iptables-legacy-save outputs read before the run, added as they are.
+    `wanted`: the handles a report will show, per chain; a chain of more than
+    sparse.SPARSE_FROM rules then holds only those rules, with their real numbers (tracer/sparse.py)."""
+    keys = sorted(set(keys))
+    done: frozenset[ChainKey] = frozenset()
+    extra: Optional[Ruleset] = None
+    extra_text = ""
+    extra_ipt: dict[str, str] = {}
+    if wanted is not None:
+        from tracer import sparse
+
+        done, extra, extra_text, extra_ipt = sparse.read(keys, wanted, _list)
+    ruleset, text, ipt_text = _list([k for k in keys if k not in done])
+    legacy_saved = legacy_saved or {}
+    ruleset = with_legacy(ruleset, legacy_saved)
+    if done and extra is not None:
+        ruleset = sparse.join(ruleset, extra)
+        text += extra_text
+        ipt_text = {f: ipt_text.get(f, "") + extra_ipt.get(f, "") for f in {*ipt_text, *extra_ipt}}
+    return Snapshot(ruleset, text, ipt_text, legacy_saved, done)
+
+
+def _list(keys: Iterable[ChainKey]) -> tuple[Ruleset, str, dict[str, str]]:
+    """`nft -a list chain` and `iptables -S CHAIN` of each chain: (model, nft's text, iptables' text)."""
     texts, errs = [], []
     ipt: dict[str, dict[str, dict[str, list[str]]]] = {}
-    for family, table, chain in sorted(set(keys)):
+    for family, table, chain in keys:
         listed = run(["nft", "-a", "list", "chain", family, table, chain], check=False)
         if listed.returncode != 0:
             if "No such file or directory" in listed.stderr:
@@ -66,8 +91,7 @@ def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = No
                 ipt.setdefault(family, {}).setdefault(table, {})[chain] = spec.stdout.splitlines()
     text = "".join(texts)
     ipt_text = {family: save_text(tables) for family, tables in ipt.items()}
-    legacy_saved = legacy_saved or {}
-    return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)
+    return assemble(text, "".join(errs), ipt_text), text, ipt_text
 
 
 # ---------------------------------------------------------------------------------------------
