@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 from tracer import compare, correlate, diagnose
 from tracer.commands import (
     Describe,
+    FilterView,
     Finished,
     Listeners,
     MetChains,
@@ -20,6 +21,7 @@ from tracer.ebpf.commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.kernsteps import kernplan_json
 from tracer.model import EventKind, Mode, ProbeRequest
+from tracer.nftsets import parse_sets
 from tracer.outcome import Evidence, ProbeReport, build_report
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
@@ -64,7 +66,13 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     target, mode, via = sending.target, sending.mode, sending.via
     rp = (yield RpFilter(via, target.back)) if mode is Mode.INGRESS and via is not None and target.dst.version == 4 else False
     tcp_loose = armed.tcp_loose
+    # Near misses look beyond the met chains (other tables, zones never entered): a blocked probe
+    # costs one listing of the tables on the input and forward hooks, an accepted one nothing.
+    blocked = any(r.verdict.value in ("drop", "reject") for r in results)
+    near: Optional[Snapshot] = (full or (yield FilterView(legacy_saved))) if blocked else None
     ctx = diagnose.Context(snap.ruleset, (yield Listeners()), local=mode is Mode.LOCAL,
+                           full_ruleset=near.ruleset if near is not None else None,
+                           full_sets=parse_sets(near.nft_text) if near is not None else None,
                            tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,

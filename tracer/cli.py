@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ examples:
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
+  fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
   fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
@@ -152,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
                     "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
                     "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
+    pr.add_argument("--prove-fix", action="store_true", help="when blocked, try the first fix, narrowed to the "
+                    "probe's own source address and port (no other packet's verdict can change), probe again and "
+                    "remove it; if another block follows, try its fix on top (up to 3 steps)")
     pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR, or "
                     "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
                     "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
@@ -268,7 +273,19 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
             report = run.execute()
         except KeyboardInterrupt as e:
             raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
-    written = console.write_out(jsondoc.dumps(report) + "\n" if ns.json else terminal.for_stream(report, sys.stdout, ns.no_color))
+    steps: tuple[Any, ...] = ()
+    if ns.prove_fix:
+        from tracer import provefix
+
+        report, steps = provefix.prove(report, log, provefix.runner(log))
+    if ns.json:
+        doc = jsondoc.document(report)
+        out = json.dumps(provefix.to_json(doc, steps) if ns.prove_fix else doc, indent=2) + "\n"
+    else:
+        out = terminal.for_stream(report, sys.stdout, ns.no_color)
+        if ns.prove_fix:
+            out += provefix.render(steps, report.reached)
+    written = console.write_out(out)
     if bundle is not None:
         where = bundle.write(report, ns.evidence, redact=ns.redact)
         log.info("evidence written", path=where)

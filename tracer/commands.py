@@ -138,6 +138,14 @@ class MetChains(Command):
 
 
 @dataclass(frozen=True)
+class FilterView(Command):
+    """The tables on the input and forward hooks, for near misses (listing.filter_view), plus the
+    legacy save from before -> snapshot.Snapshot."""
+
+    legacy_saved: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NftTables(Command):
     """Every nf_tables table over netlink (tracer/undo/tables.py) -> dict "table F N" -> content."""
 

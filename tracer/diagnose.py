@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from tracer import nearfix
 from tracer.ebpf import findings as ebpf_findings
 from tracer.findings import checks, decider
 from tracer.findings.context import (
@@ -57,6 +58,9 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
         found = next((f for f in (check(p) for check in group) if f is not None), None)
         if found is not None:
             findings.append(found)
+    # Near misses (tracer/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed one
+    # condition; several may apply (nearest first), and they contradict none of the above.
+    findings.extend(nearfix.check(result, ctx, p.facts))
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
     # replace the findings above (a named cause replaces stack-drop).
     return ebpf_findings.amend(result, findings, ctx)

@@ -50,8 +50,13 @@ class Run:
     """The side effects of one probe run: each change journaled first, all undone at the end."""
 
     def __init__(self, req: ProbeRequest, log: Any, run_id: Optional[str] = None, log_events: bool = False,
-                 full_snapshot: bool = False) -> None:
+                 full_snapshot: bool = False, extra: tuple[Any, ...] = (), on_extra: Optional[Callable[[], None]] = None) -> None:
         self.req = req
+        # --prove-fix (tracer/provefix.py): narrowed fix rules (tracer.narrow.Narrowed) the pipeline puts
+        # in for this run only, journaled and removed like the instrumentation; `on_extra` is called
+        # once they are in (the tests check there that nothing else is let through).
+        self.extra = extra
+        self.on_extra = on_extra
         self.full_snapshot = full_snapshot  # list the whole ruleset first (evidence bundles)
         self.log = log
         self.run_id = run_id or new_run_id()
@@ -78,7 +83,7 @@ class Run:
         warn_stale(self.log)
         with system.netns(self.req.netns), self.stack:
             try:
-                steps = probe.probe(self.req, self.run_id, os.getpid(), self.rng, self.full_snapshot)
+                steps = probe.probe(self.req, self.run_id, os.getpid(), self.rng, self.full_snapshot, self.extra)
                 report = drive(steps, self.carry_out)
             finally:
                 if self.finished is None:  # the pipeline failed before its Finish: undo here
@@ -102,7 +107,7 @@ class Run:
             return dataclasses.replace(report, notes=report.notes + (note,))
         self.log.info("probing again with eBPF", why=why)
         again = Run(dataclasses.replace(self.req, ebpf="on"), self.log, log_events=self.log_events,
-                    full_snapshot=self.full_snapshot).execute()
+                    full_snapshot=self.full_snapshot, extra=self.extra, on_extra=self.on_extra).execute()
         note = (f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); "
                 "probed again with the eBPF programs loaded")
         return dataclasses.replace(again, notes=(note,) + again.notes)
@@ -126,6 +131,11 @@ class Run:
 
         e = self.ebpf
         return EbpfOutcome(e.status, tuple(e.notes), e.raw(), e.names()) if e is not None else EbpfOutcome()
+
+    def checkpoint(self, phase: str) -> None:
+        checkpoint(phase)
+        if phase == probe.EXTRA_IN and self.on_extra is not None:
+            self.on_extra()
 
     @property
     def sender(self) -> Sender:
@@ -383,7 +393,7 @@ def _print_bpf(title: str, listing_: str) -> None:
 
 HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.TakeSnapshot: lambda run, cmd: listing.take(),
-    c.Checkpoint: lambda run, cmd: checkpoint(cmd.phase),
+    c.Checkpoint: lambda run, cmd: run.checkpoint(cmd.phase),
     c.SaveLegacy: lambda run, cmd: listing.legacy(),
     c.ListAddresses: lambda run, cmd: _list_addresses(cmd),
     c.ListBaseChains: lambda run, cmd: system.run(["nft", "list", "chains"], check=False).stdout,
@@ -396,6 +406,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.ListChains: lambda run, cmd: "".join(system.run(["nft", "-a", "list", "chain", *k]).stdout for k in cmd.keys),
     c.Generation: lambda run, cmd: _generation(),
     c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved),
+    c.FilterView: lambda run, cmd: listing.filter_view(cmd.legacy_saved),
     c.NftTables: lambda run, cmd: listing.nft_tables(),
     c.ProofListing: lambda run, cmd: listing.proof_state(cmd.scope, cmd.legacy_saved),
     c.SharedHeld: lambda run, cmd: shared.held(cmd.key, cmd.run_id),

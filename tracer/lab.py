@@ -173,8 +173,10 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
     First on the server alone (simulated ingress: the customer's SYN arrives on eth0), then the
     fix is applied inside the lab and a real second host (the client namespace) tries again.
     """
+    import json
     import sys
 
+    from tracer import provefix
     from tracer.model import ProbeRequest
     from tracer.driver import Run
     from tracer.render import jsondoc, terminal
@@ -191,18 +193,20 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
         lab.ip(lab.server, "route", "add", "default", "via", str(CLIENT4))
         log.info("lab ready", server=lab.server, client=lab.client, listener="tcp [::]:8080")
         alone = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, src=CUSTOMER4, dst=SERVER4)
-        before = Run(alone, log).execute()
-        fix = next((f for f in before.findings if f.code == "shadowed-rule"), None)
+        # --prove-fix: the fix is tried for the customer's flow alone before it is suggested.
+        before, steps = provefix.prove(Run(alone, log).execute(), log, provefix.runner(log))
+        fix = next((f for f in before.findings if f.code == "shadowed-rule" and f.proven), None)
         if as_json:
-            sys.stdout.write(jsondoc.dumps(before) + "\n")
+            sys.stdout.write(json.dumps(provefix.to_json(jsondoc.document(before), steps), indent=2) + "\n")
         else:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
             print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
-            print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server}")
+            print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server} --prove-fix")
             sys.stdout.flush()
             show(before)
+            print(provefix.render(steps, before.reached))
         if fix is None:
-            print("demo: fwtrace did not find the shadowed rule", file=sys.stderr)
+            print("demo: fwtrace did not find (or could not prove) the fix of the shadowed rule", file=sys.stderr)
             return ExitStatus.BLOCKED
         for command in fix.commands:
             if not as_json:

@@ -403,9 +403,20 @@ class Finding:
     message: str
     fix: Optional[str] = None  # what to do, in words and commands
     commands: tuple[str, ...] = ()  # the fix as commands to run on the target, in order
+    failed_condition: Optional[str] = None  # near-miss: the one condition of the rule that failed
+    # --prove-fix: one iptables/nft command with the fix's effect (when commands[0] is not one,
+    # e.g. firewall-cmd), which fwtrace narrows to the probe's own flow to try it
+    proof_rule: Optional[str] = None
+    proven: Optional[bool] = None  # True: probe reached the service with it; False: not enough; None: not tried
+    proven_with: Optional[str] = None  # the narrowed rule that was tried
 
     def to_json(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message, "fix": self.fix, "commands": list(self.commands)}
+        d: dict[str, object] = {"code": self.code, "message": self.message, "fix": self.fix,
+                                "commands": list(self.commands), "failed_condition": self.failed_condition}
+        if self.fix is not None or self.commands:
+            d["proven"] = self.proven
+            d["proven_with"] = self.proven_with
+        return d
 
 
 @dataclass(frozen=True)

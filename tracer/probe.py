@@ -75,6 +75,7 @@ from tracer.undo.records import nft_undo
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
+    from tracer.narrow import Narrowed
     from tracer.trace.kernplan import KernPlan
 
 # After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
@@ -135,7 +136,8 @@ class Exchange:
 
 
 # --- the run --------------------------------------------------------------------------------------
-def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_snapshot: bool = False) -> Steps[ProbeReport]:
+def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_snapshot: bool = False,
+          extra: tuple["Narrowed", ...] = ()) -> Steps[ProbeReport]:
     """The whole run, step by step."""
     if req.ebpf == "on":
         yield StartEbpf(req.print_bpf)  # bcc and the kernel take a while: beside the rest of the set-up
@@ -151,7 +153,7 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     try:
         if sending.mode is Mode.INGRESS:
             sending = yield from open_port(req, run_id, pid, rng, sending)
-        armed = yield from instrument(req, run_id, sending, legacy_saved)
+        armed = yield from instrument(req, run_id, sending, legacy_saved, extra)
         exchanges = []
         for spec, data in zip(sending.specs, sending.datas):
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
@@ -250,12 +252,19 @@ def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, send
                                caveats=(caveat,), fallback=f"{target.via}: {reason}")
 
 
-def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str]) -> Steps[Armed]:
-    """fwtrace's trace table, and the kernel-log rules and switches when the run needs them."""
+EXTRA_IN = "prove-fix-rules-in"  # the checkpoint after --prove-fix's narrowed rules went in
+
+
+def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str],
+               extra: tuple["Narrowed", ...] = ()) -> Steps[Armed]:
+    """fwtrace's trace table, and the kernel-log rules and switches when the run needs them; with
+    --prove-fix, the narrowed fix rules (tracer/provefix.py) after the table, so they are traced."""
     tplan = sending.tplan
     # The cleanup proof lists what the run may touch first; with --log its listing also says
-    # which chains nf_tables really holds (a --log rule into a missing one would create it).
-    start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved)
+    # which chains nf_tables really holds (a --log rule into a missing one would create it). The
+    # tables --prove-fix's rules go into are listed in full too.
+    start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
+                                     tuple(x.table for x in extra if x.table is not None))
     kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
@@ -267,9 +276,17 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     added = yield Generation()
     tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")
     armed = Armed(kplan, (before, added), frozenset(), tcp_loose, proof=start)
+    # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
+    # user's rules only, as the fix was written.
+    for x in extra:
+        yield Change(x.undo, RunArgv(x.argv))
+    if extra:
+        yield Checkpoint(EXTRA_IN)
+    extra_commits = sum(x.nft_commits for x in extra)  # each one's add and delete
+    armed = dataclasses.replace(armed, own_commits=extra_commits)
     if kplan is not None:
         own, notes, commits = yield from kernsteps.kernel_setup(run_id, kplan)
-        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits)
+        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits + extra_commits)
     return armed
 
 

@@ -134,6 +134,8 @@ def render(report: ProbeReport) -> str:
             out.append(f"  [{f.code}] {f.message}")
             if f.fix:
                 out.append(f"      fix: {f.fix}")
+            if f.proven is not None:
+                out.append(f"      {'proven' if f.proven else 'not enough alone'} (--prove-fix, narrowed to the probe: {f.proven_with})")
         out.append("")
     for c in dict.fromkeys(report.conclusions):
         out.append(f"conclusion: {c}")

@@ -285,3 +285,4 @@ def test_demo_end_to_end(capsys: Any) -> None:
     assert p["summary"].startswith("tcp 203.0.113.5:") and p["verdict"] == "reject"
     assert p["decided_by"]["rule_number"] == 7 and p["reply"] == "icmp 3/10 host-prohibited"
     assert [f["code"] for f in doc["findings"]] == ["shadowed-rule"]
+    assert doc["findings"][0]["proven"] is True and doc["prove_fix"][0]["proven"] is True

@@ -33,6 +33,10 @@ class Context:
     rp_filter_drops: bool = False  # rp_filter is on for `via` and the route back does not pass it
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible", when it fell back
     unobserved: tuple[str, ...] = ()  # base chains no trace can show (bridge, netdev egress), see trace.plan.Floors
+    # The tables on the input and forward hooks, for near misses in chains and tables the packet
+    # never entered (None: only the chains it met are known), and their nft named sets' elements
+    full_ruleset: Optional[Ruleset] = None
+    full_sets: Optional[dict[tuple[str, str, str], tuple[str, ...]]] = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from tracer.console import quietly
 from tracer.errors import FwtraceError
 from tracer.trace import plan
 from tracer.undo.journal import Journal, JournalDoc, is_alive, list_journals
-from tracer.undo.records import ReleaseShared, RemoveClsact, RestoreSysctl, Undo
+from tracer.undo.records import ReleaseShared, RemoveClsact, RemoveCommented, RestoreSysctl, Undo
 
 # Test-only fault hook: an undo whose description contains this text is skipped and reported as
 # done, like a buggy undo would be. The content proof (tracer/undo/proof.py) must catch it.
@@ -38,6 +38,8 @@ def apply_undo(undo: Undo) -> Optional[str]:
                 return None
             if isinstance(undo, RemoveClsact):
                 return _remove_clsact(undo.dev)
+            if isinstance(undo, RemoveCommented):
+                return _remove_commented(undo.chain, undo.marker)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):
@@ -48,6 +50,19 @@ def apply_undo(undo: Undo) -> Optional[str]:
     if done.returncode == 0 or any(g in done.stderr for g in undo.gone):
         return None
     return f"`{' '.join(undo.argv)}` failed: {done.stderr.strip().splitlines()[0] if done.stderr.strip() else done.returncode}"
+
+
+def _remove_commented(chain: str, marker: str) -> Optional[str]:
+    """Delete the rules of `chain` ("family table name") whose comment is `marker` (--prove-fix:
+    nft hands out a rule's handle only after the add, so the journal names the rule by its comment)."""
+    listed = system.run(["nft", "-a", "list", "chain", *chain.split()], check=False)
+    if listed.returncode != 0:
+        return None if "No such file or directory" in listed.stderr else listed.stderr.strip() or str(listed.returncode)
+    for handle in re.findall(r'comment "' + re.escape(marker) + r'".*# handle (\d+)', listed.stdout):
+        done = system.run(["nft", "delete", "rule", *chain.split(), "handle", handle], check=False)
+        if done.returncode != 0 and "No such file or directory" not in done.stderr:
+            return f"`nft delete rule {chain} handle {handle}` failed: {done.stderr.strip() or done.returncode}"
+    return None
 
 
 def _remove_clsact(dev: str) -> Optional[str]:

@@ -70,7 +70,23 @@ class RemoveClsact:
         return f"clsact qdisc on {self.dev}"
 
 
-Undo = Union[RunCommand, RestoreSysctl, ReleaseShared, RemoveClsact]
+@dataclass(frozen=True)
+class RemoveCommented:
+    """Delete the rules of nft chain `chain` ("family table name") whose comment is `marker`
+    (--prove-fix's narrowed rules: nft tells a rule's handle only after the add, so the journal
+    names the rule by its comment)."""
+
+    kind: ClassVar[str] = "nft-comment"
+    chain: str
+    marker: str
+    netns: Optional[str] = None
+
+    @property
+    def what(self) -> str:
+        return f"rule in {self.chain} (--prove-fix)"
+
+
+Undo = Union[RunCommand, RestoreSysctl, ReleaseShared, RemoveClsact, RemoveCommented]
 
 
 def in_netns(undo: Undo, netns: Optional[str]) -> Undo:
@@ -90,6 +106,8 @@ def to_json(undo: Undo) -> dict[str, Any]:
         d.update(key=undo.key, value=undo.old)
     elif isinstance(undo, ReleaseShared):
         d.update(key=undo.key, value=undo.run_id)
+    elif isinstance(undo, RemoveCommented):
+        d.update(key=undo.chain, value=undo.marker)
     else:
         d.update(key=undo.dev)
     return d
@@ -104,6 +122,8 @@ def from_json(d: dict[str, Any]) -> Undo:
         return ReleaseShared(key, value, netns)
     if kind == "clsact":
         return RemoveClsact(key, netns)
+    if kind == "nft-comment":
+        return RemoveCommented(key, value, netns)
     if kind != "cmd":
         raise ValueError(f"unknown kind of undo {kind!r}")
     return RunCommand(str(d.get("what", "")), tuple(d.get("argv", ())), str(d.get("input", "")),

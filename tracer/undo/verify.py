@@ -47,14 +47,16 @@ class Verdict:
         return not any(f.name.startswith("x_tables ") for f in self.found) if self.legacy_seen else None
 
 
-def before(table: str, log_family: Optional[str], legacy_saved: dict[str, str]) -> Steps[Start]:
+def before(table: str, log_family: Optional[str], legacy_saved: dict[str, str],
+           extra: tuple[tuple[str, str], ...] = ()) -> Steps[Start]:
     """List the scope: the table list, x_tables, and with --log the iptables-nft tables of the
-    probe's family in full (where its rules go)."""
+    probe's family in full (where its rules go); `extra`: the nf_tables tables --prove-fix puts its
+    narrowed rules into, also in full."""
     tables: tuple[tuple[str, str], ...] = ()
     if log_family is not None:
         names = [k.split()[1:3] for k in (yield NftTables())]
         tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in XTABLES_NAMES))
-    scope = proof.Scope(table, tables)
+    scope = proof.Scope(table, tuple(sorted(set(tables) | set(extra))))
     return Start(scope, dict((yield ProofListing(scope, legacy_saved))))
 
 
