@@ -161,7 +161,8 @@ def test_broken_pipe_on_stderr_and_stdout_leaves_nothing(lab: Lab) -> None:
     """`fwtrace probe ... 2>&1 | head -1`: simulated ingress (a veth, clsact, tc filters) undone."""
     lab.run(lab.server, ["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"])
     before = port_state(lab)
-    p = subprocess.Popen([sys.executable, "-m", "tracer", "probe", "--dport", "9090", "--netns", lab.server,
+    # -v: stderr is quiet by default; its change lines come first, so the reader is gone by the report
+    p = subprocess.Popen([sys.executable, "-m", "tracer", "-v", "probe", "--dport", "9090", "--netns", lab.server,
                           "--src", "203.0.113.5", "--via", "eth0", "--timeout", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert p.stdout is not None
     p.stdout.readline()
