@@ -10,7 +10,7 @@ import tempfile
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from tracer import console, modes
+from tracer import __version__, console, modes
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
@@ -38,11 +38,24 @@ a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence
 error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
 POSTROUTING) is not reached. With --count N every packet must have reached.
 
-exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
-             3 environment problem (not root, missing tool, unknown namespace), 4 internal error,
-             5 cleanup incomplete (the report names what is left and the command that removes it),
-             130 interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
+  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
+        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
+        rulesets before and after with counters, environment; other addresses made placeholders
+
+exit status:
+  0    the probe reached the service
+  1    blocked or unanswered (or the reply was dropped)
+  2    usage error (bad option or value)
+  3    environment problem (not root, missing tool, unknown namespace)
+  4    internal error (a bug: rerun with --traceback and report it)
+  5    cleanup incomplete (the report names what is left and the command that removes it)
+  130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
+PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp] [options]   (--dport is required for tcp and udp)
+       fwtrace probe --proto icmp [options]"""
+# Options that take a number: a negative value would otherwise be read as an option of its own
+# (argparse knows -6) and refused as "expected one argument" instead of by its range check.
+NUMERIC_OPTIONS = ("--dport", "--sport", "--count", "--timeout")
 
 EPILOG_CLEANUP = """\
 With --netns NS: replays the journals of the dead runs that probed NS only, then removes
@@ -61,9 +74,10 @@ def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, nam
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+            allowed = f"more than {lo:g}, at most {hi:g}" if low_open else f"{lo:g}-{hi:g}"
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r} (allowed: {allowed})") from None
         if not ((lo < value) if low_open else (lo <= value)) or value > hi:
-            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {value}")
+            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {text}")
         return value
 
     return parse
@@ -71,7 +85,17 @@ def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, nam
 
 _port = _bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
 _count = _bounded(int, 1, 100, "a number", "count")
-_timeout = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+_timeout_value = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+
+
+def _timeout(text: str) -> Any:
+    try:
+        return _timeout_value(text)
+    except argparse.ArgumentTypeError as e:
+        if str(e).startswith("not "):
+            raise
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: the timeout is more than 0 and at most 60 "
+                                         "seconds") from None
 
 
 def _addr(text: str) -> Any:
@@ -90,14 +114,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every raw trace event as it arrives")
+    p.add_argument("--version", action="version", version=f"fwtrace {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: log fwtrace's own changes and their undos on stderr; -vv: also every raw trace event "
+                   "(default: warnings and errors only)")
+    p.add_argument("--no-color", action="store_true", help="no colour in the report (also: NO_COLOR set in the environment)")
     p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
     p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_argument("--dport", type=_port, help="destination port (required for tcp and udp)")
+                        formatter_class=argparse.RawDescriptionHelpFormatter, usage=PROBE_USAGE)
+    pr.add_argument("--dport", type=_port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=_addr, help="destination address (default: an address of the interface the probe arrives "
@@ -128,12 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prove-fix", action="store_true", help="when blocked, try the first fix, narrowed to the "
                     "probe's own source address and port (no other packet's verdict can change), probe again and "
                     "remove it; if another block follows, try its fix on top (up to 3 steps)")
-    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR "
-                    "(report, rulesets before/after, instrumentation, raw trace, replies); DIR must be new or empty, "
-                    "a .tar.gz must not exist: checked before anything is changed, nothing is ever overwritten")
+    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR, or "
+                    "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
+                    "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
+                    "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
+                    "overwritten")
+    pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
+                    "probe's by stable placeholders")
+    pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                    help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
 
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+    de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
                         "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
@@ -173,6 +208,10 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
         raise UsageError(f"not an interface name: {ns.via!r}", "see `ip link`")
     if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
         raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
+    if ns.ipv6 and ns.src is not None and ns.src.version != 6:
+        raise UsageError(f"-6 given but --src {ns.src} is IPv4", "drop -6 or give an IPv6 --src")
+    if ns.redact and not ns.evidence:
+        raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
@@ -216,26 +255,32 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     threading.Thread(target=_import_scapy, daemon=True).start()
 
     from tracer.driver import Run
-    from tracer.outcome import exit_status
-    from tracer.report import render
+    from tracer.render import jsondoc, terminal
 
-    run = Run(req, log, log_events=ns.verbose, full_snapshot=ns.evidence is not None)
-    try:
-        report = run.execute()
-    except KeyboardInterrupt as e:
-        raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
-    report, text, doc = _prove_fix(report, log) if ns.prove_fix else (report, render(report), report.dumps() + "\n")
-    written = console.write_out(doc if ns.json else text)
+    bundle: Any = None
     if ns.evidence:
-        from tracer.evidence import bundle_files, write_bundle
+        from tracer import bundle as bundle_mod
 
-        from .doctor import dumps, gather
+        bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
+        bundle.before()
+    from tracer.render.progress import around
 
-        files = bundle_files(report, text)
-        files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
-        write_bundle(ns.evidence, files)
-        log.info("evidence written", directory=ns.evidence)
-    status = exit_status(report)
+    what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
+    with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
+        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=ns.evidence is not None)
+        try:
+            report = run.execute()
+        except KeyboardInterrupt as e:
+            raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    if ns.prove_fix:
+        report, out = _prove_fix(report, log, ns)
+    else:
+        out = jsondoc.dumps(report) + "\n" if ns.json else terminal.for_stream(report, sys.stdout, ns.no_color)
+    written = console.write_out(out)
+    if bundle is not None:
+        where = bundle.write(report, ns.evidence, redact=ns.redact)
+        log.info("evidence written", path=where)
+    status = jsondoc.exit_status(report)
     if not report.cleanup_ok:
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
     elif written is not None:
@@ -243,22 +288,23 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     return status
 
 
-def _prove_fix(report: Any, log: Any) -> tuple[Any, str, str]:
-    """--prove-fix (tracer/provefix.py): the report with `proven` set, its text and its JSON."""
+def _prove_fix(report: Any, log: Any, ns: argparse.Namespace) -> tuple[Any, str]:
+    """--prove-fix (tracer/provefix.py): the report with `proven` set, and its text or JSON."""
     import json
 
     from tracer import provefix
-    from tracer.report import render
+    from tracer.render import jsondoc, terminal
 
     report, steps = provefix.prove(report, log, provefix.runner(log))
-    doc = json.dumps(provefix.to_json(report.to_json(), steps), indent=2) + "\n"
-    return report, render(report) + provefix.render(steps, report.reached), doc
+    if ns.json:
+        return report, json.dumps(provefix.to_json(jsondoc.document(report), steps), indent=2) + "\n"
+    return report, terminal.for_stream(report, sys.stdout, ns.no_color) + provefix.render(steps, report.reached)
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
     from tracer import lab
 
-    return lab.demo(log, as_json=ns.json)
+    return lab.demo(log, as_json=ns.json, color=False if ns.no_color else None)
 
 
 def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
@@ -295,13 +341,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
-def configure_logging(fmt: str, verbose: bool) -> Any:
+def configure_logging(fmt: str, verbose: int) -> Any:
     import structlog
 
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
+        # Quiet by default: warnings and errors only; -v fwtrace's own changes, -vv every event.
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING),
         # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
         logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
         cache_logger_on_first_use=False,
@@ -330,7 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with console.interrupts():
             try:
-                ns = parser.parse_args(argv)
+                args = list(sys.argv[1:] if argv is None else argv)
+                ns = parser.parse_args(_join_negative_numbers(args))
+                ns.argv = None if argv is None else ["fwtrace", *args]
                 if ns.command is None:
                     parser.print_help()
                     return ExitStatus.USAGE
@@ -352,6 +402,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(ExitStatus.INTERRUPTED)
     finally:
         console.settle_streams()
+
+
+def _join_negative_numbers(args: list[str]) -> list[str]:
+    """`--dport -1` -> `--dport=-1`, so the value reaches its range check (see NUMERIC_OPTIONS)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        nxt = args[i + 1] if i + 1 < len(args) else ""
+        if args[i] in NUMERIC_OPTIONS and nxt[:1] == "-" and (nxt[1:2].isdigit() or nxt[1:2] == "."):
+            out.append(f"{args[i]}={nxt}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def run() -> None:

@@ -63,10 +63,13 @@ def write_bundle(directory: str, files: Mapping[str, bytes]) -> None:
 
 
 def read_bundle(directory: str) -> dict[str, bytes]:
+    """Every file of a bundle directory by its path inside it ("report.json", "before/...")."""
     out = {}
-    for name in os.listdir(directory):
-        with open(os.path.join(directory, name), "rb") as f:
-            out[name] = f.read()
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = f.read()
     return out
 
 

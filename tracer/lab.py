@@ -167,7 +167,7 @@ def _udp_echo(s: socket.socket) -> None:
 CUSTOMER4 = ipaddress.ip_address("203.0.113.5")
 
 
-def demo(log: Any, as_json: bool = False) -> int:
+def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
     """The seed's story, end to end: port 8080 is closed for a customer, why, and the fix proven.
 
     First on the server alone (simulated ingress: the customer's SYN arrives on eth0), then the
@@ -179,7 +179,11 @@ def demo(log: Any, as_json: bool = False) -> int:
     from tracer import provefix
     from tracer.model import ProbeRequest
     from tracer.driver import Run
-    from tracer.report import render
+    from tracer.render import jsondoc, terminal
+
+    def show(report: Any) -> None:
+        terminal.render(report, terminal.make_console(sys.stdout, color=color))
+        print()
 
     system.require_root()
     with Lab() as lab:
@@ -193,12 +197,14 @@ def demo(log: Any, as_json: bool = False) -> int:
         before, steps = provefix.prove(Run(alone, log).execute(), log, provefix.runner(log))
         fix = next((f for f in before.findings if f.code == "shadowed-rule" and f.proven), None)
         if as_json:
-            sys.stdout.write(json.dumps(provefix.to_json(before.to_json(), steps), indent=2) + "\n")
+            sys.stdout.write(json.dumps(provefix.to_json(jsondoc.document(before), steps), indent=2) + "\n")
         else:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
             print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
             print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server} --prove-fix")
-            print(render(before) + provefix.render(steps, before.reached))
+            sys.stdout.flush()
+            show(before)
+            print(provefix.render(steps, before.reached))
         if fix is None:
             print("demo: fwtrace did not find (or could not prove) the fix of the shadowed rule", file=sys.stderr)
             return ExitStatus.BLOCKED
@@ -211,7 +217,8 @@ def demo(log: Any, as_json: bool = False) -> int:
         if not as_json:
             print(f"\n# And from a real second host (namespace {lab.client}) after the fix:")
             print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
-            print(render(after))
+            sys.stdout.flush()
+            show(after)
         if not (before.cleanup_ok and after.cleanup_ok):
             return ExitStatus.LEFTOVER  # the reports name what is left
         return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED

@@ -90,7 +90,7 @@ def netns_path(name: str) -> str:
         raise UsageError(f"invalid network namespace name: {name!r}", "see `ip netns list`")
     path = os.path.join(NETNS_RUN_DIR, name)
     if not os.path.exists(path):
-        raise UsageError(f"unknown network namespace: {name}", "see `ip netns list` for the namespaces that exist")
+        raise EnvironmentProblem(f"unknown network namespace: {name}", "see `ip netns list` for the namespaces that exist")
     return path
 
 

@@ -494,9 +494,21 @@ def test_text_and_exit_status_agree(lab: Lab, capsys: Any, flags: str, port: int
     lab.listen(lab.server, Proto.TCP, 8080)
     got = cli.main(["probe", "--dport", str(port), "--flags", flags, "--netns", lab.server, "--from-netns", lab.client])
     out = capsys.readouterr().out
-    [conclusion] = [line for line in out.splitlines() if line.startswith("conclusion:")]
+    conclusion = _row(out, "conclusion")
     assert got == status, out
     assert (" is reachable" in conclusion) == (status == 0), conclusion
+
+
+def _row(text: str, label: str) -> str:
+    """The one row of the terminal report with this label, its wrapped lines joined."""
+    lines = text.splitlines()
+    [i] = [k for k, line in enumerate(lines) if line[2:].startswith(label + " ")]
+    row = [lines[i][2 + len(label):].strip()]
+    for line in lines[i + 1:]:
+        if not line.startswith(" " * 14) or not line.strip():
+            break
+        row.append(line.strip())
+    return " ".join(row)
 
 
 def test_bridge_family_drop_is_traced(lab: Lab) -> None:

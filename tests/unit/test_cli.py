@@ -27,7 +27,13 @@ from tracer.errors import ExitStatus
         (["probe", "--proto", "icmp", "--sport", "1000"], "--sport does not apply to icmp"),
         (["probe", "--proto", "sctp", "--dport", "1"], "invalid choice"),
         (["probe", "--dport", "80", "--count", "0"], "count out of range"),
-        (["probe", "--dport", "80", "--timeout", "0"], "timeout out of range"),
+        (["probe", "--dport", "80", "--timeout", "0"], "--timeout: 0 is not allowed: the timeout is more than 0 and at most 60"),
+        (["probe", "--dport", "80", "--timeout", "-1"], "--timeout: -1 is not allowed"),
+        (["probe", "--dport", "-1"], "--dport: port out of range (1-65535): -1"),
+        (["probe", "--dport", "80", "--sport", "-5"], "--sport: port out of range (1-65535): -5"),
+        (["probe", "--dport", "80", "--count", "-2"], "--count: count out of range (1-100): -2"),
+        (["probe", "--dport", "80", "-6", "--src", "192.0.2.9"], "-6 given but --src 192.0.2.9 is IPv4"),
+        (["probe", "--dport", "80", "--redact"], "--redact applies to the evidence bundle only"),
         (["probe", "--dport", "80", "-6", "--dst", "192.0.2.1"], "-6 given but --dst"),
         (["frobnicate"], "invalid choice"),
         (["probe", "--dport", "80", "--log", "syslog"], "invalid choice"),
@@ -82,6 +88,46 @@ def test_log_option(argv: list[str], log: str) -> None:
 
 
 
+def test_negative_numbers_never_read_as_missing_arguments(capsys: Any) -> None:
+    for argv in (["probe", "--dport", "-1"], ["probe", "--dport", "80", "--timeout", "-1"]):
+        assert cli.main(argv) == ExitStatus.USAGE
+        assert "expected one argument" not in capsys.readouterr().err
+
+
+def test_src_ipv4_with_ipv6_flag_does_not_blame_dst(capsys: Any) -> None:
+    assert cli.main(["probe", "--dport", "80", "-6", "--src", "192.0.2.9"]) == ExitStatus.USAGE
+    assert "--dst" not in capsys.readouterr().err
+
+
+def test_version(capsys: Any) -> None:
+    from tracer import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fwtrace {__version__}"
+
+
+def test_help_shows_required_dport_every_exit_status_and_examples(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["probe", "--help"])
+    out = capsys.readouterr().out
+    usage = out.split("\n\n")[0]
+    assert "--dport PORT" in usage and "[--dport" not in usage and "required for tcp and udp" in usage
+    for status, what in ((0, "reached"), (1, "blocked"), (2, "usage"), (3, "environment"), (4, "internal"),
+                         (5, "cleanup incomplete"), (130, "interrupted")):
+        assert any(line.split()[:1] == [str(status)] and what in line for line in out.splitlines()), status
+    assert "unknown namespace" in out and "examples:" in out and "--evidence" in out
+
+
+def test_unknown_namespace_is_an_environment_problem() -> None:
+    from tracer import system
+    from tracer.errors import EnvironmentProblem
+
+    with pytest.raises(EnvironmentProblem) as e:
+        system.netns_path("no-such-namespace-fwtrace")
+    assert e.value.status == ExitStatus.ENVIRONMENT == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # --evidence is checked before anything is touched (no root needed to be refused)
 
@@ -134,7 +180,7 @@ def test_cleanup_help_says_which_runs(capsys: Any) -> None:
 def test_probe_help_lists_exit_statuses(capsys: Any) -> None:
     with pytest.raises(SystemExit):
         cli.main(["probe", "--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the table of statuses, spacing aside
     assert "5 cleanup incomplete" in out and "130 interrupted" in out
 
 

@@ -60,8 +60,13 @@ def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
 
 
 def describe(data: bytes) -> str:
-    """scapy's one-line summary of a captured IP packet."""
-    from scapy.layers.inet import IP
+    """scapy's one-line summary of a captured IP packet, ports as numbers (not /etc/services
+    names such as http_alt: everything else fwtrace prints is numeric)."""
+    from scapy.config import conf
+    from scapy.layers.inet import IP, TCP, UDP, TCPerror, UDPerror
+
+    conf.noenum.add(TCP.sport, TCP.dport, UDP.sport, UDP.dport, TCPerror.sport, TCPerror.dport,
+                    UDPerror.sport, UDPerror.dport)
 
     if data and data[0] >> 4 == 6:
         from scapy.layers.inet6 import IPv6

@@ -1,0 +1,87 @@
+"""The JSON document `--json` prints: the report's own JSON plus what a program reading it needs
+first (schema version, one outcome, the exit status) and who owns the chains. No I/O.
+
+The schema is written down in schema/report.schema.json; tests check real output against it.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from tracer import __version__, diagnose, owners
+from tracer.errors import ExitStatus
+from tracer.model import PacketResult, Step, Verdict
+
+SCHEMA_VERSION = 1
+OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
+
+
+def packet_outcome(r: PacketResult, reached: bool) -> str:
+    """reached: the service answered (or accepted silently); reply-dropped: the probe got through
+    but the firewall dropped the reply on its way back; unknown: nothing decided it (no trace)."""
+    if r.verdict is Verdict.ACCEPT and reply_dropped(r):
+        return "reply-dropped"
+    if reached:
+        return "reached"
+    if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
+        return "unknown"
+    return "blocked"
+
+
+def reply_drop(r: PacketResult) -> Optional[Step]:
+    """The step that dropped the reply on its way out, if one did."""
+    return next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
+
+
+def reply_dropped(r: PacketResult) -> bool:
+    # Where the result itself knows the reply's fate (reply_verdict), it decides.
+    flag = getattr(r, "reply_dropped", None)
+    return bool(flag) if flag is not None else reply_drop(r) is not None
+
+
+def outcome(report: Any) -> str:
+    """One word for the whole run: the first packet that did not reach, else reached."""
+    if not report.results:
+        return "unknown"
+    for r in report.results:
+        o = packet_outcome(r, diagnose.reached(r, list(report.findings)))
+        if o != "reached":
+            return o
+    return "reached"
+
+
+def exit_status(report: Any) -> int:
+    """The status of the run (tracer.outcome decides it); a dropped reply is not reached."""
+    from tracer import outcome as run_outcome
+
+    status = int(run_outcome.exit_status(report))
+    if status == ExitStatus.OK and outcome(report) != "reached":
+        return int(ExitStatus.BLOCKED)
+    return status
+
+
+def raw_fix(report: Any) -> Optional[str]:
+    """The first raw command among the findings (the second line under an owner's fix)."""
+    return next((f.commands[0] for f in report.findings if f.commands), None)
+
+
+def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
+    h = diagnose.seen(r)
+    return owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+
+
+def document(report: Any) -> dict[str, Any]:
+    doc = report.to_json()
+    for p, r in zip(doc.get("packets", []), report.results):
+        p["outcome"] = packet_outcome(r, diagnose.reached(r, list(report.findings)))
+        p["chain_owners"] = [{"chain": where, **o.to_json()} for where, o in owners.chain_owners(r)]
+        d = owners.decider_owner(r)
+        p["decided_by_owner"] = d.to_json() if d else None
+        f = owner_fix(report, r)
+        p["owner_fix"] = f.to_json() if f else None
+    return {"schema_version": SCHEMA_VERSION, "fwtrace_version": __version__, "outcome": outcome(report),
+            "exit_status": exit_status(report), **doc}
+
+
+def dumps(report: Any) -> str:
+    return json.dumps(document(report), indent=2)

@@ -1,0 +1,322 @@
+"""A report as labelled rows in sections: the one layout every renderer draws. No I/O.
+
+A row is (marker, label, body, style): the marker column flags the deciding rule, the label says
+what the row is ("rule 7", "rules 1-6", "policy", "reply"), the body carries the rule text (which
+renderers fold, never cut), and the style names its meaning for colour ("decider-bad", "skip").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tracer import diagnose, owners
+from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
+from tracer.packet import parse_headers
+from tracer.render import jsondoc
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    body: str
+    style: str = ""
+    marker: str = ""
+
+
+Section = list[Row]
+ChainKey = tuple[str, str, str, bool]  # family, table, chain, legacy
+
+
+def _where(family: str, table: str, chain: str, legacy: bool) -> str:
+    return f"{family} {table} {chain}" + (" [legacy]" if legacy else "")
+
+
+def _step_row(step: Step, deciding: bool, bad: bool) -> Row:
+    ev = step.event
+    mark = ">" if deciding else ""
+    style = ("decider-bad" if bad else "decider-good") if deciding else "step"
+    verdict = f"  -> {ev.verdict}" if ev.verdict else ""
+    if ev.kind is EventKind.CONNTRACK:
+        return Row("conntrack", f"INVALID: {ev.text}", "warn")
+    if ev.kind is EventKind.LOG:
+        if ev.source == "nflog":
+            return Row("nflog", f"\"{ev.text.split(' ', 1)[-1]}\" (fwtrace's NFLOG rule, read over netlink)", "dim")
+        return Row("log", f"\"{ev.text.split(' IN=', 1)[0].strip()}\" (fwtrace's LOG rule; also in dmesg)", "dim")
+    if ev.kind is EventKind.POLICY:
+        return Row("policy", (ev.verdict or "?").upper(), style, mark)
+    if ev.kind is EventKind.RETURN:
+        return Row("return", "end of chain, back to the caller", "dim")
+    if step.rule is not None:
+        if ev.verdict and step.rule.display.endswith(ev.verdict):
+            verdict = ""  # nft's own text already ends in "jump X" / "accept"
+        return Row(f"rule {step.rule.number}", step.rule.display + verdict, style, mark)
+    if ev.number is not None:
+        return Row(f"rule {ev.number}", f"(not in the snapshot){verdict}", style, mark)
+    return Row(f"handle {ev.handle}", f"(rule not read){verdict}", style, mark)
+
+
+def _is_decider(step: Step, r: PacketResult) -> bool:
+    d = r.decided_by
+    if d is None or step.event.kind not in (EventKind.RULE, EventKind.POLICY):
+        return False
+    ev = step.event
+    if (ev.family, ev.table, ev.chain, ev.legacy) != (d.family, d.table, d.chain, d.legacy):
+        return False
+    if d.rule is None:
+        return ev.kind is EventKind.POLICY
+    return step.rule is not None and step.rule.number == d.rule.number
+
+
+def steps(r: PacketResult) -> Section:
+    """The timeline: a chain row whenever the chain changes, every rule before the match accounted for."""
+    rows: Section = []
+    bad = r.verdict in (Verdict.DROP, Verdict.REJECT)
+    pos: dict[ChainKey, int] = {}
+    jumped: Optional[ChainKey] = None
+    current: Optional[ChainKey] = None
+    last_hdr = None
+    decided = False
+    held: Section = []  # a REJECT's own reply (eBPF), said after the rules its rule skipped
+    for step in r.steps:
+        ev = step.event
+        if ev.source == "ebpf":
+            row = _ebpf_row(step)
+            if ev.kind is EventKind.SEND and "reject" in (ev.location or ""):
+                held.append(row)
+            else:
+                rows.append(row)
+            continue
+        key: ChainKey = (ev.family, ev.table, ev.chain, ev.legacy)
+        if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
+            # The kernel reports no event for falling off a regular chain: say it here.
+            rows.append(Row("", f"{' '.join(jumped[:3])}: no rule matched, back to the caller", "dim"))
+        jumped = None
+        if key != current and ev.kind is not EventKind.CONNTRACK:
+            owner = owners.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
+            iif = f"  (in {ev.iif})" if ev.iif and ev.packet else ""
+            rows.append(Row("chain", _where(*key) + (f"  [{owner.describe()}]" if owner else "") + iif, "chain"))
+            current = key
+        if step.rule is not None:
+            skipped = range(pos.get(key, 0) + 1, step.rule.number)
+            if skipped:
+                span = f"rule {skipped[0]}" if len(skipped) == 1 else f"rules {skipped[0]}-{skipped[-1]}"
+                rows.append(Row(span, "no match", "skip"))
+            pos[key] = step.rule.number
+            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
+                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+                pos[jumped] = 0
+        rows += held
+        held = []
+        h = parse_headers(ev.packet) if ev.packet else None
+        if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
+            rows.append(Row("", f"(packet now addressed to {h.dst}:{h.dport})", "note"))
+        if h is not None:
+            last_hdr = h
+        deciding = not decided and _is_decider(step, r)
+        decided = decided or deciding
+        row = _step_row(step, deciding, bad)
+        if ev.ct_state:  # Linux 6.16+ traces carry the conntrack state at every step
+            row = Row(row.label, f"{row.body}  [ct {ev.ct_state}]", row.style, row.marker)
+        rows.append(row)
+    rows += held
+    if not r.steps:
+        rows.append(Row("", "(no chain of the ruleset saw this packet)", "dim"))
+    return rows
+
+
+def _ebpf_row(step: Step) -> Row:
+    """The kernel's own view (eBPF: drops with their reason, replies the stack sends)."""
+    from tracer.ebpf.text import ebpf_line
+
+    ev = step.event
+    body = ebpf_line(ev).split("kernel (eBPF)", 1)[-1].strip() + (f"  (in {ev.iif})" if ev.iif else "")
+    return Row("kernel", body, "warn" if ev.kind is EventKind.DROP else "dim")
+
+
+def verdict_text(r: PacketResult) -> str:
+    d = r.decided_by
+    if d is None:
+        return r.verdict.value.upper()
+    num = f" rule {d.rule.number}" if d.rule else ""
+    legacy = " (iptables-legacy)" if d.legacy else ""
+    return f"{r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
+
+
+def packet(i: int, r: PacketResult) -> Section:
+    bad = r.verdict in (Verdict.DROP, Verdict.REJECT)
+    rows = [Row(f"packet {i}", r.spec.summary(), "packet")]
+    if r.path:
+        rows.append(Row("path", " -> ".join(r.path), "dim"))
+    rows += steps(r)
+    rows.append(Row("verdict", verdict_text(r), "bad" if bad else "good" if r.verdict is Verdict.ACCEPT else "warn"))
+    reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
+    rows.append(Row("reply", reply, ""))
+    if r.conntrack is not None:
+        traced = any(s.event.ct_state for s in r.steps)
+        rows.append(Row("conntrack", r.conntrack + ("" if traced else "  (read from the conntrack table after the "
+                                                     "probe: this kernel's trace events carry no conntrack state)"), "dim"))
+    for step in r.reply_steps:
+        ev = step.event
+        rows.append(Row("reply via", f"{_where(ev.family, ev.table, ev.chain, ev.legacy)}: {_step_row(step, False, False).label} "
+                        f"{_step_row(step, False, False).body}".rstrip(), "dim"))
+    if r.reply_dropped and r.reply_decided_by is not None:
+        d = r.reply_decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        rows.append(Row("reply fate", f"{r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}",
+                        "bad", ">"))
+    if len(r.hooks) > 1:  # every base chain's outcome, when more than one had a say
+        rows += [Row("base chain", f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+                     + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy"), "dim") for h in r.hooks]
+    return rows
+
+
+def header(report: Any) -> str:
+    req = report.request
+    target = f"namespace {req.netns}" if req.netns else "the current namespace"
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        how = f"sent from namespace {req.from_netns}"
+    elif mode == "ingress":
+        src = report.results[0].spec.src if report.results else req.src
+        how = f"simulated as received on {report.via} from {src} (replies caught before leaving)"
+    else:
+        how = "sent locally (OUTPUT -> lo -> INPUT)"
+    return f"fwtrace run {report.run_id}: probing {target}, {how}"
+
+
+def findings(report: Any) -> Section:
+    """Each finding with its fix; the first fix with commands in its owner's terms when a firewall
+    manager owns the deciding rule, the raw command under it."""
+    rows: Section = []
+    owned = next((f for f in (jsondoc.owner_fix(report, r) for r in report.results) if f is not None), None)
+    for f in report.findings:
+        rows.append(Row("finding", f"[{f.code}] {f.message}", "finding"))
+        if owned is not None and f.commands:
+            rows.append(Row("fix", f"as {owned.owner.describe()} wants it: {owned.commands[0]}", "fix"))
+            rows += [Row("", c, "fix") for c in owned.commands[1:]]
+            rows.append(Row("why", owned.why, "dim"))
+            rows.append(Row("raw fix", f.fix or "; ".join(f.commands), "dim"))
+            owned = None
+        elif f.fix:
+            rows.append(Row("fix", f.fix, "fix"))
+    return rows
+
+
+def summary(report: Any) -> str:
+    """One line to paste into a ticket: outcome, what, where from, and who decided."""
+    out = jsondoc.outcome(report).upper()
+    results = list(report.results)
+    if not results:
+        return f"{out}: no probe was sent (fwtrace run {report.run_id})"
+    bad = [r for r in results if jsondoc.packet_outcome(r, diagnose.reached(r, list(report.findings))) != "reached"]
+    r = bad[0] if bad and out != "REACHED" else results[0]
+    s = r.spec
+    what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
+    d = r.decided_by
+    dropped = jsondoc.reply_dropped(r)
+    rd = getattr(r, "reply_decided_by", None)
+    step = jsondoc.reply_drop(r)
+    if dropped and rd is not None:
+        by = f"DROP by {rd.table} {rd.chain} " + (f"rule {rd.rule.number}" if rd.rule else "policy")
+    elif dropped and step is not None:
+        ev = step.event
+        what_rule = f"rule {step.rule.number}" if step.rule else "policy" if ev.kind is EventKind.POLICY else "a rule"
+        by = f"DROP by {ev.table} {ev.chain} {what_rule}"  # the outcome word says it was the reply
+    elif dropped:
+        by = "the reply was dropped on its way out"
+    elif d is None:
+        by = f"no verdict traced, reply {r.reply.kind}"
+    elif d.rule is not None:
+        by = f"{r.verdict.value.upper()} by {d.table} {d.chain} rule {d.rule.number}"
+    else:
+        by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
+    if r.verdict is Verdict.ACCEPT and not dropped:
+        by += f" ({r.reply.kind})"
+    many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
+    return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
+
+
+def tail(report: Any) -> Section:
+    rows = [Row("conclusion", c, "conclusion") for c in dict.fromkeys(report.conclusions)]
+    rows += [Row("note", n, "dim") for n in report.notes]
+    if report.lost_events:
+        rows.append(Row("warning", "the kernel dropped some trace events (socket buffer full); "
+                        "the timeline may be incomplete", "warn"))
+    rows += [Row("cleanup", c, "good" if report.cleanup_ok else "bad") for c in cleanup(report)]
+    return rows
+
+
+def cleanup(report: Any) -> list[str]:
+    """The cleanup proof as the text report words it (tracer.report.cleanup_lines), one row each."""
+    from tracer.report import cleanup_lines
+
+    out: list[str] = []
+    for line in cleanup_lines(report, str(report.mode or report.request.mode)):
+        if line.startswith("cleanup: ") or not out:
+            out.append(line.removeprefix("cleanup: "))
+        else:
+            out[-1] += " " + line.strip()
+    return out
+
+
+def sections(report: Any) -> list[Section]:
+    """The whole report: caveats, each packet, findings, conclusions and cleanup."""
+    out: list[Section] = []
+    if report.caveats:
+        out.append([Row("caveat", c, "warn") for c in report.caveats])
+    out += [packet(i, r) for i, r in enumerate(report.results, 1)]
+    f = findings(report)
+    if f:
+        out.append(f)
+    out.append(tail(report))
+    return out
+
+
+def replay_command(report: Any) -> str:
+    """The command that sends the same probe again (same addresses, ports, flags and mode)."""
+    req = report.request
+    r = report.results[0] if report.results else None
+    argv = ["fwtrace", "probe"]
+    if req.proto is not Proto.ICMP:
+        argv += ["--dport", str(req.dport)]
+    if req.proto is not Proto.TCP:
+        argv += ["--proto", req.proto.value]
+    elif req.flags != "S":
+        argv += ["--flags", req.flags]
+    if r is not None:
+        argv += ["--dst", str(r.spec.dst), "--src", str(r.spec.src)]
+        if req.proto is not Proto.ICMP:
+            argv += ["--sport", str(req.sport if req.sport is not None else r.spec.sport)]
+    if req.count != 1:
+        argv += ["--count", str(req.count)]
+    if req.timeout != 1.0:
+        argv += ["--timeout", f"{req.timeout:g}"]
+    if req.netns:
+        argv += ["--netns", req.netns]
+    mode = report.mode or req.mode
+    if mode == "from-netns":
+        argv += ["--from-netns", str(req.from_netns)]
+    elif mode == "local":
+        argv += ["--local"]
+    elif report.via:
+        argv += ["--via", report.via]
+    if req.log:
+        argv += ["--log", req.log]
+    return " ".join(argv)
+
+
+def measured(report: Any) -> list[tuple[str, str]]:
+    """How the run saw what it reports: for the reader who was not there."""
+    mode = report.mode or report.request.mode
+    how = {"ingress": f"simulated ingress: the probe was made to arrive on {report.via} as if from the network; "
+                      "its replies were caught before leaving the machine",
+           "local": "sent from the target namespace itself (OUTPUT -> lo -> INPUT)",
+           "from-netns": f"sent from namespace {report.request.from_netns}, a host on a link"}.get(mode, mode)
+    sources = sorted({s.event.source for r in report.results for s in r.steps}) or ["nftrace"]
+    return [
+        ("run", report.run_id),
+        ("probe", how),
+        ("trace", f"kernel trace events ({', '.join(sources)}) of the probe's own packets only, from temporary "
+                  f"non-terminal rules in table inet fwtrace_{report.run_id} (removed after the run)"),
+        ("packets", f"{len(report.results)} sent, timeout {report.request.timeout:g}s each"),
+    ]
