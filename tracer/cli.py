@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -272,10 +273,18 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
             report = run.execute()
         except KeyboardInterrupt as e:
             raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    steps: tuple[Any, ...] = ()
     if ns.prove_fix:
-        report, out = _prove_fix(report, log, ns)
+        from tracer import provefix
+
+        report, steps = provefix.prove(report, log, provefix.runner(log))
+    if ns.json:
+        doc = jsondoc.document(report)
+        out = json.dumps(provefix.to_json(doc, steps) if ns.prove_fix else doc, indent=2) + "\n"
     else:
-        out = jsondoc.dumps(report) + "\n" if ns.json else terminal.for_stream(report, sys.stdout, ns.no_color)
+        out = terminal.for_stream(report, sys.stdout, ns.no_color)
+        if ns.prove_fix:
+            out += provefix.render(steps, report.reached)
     written = console.write_out(out)
     if bundle is not None:
         where = bundle.write(report, ns.evidence, redact=ns.redact)
@@ -286,19 +295,6 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     elif written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return status
-
-
-def _prove_fix(report: Any, log: Any, ns: argparse.Namespace) -> tuple[Any, str]:
-    """--prove-fix (tracer/provefix.py): the report with `proven` set, and its text or JSON."""
-    import json
-
-    from tracer import provefix
-    from tracer.render import jsondoc, terminal
-
-    report, steps = provefix.prove(report, log, provefix.runner(log))
-    if ns.json:
-        return report, json.dumps(provefix.to_json(jsondoc.document(report), steps), indent=2) + "\n"
-    return report, terminal.for_stream(report, sys.stdout, ns.no_color) + provefix.render(steps, report.reached)
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
