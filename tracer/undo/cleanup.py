@@ -12,7 +12,13 @@ from tracer.console import quietly
 from tracer.errors import FwtraceError
 from tracer.trace import plan
 from tracer.undo.journal import Journal, JournalDoc, is_alive, list_journals
-from tracer.undo.records import ReleaseShared, RemoveClsact, RemoveCommented, RestoreSysctl, Undo
+from tracer.undo.records import (
+    ReleaseShared,
+    RemoveClsact,
+    RemoveCommented,
+    RestoreSysctl,
+    Undo,
+)
 
 # Test-only fault hook: an undo whose description contains this text is skipped and reported as
 # done, like a buggy undo would be. The content proof (tracer/undo/proof.py) must catch it.
