@@ -24,7 +24,7 @@ from .model import (
     TraceEvent,
     Verdict,
 )
-from .nftrace import Headers, parse_headers
+from .nftrace import Headers, parse_headers, without_policy_returns
 from .plan import DELIVERED, END_CHAINS, END_PRIORITY, TABLE_PREFIX, Roles, hook_of_chain
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
@@ -86,7 +86,7 @@ def split_events(
     probe: list[TraceEvent] = []
     reply: list[TraceEvent] = []
     current: dict[int, tuple[Optional[str], Optional[tuple[object, ...]]]] = {}
-    for ev in events:
+    for ev in without_policy_returns(list(events)):
         role, key = current.get(ev.trace_id, (None, None))
         h = parse_headers(ev.packet) if ev.packet else None
         if h is not None:
