@@ -152,6 +152,18 @@ def sysctl_set(key: str, value: str) -> None:
         raise
 
 
+def load_module(name: str) -> bool:
+    """Load a kernel module where the kernel has loadable modules and does not have this one
+    yet (stock distribution kernels build netfilter's parts as modules and load many only on
+    demand; a kernel without modules, like a CI machine's, has what it has built in). True when
+    this call loaded it: the caller says so, since a module stays loaded after the run."""
+    if os.path.isdir(f"/sys/module/{name}") or not os.path.isdir(f"/lib/modules/{os.uname().release}"):
+        return False
+    if shutil.which("modprobe") is None:
+        return False
+    return run(["modprobe", "-q", name], check=False).returncode == 0
+
+
 def proc_net(name: str) -> str:
     """/proc/self/net/NAME of the calling thread's namespace ('' when absent, e.g. no IPv6)."""
     try:
