@@ -23,7 +23,11 @@ from .tcbpf import IngressUnavailable, attach_filter, load_sched_cls, tcx_attach
 Change = Callable[..., Any]  # Run.change(undo, apply, atomic=False)
 
 
-LOCK_WAIT = 5.0  # seconds another run's port may keep us waiting (a run takes well under one)
+# Seconds another run's simulated ingress may keep us waiting. A run holds the lock for its
+# whole exchange: well under a second here, but tens of seconds on a slow or loaded machine
+# (a stock kernel under software emulation runs ~20x slower; 5 s failed there). The lock dies
+# with its holder, so a long wait only ever waits for a live run.
+LOCK_WAIT = 60.0
 
 
 def lock_namespace() -> int:
