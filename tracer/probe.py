@@ -262,12 +262,18 @@ class Run:
         assert self.journal is not None
         index = self.journal.record(undo)
         self.log.info("change", what=undo.what, netns=undo.netns)
-        try:
-            result = apply()
-        except BaseException:
-            if atomic:
-                self.journal.mark(index, "undone")
-            raise
+        # INT/TERM/HUP wait until the change is complete: an interrupt raised inside apply()
+        # would leave it unknown whether the command (e.g. the nft batch, committed by a child
+        # that keeps running) took effect, and an atomic change would be marked undone although
+        # its table exists (seen on a slow kernel: Ctrl-C during the first nft change left
+        # `table inet fwtrace_<id>` behind). Raised after the block, the change is undone.
+        with signals_blocked():
+            try:
+                result = apply()
+            except BaseException:
+                if atomic:
+                    self.journal.mark(index, "undone")
+                raise
         self.changes += 1
         checkpoint(f"instrument-{self.changes}")
         return result
