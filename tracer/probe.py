@@ -558,9 +558,10 @@ class Run:
                 logger = kernplan.NF_LOGGER[family]
                 # Binding a logger whose module is not loaded fails (ENOENT): stock kernels
                 # load nf_log_syslog only when a LOG rule asks for it, never for TRACE.
-                if system.load_module(kernplan.LOGGER_MODULE):
+                if system.load_module(kernplan.LOGGER_MODULE, keep=tuple(kernplan.NF_LOG_SYSCTL.values())):
                     self.notes.append(f"loaded the kernel module {kernplan.LOGGER_MODULE} (the kernel logger TRACE "
-                                      "lines need); modules stay loaded")
+                                      "lines need; it stays loaded); it binds itself as the logger of every namespace "
+                                      "that has none: put back to NONE here and in the initial namespace")
                 self.change(sysctl_undo(ns, key, old), functools.partial(system.sysctl_set, key, logger))
                 self.notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
         old = system.sysctl_get(kernplan.LOG_INVALID)
