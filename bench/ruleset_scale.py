@@ -21,7 +21,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tracer.lab import Lab  # noqa: E402
+from tracer.lab import Lab
+from tracer.model import Proto
 
 FWTRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "bin", "fwtrace")
 
@@ -50,6 +51,14 @@ def kube_ruleset(n_rules: int) -> str:
     return "\n".join(nat + body + ["COMMIT"] + filt) + "\n"
 
 
+def single_chain(n_rules: int) -> str:
+    """One INPUT chain of n_rules source bans for another port, then the ACCEPT for 8080 (issue 11:
+    a long chain on the probe's path; only the deciding rule's text is shown)."""
+    bans = [f"-A INPUT -s 10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/32 -p tcp -m tcp --dport 9999 -j DROP"
+            for i in range(n_rules)]
+    return "\n".join(["*filter", ":INPUT DROP [0:0]", *bans, "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT", "COMMIT"]) + "\n"
+
+
 def probe_once(lab: Lab) -> tuple[float, int, int]:
     """(wall seconds, peak RSS in KiB as GNU time reports it, deciding rule number)."""
     t = time.perf_counter()
@@ -64,17 +73,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="0,1000,10000,50000")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--single-chain", action="store_true", help="one INPUT chain of N rules instead of kube-proxy's shape")
     args = ap.parse_args()
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         with Lab(prefix="fwtrace-bench") as lab:
             t = time.perf_counter()
-            lab.iptables_restore(lab.server, kube_ruleset(size))
+            lab.iptables_restore(lab.server, single_chain(size) if args.single_chain else kube_ruleset(size))
+            if args.single_chain:
+                lab.listen(lab.server, Proto.TCP, 8080)
             load = time.perf_counter() - t
             walls, rss = [], 0
             for _ in range(args.runs):
                 wall, maxrss, number = probe_once(lab)
-                assert number == 4, f"verdict changed at size {size}: rule {number}"
+                want = size + 1 if args.single_chain else 4
+                assert number == want, f"verdict changed at size {size}: rule {number}"
                 walls.append(wall)
                 rss = max(rss, maxrss)
             rows.append({"rules": size, "load_seconds": round(load, 2), "median_seconds": round(statistics.median(walls), 3),

@@ -2,7 +2,7 @@
 /*
  * Simulated ingress: the two tc programs fwtrace generates, written as C for reference.
  *
- * fwtrace does NOT compile this file: tracer/bpfasm.py assembles the same logic directly
+ * fwtrace does NOT compile this file: tracer/inject/bpfasm.py assembles the same logic directly
  * (a few dozen instructions, loaded with bpf(2) BPF_PROG_LOAD as SCHED_CLS, license "GPL"),
  * which needs neither clang nor kernel headers and costs a syscall instead of seconds.
  * `fwtrace probe --print-bpf` prints the generated instructions. Constants written here as

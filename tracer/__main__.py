@@ -1,3 +1,3 @@
-from .cli import run
+from tracer.cli import run
 
 run()

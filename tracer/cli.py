@@ -9,8 +9,9 @@ import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from .errors import ExitStatus, FwtraceError, UsageError
-from .model import ProbeRequest, Proto
+from tracer import modes
+from tracer.errors import ExitStatus, FwtraceError, UsageError
+from tracer.model import ProbeRequest, Proto
 
 EPILOG_PROBE = """\
 examples:
@@ -27,6 +28,13 @@ examples:
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
   fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
+  fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
+                                         a full accept queue, a netfilter drop outside the traced chains)
+
+"reached" means the service's answer came back out through the firewall: a SYN-ACK for a SYN,
+a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence and no ICMP
+error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
+POSTROUTING) is not reached. With --count N every packet must have reached.
 
 exit status: 0 reached the service, 1 blocked or unanswered, 2 usage error,
              3 environment problem (not root, missing tool, unknown namespace), 4 internal error
@@ -94,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
     pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
                     "(default: simulate one arriving on --via)")
-    pr.add_argument("--print-bpf", action="store_true", help="print the generated tc programs of simulated ingress on stderr")
+    pr.add_argument("--print-bpf", action="store_true", help="print the generated BPF programs on stderr (the tc programs "
+                    "of simulated ingress, the eBPF probes as rendered for this kernel)")
+    pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
+                    help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
+                    "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -108,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
 
+    dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
+                        "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
+    dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
+    dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
+
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone")
     cl.add_argument("--netns", help="namespace to clean (default: the current one)")
     return p
@@ -115,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     proto = Proto(ns.proto)
+    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
+    if ns.from_netns is not None and ns.from_netns == ns.netns:
+        ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
     if proto is not Proto.ICMP and ns.dport is None:
         raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
     if ns.flags is not None:
@@ -139,7 +159,7 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log,
+        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
         ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
 
@@ -149,31 +169,42 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
-    from .probe import Run
-    from .report import render
+    from tracer.driver import Run
+    from tracer.outcome import exit_status
+    from tracer.report import render
 
     run = Run(req, log, log_events=ns.verbose, full_snapshot=bool(ns.evidence))
     report = run.execute()
     text = render(report)
     sys.stdout.write(report.dumps() + "\n" if ns.json else text)
     if ns.evidence:
-        from .evidence import bundle_files, write_bundle
+        from tracer.evidence import bundle_files, write_bundle
 
-        write_bundle(ns.evidence, bundle_files(report, text))
+        from .doctor import dumps, gather
+
+        files = bundle_files(report, text)
+        files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
+        write_bundle(ns.evidence, files)
         log.info("evidence written", directory=ns.evidence)
-    if not report.cleanup_ok:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK if report.reached else ExitStatus.BLOCKED
+    return exit_status(report)
 
 
 def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
-    from . import lab
+    from tracer import lab
 
     return lab.demo(log, as_json=ns.json)
 
 
+def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
+    from . import doctor
+
+    facts = doctor.gather(load=not ns.no_load)
+    sys.stdout.write(doctor.dumps(facts) + "\n" if ns.json else doctor.render(facts))
+    return ExitStatus.OK if doctor.verdict(facts) else ExitStatus.ENVIRONMENT
+
+
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
-    from . import cleanup
+    from tracer.undo import cleanup
 
     removed = cleanup.clean_stale(ns.netns, log)
     print(f"undid {len(removed)} change(s) left by dead fwtrace runs" + (": " + "; ".join(removed) if removed else ""))
@@ -191,6 +222,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "probe": cmd_probe,
     "demo": cmd_demo,
     "cleanup": cmd_cleanup,
+    "doctor": cmd_doctor,
 }
 
 

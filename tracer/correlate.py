@@ -7,11 +7,11 @@ addressed back to the probe's source port. Everything else is somebody else's tr
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Optional
 
-from .match import rule_action
-from .model import (
-    Backend,
+from tracer import basechains
+from tracer.model import (
     EventKind,
     PacketResult,
     PacketSpec,
@@ -24,8 +24,16 @@ from .model import (
     TraceEvent,
     Verdict,
 )
-from .nftrace import Headers, parse_headers, without_policy_returns
-from .plan import DELIVERED, END_CHAINS, END_PRIORITY, TABLE_PREFIX, Roles, hook_of_chain
+from tracer.packet import Headers, parse_headers
+from tracer.trace.plan import (
+    DELIVERED,
+    END_CHAINS,
+    END_PRIORITY,
+    TABLE_PREFIX,
+    Roles,
+    hook_of_chain,
+)
+from tracer.trace.nftrace import without_policy_returns
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -173,18 +181,18 @@ def priority_value(text: Optional[str]) -> int:
     return total
 
 
-_INBOUND = ("prerouting", "input", "forward", "postrouting")
-_LOCAL = ("output", "postrouting", "prerouting", "input")
+_INBOUND = ("ingress", "prerouting", "input", "forward", "postrouting")
+_LOCAL = ("output", "postrouting", "ingress", "prerouting", "input")
 
 
 def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...]) -> tuple[int, int]:
     if ev.table.startswith(TABLE_PREFIX):  # tracing chains first, end-of-hook chains last
-        return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -1000
+        return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -(2**31)
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
     if chain is not None and chain.priority is not None:
         return order.index(hook), priority_value(chain.priority)
     if ev.legacy:  # a table fwtrace itself instantiated (raw, for TRACE): not in the snapshot
-        from .kernplan import legacy_priority
+        from tracer.trace.kernplan import legacy_priority
 
         return order.index(hook), legacy_priority(ev.table, ev.chain) or 0
     return order.index(hook), 0
@@ -265,8 +273,20 @@ def timeline(events: list[TraceEvent], ruleset: Ruleset) -> tuple[list[Step], li
             continue
         if ev.legacy and ruleset.chain(ev.family, ev.table, ev.chain, True) is None:
             continue  # the raw table fwtrace's TRACE rules instantiated: not the user's
+        if ev.ct_state == "invalid" and _before_conntrack(ruleset, ev, hook):
+            ev = dataclasses.replace(ev, ct_state=None)  # "no entry yet", not INVALID
         steps.append(Step(ev, _rule_of(ruleset, ev)))
     return steps, path
+
+
+_CONNTRACK_PRIORITY = -200  # NF_IP_PRI_CONNTRACK: conntrack runs here on prerouting and output
+
+
+def _before_conntrack(ruleset: Ruleset, ev: TraceEvent, hook: Optional[str]) -> bool:
+    if hook == "ingress":
+        return True
+    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
+    return hook in ("prerouting", "output") and chain is not None and priority_value(chain.priority) < _CONNTRACK_PRIORITY
 
 
 def delivered(events: list[TraceEvent]) -> bool:
@@ -278,43 +298,8 @@ def delivered(events: list[TraceEvent]) -> bool:
 
 
 def decide(steps: list[Step], ruleset: Ruleset, traced: bool, through: bool = True) -> tuple[Verdict, Optional[RuleRef]]:
-    """The verdict and what decided it: the first drop, or else the last accept if the packet
-    got `through` netfilter; a packet that vanished without a drop has no netfilter verdict."""
-    last_accept: Optional[Step] = None
-    for step in steps:
-        ev = step.event
-        if ev.kind is EventKind.RETURN or ev.verdict is None:
-            continue
-        word = ev.verdict.split()[0]
-        if word == "drop":
-            verdict = Verdict.DROP
-            if step.rule is not None and rule_action(step.rule) == "reject":
-                verdict = Verdict.REJECT
-            return verdict, _ref(step, ruleset)
-        if word == "accept":
-            last_accept = step
-    if not through:
-        return Verdict.UNKNOWN, None
-    if last_accept is not None:
-        return Verdict.ACCEPT, _ref(last_accept, ruleset)
-    # Traced by our own table but met no other chain: nothing in netfilter stopped it.
-    return (Verdict.ACCEPT if traced else Verdict.UNKNOWN), None
-
-
-def _ref(step: Step, ruleset: Ruleset) -> RuleRef:
-    ev = step.event
-    if ev.kind is EventKind.POLICY:
-        chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
-        policy = (ev.verdict or (chain.policy if chain else None) or "?").split()[0]
-        return RuleRef(ev.family, ev.table, ev.chain, None, policy, _backend(ruleset, ev))
-    return RuleRef(ev.family, ev.table, ev.chain, step.rule, backend=_backend(ruleset, ev))
-
-
-def _backend(ruleset: Ruleset, ev: TraceEvent) -> Backend:
-    if ev.legacy:
-        return Backend.IPTABLES_LEGACY
-    t = ruleset.table(ev.family, ev.table)
-    return t.backend if t is not None else Backend.NFT
+    """The verdict and what decided it, from the base chains' outcomes (tracer.basechains)."""
+    return basechains.decide(basechains.outcomes(steps, ruleset), ruleset, traced, through)
 
 
 def packet_result(
@@ -328,12 +313,29 @@ def packet_result(
     probe_events, reply_events = split_events(events, spec, roles)
     steps, path = timeline(probe_events, ruleset)
     reply_steps, _ = timeline(reply_events, ruleset)
-    verdict, ref = decide(steps, ruleset, traced=bool(probe_events), through=delivered(probe_events))
+    hooks = basechains.outcomes(steps, ruleset)
+    verdict, ref = basechains.decide(hooks, ruleset, traced=bool(probe_events), through=delivered(probe_events))
+    reply_hooks = basechains.outcomes(reply_steps, ruleset)
+    # A reply counts only once it leaves: captured beyond netfilter, or traced through it.
+    captured = reply is not None
+    reply_verdict, reply_ref = basechains.decide(reply_hooks, ruleset, traced=bool(reply_events),
+                                                 through=captured or delivered(reply_events))
+    if captured and reply_verdict is Verdict.UNKNOWN:
+        reply_verdict = Verdict.ACCEPT
     if reply is None:
         reply = traced_reply(reply_events, spec)
         if reply is not None:
             reply_summary = "seen in the trace of OUTPUT, not captured"
+            if reply_verdict in (Verdict.DROP, Verdict.REJECT) and reply_ref is not None:
+                chain = reply_ref.chain if reply_ref.table == "filter" else f"{reply_ref.family} {reply_ref.table} {reply_ref.chain}"
+                reply_summary = f"dropped on its way out by {chain} {_what(reply_ref)}"
     r = classify_reply(reply, spec)
     return PacketResult(
-        spec, verdict, ref, Reply(r.kind, reply_summary), tuple(steps), tuple(path), tuple(reply_steps)
+        spec, verdict, ref, Reply(r.kind, reply_summary, captured or r.none), tuple(steps), tuple(path), tuple(reply_steps),
+        hooks=tuple(hooks), reply_verdict=reply_verdict if not r.none else Verdict.UNKNOWN,
+        reply_decided_by=reply_ref if not r.none else None, reply_hooks=tuple(reply_hooks),
     )
+
+
+def _what(ref: RuleRef) -> str:
+    return f"rule {ref.rule.number}" if ref.rule is not None else f"policy {(ref.policy or '?').upper()}"

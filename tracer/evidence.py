@@ -12,14 +12,18 @@ import json
 import os
 from typing import Any, Mapping
 
-from . import correlate, plan, snapshot
-from .model import PacketResult, PacketSpec, Proto
-from .nftrace import parse_headers, parse_messages
+from tracer import correlate, diagnose, snapshot
+from tracer.model import PacketResult, PacketSpec, ProbeRequest, Proto
+from tracer.outcome import ProbeReport, build_report
+from tracer.packet import parse_headers
+from tracer.trace import plan
+from tracer.trace.nftrace import parse_messages
 
 
-def bundle_files(report: Any, text: str) -> dict[str, bytes]:
+def bundle_files(report: ProbeReport, text: str) -> dict[str, bytes]:
     """File name -> content for a ProbeReport (pure)."""
     ev = report.evidence
+    assert ev is not None, "only a live run's report carries its evidence"
     files: dict[str, bytes] = {
         "report.json": report.dumps().encode() + b"\n",
         "report.txt": text.encode(),
@@ -35,6 +39,9 @@ def bundle_files(report: Any, text: str) -> dict[str, bytes]:
         files[f"{snapshot.LEGACY_SAVE[family]}.txt"] = saved.encode()
     if ev.nflog:
         files["nflog.nlmsg"] = ev.nflog
+    if getattr(ev, "ebpf", ()):
+        files["ebpf-records.bin"] = b"".join(ev.ebpf)  # struct event_t records (tracer/ebpf/decode.py)
+        files["ebpf-names.json"] = json.dumps(ev.ebpf_names, indent=1, sort_keys=True).encode() + b"\n"
     if ev.own_handles:
         files["instrumentation-handles.json"] = json.dumps([list(h) for h in ev.own_handles]).encode()
     if ev.kern_plan is not None:
@@ -79,7 +86,7 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     own = {(f, t, int(h)) for f, t, h in json.loads(files.get("instrumentation-handles.json", b"[]"))}
     events = correlate.without_handles(parse_messages(files["trace.nlmsg"]), own)
     if "kmsg.txt" in files or "nflog.nlmsg" in files:
-        from . import kernlog, kernplan, nflog
+        from tracer.trace import kernlog, kernplan, nflog
 
         # Where the run put its LOG/NFLOG rules and how many TRACE/LOG rules it inserted at the
         # top of legacy chains: recorded at the run (its plan came from the chains before it).
@@ -91,4 +98,18 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     for i, spec in enumerate(specs, 1):
         raw = files.get(f"reply-{i}.ip", b"")
         results.append(correlate.packet_result(spec, events, ruleset, parse_headers(raw), "", roles))
+    if "ebpf-records.bin" in files:  # the kernel's own view, as the run decoded it
+        from tracer.ebpf import decode, render, timeline
+        from tracer.inject.ingress import port_names
+
+        kernel = decode.replay_events(files["ebpf-records.bin"], json.loads(files["ebpf-names.json"]),
+                                      decode.HEAD_SIZE + render.PKT_MAX)
+        port = frozenset(port_names(doc["run_id"])) if doc.get("mode") == "ingress" else frozenset()
+        results = [timeline.attach(r, kernel, port) for r in results]
     return results
+
+
+def replay_report(files: Mapping[str, bytes], request: ProbeRequest, ctx: diagnose.Context, **kw: Any) -> ProbeReport:
+    """A report from a bundle's raw material, put together as the live run does (pure); `kw` as
+    for outcome.build_report (generations, cleanup, ...), which the bundle cannot replay."""
+    return build_report(request, json.loads(files["report.json"])["run_id"], replay(files), ctx, **kw)

@@ -14,9 +14,9 @@ import socket
 import threading
 from typing import Any, Optional
 
-from . import system
-from .errors import ExitStatus
-from .model import Proto
+from tracer import system
+from tracer.errors import ExitStatus
+from tracer.model import Proto
 
 SERVER4, CLIENT4 = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
 SERVER6, CLIENT6 = ipaddress.ip_address("2001:db8:1::1"), ipaddress.ip_address("2001:db8:1::2")
@@ -175,9 +175,9 @@ def demo(log: Any, as_json: bool = False) -> int:
     """
     import sys
 
-    from .model import ProbeRequest
-    from .probe import Run
-    from .report import render
+    from tracer.model import ProbeRequest
+    from tracer.driver import Run
+    from tracer.report import render
 
     system.require_root()
     with Lab() as lab:

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
+from tracer.verdict import Action, RuleVerdict  # noqa: F401  (re-exported: part of the model)
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -170,6 +172,17 @@ def _hostport(addr: IPAddress, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
+class Mode(str, enum.Enum):
+    """How a probe is sent. A str enum: it prints, compares and serialises as its value."""
+
+    INGRESS = "ingress"  # simulated: received on an interface as if from a remote client
+    LOCAL = "local"  # from the target namespace itself (OUTPUT -> lo -> INPUT)
+    FROM_NETNS = "from-netns"  # from a second namespace, a real host on a link
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class ProbeRequest:
     """A probe run as the command line asked for it, validated."""
@@ -189,13 +202,14 @@ class ProbeRequest:
     via: Optional[str] = None  # simulated ingress: the interface the probe arrives on
     local: bool = False  # send from the target namespace itself (OUTPUT -> lo -> INPUT)
     print_bpf: bool = False  # print the generated tc programs on stderr
+    ebpf: str = "off"  # "auto" (the CLI's default): load the eBPF probes when a first pass leaves a fate unexplained; "on"; "off"
 
     @property
-    def mode(self) -> str:
-        """"from-netns" (a real second host), "local", or "ingress" (simulated, the default)."""
+    def mode(self) -> "Mode":
+        """How the command line asked the probe to be sent (a run may fall back to local)."""
         if self.from_netns is not None:
-            return "from-netns"
-        return "local" if self.local else "ingress"
+            return Mode.FROM_NETNS
+        return Mode.LOCAL if self.local else Mode.INGRESS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +222,12 @@ class EventKind(str, enum.Enum):
     POLICY = "policy"  # fell off the end of a base chain: its policy decided
     LOG = "log"  # a kernel-log line (LOG target, legacy TRACE)
     CONNTRACK = "conntrack"  # a conntrack observation
+    # eBPF (source "ebpf"): the kernel's own view, outside netfilter's rules
+    DROP = "drop"  # skb:kfree_skb: the packet was freed, `reason` as the kernel names it
+    SEND = "send"  # the stack sends a reply about the packet: tcp:tcp_send_reset, icmp:icmp_send
+    CONSUME = "consume"  # skb:consume_skb: the stack took the packet without a drop reason
+    STATE = "state"  # sock:inet_sock_set_state of the probe's flow
+    HOOK = "hook"  # nf_hook_slow returned (kprobe/fentry): the hook's verdict
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,16 @@ class TraceEvent:
     text: str = ""  # free text (kernel-log line, conntrack message)
     number: Optional[int] = None  # rule number for sources that count rules (legacy TRACE)
     legacy: bool = False  # the table is an iptables-legacy (x_tables) one
+    reason: Optional[str] = None  # eBPF drop reason as the running kernel spells it (NETFILTER_DROP)
+    location: Optional[str] = None  # eBPF: the kernel function that dropped or replied
+    # conntrack's view at this step (nftrace, Linux 6.16+): new, established, related, invalid,
+    # untracked; None when the source does not say
+    ct_state: Optional[str] = None
+
+    @property
+    def action(self) -> Optional["RuleVerdict"]:
+        """The verdict, typed: `jump X` is (JUMP, "X")."""
+        return RuleVerdict.parse(self.verdict)
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -238,7 +268,7 @@ class TraceEvent:
             "chain": self.chain,
             "source": self.source,
         }
-        for k in ("handle", "number", "verdict", "iif", "oif", "hook"):
+        for k in ("handle", "number", "verdict", "iif", "oif", "hook", "reason", "location", "ct_state"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -283,6 +313,23 @@ class RuleRef:
 
 
 @dataclass(frozen=True)
+class HookOutcome:
+    """How one base chain the packet crossed let it go: every base chain of a hook runs in
+    priority order, and an accept ends only its own chain, so each has its own outcome."""
+
+    ref: RuleRef  # the rule (or policy) that ended the chain's walk
+    hook: str
+    priority: int
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, object]:
+        r = self.ref
+        return {"family": r.family, "table": r.table, "chain": r.chain, "hook": self.hook, "priority": self.priority,
+                "verdict": self.verdict.value, "rule_number": r.rule.number if r.rule else None, "rule": r.text,
+                "backend": r.backend.value}
+
+
+@dataclass(frozen=True)
 class Step:
     """One line of the timeline: an event joined with the rule it refers to."""
 
@@ -301,6 +348,7 @@ class Step:
 class Reply:
     kind: str  # "syn-ack", "rst", "icmp 3/10 host-prohibited", "udp", "echo-reply", "none"
     summary: str = ""
+    captured: bool = True  # False: known only from its trace through OUTPUT, never seen leaving
 
     @property
     def none(self) -> bool:
@@ -317,6 +365,16 @@ class PacketResult:
     path: tuple[str, ...] = ()  # hooks met in order, e.g. ("prerouting", "input")
     reply_steps: tuple[Step, ...] = ()  # the reply's own way out, when it was traced
     conntrack: Optional[str] = None  # the flow's conntrack entry after the probe, "none" when absent
+    hooks: tuple[HookOutcome, ...] = ()  # every base chain the probe crossed, in hook and priority order
+    # The reply's own fate on its way out (OUTPUT, POSTROUTING): ACCEPT when it was captured or
+    # its trace got through, DROP/REJECT when a chain dropped it, UNKNOWN when nothing says.
+    reply_verdict: Verdict = Verdict.UNKNOWN
+    reply_decided_by: Optional[RuleRef] = None
+    reply_hooks: tuple[HookOutcome, ...] = ()
+
+    @property
+    def reply_dropped(self) -> bool:
+        return self.reply_verdict in (Verdict.DROP, Verdict.REJECT)
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -331,6 +389,10 @@ class PacketResult:
             "path": list(self.path),
             "events": [s.to_json() for s in self.steps],
             "reply_events": [s.to_json() for s in self.reply_steps],
+            "reply_verdict": self.reply_verdict.value,
+            "reply_decided_by": self.reply_decided_by.to_json() if self.reply_decided_by else None,
+            "hooks": [h.to_json() for h in self.hooks],
+            "reply_hooks": [h.to_json() for h in self.reply_hooks],
             "conntrack": self.conntrack,
         }
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .model import EventKind, PacketResult, Step
-from .nftrace import parse_headers
-from .probe import ProbeReport
+from tracer.ebpf.text import ebpf_line
+from tracer.model import Action, EventKind, PacketResult, Step
+from tracer.outcome import ProbeReport
+from tracer.packet import parse_headers
 
 
 def _step_line(step: Step) -> str:
     ev = step.event
+    if ev.source == "ebpf":
+        return ebpf_line(ev)
     where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
     if ev.kind is EventKind.CONNTRACK:
         return f"{'conntrack':<28} INVALID: {ev.text}"
@@ -38,8 +41,12 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     # (family, table, chain, legacy): x_tables and nf_tables may both have "ip filter INPUT"
     pos: dict[tuple[str, str, str, bool], int] = {}  # rules of each chain already accounted for
     jumped: Optional[tuple[str, str, str, bool]] = None  # the chain the previous step jumped to
+    held: list[str] = []  # a REJECT's own reply (eBPF), said after the rules its rule skipped
     for step in r.steps:
         ev = step.event
+        if ev.source == "ebpf" and ev.kind is EventKind.SEND and "reject" in (ev.location or ""):
+            held.append(f"    {_step_line(step)}" + (f" [in {ev.iif}]" if ev.iif else ""))
+            continue
         key = (ev.family, ev.table, ev.chain, ev.legacy)
         if jumped is not None and (jumped[:2], jumped[3]) == (key[:2], key[3]) and jumped != key:
             # The kernel reports no event for falling off a regular chain: say it here.
@@ -52,16 +59,21 @@ def _packet(i: int, r: PacketResult) -> list[str]:
                 where = f"{ev.family} {ev.table} {ev.chain}" + (" [legacy]" if ev.legacy else "")
                 lines.append(f"    {where:<28} {span}: no match")
             pos[key] = step.rule.number
-            if ev.verdict and ev.verdict.split()[0] in ("jump", "goto"):
-                jumped = (ev.family, ev.table, ev.verdict.split()[1], ev.legacy)
+            v = ev.action
+            if v is not None and v.action in (Action.JUMP, Action.GOTO) and v.target:
+                jumped = (ev.family, ev.table, v.target, ev.legacy)
                 pos[jumped] = 0
+        lines += held
+        held = []
         h = parse_headers(step.event.packet) if step.event.packet else None
         if h is not None and last_hdr is not None and (h.dst, h.dport) != (last_hdr.dst, last_hdr.dport):
             lines.append(f"    (packet now addressed to {h.dst}:{h.dport})")
         if h is not None:
             last_hdr = h
         iface = f" [in {step.event.iif}]" if step.event.iif and step.event.packet else ""
-        lines.append(f"    {_step_line(step)}{iface}")
+        ct = f" [ct {step.event.ct_state}]" if step.event.ct_state else ""  # Linux 6.16+ traces say it
+        lines.append(f"    {_step_line(step)}{iface}{ct}")
+    lines += held
     if not r.steps:
         lines.append("    (no chain of the ruleset saw this packet)")
     if r.decided_by is not None:
@@ -74,9 +86,27 @@ def _packet(i: int, r: PacketResult) -> list[str]:
     reply = r.reply.kind + (f"  ({r.reply.summary})" if r.reply.summary else "")
     lines.append(f"  reply:   {reply}")
     if r.conntrack is not None:
-        lines.append(f"  conntrack: {r.conntrack}")
+        # Linux 6.16+ traces carry the state at every step; older ones only leave the table
+        traced = any(s.event.ct_state for s in r.steps)
+        source = "" if traced else "  (read from the conntrack table after the probe: this kernel's trace events carry no conntrack state)"
+        lines.append(f"  conntrack: {r.conntrack}{source}")
     for step in r.reply_steps:
         lines.append(f"    reply {_step_line(step)}")
+    lines.extend(_verdict_lines(r))
+    return lines
+
+
+def _verdict_lines(r: PacketResult) -> list[str]:
+    """The reply's own fate, and every base chain's outcome when more than one had a say."""
+    lines = []
+    if r.reply_dropped and r.reply_decided_by is not None:
+        d = r.reply_decided_by
+        num = f" rule {d.rule.number}" if d.rule else ""
+        lines.append(f"  reply verdict: {r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}")
+    if len(r.hooks) > 1:
+        lines.append("  base chains: " + "; ".join(
+            f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+            + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy") for h in r.hooks))
     return lines
 
 

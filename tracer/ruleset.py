@@ -50,6 +50,9 @@ class _TableBuilder:
 
 def _scan(line: str) -> tuple[str, str, int]:
     """Split a line into (code, trailing comment, brace balance of the code), quote-aware."""
+    if '"' not in line and "{" not in line and "}" not in line:  # most rule lines: no char walk
+        code, _, comment = line.partition("#")
+        return code, comment, 0
     depth = 0
     quoted = False
     i = 0
@@ -264,5 +267,5 @@ def attach_iptables(ruleset: Ruleset, family: str, saved: dict[str, IptTable]) -
 def _attach_chain(chain: Chain, ipt: Optional[IptChain]) -> Chain:
     if ipt is None or len(ipt.rules) != len(chain.rules):
         return chain
-    rules = tuple(dataclasses.replace(r, ipt=line) for r, line in zip(chain.rules, ipt.rules))
+    rules = tuple(Rule(r.family, r.table, r.chain, r.number, r.handle, r.text, line) for r, line in zip(chain.rules, ipt.rules))
     return dataclasses.replace(chain, rules=rules)

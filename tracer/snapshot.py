@@ -1,7 +1,7 @@
-"""Read the firewall of the calling thread's namespace: nft rules plus iptables-nft's own view,
-and iptables-legacy (x_tables) tables when the namespace has any.
+"""The firewall as one model, assembled from the tools' listings (pure; tracer/listing.py runs them):
+nft rules plus iptables-nft's own view, and iptables-legacy (x_tables) tables when there are any.
 
-Two ways: `take()` lists everything (for evidence bundles and tests); `chains()` lists only the
+Two ways to list: `take()` lists everything (for evidence bundles and tests); `chains()` lists only the
 chains a probe met, one `nft -a list chain` and one `iptables -S CHAIN` each. On a 50k-rule
 kube-proxy host the full listing costs ~2 s and iptables-nft-save ~5 s; a chain costs ~5 ms.
 x_tables has no per-chain listing worth having and no generation counter: `legacy()` saves the
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
-from .errors import CommandError
-from .model import Backend, Ruleset, Table
-from .ruleset import LEGACY_NAMES, LEGACY_SAVE, attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
-from .system import proc_net, run
+from tracer.model import Backend, Ruleset, Table
+from tracer.ruleset import (
+    LEGACY_NAMES,
+    LEGACY_SAVE,  # noqa: F401  re-exported (evidence bundles name their files by it)
+    attach_iptables,
+    managed_tables,
+    parse_iptables_save,
+    parse_nft_ruleset,
+)
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 IPT_SAVE = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
@@ -69,7 +73,9 @@ def with_legacy(ruleset: Ruleset, legacy: dict[str, str]) -> Ruleset:
     """Add the iptables-legacy tables (pure); they keep their own backend beside nft's."""
     if not legacy:
         return ruleset
-    from .kernplan import legacy_tables  # the nft-only path never loads the kernel-log modules
+    from tracer.trace.kernplan import (
+        legacy_tables,  # the nft-only path never loads the kernel-log modules
+    )
 
     extra = tuple(t for family, text in legacy.items() for t in legacy_tables(family, parse_iptables_save(text)))
     return Ruleset(ruleset.tables + extra)
@@ -93,17 +99,6 @@ def assemble(nft_stdout: str, nft_stderr: str, ipt: dict[str, str], legacy: dict
     return with_legacy(with_iptables(nft, ipt), legacy or {})
 
 
-def legacy_families() -> list[str]:
-    """Families with x_tables tables in this namespace: reading /proc costs nothing, so the
-    nft-only path runs no legacy tool at all."""
-    return [f for f, name in LEGACY_NAMES.items() if proc_net(name).strip()]
-
-
-def legacy() -> dict[str, str]:
-    """iptables-legacy-save output of each family that has x_tables tables."""
-    return {f: run([LEGACY_SAVE[f]], check=False).stdout for f in legacy_families()}
-
-
 def save_text(chains: dict[str, dict[str, list[str]]]) -> str:
     """iptables-save style text from `iptables -S CHAIN` outputs: table -> chain -> lines (pure)."""
     out = []
@@ -114,37 +109,3 @@ def save_text(chains: dict[str, dict[str, list[str]]]) -> str:
             out.extend(line for line in lines if line.startswith("-A "))
         out.append("COMMIT")
     return "\n".join(out) + "\n"
-
-
-def take() -> Snapshot:
-    listed = run(["nft", "-a", "list", "ruleset"])
-    ruleset = parse_nft_ruleset(listed.stdout, managed_tables(listed.stderr))
-    # iptables-save exits 3 after a rule it cannot print: what it printed is still right.
-    ipt = {f: run([IPT_SAVE[f]], check=False).stdout for f in families_to_save(ruleset)}
-    legacy_saved = legacy()
-    return Snapshot(with_legacy(with_iptables(merge_tables(ruleset), ipt), legacy_saved), listed.stdout, ipt, legacy_saved)
-
-
-def chains(keys: Iterable[ChainKey], legacy_saved: Optional[dict[str, str]] = None) -> Snapshot:
-    """Only the given chains (a chain deleted meanwhile is skipped; any other failure to read
-    one is an error: explaining a verdict with rules we could not read would be guesswork).
-    `legacy_saved`: the iptables-legacy-save outputs read before the run, added as they are."""
-    texts, errs = [], []
-    ipt: dict[str, dict[str, dict[str, list[str]]]] = {}
-    for family, table, chain in sorted(set(keys)):
-        listed = run(["nft", "-a", "list", "chain", family, table, chain], check=False)
-        if listed.returncode != 0:
-            if "No such file or directory" in listed.stderr:
-                continue
-            raise CommandError(list(listed.argv), listed.returncode, listed.stderr,
-                               "the ruleset cannot be read by this nft; is it older than the tool that wrote the rules?")
-        texts.append(listed.stdout)
-        errs.append(listed.stderr)
-        if family in IPT and table in XTABLES_NAMES:
-            spec = run([IPT[family], "-t", table, "-S", chain], check=False)
-            if spec.returncode == 0:
-                ipt.setdefault(family, {}).setdefault(table, {})[chain] = spec.stdout.splitlines()
-    text = "".join(texts)
-    ipt_text = {family: save_text(tables) for family, tables in ipt.items()}
-    legacy_saved = legacy_saved or {}
-    return Snapshot(assemble(text, "".join(errs), ipt_text, legacy_saved), text, ipt_text, legacy_saved)

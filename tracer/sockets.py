@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from .model import IPAddress, Listener, Proto
+from tracer.model import IPAddress, Listener, Proto
 
 TCP_LISTEN = "0A"
 

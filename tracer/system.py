@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from .errors import CommandError, EnvironmentProblem, UsageError
+from tracer.errors import CommandError, EnvironmentProblem, UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"

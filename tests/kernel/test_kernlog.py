@@ -17,10 +17,12 @@ from typing import Any, Iterator
 import pytest
 import structlog
 
-from tracer import cli, kernplan, snapshot, system
+from tracer import cli, snapshot, system
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import EventKind, ProbeRequest, Proto, Ruleset
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
+from tracer.trace import kernplan
 
 log = structlog.get_logger("test")
 
@@ -157,7 +159,7 @@ def test_unbound_nf_log_backend_is_bound_for_the_run(lab: Lab) -> None:
 def test_concurrent_run_keeps_the_global_switch(lab: Lab) -> None:
     # Another fwtrace run (registered like a live one) relies on nf_log_all_netns: this run must
     # neither turn it off at its end nor lose it; the last one to finish restores it.
-    from tracer import shared
+    from tracer.undo import shared
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     before = system.sysctl_get(kernplan.ALL_NETNS)
@@ -357,9 +359,12 @@ def test_unrelated_log_traffic_stays_out_of_the_timeline(lab: Lab) -> None:
     kinds = [(s.event.kind.value, s.event.chain) for s in r.steps]
     assert kinds == [("log", "PREROUTING"), ("policy", "PREROUTING"), ("log", "INPUT"), ("rule", "INPUT")]
     assert all(f" ID={r.spec.ident} " in s.event.text for s in r.steps)
-    # The noise was there: the kernel log held unrelated lines and our LOG rules' lines for it.
+    # The noise was there (the kernel log held the unrelated rule's lines), and fwtrace's LOG
+    # rules, which match the probe's IPv4 id, logged none of the look-alikes (ids 1001, 1002).
     raw = b"".join(report.evidence.kmsg if report.evidence else ())
-    assert b"unrelated " in raw and b" ID=1001 " in raw and f"fwtrace:{report.run_id}:".encode() in raw
+    assert b"unrelated " in raw and b" ID=1000 " in raw
+    ours = [line for line in raw.split(b"\n") if f"fwtrace:{report.run_id}:".encode() in line]
+    assert ours and all(f" ID={r.spec.ident} ".encode() in line for line in ours)
 
 
 @pytest.mark.parametrize("phase", ["instrument-3", "instrument-5", "inject"])
@@ -369,7 +374,7 @@ def test_sigkill_then_cleanup_restores_global_sysctl_and_legacy_rules(lab: Lab, 
     import subprocess
     import sys
 
-    from tracer.probe import KILL_ENV
+    from tracer.driver import KILL_ENV
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     start = state(lab)

@@ -13,9 +13,18 @@ from typing import Any
 import structlog
 
 from tracer import cli, compare, system
-from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab, published_port
+from tracer.lab import (
+    BACKEND4,
+    CLIENT4,
+    SEED_RULESET,
+    SERVER4,
+    SERVER6,
+    Lab,
+    published_port,
+)
 from tracer.model import ProbeRequest, Proto
-from tracer.probe import ProbeReport, Run
+from tracer.driver import Run
+from tracer.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 
@@ -205,7 +214,7 @@ def test_dnat_then_forward_policy_drop(router_lab: Lab) -> None:
     assert d is not None and (d.table, d.chain, d.rule) == ("filter", "FORWARD", None) and d.text == "policy DROP"
     fw = finding(report, "forwarded")
     assert f"{BACKEND4}:80" in fw.message and "rule 1" in fw.message
-    assert finding(report, "policy").commands == (f"iptables -I FORWARD -d {BACKEND4} -p tcp --dport 80 -j ACCEPT",)
+    assert finding(report, "policy").commands == (f"iptables -A FORWARD -d {BACKEND4} -p tcp --dport 80 -j ACCEPT",)
 
 
 def test_icmp_echo_and_local_probe(lab: Lab) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tracer.lab import Lab
-from tracer.probe import KILL_ENV
+from tracer.driver import KILL_ENV
 
 # No counters: `nft list ruleset` must then be byte-identical before and after.
 RULESET = """table inet filter {

@@ -80,3 +80,19 @@ def test_log_option(argv: list[str], log: str) -> None:
     ns = cli.build_parser().parse_args(["probe", "--dport", "80", *argv])
     assert cli.probe_request(ns).log == log
 
+
+
+@pytest.mark.parametrize("argv, mode", [([], "auto"), (["--ebpf", "on"], "on"), (["--ebpf", "off"], "off")])
+def test_ebpf_option(argv: list[str], mode: str) -> None:
+    ns = cli.build_parser().parse_args(["probe", "--dport", "80", *argv])
+    assert cli.probe_request(ns).ebpf == mode
+
+
+def test_ebpf_option_refuses_other_words(capsys: Any) -> None:
+    assert cli.main(["probe", "--dport", "80", "--ebpf", "maybe"]) == ExitStatus.USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_doctor_options() -> None:
+    ns = cli.build_parser().parse_args(["doctor", "--json", "--no-load"])
+    assert (ns.command, ns.json, ns.no_load) == ("doctor", True, True)

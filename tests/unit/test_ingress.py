@@ -6,8 +6,9 @@ import ipaddress
 
 import pytest
 
-from tracer import diagnose, ingress
-from tracer.ingress import Route, TcState
+from tracer import diagnose
+from tracer.inject import ingress
+from tracer.inject.ingress import Route, TcState
 from tracer.model import PacketResult, PacketSpec, Proto, Reply, Ruleset, Verdict
 
 a = ipaddress.ip_address
@@ -139,7 +140,7 @@ def test_rp_filter_finding() -> None:
 def test_local_probe_wording_for_local_and_fallback() -> None:
     r = _result(("output", "input"))
     [asked] = [f for f in diagnose.diagnose(r, diagnose.Context(Ruleset(), (), local=True, mode="local")) if f.code == "local-probe"]
-    assert "(--local)" in asked.message and "drop --local" in (asked.fix or "")
+    assert "(--local" in asked.message and "drop --local" in (asked.fix or "")
     fell = diagnose.Context(Ruleset(), (), local=True, mode="local",
                             fallback="eth0: bpf(BPF_PROG_LOAD) failed: Operation not permitted")
     [f] = [f for f in diagnose.diagnose(r, fell) if f.code == "local-probe"]

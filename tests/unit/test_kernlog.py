@@ -1,5 +1,5 @@
-"""The kernel-log and conntrack parsers (tracer/kernlog.py) on real captures, and the pure plan
-(tracer/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
+"""The kernel-log and conntrack parsers (tracer/trace/kernlog.py) on real captures, and the pure plan
+(tracer/trace/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer import correlate, kernlog, kernplan, nflog, snapshot
+from tracer import correlate, snapshot
 from tracer.model import Backend, EventKind, PacketSpec, Proto, Ruleset
+from tracer.trace import conntrack, kernlog, kernplan, nflog
 
 DATA = Path(__file__).parent.parent / "data"
 C4, S4 = ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1")
@@ -163,14 +164,14 @@ def test_synthesized_headers_let_correlation_pick_the_probe() -> None:
 
 def test_parse_conntrack_listing() -> None:
     # tcp 6 9 CLOSE src=192.0.2.2 dst=192.0.2.1 sport=41000 dport=8080 src=198.51.100.2 dst=192.0.2.2 sport=80 dport=41000 ...
-    v4 = {e.proto: e for e in kernlog.parse_conntrack((DATA / "conntrack-L-ipv4.txt").read_text())}
+    v4 = {e.proto: e for e in conntrack.parse_conntrack((DATA / "conntrack-L-ipv4.txt").read_text())}
     assert set(v4) == {"tcp", "udp", "icmp"}
     tcp = v4["tcp"]
     assert (tcp.state, tcp.orig.sport, tcp.orig.dport) == ("CLOSE", 41000, 8080)
     assert tcp.nat == "DNAT to 198.51.100.2:80"
     assert v4["udp"].state is None and v4["udp"].flags == {"UNREPLIED"} and v4["udp"].nat is None
     assert v4["icmp"].orig.sport == 777
-    v6 = kernlog.parse_conntrack((DATA / "conntrack-L-ipv6.txt").read_text())
+    v6 = conntrack.parse_conntrack((DATA / "conntrack-L-ipv6.txt").read_text())
     assert {(e.proto, e.orig.src, e.orig.sport) for e in v6} == {("udp", C6, 41003), ("tcp", C6, 41002)}
     assert "udp 2001:db8:1::2:41003 > 2001:db8:1::1:53 [UNREPLIED]" == next(e for e in v6 if e.proto == "udp").describe()
 
@@ -189,16 +190,16 @@ def test_kern_plan_trace_and_log_rules() -> None:
     rs = snapshot.with_legacy(Ruleset(), {"ip": LEGACY4})
     spec = PacketSpec(Proto.TCP, C4, S4, 40001, 8080, "S", 0x1234)
     p = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="")
-    assert [c.apply for c in p.changes] == [
+    assert [c.apply for c in p.edits] == [
         ("iptables-legacy", "-w", "-t", "raw", "-I", chain, "1", "-s", "192.0.2.2/32", "-d", "192.0.2.1/32",
          "-p", "tcp", "--sport", "40001", "--dport", "8080", "-m", "u32", "--u32", "2&0xFFFF=4660",
          "-m", "comment", "--comment", "fwtrace:1a2b3c4d", "-j", "TRACE") for chain in ("PREROUTING", "OUTPUT")]
-    assert [c.undo[4] for c in p.changes] == ["-D", "-D"] and p.changes[0].undo[7:] == p.changes[0].apply[8:]
+    assert [c.undo[4] for c in p.edits] == ["-D", "-D"] and p.edits[0].undo[7:] == p.edits[0].apply[8:]
     assert p.offsets == {("ip", "raw", "PREROUTING"): 1, ("ip", "raw", "OUTPUT"): 1}
     logged = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="kmsg")
     assert len(logged.log_points) == 6  # raw PREROUTING/OUTPUT, filter INPUT/FORWARD/OUTPUT/blocklist
     assert logged.offsets[("ip", "filter", "blocklist")] == 1 and logged.offsets[("ip", "raw", "PREROUTING")] == 2
-    first = logged.changes[0].apply
+    first = logged.edits[0].apply
     assert "--log-prefix" in first and first[first.index("--log-prefix") + 1] == "fwtrace:1a2b3c4d:1 "
     assert "limit" in first
     # look-alikes of the same source (other IPv4 ids) never reach the rule's rate limit
@@ -208,9 +209,9 @@ def test_kern_plan_trace_and_log_rules() -> None:
     assert "2&0xFFFF=100,101,102" in kernplan.log_match(many[:3])
     nfl = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="nflog")
     assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: TRACE still needs the kernel log
-    assert "NFLOG" in nfl.changes[0].apply and "fwtrace:1a2b3c4d:1" in nfl.changes[0].apply
+    assert "NFLOG" in nfl.edits[0].apply and "fwtrace:1a2b3c4d:1" in nfl.edits[0].apply
     nft_only = kernplan.kern_plan("1a2b3c4d", [spec], Ruleset(), log="nflog")
-    assert not nft_only.kmsg and nft_only.changes == ()
+    assert not nft_only.kmsg and nft_only.edits == ()
     v6 = PacketSpec(Proto.TCP, C6, S6, 40001, 8080, "S", 0xABCDE)
     assert "0&0xFFFFF=703710" in kernplan.trace_match(v6)
 
@@ -255,7 +256,7 @@ def test_any_text_never_crashes(text: str) -> None:
     line = kernlog.parse_line(text)
     if line is not None:
         kernlog.to_event(line, _ctx(), text)
-    kernlog.parse_conntrack(text)
+    conntrack.parse_conntrack(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_kern_plan_survives_the_bundle_round_trip() -> None:
                                           "-A INPUT -j blocklist\nCOMMIT\n")
     rs = Ruleset(kernplan.iptables_nft_tables("ip", saved) + kernplan.legacy_tables("ip", saved))
     kp = kernplan.kern_plan("0badc0de", specs, rs, "kmsg")
-    assert {p.legacy for p in kp.log_points.values()} == {True, False} and kp.legacy_changes
+    assert {p.legacy for p in kp.log_points.values()} == {True, False} and kp.legacy_edits
     back = kernplan.plan_from_json(kernplan.plan_to_json(kp))
     assert (back.offsets, back.log_points, back.families, back.kmsg, back.nflog_group) == \
         (kp.offsets, kp.log_points, kp.families, kp.kmsg, kp.nflog_group)

@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.model import PacketSpec, Proto, Rule, Ruleset
-from tracer.ruleset import attach_iptables, managed_tables, parse_iptables_save, parse_nft_ruleset
+from tracer.ruleset import (
+    attach_iptables,
+    managed_tables,
+    parse_iptables_save,
+    parse_nft_ruleset,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 a = ipaddress.ip_address

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracer.model import EventKind, TraceEvent
-from tracer.nftrace import parse_headers, parse_messages, without_policy_returns
+from tracer.packet import parse_headers
+from tracer.trace.nftrace import parse_messages, without_policy_returns
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 
@@ -104,3 +105,24 @@ def test_return_to_a_caller_and_other_packets_returns_are_kept() -> None:
     # interleaved with another packet's events, the RETURN right before its own policy still goes
     mine = _ev(EventKind.RETURN, "INPUT", "continue")
     assert without_policy_returns([jump, mine, other, policy]) == [jump, other, policy]
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    a = struct.pack("=HH", 4 + len(payload), atype) + payload
+    return a + b"\0" * ((4 - len(a) % 4) % 4)
+
+
+def _msg(*attrs: bytes) -> bytes:
+    body = struct.pack("=BBH", 2, 0, 0) + b"".join(attrs)  # nfgenmsg: NFPROTO_IPV4
+    return struct.pack("=IHHII", 16 + len(body), 10 << 8 | 17, 0, 0, 0) + body
+
+
+def test_conntrack_state_attributes_of_linux_6_16() -> None:
+    """NFTA_TRACE_CT_STATE (21) carries `ct state` bits; absent on older kernels (and on this 6.18
+    build, measured: its events carry attributes 1-16 only)."""
+    common = (_attr(1, b"filter\0"), _attr(2, b"INPUT\0"), _attr(4, struct.pack(">I", 1)), _attr(6, struct.pack(">I", 7)))
+    new = parse_messages(_msg(*common, _attr(18, struct.pack(">I", 99)), _attr(21, struct.pack(">I", 8))))
+    est = parse_messages(_msg(*common, _attr(21, struct.pack(">I", 2))))
+    untracked = parse_messages(_msg(*common, _attr(21, struct.pack(">I", 64))))
+    old = parse_messages(_msg(*common))
+    assert [e.ct_state for e in new + est + untracked + old] == ["new", "established", "untracked", None]

@@ -7,7 +7,13 @@ import re
 import pytest
 
 from tracer.model import PacketSpec, Proto
-from tracer.plan import hook_of_chain, match_probe, match_replies, roles, trace_plan
+from tracer.trace.plan import (
+    hook_of_chain,
+    match_probe,
+    match_replies,
+    roles,
+    trace_plan,
+)
 
 a = ipaddress.ip_address
 SYN = PacketSpec(Proto.TCP, a("192.0.2.2"), a("192.0.2.1"), 40000, 8080, "S", 1234)
@@ -70,3 +76,45 @@ def test_each_entry_has_its_own_chains_so_trace_events_name_their_role() -> None
     assert p.batch.count("hook prerouting") == 1 and p.batch.count("hook output") == 1
     assert hook_of_chain("pre12") == "prerouting" and hook_of_chain("out0") == "output"
     assert hook_of_chain("prerouting") is None
+
+
+def test_floors_put_fwtrace_below_every_chain() -> None:
+    from tracer.trace.plan import floors
+
+    text = """table inet early {
+\tchain pre {
+\t\ttype filter hook prerouting priority -2000; policy accept;
+\t}
+\tchain out {
+\t\ttype filter hook output priority raw; policy accept;
+\t}
+}
+table netdev ddos {
+\tchain ing {
+\t\ttype filter hook ingress device "eth0" priority -500; policy accept;
+\t}
+\tchain both {
+\t\ttype filter hook ingress devices = { eth1, eth2 } priority filter; policy accept;
+\t}
+\tchain eg {
+\t\ttype filter hook egress device "eth0" priority 0; policy accept;
+\t}
+}
+table bridge br {
+\tchain fwd {
+\t\ttype filter hook forward priority -200; policy accept;
+\t}
+}
+table inet fwtrace_0badc0de {
+\tchain pre {
+\t\ttype filter hook prerouting priority -3000; policy accept;
+\t}
+}
+"""
+    f = floors(text)
+    assert f.priority("prerouting") == -2001 and f.priority("output") == -1000 and f.priority("input") == -1000
+    assert dict(f.ingress) == {"eth0": -500, "eth1": 0, "eth2": 0} and f.priority("ingress", "eth0") == -1000
+    assert f.unobserved == ("bridge br fwd (hook forward, priority -200)",)
+    batch = trace_plan("0badc0de", [SYN], 1, f).batch
+    assert "hook prerouting priority -2001;" in batch and 'hook ingress device "eth1" priority -1000;' in batch
+    assert batch.count("hook ingress") == 3

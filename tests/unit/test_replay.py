@@ -97,7 +97,7 @@ def test_dnat_forward_policy() -> None:
     assert set(findings) == {"forwarded", "policy"}
     assert "198.51.100.2:80" in findings["forwarded"].message
     assert "-A PREROUTING -d 192.0.2.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 198.51.100.2:80" in findings["forwarded"].message
-    assert findings["policy"].commands == ("iptables -I FORWARD -d 198.51.100.2 -p tcp --dport 80 -j ACCEPT",)
+    assert findings["policy"].commands == ("iptables -A FORWARD -d 198.51.100.2 -p tcp --dport 80 -j ACCEPT",)
 
 
 def test_local_probe_caveat_is_reported() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay
+from tracer.evidence import read_bundle, replay, replay_report
 from tracer.model import ProbeRequest
-from tracer.probe import ProbeReport
+from tracer.outcome import build_report
 from tracer.report import render
 from tracer.snapshot import assemble
 
@@ -15,13 +15,14 @@ BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 
 def report_of(name: str, generations: tuple[int, ...] = (5, 6, 7)) -> str:
     files = read_bundle(str(BUNDLES / name))
-    results = replay(files)
     ipt = {"ip": files["iptables-nft-save.txt"].decode()} if "iptables-nft-save.txt" in files else {}
     ctx = diagnose.Context(assemble(files["ruleset.nft"].decode(), "", ipt), (), local=False)
-    findings = tuple(f for r in results for f in diagnose.diagnose(r, ctx))
-    rep = ProbeReport(ProbeRequest(dport=8080, netns="srv", from_netns="cli"), "0badc0de", tuple(results), findings,
-                      True, (), (), False, tuple(diagnose.conclusion(r, list(findings)) for r in results), None, generations)
+    rep = replay_report(files, ProbeRequest(dport=8080, netns="srv", from_netns="cli"), ctx, generations=generations)
     return render(rep)
+
+
+def bare(files: dict[str, bytes]) -> diagnose.Context:
+    return diagnose.Context(assemble(files["ruleset.nft"].decode(), "", {}), (), local=False)
 
 
 def test_seed_report_accounts_for_every_rule_before_the_decision() -> None:
@@ -48,19 +49,19 @@ def test_user_chain_and_forward_reports() -> None:
 def test_log_rules_of_iptables_nft_count_in_the_generation_proof() -> None:
     files = read_bundle(str(BUNDLES / "nft-user-chain-nflog"))
     results = tuple(replay(files))
-    base = ProbeReport(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="nflog"), "0badc0de", results, (),
-                       True, (), (), False, (), None, (5, 6, 15), own_commits=8)
+    base = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="nflog"), "0badc0de", results,
+                        bare(files), generations=(5, 6, 15), own_commits=8)
     assert base.ruleset_unchanged is True
     assert "(generation 5 -> 15: only fwtrace's add, its 4 --log rule(s) in and out, and its delete)" in render(base)
-    other = ProbeReport(base.request, "0badc0de", results, (), True, (), (), False, (), None, (5, 6, 16), own_commits=8)
+    other = build_report(base.request, "0badc0de", results, bare(files), generations=(5, 6, 16), own_commits=8)
     assert other.ruleset_unchanged is False and "other writers changed the ruleset" in render(other)
 
 
 def test_legacy_report_marks_legacy_chains_and_the_listing_proof() -> None:
     files = read_bundle(str(BUNDLES / "legacy-user-chain-log"))
     results = tuple(replay(files))
-    rep = ProbeReport(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="kmsg"), "0badc0de", results, (),
-                      True, (), (), False, (), None, (5, 6, 7), legacy_unchanged=True)
+    rep = build_report(ProbeRequest(dport=22, netns="srv", from_netns="cli", log="kmsg"), "0badc0de", results,
+                       bare(files), generations=(5, 6, 7), legacy_unchanged=True)
     text = render(rep)
     assert "ip filter fail2ban-SSH [legacy] rule 1: no match" in text
     assert "verdict: REJECT by ip filter fail2ban-SSH (iptables-legacy) rule 2" in text

@@ -1,0 +1,167 @@
+"""The run's step sequence (tracer/probe.py) driven by a script instead of the system: no root.
+
+Each test answers the pipeline's commands from `Script` and checks what it asked for, in order:
+the sequence of a local run, the simulated-ingress fallback, an interrupted run, and the waiting
+rules on trace datagrams captured on the real kernel.
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracer import commands as c
+from tracer.commands import drive
+from tracer.evidence import read_bundle, spec_from_json
+from tracer.inject.ingress import Route
+from tracer.model import Mode, ProbeRequest, Ruleset
+from tracer.outcome import exit_status
+from tracer.packet import parse_headers
+from tracer.probe import DRAIN, REJECT_GRACE, Waiter, probe
+from tracer.snapshot import Snapshot
+from tracer.trace import plan
+from tracer.trace.nftrace import parse_messages
+
+BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
+SERVER = ipaddress.ip_address("192.0.2.1")
+ADDRS = json.dumps([{"ifname": "eth0", "flags": ["UP"], "addr_info": [{"local": "192.0.2.1", "scope": "global"}]}])
+EMPTY = Snapshot(Ruleset(), "", {})
+
+
+class Script:
+    """Answers each command as the system would have; records what was asked."""
+
+    def __init__(self, **answers: Any) -> None:
+        generations = itertools.count(10)
+        self.answers: dict[str, Any] = {
+            "TakeSnapshot": EMPTY, "SaveLegacy": {}, "ListAddresses": ADDRS, "RouteBack": Route("eth0"),
+            "OpenInjector": SERVER, "BuildPackets": lambda cmd: tuple(b"probe" for _ in cmd.specs),
+            "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
+            "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "TableGone": True, "MetChains": EMPTY,
+            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
+        }
+        self.asked: list[c.Command] = []
+
+    def __call__(self, cmd: c.Command) -> Any:
+        self.asked.append(cmd)
+        answer = self.answers.get(type(cmd).__name__)
+        return answer(cmd) if callable(answer) else answer
+
+    def names(self) -> list[str]:
+        return [type(cmd).__name__ for cmd in self.asked]
+
+
+def run(req: ProbeRequest, script: Script) -> Any:
+    return drive(probe(req, "0badc0de", 4242, random.Random(1)), script)
+
+
+def test_local_run_sequence() -> None:
+    script = Script()
+    report = run(ProbeRequest(dport=8080, local=True), script)
+    assert script.names() == [
+        "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy", "Begin", "Generation", "Change",
+        "Generation", "ReadSysctl", "Send", "Wait", "Finish", "Generation", "TableGone", "MetChains", "Listeners"]
+    add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
+    assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
+    assert add.undo.netns is None  # the driver gives it the run's namespace
+    assert report.mode is Mode.LOCAL and report.generations == (10, 11, 12) and report.ruleset_unchanged
+    assert report.results[0].spec.dst == SERVER and report.cleanup_ok and exit_status(report) == 1
+
+
+def test_from_netns_enters_the_client_namespace_once() -> None:
+    script = Script(OpenInjector=ipaddress.ip_address("192.0.2.2"))
+    report = run(ProbeRequest(dport=8080, from_netns="cli", dst=SERVER), script)
+    opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
+    assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
+    assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
+    # (the target's addresses are read once, for the checks of tracer.modes; none in the client)
+    assert [cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)] == [c.ListAddresses()]
+    assert "RouteBack" not in script.names()
+
+
+def test_waits_until_the_timeout_then_cleans_up() -> None:
+    polls = iter([c.Polled(100.2), c.Polled(100.7), None])
+    script = Script(Wait=lambda cmd: next(polls))
+    run(ProbeRequest(dport=8080, local=True, timeout=1.0), script)
+    waits = [cmd for cmd in script.asked if isinstance(cmd, c.Wait)]
+    assert [w.until for w in waits] == [101.0, 101.0, 101.0] and all(w.replies for w in waits)
+
+
+def test_simulated_ingress_with_via_looks_the_route_up_once() -> None:
+    script = Script()
+    report = run(ProbeRequest(dport=8080, via="eth0", src=ipaddress.ip_address("203.0.113.5")), script)
+    assert script.names().count("RouteBack") == 1 and "OpenPort" in script.names()
+    assert "OpenInjector" not in script.names()
+    assert report.mode is Mode.INGRESS and report.via == "eth0" and not report.caveats
+
+
+def test_ingress_falls_back_to_a_local_probe_when_the_port_cannot_be_built() -> None:
+    script = Script(OpenPort="tcx not supported")
+    report = run(ProbeRequest(dport=8080, src=ipaddress.ip_address("203.0.113.5")), script)
+    names = script.names()
+    # The route back picks eth0, whose address becomes the destination; asked again from it.
+    assert names[:7] == ["Checkpoint", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses", "ListBaseChains",
+                         "BuildPackets"]
+    after_port = names[names.index("OpenPort") + 1:]
+    assert after_port[:4] == ["OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets"]  # a local source, new packets
+    sent = next(cmd for cmd in script.asked if isinstance(cmd, c.Send))
+    assert sent.spec.src == SERVER  # not the spoofed 203.0.113.5: its replies would leave the machine
+    assert report.mode is Mode.LOCAL and report.via is None
+    assert report.caveats == ("simulated ingress on eth0 is not possible here (tcx not supported); "
+                              "the probe was sent locally instead",)
+    assert "Reset" not in names
+
+
+def test_interrupted_run_still_asks_for_its_cleanup() -> None:
+    def interrupt(cmd: c.Command) -> None:
+        raise KeyboardInterrupt
+
+    script = Script(Wait=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(ProbeRequest(dport=8080, local=True), script)
+    assert script.names()[-2:] == ["Wait", "Finish"]
+
+
+def test_failure_before_begin_asks_for_nothing_more() -> None:
+    def bad(cmd: c.Command) -> None:
+        raise ValueError("scapy cannot build it")
+
+    script = Script(BuildPackets=bad)
+    with pytest.raises(ValueError):
+        run(ProbeRequest(dport=8080, local=True), script)
+    assert script.names()[-1] == "BuildPackets" and "Begin" not in script.names()
+
+
+def _seed() -> tuple[Any, Any, list[Any], bytes]:
+    files = read_bundle(str(BUNDLES / "seed-shadowed"))
+    doc = json.loads(files["report.json"])
+    spec = spec_from_json(doc["packets"][0]["probe"])
+    roles = plan.roles(plan.trace_plan(doc["run_id"], [spec], 0))
+    return spec, roles, parse_messages(files["trace.nlmsg"]), files["reply-1.ip"]
+
+
+def test_waiting_rules_drop_then_reply() -> None:
+    spec, roles, events, reply = _seed()
+    w = Waiter(spec, roles, deadline=101.0)
+    assert w.until == 101.0
+    w.feed(c.Polled(100.01, tuple(events)))  # the REJECT's drop: its reply comes right after
+    assert w.until == pytest.approx(100.01 + REJECT_GRACE)
+    headers = parse_headers(reply)
+    assert headers is not None
+    w.feed(c.Polled(100.05, (), (c.Captured(headers, reply),)))
+    assert w.reply is not None and w.until == pytest.approx(100.05 + DRAIN)
+
+
+def test_waiting_rules_ignore_other_packets_replies() -> None:
+    spec, roles, _, reply = _seed()
+    headers = parse_headers(reply)
+    assert headers is not None
+    other = type(spec)(spec.proto, spec.src, spec.dst, spec.sport + 1, spec.dport, spec.flags, spec.ident)
+    w = Waiter(other, roles, deadline=101.0)
+    w.feed(c.Polled(100.05, (), (c.Captured(headers, reply),)))
+    assert w.reply is None and w.until == 101.0

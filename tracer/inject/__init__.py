@@ -1,0 +1,1 @@
+"""Injection: sending the probe packets (raw sockets, simulated ingress through tc/BPF)."""

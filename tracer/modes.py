@@ -1,0 +1,78 @@
+"""Honest probe modes: which address to probe, and which requests cannot give a true answer.
+Pure: works on argparse values and `ip -j addr` output, raises UsageError with a hint.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Optional, Union
+
+from tracer.errors import UsageError
+from tracer.model import IPAddress, Proto
+
+Iface = tuple[str, Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]]  # (device, address/prefix)
+
+
+def interfaces(addr_json: str) -> list[Iface]:
+    """The global addresses of the up interfaces (lo aside) in `ip -j addr` output, in order."""
+    try:
+        links = json.loads(addr_json)
+    except ValueError:
+        return []
+    out: list[Iface] = []
+    for link in links:
+        if "UP" not in link.get("flags", []) or link.get("ifname") == "lo":
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("scope") == "global" and "local" in a:
+                ip = ipaddress.ip_address(a["local"])
+                out.append((link["ifname"], ipaddress.ip_interface(f"{ip}/{a.get('prefixlen', ip.max_prefixlen)}")))
+    return out
+
+
+def reachable_dst(target_json: str, sender_json: str, version: int) -> Optional[IPAddress]:
+    """The target's address a sender on a link would use: one on a subnet the sender shares
+    (a Docker host's docker0 172.17.0.1 is never it for a client on eth0's network), else None
+    (the caller then asks the sender's routes)."""
+    sender = [i for _, i in interfaces(sender_json) if i.version == version]
+    for _, t in interfaces(target_json):
+        if t.version == version and any(t.ip in s.network for s in sender):
+            return t.ip
+    return None
+
+
+def own_addresses(addr_json: str) -> set[IPAddress]:
+    try:
+        links = json.loads(addr_json)
+    except ValueError:
+        return set()
+    return {ipaddress.ip_address(a["local"]) for link in links for a in link.get("addr_info", []) if "local" in a}
+
+
+def broadcasts(addr_json: str) -> set[IPAddress]:
+    return {i.network.broadcast_address for _, i in interfaces(addr_json) if i.version == 4 and i.network.prefixlen < 31}
+
+
+def check_request(ns: Any) -> None:
+    """Requests that would print a claim the run cannot check: refused with a hint."""
+    proto = Proto(ns.proto)
+    if proto is Proto.ICMP and ns.dport is not None:
+        raise UsageError("--dport does not apply to --proto icmp (an echo request has no port)",
+                         "drop --dport, or probe the port with --proto tcp or udp")
+    if ns.via == "lo":
+        raise UsageError("--via lo: a packet arriving on lo is a local packet, not a remote client's",
+                         "name the interface a client's packets arrive on (e.g. --via eth0), or use --local")
+    dst = ns.dst
+    if dst is not None and (dst.is_multicast or dst == ipaddress.ip_address("255.255.255.255") or dst.is_unspecified):
+        raise UsageError(f"--dst {dst} is not a unicast address: fwtrace traces one flow to one service",
+                         "give the address of the service's host")
+
+
+def check_addresses(src: IPAddress, dst: IPAddress, target_json: str, simulated: bool) -> None:
+    """Against the target's own addresses: a simulated client cannot be the target itself, and a
+    subnet broadcast is not one service."""
+    if dst in broadcasts(target_json):
+        raise UsageError(f"--dst {dst} is a broadcast address of the target", "give the address of the service's host")
+    if simulated and src in own_addresses(target_json):
+        raise UsageError(f"--src {src} is an address of the target itself: its packets cannot arrive from outside",
+                         "give a remote client's address (default 203.0.113.5), or use --local")

@@ -1,0 +1,1 @@
+"""Undo: the journal of every change a run makes, taking them back, and cleanup after crashes."""
