@@ -106,6 +106,15 @@ class ReadSysctl(Command):
 
 
 @dataclass(frozen=True)
+class LoadModule(Command):
+    """Load a kernel module if the kernel has modules and not this one -> bool (loaded now);
+    `keep`: sysctls its load may change, put back (system.load_module)."""
+
+    name: str
+    keep: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InInitialNetns(Command):
     """Does fwtrace itself run in the initial namespace? -> bool."""
 

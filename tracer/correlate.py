@@ -33,6 +33,7 @@ from tracer.trace.plan import (
     Roles,
     hook_of_chain,
 )
+from tracer.trace.nftrace import without_policy_returns
 
 _IPPROTO = {Proto.TCP: 6, Proto.UDP: 17}
 _ICMP4_UNREACH = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable",
@@ -93,7 +94,7 @@ def split_events(
     probe: list[TraceEvent] = []
     reply: list[TraceEvent] = []
     current: dict[int, tuple[Optional[str], Optional[tuple[object, ...]]]] = {}
-    for ev in events:
+    for ev in without_policy_returns(list(events)):
         role, key = current.get(ev.trace_id, (None, None))
         h = parse_headers(ev.packet) if ev.packet else None
         if h is not None:

@@ -25,7 +25,7 @@ from tracer.outcome import ProbeReport
 from tracer.sockets import parse_proc_net
 from tracer.trace.events import EventSource, Sender
 from tracer.undo import shared
-from tracer.undo.cleanup import signals_blocked  # noqa: F401  (re-exported: one place holds the signals)
+from tracer.undo.cleanup import signals_blocked  # (also re-exported: one place holds the signals)
 from tracer.undo.journal import Journal
 from tracer.undo.records import ReleaseShared, Undo, from_json, in_netns
 
@@ -158,16 +158,22 @@ class Run:
         undo = in_netns(undo, system.HOME_NETNS if isinstance(undo, ReleaseShared) else self.req.netns)
         index = self.journal.record(undo)
         self.log.info("change", what=undo.what, netns=undo.netns)
-        try:
-            result = apply()
-            checkpoint(f"applied-{self.changes + 1}")
-        except Exception as e:
-            # Only a failure the tool itself reported means "nothing changed"; an interrupt
-            # (KeyboardInterrupt is no Exception) or a tool killed by a signal leaves the
-            # outcome unknown: the undo stays pending (every undo is idempotent).
-            if atomic and not _outcome_unknown(e):
-                self.journal.mark(index, "undone")
-            raise
+        # INT/TERM/HUP wait until the change is complete: an interrupt raised inside apply()
+        # would leave it unknown whether the command (e.g. the nft batch, committed by a child
+        # that keeps running) took effect (seen on a slow kernel: Ctrl-C during the first nft
+        # change left `table inet fwtrace_<id>` behind). Raised after the block, it finds the
+        # change journaled and pending, so the undo runs.
+        with signals_blocked():
+            try:
+                result = apply()
+                checkpoint(f"applied-{self.changes + 1}")
+            except Exception as e:
+                # Only a failure the tool itself reported means "nothing changed"; a tool killed
+                # by a signal leaves the outcome unknown: the undo stays pending (every undo is
+                # idempotent).
+                if atomic and not _outcome_unknown(e):
+                    self.journal.mark(index, "undone")
+                raise
         self.changes += 1
         checkpoint(f"instrument-{self.changes}")
         return result
@@ -401,6 +407,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.BuildPackets: lambda run, cmd: _build_packets(cmd),
     c.IptSave: lambda run, cmd: system.run([listing.IPT_SAVE[cmd.family]], check=False).stdout,
     c.ReadSysctl: lambda run, cmd: _read_sysctl(cmd),
+    c.LoadModule: lambda run, cmd: system.load_module(cmd.name, cmd.keep),
     c.InInitialNetns: lambda run, cmd: system.in_initial_netns(),
     c.LegacyHasRaw: lambda run, cmd: "raw" in system.proc_net(listing.LEGACY_NAMES[cmd.family]).split(),
     c.ListChains: lambda run, cmd: "".join(system.run(["nft", "-a", "list", "chain", *k]).stdout for k in cmd.keys),

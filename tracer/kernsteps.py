@@ -11,6 +11,7 @@ from tracer.commands import (
     IptSave,
     LegacyHasRaw,
     ListChains,
+    LoadModule,
     ReadSysctl,
     RunArgv,
     SetSysctl,
@@ -81,6 +82,12 @@ def kmsg_setup(run_id: str, kplan: "KernPlan") -> Steps[list[str]]:
         old = yield ReadSysctl(key)
         if old == "NONE":
             logger = kernplan.NF_LOGGER[family]
+            # Binding a logger whose module is not loaded fails (ENOENT): stock kernels load
+            # nf_log_syslog only when a LOG rule asks for it, never for TRACE.
+            if (yield LoadModule(kernplan.LOGGER_MODULE, tuple(kernplan.NF_LOG_SYSCTL.values()))):
+                notes.append(f"loaded the kernel module {kernplan.LOGGER_MODULE} (the kernel logger TRACE lines "
+                             "need; it stays loaded); it binds itself as the logger of every namespace that has "
+                             "none: put back to NONE here and in the initial namespace")
             yield Change(RestoreSysctl(key, old), SetSysctl(key, logger))
             notes.append(f"bound the {logger} kernel logger ({key}) for the run; restored to NONE after")
     old = yield ReadSysctl(kernplan.LOG_INVALID)

@@ -19,7 +19,6 @@ from typing import Optional
 
 from tracer.model import Backend, Ruleset, Table
 from tracer.ruleset import (
-    LEGACY_NAMES,
     LEGACY_SAVE,  # noqa: F401  re-exported (evidence bundles name their files by it)
     attach_iptables,
     managed_tables,

@@ -152,6 +152,32 @@ def sysctl_set(key: str, value: str) -> None:
         raise
 
 
+def load_module(name: str, keep: tuple[str, ...] = ()) -> bool:
+    """Load a kernel module where the kernel has loadable modules and does not have this one
+    yet (stock distribution kernels build netfilter's parts as modules and load many only on
+    demand; a kernel without modules, like a CI machine's, has what it has built in). True when
+    this call loaded it: the caller says so, since a module stays loaded after the run.
+
+    `keep`: sysctls the module's load may change, put back to their values from before in the
+    calling thread's namespace and the initial one (nf_log_syslog binds itself as the logger of
+    every namespace that has none: net/netfilter/nf_log_syslog.c, nf_log_syslog_net_init)."""
+    if os.path.isdir(f"/sys/module/{name}") or not os.path.isdir(f"/lib/modules/{os.uname().release}"):
+        return False
+    if shutil.which("modprobe") is None:
+        return False
+    with netns(HOME_NETNS):
+        home = {k: sysctl_get(k) for k in keep}
+    here = {k: sysctl_get(k) for k in keep}
+    if run(["modprobe", "-q", name], check=False).returncode != 0:
+        return False
+    for where, before in ((HOME_NETNS, home), (None, here)):
+        with netns(where):
+            for k, v in before.items():
+                if v is not None and sysctl_get(k) != v:
+                    sysctl_set(k, v)
+    return True
+
+
 def proc_net(name: str) -> str:
     """/proc/self/net/NAME of the calling thread's namespace ('' when absent, e.g. no IPv6)."""
     try:

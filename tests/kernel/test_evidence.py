@@ -6,17 +6,14 @@ And the command line as a person meets it: a default run writes nothing on stder
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import xml.dom.minidom
 from pathlib import Path
-from typing import Any
 
 import jsonschema
-import pytest
 
 from tracer import system
 from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab

@@ -281,20 +281,30 @@ def test_sigkill_then_cleanup_removes_port_and_filters(lab: Lab) -> None:
     assert state(lab) == start
 
 
+def kernel_has_tcx(lab: Lab) -> bool:
+    from tracer.inject import tcbpf
+
+    with system.netns(lab.server):
+        return tcbpf.tcx_count(socket.if_nametoindex("eth0"), "egress") is not None
+
+
 def test_filter_at_pref_1_goes_through_tcx_or_falls_back(lab: Lab, monkeypatch: Any) -> None:
-    """A filter at preference 1 runs before any classic filter fwtrace could add: on 6.6+ the
-    reply catcher goes through tcx (which runs first); before 6.6, fall back to a local probe."""
+    """A filter at preference 1 runs before any classic filter fwtrace could add (a u32 match
+    with a classid ends the walk, and no other kind can share its preference): on 6.6+ the
+    reply catcher goes through tcx (which runs first); before 6.6 (Debian 12's 6.1, in
+    scripts/vm-test), fall back to a local probe -- the reply of a made-up source would leave."""
     from tracer.inject import simulate
 
     routed(lab)
     admin_egress_filter(lab, pref=1)
     lab.listen(lab.server, Proto.TCP, 8080)
     before = state(lab)
-    report = ingress(lab, dport=8080)
-    assert report.mode == "ingress" and report.caveats == ()
-    [r] = report.results
-    assert r.reply.kind == "syn-ack" and "captured" not in r.reply.summary
-    assert state(lab) == before
+    if kernel_has_tcx(lab):
+        report = ingress(lab, dport=8080)
+        assert report.mode == "ingress" and report.caveats == ()
+        [r] = report.results
+        assert r.reply.kind == "syn-ack" and "captured" not in r.reply.summary
+        assert state(lab) == before
     monkeypatch.setattr(simulate, "tcx_count", lambda ifindex, direction: None)  # a kernel before 6.6
     report = ingress(lab, dport=8080, src=None)
     assert report.mode == "local" and report.via is None
@@ -334,6 +344,14 @@ def test_tcx_program_in_front_of_tc_is_overtaken(lab: Lab, sniff: Sniffer) -> No
         eth0 = socket.if_nametoindex("eth0")
         ok = [bpfasm.Insn(bpfasm.ALU64 | bpfasm.MOV | bpfasm.K, dst=0, imm=bpfasm.TC_ACT_OK), bpfasm.Insn(bpfasm.JMP | bpfasm.EXIT)]
         passing = tcbpf.load_sched_cls(ok, "test_pass")
+        if tcbpf.tcx_count(eth0, "egress") is None:
+            # Before 6.6 nothing can sit in front of tc (the attach is refused): the catcher is classic.
+            with pytest.raises(tcbpf.IngressUnavailable, match="Invalid argument"):
+                tcbpf.tcx_attach(eth0, "egress", passing)
+            os.close(passing)
+            report = ingress(lab, dport=8080)
+            assert report.mode == "ingress" and report.results[0].reply.kind == "syn-ack"
+            return
         link = tcbpf.tcx_attach(eth0, "egress", passing)
     os.close(passing)
     try:
@@ -404,7 +422,7 @@ def test_two_simulated_ingress_runs_at_once(lab: Lab, sniff: Sniffer) -> None:
         a, b = start("8080"), start("22")
         docs = []
         for p in (a, b):
-            out, err = p.communicate(timeout=60)
+            out, err = p.communicate(timeout=300)  # slow guests of scripts/vm-test
             assert p.returncode in (0, 1), err
             docs.append(json.loads(out))
         da, db = docs

@@ -213,6 +213,11 @@ def test_kern_plan_log_rules() -> None:
     first = logged.edits[0].apply
     assert "--log-prefix" in first and first[first.index("--log-prefix") + 1] == "fwtrace:1a2b3c4d:1 "
     assert "limit" in first
+    # look-alikes of the same source (other IPv4 ids) never reach the rule's rate limit
+    assert first[first.index("--u32") + 1] == "2&0xFFFF=4660"
+    many = [PacketSpec(Proto.TCP, C4, S4, 40001 + i, 8080, "S", 100 + i) for i in range(12)]
+    assert "2&0xFFFF=100:111" in kernplan.log_match(many)
+    assert "2&0xFFFF=100,101,102" in kernplan.log_match(many[:3])
     nfl = kernplan.kern_plan("1a2b3c4d", [spec], rs, log="nflog")
     assert nfl.nflog_group == 0x8000 | 0x3c4d and nfl.kmsg  # legacy rules: their TRACE lines need the kernel log
     assert "NFLOG" in nfl.edits[0].apply and "fwtrace:1a2b3c4d:1" in nfl.edits[0].apply

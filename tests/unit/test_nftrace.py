@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer.model import EventKind
+from tracer.model import EventKind, TraceEvent
 from tracer.packet import parse_headers
-from tracer.trace.nftrace import parse_messages
+from tracer.trace.nftrace import parse_messages, without_policy_returns
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 
@@ -78,6 +78,33 @@ def test_mutated_capture_never_crashes(pos: int, junk: bytes) -> None:
     for ev in parse_messages(bytes(data)):
         if ev.packet:
             parse_headers(ev.packet)
+
+
+def _ev(kind: EventKind, chain: str, verdict: str, trace_id: int = 7, handle: "int | None" = None) -> TraceEvent:
+    return TraceEvent(trace_id, kind, "ip", "filter", chain, handle=handle, verdict=verdict)
+
+
+def test_return_before_the_policy_of_a_base_chain_is_dropped() -> None:
+    # The sequence Debian 12's 6.1 sends for a UDP probe through `-A INPUT ... -j REJECT` whose
+    # ICMP error then leaves through OUTPUT (policy ACCEPT): the end of OUTPUT comes twice.
+    seq = [
+        _ev(EventKind.RULE, "INPUT", "drop", 1, handle=4),
+        _ev(EventKind.RETURN, "OUTPUT", "continue", 2),
+        _ev(EventKind.POLICY, "OUTPUT", "accept", 2),
+    ]
+    assert without_policy_returns(seq) == [seq[0], seq[2]]
+
+
+def test_return_to_a_caller_and_other_packets_returns_are_kept() -> None:
+    jump = _ev(EventKind.RULE, "INPUT", "jump f2b", handle=3)
+    back = _ev(EventKind.RETURN, "f2b", "continue")
+    other = _ev(EventKind.RETURN, "INPUT", "continue", trace_id=8)  # another packet's end of INPUT
+    policy = _ev(EventKind.POLICY, "INPUT", "accept")
+    assert without_policy_returns([jump, back, policy]) == [jump, back, policy]
+    assert without_policy_returns([jump, other, policy]) == [jump, other, policy]
+    # interleaved with another packet's events, the RETURN right before its own policy still goes
+    mine = _ev(EventKind.RETURN, "INPUT", "continue")
+    assert without_policy_returns([jump, mine, other, policy]) == [jump, other, policy]
 
 
 def _attr(atype: int, payload: bytes) -> bytes:

@@ -30,7 +30,11 @@ from tracer.undo.records import RemoveClsact, RunCommand
 Change = Callable[..., Any]  # driver.Run.change(undo, apply, atomic=False): journals the undo in the run's namespace
 
 
-LOCK_WAIT = 5.0  # seconds another run's port may keep us waiting (a run takes well under one)
+# Seconds another run's simulated ingress may keep us waiting. A run holds the lock for its
+# whole exchange: well under a second here, but tens of seconds on a slow or loaded machine
+# (a stock kernel under software emulation runs ~20x slower; 5 s failed there). The lock dies
+# with its holder, so a long wait only ever waits for a live run.
+LOCK_WAIT = 60.0
 
 
 def lock_namespace() -> int:

@@ -24,6 +24,7 @@ NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}
 IPT_GONE = ("Bad rule", "does a matching rule exist", "No chain/target/match by that name")
 NF_LOG_SYSCTL = {"ip": "net.netfilter.nf_log.2", "ip6": "net.netfilter.nf_log.10"}
 NF_LOGGER = {"ip": "nf_log_ipv4", "ip6": "nf_log_ipv6"}
+LOGGER_MODULE = "nf_log_syslog"  # both loggers (Linux 5.12+; nf_log_ipv4/ipv6 before)
 ALL_NETNS = "net.netfilter.nf_log_all_netns"
 LOG_INVALID = "net.netfilter.nf_conntrack_log_invalid"
 LOG_RATE = "50/second"
@@ -122,11 +123,17 @@ def trace_match(spec: PacketSpec) -> list[str]:
 
 
 def log_match(specs: list[PacketSpec]) -> list[str]:
-    """The probes' source side only: NAT may change the destination before a later chain.
-    Other packets of the same source are told apart by correlation (ident), not here."""
+    """The probes' source side and their IPv4 ids / IPv6 flow labels: NAT may change the
+    destination before a later chain, never these. Pinning the ident keeps look-alike traffic
+    of the same source (other ids) out of the rule, so it cannot use up the rule's rate limit
+    before the probe arrives (seen on a slow machine under a flood). u32 takes at most 10
+    values in a list; more probes share a range of ids, still far narrower than the source."""
     s = specs[0]
     lo, hi = min(x.sport for x in specs), max(x.sport for x in specs)
-    return ["-s", f"{s.src}{_mask(s)}", *_l4(s, str(lo) if lo == hi else f"{lo}:{hi}", False)]
+    idents = sorted({x.ident for x in specs})
+    values = ",".join(map(str, idents)) if len(idents) <= 10 else f"{idents[0]}:{idents[-1]}"
+    u32 = f"2&0xFFFF={values}" if s.family == 4 else f"0&0xFFFFF={values}"
+    return ["-s", f"{s.src}{_mask(s)}", *_l4(s, str(lo) if lo == hi else f"{lo}:{hi}", False), "-m", "u32", "--u32", u32]
 
 
 def _ipt(cmd: str, table: str, op: str, chain: str, rest: list[str]) -> tuple[str, ...]:
