@@ -4,6 +4,7 @@
 //   SKB_HEAD_OFF, SKB_NH_OFF, SKB_DEV_OFF, DEV_IFINDEX_OFF, DEV_NET_OFF, NET_INUM_OFF  byte offsets from the running kernel's
 //       BTF (the headers bcc compiles against may be another kernel's: never use their layouts)
 //   HAVE_KFREE_SKB, HAVE_CONSUME_SKB, HAVE_TCP_SEND_RESET, HAVE_ICMP_SEND, HAVE_SOCK_STATE  tracepoints this kernel has
+//   HAVE_CONSUME_LOCATION  skb:consume_skb has its `location` field (Linux >= 6.3)
 //   FWTRACE_ENUMS: the enum types the tracepoints' fields use, declared by fwtrace (the headers at
 //       hand may not have them: enum sk_rst_reason is 6.10+)
 //   PKT_MAX  bytes of network + transport header copied per event (power of two)
@@ -200,7 +201,9 @@ TRACEPOINT_PROBE(skb, consume_skb) {
     if (!ev || !from_skb((void *)args->skbaddr, ev) || ev->role != ROLE_PROBE)
         return 0;
     ev->kind = EV_CONSUME;
+#ifdef HAVE_CONSUME_LOCATION
     ev->location = (u64)args->location;
+#endif
     ev->stack = stacks.get_stackid(args, 0);
     events.ringbuf_output(ev, sizeof(*ev), 0);
     return 0;

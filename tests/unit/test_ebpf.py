@@ -361,3 +361,16 @@ def test_bundle_replay_puts_the_kernel_events_back() -> None:
     # the REJECT's ICMP error is sent while its rule runs, before nftrace reports the rule
     assert [(s.event.source, s.event.kind.value) for s in rej.steps] == [
         ("ebpf", "send"), ("nftrace", "rule"), ("ebpf", "drop")]
+
+
+# skb:consume_skb's fields as each kernel's tracefs format lists them: 6.1 has no `location` (6.3+).
+CONSUME_61 = "field:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n"
+CONSUME_618 = CONSUME_61 + "field:void * location;\toffset:16;\tsize:8;\tsigned:0;\n"
+
+
+def test_render_reads_consume_location_only_where_the_tracepoint_has_it() -> None:
+    tpl = render.template("drops.c")
+    old = render.render_drops(tpl, OFFS, {"skb/kfree_skb": format_text(), "skb/consume_skb": CONSUME_61})
+    new = render.render_drops(tpl, OFFS, {"skb/kfree_skb": format_text(), "skb/consume_skb": CONSUME_618})
+    assert "#define HAVE_CONSUME_SKB 1" in old and "#define HAVE_CONSUME_LOCATION 1" not in old
+    assert "#define HAVE_CONSUME_LOCATION 1" in new

@@ -77,6 +77,9 @@ def render_drops(template: str, offs: Offsets, tracepoints: dict[str, str]) -> s
     lines += [f"#define {TRACEPOINTS[tp]} 1" for tp in TRACEPOINTS if tp in tracepoints]
     if "field:enum sk_rst_reason reason" in tracepoints.get("tcp/tcp_send_reset", ""):
         lines.append("#define HAVE_RST_REASON 1")
+    # skb:consume_skb gained its `location` field in Linux 6.3; 6.1's has only skbaddr.
+    if "location;" in tracepoints.get("skb/consume_skb", ""):
+        lines.append("#define HAVE_CONSUME_LOCATION 1")
     used = {tp: text for tp, text in tracepoints.items() if tp in TRACEPOINTS}
     return "\n".join(lines) + "\n" + _after_includes(template, enum_stubs(used.values()))
 
