@@ -18,12 +18,6 @@ struct key_t {
     u8 addr[16];
 };
 
-struct entry_t {
-    u64 skb;
-    u32 hook;
-    u32 pf;
-};
-
 struct hook_event_t {
     u64 ts;
     u64 skb;
@@ -34,10 +28,20 @@ struct hook_event_t {
     u8 pkt[PKT_MAX];
 };
 
+// A probe's nf_hook_slow call between entry and return. The kretprobe does not say which call
+// returns: a REJECT sends its ICMP error / RST from inside the INPUT hook, so nf_hook_slow runs
+// again (OUTPUT, POSTROUTING) nested in the same context and returns first. `nested` counts those
+// calls, and the packet is kept here, not in the per-CPU scratch that nested entries overwrite.
+struct entry_t {
+    u32 nested;
+    u32 pad;
+    struct hook_event_t ev;
+};
+
 BPF_HASH(probes, struct key_t, u8, 256);  // filled by user space like drops.c's
-BPF_HASH(inflight, u32, struct entry_t, 1024);
+BPF_HASH(inflight, u64, struct entry_t, 1024);
 BPF_RINGBUF_OUTPUT(hook_events, 16);
-BPF_PERCPU_ARRAY(scratch, struct hook_event_t, 1);
+BPF_PERCPU_ARRAY(scratch, struct entry_t, 1);
 
 static __always_inline int ours(void *skb, u8 *pkt) {
     unsigned char *head = 0;
@@ -68,38 +72,48 @@ static __always_inline int ours(void *skb, u8 *pkt) {
     return role && *role == 1;
 }
 
+// Entry and return meet on this key: the thread, and the CPU, since softirqs that interrupt the
+// idle tasks all run as pid 0 (a thread moved to another CPU meanwhile loses its record).
+static __always_inline u64 inflight_key(void) {
+    return (bpf_get_current_pid_tgid() & 0xffffffff) | ((u64)bpf_get_smp_processor_id() << 32);
+}
+
 static __always_inline int on_entry(void *skb, void *state, u32 s) {
-    int zero = 0;
-    struct hook_event_t *ev = scratch.lookup(&zero);
-    if (!ev || !skb || !ours(skb, ev->pkt))
+    u64 key = inflight_key();
+    struct entry_t *outer = inflight.lookup(&key);
+    if (outer) {  // a call inside a probe's hook (e.g. a REJECT's reply): counted, not traced
+        outer->nested++;
         return 0;
-    struct entry_t e = {.skb = (u64)skb};
+    }
+    int zero = 0;
+    struct entry_t *e = scratch.lookup(&zero);
+    if (!e || !skb || !ours(skb, e->ev.pkt))
+        return 0;
     u8 hook = 0, pf = 0;
     bpf_probe_read_kernel(&hook, 1, (u8 *)state + HOOK_STATE_HOOK_OFF);
     bpf_probe_read_kernel(&pf, 1, (u8 *)state + HOOK_STATE_PF_OFF);
-    e.hook = hook;
-    e.pf = pf;
-    u32 tid = bpf_get_current_pid_tgid();
-    inflight.update(&tid, &e);
+    e->nested = 0;
+    e->ev.skb = (u64)skb;
+    e->ev.hook = hook;
+    e->ev.pf = pf;
+    e->ev.index = s;
+    inflight.update(&key, e);
     return 0;
 }
 
 static __always_inline int on_return(int ret) {
-    u32 tid = bpf_get_current_pid_tgid();
-    struct entry_t *e = inflight.lookup(&tid);
+    u64 key = inflight_key();
+    struct entry_t *e = inflight.lookup(&key);
     if (!e)
         return 0;
-    int zero = 0;
-    struct hook_event_t *ev = scratch.lookup(&zero);
-    if (ev) {
-        ev->ts = bpf_ktime_get_ns();
-        ev->skb = e->skb;
-        ev->hook = e->hook;
-        ev->pf = e->pf;
-        ev->verdict = ret;
-        hook_events.ringbuf_output(ev, sizeof(*ev), 0);
+    if (e->nested) {  // a nested call returned, not the probe's
+        e->nested--;
+        return 0;
     }
-    inflight.delete(&tid);
+    e->ev.ts = bpf_ktime_get_ns();
+    e->ev.verdict = ret;
+    hook_events.ringbuf_output(&e->ev, sizeof(e->ev), 0);
+    inflight.delete(&key);
     return 0;
 }
 

@@ -183,9 +183,7 @@ def _compile(BPF: Any, src: str, path: str) -> objcache.Object:
     """Compile with bcc (clang), keep the result in the cache, and let go of bcc's own copy."""
     from bcc.libbcc import lib
 
-    found = headers.find()
-    if found.kind != "matching":
-        os.environ["BCC_KERNEL_SOURCE"] = headers.prepare(found)  # read by libbcc when it compiles
+    _point_bcc_at_headers()
     bpf = BPF(text=src.encode())
     try:
         mod = bpf.module
@@ -215,6 +213,15 @@ def _compile(BPF: Any, src: str, path: str) -> objcache.Object:
     return obj
 
 
+def _point_bcc_at_headers() -> None:
+    """Before each BPF(text=...): libbcc reads BCC_KERNEL_SOURCE when it compiles, and without it
+    looks only in /lib/modules/RELEASE/build. Every compile needs it, not only the first: when
+    drops.c comes from the object cache, nfhook.c is the process's only compile."""
+    found = headers.find()
+    if found.kind != "matching":
+        os.environ["BCC_KERNEL_SOURCE"] = headers.prepare(found)
+
+
 def _load_hooks(BPF: Any, offs: render.Offsets, print_source: Optional[Callable[[str, str], None]]) -> tuple[Any, str]:
     """The nf_hook_slow program through kprobes, else fentry; (None, why) when neither works."""
     refused = _refusal_path("fentry")
@@ -237,8 +244,11 @@ def _load_hooks(BPF: Any, offs: render.Offsets, print_source: Optional[Callable[
         with open(refused) as f:
             return None, f.read()
     try:
+        _point_bcc_at_headers()
         return BPF(text=src.encode()), ""
     except Exception as e:
+        if "compile" in str(e):  # our side (headers), not the kernel's: not remembered as a refusal
+            return None, f"netfilter hook verdicts not traced: could not compile probes/nfhook.c ({e})"
         why = "EPERM" if "privilege" in str(e) or "not permitted" in str(e) else str(e)
         note = f"netfilter hook verdicts not traced: the kernel refused {attach} on nf_hook_slow ({why})"
         with contextlib.suppress(OSError):
