@@ -255,6 +255,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
+    from tracer import outcome as run_outcome
     from tracer.driver import Run
     from tracer.render import jsondoc, terminal
 
@@ -289,7 +290,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     if bundle is not None:
         where = bundle.write(report, ns.evidence, redact=ns.redact)
         log.info("evidence written", path=where)
-    status = jsondoc.exit_status(report)
+    status = int(run_outcome.exit_status(report))
     if not report.cleanup_ok:
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
     elif written is not None:

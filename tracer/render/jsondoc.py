@@ -9,7 +9,7 @@ import json
 from typing import Any, Optional
 
 from tracer import __version__, diagnose, owners
-from tracer.errors import ExitStatus
+from tracer import outcome as run_outcome
 from tracer.model import PacketResult, Step, Verdict
 
 SCHEMA_VERSION = 1
@@ -19,7 +19,7 @@ OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
 def packet_outcome(r: PacketResult, reached: bool) -> str:
     """reached: the service answered (or accepted silently); reply-dropped: the probe got through
     but the firewall dropped the reply on its way back; unknown: nothing decided it (no trace)."""
-    if r.verdict is Verdict.ACCEPT and reply_dropped(r):
+    if r.verdict is Verdict.ACCEPT and r.reply_dropped:
         return "reply-dropped"
     if reached:
         return "reached"
@@ -33,12 +33,6 @@ def reply_drop(r: PacketResult) -> Optional[Step]:
     return next((s for s in r.reply_steps if s.event.verdict == "drop"), None)
 
 
-def reply_dropped(r: PacketResult) -> bool:
-    # Where the result itself knows the reply's fate (reply_verdict), it decides.
-    flag = getattr(r, "reply_dropped", None)
-    return bool(flag) if flag is not None else reply_drop(r) is not None
-
-
 def outcome(report: Any) -> str:
     """One word for the whole run: the first packet that did not reach, else reached."""
     if not report.results:
@@ -48,16 +42,6 @@ def outcome(report: Any) -> str:
         if o != "reached":
             return o
     return "reached"
-
-
-def exit_status(report: Any) -> int:
-    """The status of the run (tracer.outcome decides it); a dropped reply is not reached."""
-    from tracer import outcome as run_outcome
-
-    status = int(run_outcome.exit_status(report))
-    if status == ExitStatus.OK and outcome(report) != "reached":
-        return int(ExitStatus.BLOCKED)
-    return status
 
 
 def raw_fix(report: Any) -> Optional[str]:
@@ -80,7 +64,7 @@ def document(report: Any) -> dict[str, Any]:
         f = owner_fix(report, r)
         p["owner_fix"] = f.to_json() if f else None
     return {"schema_version": SCHEMA_VERSION, "fwtrace_version": __version__, "outcome": outcome(report),
-            "exit_status": exit_status(report), **doc}
+            "exit_status": int(run_outcome.exit_status(report)), **doc}
 
 
 def dumps(report: Any) -> str:

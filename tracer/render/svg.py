@@ -46,7 +46,7 @@ def _center(name: str) -> tuple[float, float]:
 
 def _border(name: str, toward: tuple[float, float]) -> tuple[float, float]:
     """Where the line from the node's centre toward a point leaves the node's rectangle."""
-    (cx, cy), (x, y, w, h) = _center(name), _rect(name)
+    (cx, cy), (_, _, w, h) = _center(name), _rect(name)
     dx, dy = toward[0] - cx, toward[1] - cy
     if (w == 0 and h == 0) or (dx == 0 and dy == 0):
         return (cx, cy)

@@ -213,7 +213,7 @@ def summary(report: Any) -> str:
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
     d = r.decided_by
-    dropped = jsondoc.reply_dropped(r)
+    dropped = r.reply_dropped
     rd = getattr(r, "reply_decided_by", None)
     step = jsondoc.reply_drop(r)
     if dropped and rd is not None:
