@@ -7,6 +7,7 @@ from tracer.ebpf.text import ebpf_line
 from tracer.model import Action, EventKind, PacketResult, Step
 from tracer.outcome import ProbeReport
 from tracer.packet import parse_headers
+from tracer.render.timeline import cleanup_lines
 
 
 def _step_line(step: Step) -> str:
@@ -145,27 +146,3 @@ def render(report: ProbeReport) -> str:
         out.append("warning: the kernel dropped some trace events (socket buffer full); the timeline may be incomplete")
     out.extend(cleanup_lines(report, mode))
     return "\n".join(out) + "\n"
-
-
-def cleanup_lines(report: Any, mode: str) -> list[str]:
-    """The cleanup proof: by content (every object fwtrace touched, listed before and after);
-    the nf_tables generations only say whether anybody else wrote meanwhile."""
-    g = report.generations
-    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
-    own = "only fwtrace's add and delete" if not report.own_commits else \
-        f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
-    gens = "" if len(g) != 3 else (f"generation {g[0]} -> {g[2]}: other writers committed during the run" if report.other_writers
-                                   else f"generation {g[0]} -> {g[2]}: {own}")
-    out = []
-    if report.cleanup_ok and report.ruleset_unchanged:
-        what = "; ".join(x for x in (", ".join(report.checked), gens) if x)
-        out.append(f"cleanup: {port}instrumentation removed; what fwtrace touched equals its listing before the run"
-                   + (f" ({what})" if what else ""))
-    elif report.cleanup_ok:
-        out.append(f"cleanup: {port}instrumentation removed" + (f" ({gens})" if gens else ""))
-    if not report.cleanup_ok:
-        out.append("cleanup: FAILED, not as before the run:")
-        out.extend(f"  {line}" for line in report.leftover)
-        if report.other_writers:
-            out.append(f"  ({gens}: some of these may be theirs)")
-    return out

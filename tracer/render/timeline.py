@@ -247,15 +247,37 @@ def tail(report: Any) -> Section:
 
 
 def cleanup(report: Any) -> list[str]:
-    """The cleanup proof as the text report words it (tracer.report.cleanup_lines), one row each."""
-    from tracer.report import cleanup_lines
-
+    """The cleanup proof, one row each (a failed proof's leftovers folded into its row)."""
     out: list[str] = []
     for line in cleanup_lines(report, str(report.mode or report.request.mode)):
         if line.startswith("cleanup: ") or not out:
             out.append(line.removeprefix("cleanup: "))
         else:
             out[-1] += " " + line.strip()
+    return out
+
+
+def cleanup_lines(report: Any, mode: str) -> list[str]:
+    """The cleanup proof: by content (every object fwtrace touched, listed before and after);
+    the nf_tables generations only say whether anybody else wrote meanwhile."""
+    g = report.generations
+    port = "injection port and tc programs removed, interfaces' tc state as before; " if mode == "ingress" else ""
+    own = "only fwtrace's add and delete" if not report.own_commits else \
+        f"only fwtrace's add, its {report.own_commits // 2} --log rule(s) in and out, and its delete"
+    gens = "" if len(g) != 3 else (f"generation {g[0]} -> {g[2]}: other writers committed during the run" if report.other_writers
+                                   else f"generation {g[0]} -> {g[2]}: {own}")
+    out = []
+    if report.cleanup_ok and report.ruleset_unchanged:
+        what = "; ".join(x for x in (", ".join(report.checked), gens) if x)
+        out.append(f"cleanup: {port}instrumentation removed; what fwtrace touched equals its listing before the run"
+                   + (f" ({what})" if what else ""))
+    elif report.cleanup_ok:
+        out.append(f"cleanup: {port}instrumentation removed" + (f" ({gens})" if gens else ""))
+    if not report.cleanup_ok:
+        out.append("cleanup: FAILED, not as before the run:")
+        out.extend(f"  {line}" for line in report.leftover)
+        if report.other_writers:
+            out.append(f"  ({gens}: some of these may be theirs)")
     return out
 
 
