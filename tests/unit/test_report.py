@@ -15,7 +15,7 @@ from tracer.errors import ExitStatus
 from tracer.evidence import read_bundle, replay, replay_report
 from tracer.model import ProbeRequest
 from tracer.outcome import ProbeReport, build_report, exit_status
-from tracer.render import terminal
+from tracer.render import markdown, terminal
 from tracer.snapshot import assemble
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
@@ -134,18 +134,30 @@ def test_a_leftover_is_named_with_its_remedy() -> None:
     req = ProbeRequest(dport=22, netns="srv", from_netns="cli", log="nflog")
     rep = build_report(req, "0badc0de", tuple(replay(files)), bare(files), leftover=left, generations=(5, 6, 9),
                        own_commits=2, unchanged=False)
-    assert "  cleanup     FAILED, not as before the run: chain ip filter FORWARD: left behind (remedy: `ip netns exec " \
-           "srv nft delete chain ip filter FORWARD`)" in text(rep).splitlines()
+    in_order(text(rep),
+             "  cleanup     FAILED, not as before the run:",
+             "              chain ip filter FORWARD: left behind (remedy: `ip netns exec srv nft delete chain ip filter "
+             "FORWARD`)",
+             "",
+             "BLOCKED 192.0.2.2 -> 192.0.2.1 tcp/22: REJECT by filter fail2ban-SSH rule 2")
     assert "instrumentation removed" not in text(rep)
     doc = rep.to_json()["cleanup"]
     assert doc["ok"] is False and doc["ruleset_unchanged"] is False and doc["leftover"] == list(left)
     assert exit_status(rep) == ExitStatus.LEFTOVER == 5
-    # Somebody else committed meanwhile: the leftovers may be theirs, and the report says so.
-    theirs = build_report(req, "0badc0de", tuple(replay(files)), bare(files), leftover=left, generations=(5, 6, 12),
+    # Two leftovers, each on its own row; somebody else committed meanwhile: they may be theirs, and the report says so.
+    two = left + ("chain ip filter OUTPUT: left behind (remedy: `ip netns exec srv nft delete chain ip filter OUTPUT`)",)
+    theirs = build_report(req, "0badc0de", tuple(replay(files)), bare(files), leftover=two, generations=(5, 6, 12),
                           own_commits=2, unchanged=False)
-    assert "  cleanup     FAILED, not as before the run: chain ip filter FORWARD: left behind (remedy: `ip netns exec " \
-           "srv nft delete chain ip filter FORWARD`) (generation 5 -> 12: other writers committed during the run: " \
-           "some of these may be theirs)" in text(theirs).splitlines()
+    in_order(text(theirs),
+             "  cleanup     FAILED, not as before the run:",
+             "              chain ip filter FORWARD: left behind (remedy: `ip netns exec srv nft delete chain ip filter "
+             "FORWARD`)",
+             "              chain ip filter OUTPUT: left behind (remedy: `ip netns exec srv nft delete chain ip filter "
+             "OUTPUT`)",
+             "              (generation 5 -> 12: other writers committed during the run: some of these may be theirs)")
+    md = markdown.render(theirs, {}, "fwtrace probe")
+    assert "- **cleanup:** FAILED, not as before the run:\n  - chain ip filter FORWARD: left behind" in md
+    assert "\n  - chain ip filter OUTPUT: left behind" in md
 
 
 def test_legacy_report_marks_legacy_chains_and_the_listing_proof() -> None:

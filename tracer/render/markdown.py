@@ -33,7 +33,7 @@ def render(report: Any, env: Optional[Mapping[str, str]] = None, command: str = 
         out.append("")
     out += ["## How it was measured", ""]
     out += [f"- **{k}:** {v}" for k, v in timeline.measured(report)]
-    out += [f"- **cleanup:** {c}" for c in timeline.cleanup(report)]
+    out += [f"  - {c}" if i else f"- **cleanup:** {c}" for i, c in enumerate(timeline.cleanup(report))]  # leftovers
     out += [f"- **caveat:** {c}" for c in report.caveats]
     out += [f"- **note:** {n}" for n in report.notes]
     out.append("")

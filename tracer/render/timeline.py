@@ -242,19 +242,16 @@ def tail(report: Any) -> Section:
     if report.lost_events:
         rows.append(Row("warning", "the kernel dropped some trace events (socket buffer full); "
                         "the timeline may be incomplete", "warn"))
-    rows += [Row("cleanup", c, "good" if report.cleanup_ok else "bad") for c in cleanup(report)]
+    style = "good" if report.cleanup_ok else "bad"
+    rows += [Row("" if i else "cleanup", c, style) for i, c in enumerate(cleanup(report))]
     return rows
 
 
 def cleanup(report: Any) -> list[str]:
-    """The cleanup proof, one row each (a failed proof's leftovers folded into its row)."""
-    out: list[str] = []
-    for line in cleanup_lines(report, str(report.mode or report.request.mode)):
-        if line.startswith("cleanup: ") or not out:
-            out.append(line.removeprefix("cleanup: "))
-        else:
-            out[-1] += " " + line.strip()
-    return out
+    """The cleanup proof, a row each: when it failed, each leftover (with its remedy) on a row of
+    its own after the one that says so, as a list of them reads best."""
+    mode = str(report.mode or report.request.mode)
+    return [line.removeprefix("cleanup: ").strip() for line in cleanup_lines(report, mode)]
 
 
 def cleanup_lines(report: Any, mode: str) -> list[str]:
