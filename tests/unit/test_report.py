@@ -94,6 +94,25 @@ def test_user_chain_and_forward_reports() -> None:
     assert "  fix         iptables -A FORWARD -d 198.51.100.2 -p tcp --dport 80 -j ACCEPT" in fwd.splitlines()
 
 
+def test_a_rewritten_destination_is_said_where_the_trace_shows_it() -> None:
+    """After DNAT the next step's packet carries the new address, and the timeline says so. This
+    kernel's trace gives the FORWARD policy event no packet header (the captured bundle shows no
+    new address), so the header the kernel would give is put on that step here."""
+    from scapy.layers.inet import IP, TCP
+
+    rep = report_of("dnat-forward-drop")
+    r = rep.results[0]
+    fwd = r.steps[1]
+    assert fwd.event.chain == "FORWARD" and not fwd.event.packet
+    hdr = bytes(IP(src="192.0.2.2", dst="198.51.100.2") / TCP(sport=50175, dport=80, flags="S"))
+    step = dataclasses.replace(fwd, event=dataclasses.replace(fwd.event, packet=hdr))
+    rep = dataclasses.replace(rep, results=(dataclasses.replace(r, steps=(r.steps[0], step)),))
+    in_order(text(rep),
+             "  chain       ip filter FORWARD",
+             "              (packet now addressed to 198.51.100.2:80)",
+             "> policy      DROP")
+
+
 def test_conntrack_state_says_where_it_was_read() -> None:
     """Traces without a conntrack state at each step (before Linux 6.16): the state shown was read
     from the table after the probe, and the report must say so; with [ct ...] on the steps it need not."""
