@@ -18,11 +18,11 @@ from typing import Any, Callable, Optional
 from tracer import commands as c
 from tracer import listing, probe, system
 from tracer.commands import drive
+from tracer.drive import host, ruleset
 from tracer.ebpf import commands as ec
 from tracer.errors import CommandError, EnvironmentProblem
-from tracer.model import Listener, PacketSpec, ProbeRequest, Proto
+from tracer.model import ProbeRequest
 from tracer.outcome import ProbeReport
-from tracer.sockets import parse_proc_net
 from tracer.trace.events import EventSource, Sender
 from tracer.undo import shared
 from tracer.undo.cleanup import signals_blocked  # (also re-exported: one place holds the signals)
@@ -338,59 +338,10 @@ def _build_packets(cmd: c.BuildPackets) -> tuple[bytes, ...]:
     return tuple(build(s) for s in cmd.specs)
 
 
-def _list_addresses(cmd: c.ListAddresses) -> str:
-    with system.netns(cmd.netns):
-        return system.run(["ip", "-j", "addr", "show"]).stdout
-
-
-def _route_back(cmd: c.RouteBack) -> Any:
-    from tracer.inject import simulate
-
-    return simulate.route_to(cmd.to, cmd.local)
-
-
-def _rp_filter(cmd: c.RpFilter) -> bool:
-    from tracer.inject import ingress, simulate
-
-    rp_all, rp_dev = simulate.rp_filter(cmd.via)
-    return ingress.rp_filter_drops(rp_all, rp_dev, cmd.via, cmd.back)
-
-
-def _read_sysctl(cmd: c.ReadSysctl) -> Optional[str]:
-    with system.netns(system.HOME_NETNS if cmd.home else None):
-        return system.sysctl_get(cmd.key)
-
-
 def _describe(cmd: c.Describe) -> str:
     from tracer.inject.raw import describe
 
     return describe(cmd.data)
-
-
-def listeners() -> tuple[Listener, ...]:
-    out: list[Listener] = []
-    for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
-        out.extend(parse_proc_net(system.proc_net(name), proto))
-    return tuple(out)
-
-
-def conntrack_entry(spec: PacketSpec) -> str:
-    """The probe flow's conntrack entry in the calling thread's namespace, or "none"."""
-    from tracer.trace import conntrack
-
-    argv = ["conntrack", "-L", "-f", "ipv6" if spec.family == 6 else "ipv4",
-            "-p", spec.proto.value if spec.proto is not Proto.ICMP else ("icmp" if spec.family == 4 else "icmpv6"),
-            "-s", str(spec.src)]
-    if spec.proto is not Proto.ICMP:
-        argv += ["--sport", str(spec.sport)]
-    try:
-        out = system.run(argv, check=False).stdout
-    except EnvironmentProblem:
-        return "unknown (conntrack tool not installed)"
-    for e in conntrack.parse_conntrack(out):
-        if e.orig.src == spec.src and e.orig.sport == spec.sport:
-            return e.describe()
-    return "none"
 
 
 def _print_bpf(title: str, listing_: str) -> None:
@@ -398,29 +349,29 @@ def _print_bpf(title: str, listing_: str) -> None:
 
 
 HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
-    c.TakeSnapshot: lambda run, cmd: listing.take(),
+    c.TakeSnapshot: ruleset.take_snapshot,
     c.Checkpoint: lambda run, cmd: run.checkpoint(cmd.phase),
-    c.SaveLegacy: lambda run, cmd: listing.legacy(),
-    c.ListAddresses: lambda run, cmd: _list_addresses(cmd),
-    c.ListBaseChains: lambda run, cmd: system.run(["nft", "list", "chains"], check=False).stdout,
-    c.RouteBack: lambda run, cmd: _route_back(cmd),
+    c.SaveLegacy: ruleset.save_legacy,
+    c.ListAddresses: host.list_addresses,
+    c.ListBaseChains: ruleset.list_base_chains,
+    c.RouteBack: host.route_back,
     c.BuildPackets: lambda run, cmd: _build_packets(cmd),
-    c.IptSave: lambda run, cmd: system.run([listing.IPT_SAVE[cmd.family]], check=False).stdout,
-    c.ReadSysctl: lambda run, cmd: _read_sysctl(cmd),
-    c.LoadModule: lambda run, cmd: system.load_module(cmd.name, cmd.keep),
-    c.InInitialNetns: lambda run, cmd: system.in_initial_netns(),
-    c.LegacyHasRaw: lambda run, cmd: "raw" in system.proc_net(listing.LEGACY_NAMES[cmd.family]).split(),
-    c.ListChains: lambda run, cmd: "".join(system.run(["nft", "-a", "list", "chain", *k]).stdout for k in cmd.keys),
-    c.Generation: lambda run, cmd: _generation(),
-    c.MetChains: lambda run, cmd: listing.chains(cmd.keys, cmd.legacy_saved, cmd.wanted),
-    c.FilterView: lambda run, cmd: listing.filter_view(cmd.legacy_saved),
+    c.IptSave: ruleset.ipt_save,
+    c.ReadSysctl: host.read_sysctl,
+    c.LoadModule: host.load_module,
+    c.InInitialNetns: host.in_initial_netns,
+    c.LegacyHasRaw: ruleset.legacy_has_raw,
+    c.ListChains: ruleset.list_chains,
+    c.Generation: ruleset.generation,
+    c.MetChains: ruleset.met_chains,
+    c.FilterView: ruleset.filter_view,
     c.NftTables: lambda run, cmd: listing.nft_tables(),
     c.ProofListing: lambda run, cmd: listing.proof_state(cmd.scope, cmd.legacy_saved),
     c.SharedHeld: lambda run, cmd: shared.held(cmd.key, cmd.run_id),
     c.Describe: lambda run, cmd: _describe(cmd),
-    c.RpFilter: lambda run, cmd: _rp_filter(cmd),
-    c.Listeners: lambda run, cmd: listeners(),
-    c.Conntrack: lambda run, cmd: conntrack_entry(cmd.spec),
+    c.RpFilter: host.rp_filter,
+    c.Listeners: host.listeners,
+    c.Conntrack: host.conntrack,
     c.Change: Run._change,
     c.Begin: Run._begin,
     c.OpenPort: Run._open_port,
@@ -440,9 +391,3 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
 def _outcome_unknown(e: BaseException) -> bool:
     """A tool killed by a signal (a Ctrl-C reaches the whole process group) may have committed."""
     return isinstance(e, CommandError) and e.returncode < 0
-
-
-def _generation() -> int:
-    from tracer.trace.collect import ruleset_generation
-
-    return ruleset_generation()
