@@ -115,6 +115,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    _global_options(p)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    # One function per subcommand, called in the order --help lists them.
+    _add_probe(sub)
+    _add_demo(sub)
+    _add_doctor(sub)
+    _add_cleanup(sub)
+    return p
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"fwtrace {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: log fwtrace's own changes and their undos on stderr; -vv: also every raw trace event "
@@ -122,10 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-color", action="store_true", help="no colour in the report (also: NO_COLOR set in the environment)")
     p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
     p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
+
+def _add_probe(sub: Any) -> None:
     pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
                         formatter_class=argparse.RawDescriptionHelpFormatter, usage=PROBE_USAGE)
+    # --help lists the options in the order they are added: keep these calls in this order.
+    _probe_packet_options(pr)
+    _probe_sending_options(pr)
+    _probe_run_options(pr)
+    _probe_output_options(pr)
+
+
+def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
+    """What the probe packets are."""
     pr.add_argument("--dport", type=_port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
@@ -135,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "remote client; the sender's own address with --local or --from-netns)")
     pr.add_argument("--sport", type=_port, help="source port (default: random per run)")
     pr.add_argument("--count", type=_count, default=1, help="number of probe packets (default 1)")
+
+
+def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
+    """Which host is probed, and from where the probes come."""
     pr.add_argument("--netns", help="network namespace of the host under diagnosis (default: the current one)")
     pr.add_argument("--via", metavar="IFACE", help="simulated ingress: the interface the probe arrives on "
                     "(default: the one the route back to --src leaves by)")
@@ -142,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
     pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
                     "(default: simulate one arriving on --via)")
+
+
+def _probe_run_options(pr: argparse.ArgumentParser) -> None:
+    """How the run watches the kernel and waits."""
     pr.add_argument("--print-bpf", action="store_true", help="print the generated BPF programs on stderr (the tc programs "
                     "of simulated ingress, the eBPF probes as rendered for this kernel)")
     pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
@@ -149,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
     pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
+
+
+def _probe_output_options(pr: argparse.ArgumentParser) -> None:
+    """What the run writes, and what it does besides probing (logging rules, the fix proof, evidence)."""
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     pr.add_argument("--log", nargs="?", const="nflog", choices=("nflog", "kmsg"), default="",
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
@@ -167,20 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
                     help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
 
+
+def _add_demo(sub: Any) -> None:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
     de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_doctor(sub: Any) -> None:
     dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
                         "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
     dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
     dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
 
+
+def _add_cleanup(sub: Any) -> None:
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
                         epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
                     "tables there (default: every dead run's changes, and stale tables of the current namespace)")
-    return p
 
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
