@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
-import os
 import sys
-import tempfile
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from tracer import __version__, console, modes
+from tracer import __version__, cliargs, console
+from tracer.cliargs import check_evidence_path, probe_request  # (also for the tests, as cli.probe_request)
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
-from tracer.model import ProbeRequest, Proto
+from tracer.model import Proto
 
 EPILOG_PROBE = """\
 examples:
@@ -65,47 +63,6 @@ whatever namespace they probed, then removes fwtrace tables of dead runs in the 
 Runs still alive are never touched.
 """
 
-TCP_FLAG_LETTERS = set("FSRPAUEC")
-
-
-def _bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, name: str, low_open: bool = False) -> Any:
-    """An argparse type: `convert` the text, then check lo <= value <= hi (lo < value if low_open)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            allowed = f"more than {lo:g}, at most {hi:g}" if low_open else f"{lo:g}-{hi:g}"
-            raise argparse.ArgumentTypeError(f"not {noun}: {text!r} (allowed: {allowed})") from None
-        if not ((lo < value) if low_open else (lo <= value)) or value > hi:
-            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {text}")
-        return value
-
-    return parse
-
-
-_port = _bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
-_count = _bounded(int, 1, 100, "a number", "count")
-_timeout_value = _bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
-
-
-def _timeout(text: str) -> Any:
-    try:
-        return _timeout_value(text)
-    except argparse.ArgumentTypeError as e:
-        if str(e).startswith("not "):
-            raise
-        raise argparse.ArgumentTypeError(f"{text} is not allowed: the timeout is more than 0 and at most 60 "
-                                         "seconds") from None
-
-
-def _addr(text: str) -> Any:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 address: {text!r}") from None
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so errors reach the one place that reports them."""
 
@@ -115,6 +72,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    _global_options(p)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    # One function per subcommand, called in the order --help lists them.
+    _add_probe(sub)
+    _add_demo(sub)
+    _add_doctor(sub)
+    _add_cleanup(sub)
+    return p
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"fwtrace {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: log fwtrace's own changes and their undos on stderr; -vv: also every raw trace event "
@@ -122,19 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-color", action="store_true", help="no colour in the report (also: NO_COLOR set in the environment)")
     p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
     p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
+
+def _add_probe(sub: Any) -> None:
     pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
                         formatter_class=argparse.RawDescriptionHelpFormatter, usage=PROBE_USAGE)
-    pr.add_argument("--dport", type=_port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
+    # --help lists the options in the order they are added: keep these calls in this order.
+    _probe_packet_options(pr)
+    _probe_sending_options(pr)
+    _probe_run_options(pr)
+    _probe_output_options(pr)
+
+
+def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
+    """What the probe packets are."""
+    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
-    pr.add_argument("--dst", type=_addr, help="destination address (default: an address of the interface the probe arrives "
+    pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
                     "on, else the target namespace's first global address)")
-    pr.add_argument("--src", type=_addr, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
+    pr.add_argument("--src", type=cliargs.address, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
                     "remote client; the sender's own address with --local or --from-netns)")
-    pr.add_argument("--sport", type=_port, help="source port (default: random per run)")
-    pr.add_argument("--count", type=_count, default=1, help="number of probe packets (default 1)")
+    pr.add_argument("--sport", type=cliargs.port, help="source port (default: random per run)")
+    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets (default 1)")
+
+
+def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
+    """Which host is probed, and from where the probes come."""
     pr.add_argument("--netns", help="network namespace of the host under diagnosis (default: the current one)")
     pr.add_argument("--via", metavar="IFACE", help="simulated ingress: the interface the probe arrives on "
                     "(default: the one the route back to --src leaves by)")
@@ -142,13 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
     pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
                     "(default: simulate one arriving on --via)")
+
+
+def _probe_run_options(pr: argparse.ArgumentParser) -> None:
+    """How the run watches the kernel and waits."""
     pr.add_argument("--print-bpf", action="store_true", help="print the generated BPF programs on stderr (the tc programs "
                     "of simulated ingress, the eBPF probes as rendered for this kernel)")
     pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
                     help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
                     "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
-    pr.add_argument("--timeout", type=_timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
+    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
+
+
+def _probe_output_options(pr: argparse.ArgumentParser) -> None:
+    """What the run writes, and what it does besides probing (logging rules, the fix proof, evidence)."""
     pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     pr.add_argument("--log", nargs="?", const="nflog", choices=("nflog", "kmsg"), default="",
                     help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
@@ -167,86 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
                     help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
 
+
+def _add_demo(sub: Any) -> None:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
     de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
     de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+
+def _add_doctor(sub: Any) -> None:
     dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
                         "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
     dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
     dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
 
+
+def _add_cleanup(sub: Any) -> None:
     cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
                         epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
                     "tables there (default: every dead run's changes, and stale tables of the current namespace)")
-    return p
-
-
-def probe_request(ns: argparse.Namespace) -> ProbeRequest:
-    proto = Proto(ns.proto)
-    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
-    if ns.from_netns is not None and ns.from_netns == ns.netns:
-        ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
-    if proto is not Proto.ICMP and ns.dport is None:
-        raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
-    if ns.flags is not None:
-        if proto is not Proto.TCP:
-            raise UsageError(f"--flags only applies to tcp, not {proto.value}", "drop --flags or use --proto tcp")
-        bad = set(ns.flags.upper()) - TCP_FLAG_LETTERS
-        if not ns.flags or bad:
-            raise UsageError(f"unknown TCP flag letters in --flags {ns.flags!r}", "use letters of FSRPAUEC, e.g. S or SA")
-    if ns.sport is not None and proto is Proto.ICMP:
-        raise UsageError("--sport does not apply to icmp", "drop --sport")
-    if ns.src is not None and ns.dst is not None and ns.src.version != ns.dst.version:
-        raise UsageError(f"--src {ns.src} and --dst {ns.dst} are of different address families", "give both as IPv4 or both as IPv6")
-    if ns.local and ns.from_netns is not None:
-        raise UsageError("--local and --from-netns exclude each other", "drop one of them")
-    if ns.via is not None and (ns.local or ns.from_netns is not None):
-        raise UsageError(f"--via only applies to simulated ingress, not with {'--local' if ns.local else '--from-netns'}",
-                         "drop --via")
-    if ns.via is not None and (not ns.via or "/" in ns.via or len(ns.via) > 15):
-        raise UsageError(f"not an interface name: {ns.via!r}", "see `ip link`")
-    if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
-        raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
-    if ns.ipv6 and ns.src is not None and ns.src.version != 6:
-        raise UsageError(f"-6 given but --src {ns.src} is IPv4", "drop -6 or give an IPv6 --src")
-    if ns.redact and not ns.evidence:
-        raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
-    return ProbeRequest(
-        dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
-        sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
-        ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
-    )
-
-
-def check_evidence_path(path: Optional[str]) -> None:
-    """--evidence must be writable and overwrite nothing: a new or empty directory, or a new
-    .tar.gz file. Checked by really creating (and removing) a file there, since root passes
-    every access(2) test, even for /proc."""
-    if path is None:
-        return
-    hint = "give a new or empty directory, or a new FILE.tar.gz"
-    if not path:
-        raise UsageError("--evidence needs a path", hint)
-    is_dir = os.path.isdir(path)
-    if path.endswith(".tar.gz") or not is_dir:
-        if os.path.lexists(path):
-            raise UsageError(f"--evidence {path} exists and is not a directory; fwtrace never overwrites", hint)
-        where = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(where):
-            raise UsageError(f"--evidence {path}: directory {where} does not exist", hint)
-    else:
-        if os.listdir(path):
-            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
-        where = path
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".fwtrace-check-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None
 
 
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
