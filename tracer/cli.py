@@ -45,7 +45,7 @@ POSTROUTING) is not reached. With --count N every packet must have reached.
 
 exit status:
   0    the probe reached the service
-  1    blocked or unanswered (or the reply was dropped)
+  1    blocked, no listener, or unanswered (or the reply was dropped)
   2    usage error (bad option or value)
   3    environment problem (not root, missing tool, unknown namespace)
   4    internal error (a bug: rerun with --traceback and report it)

@@ -13,6 +13,7 @@ import pytest
 from tracer.diagnose import Context, diagnose
 from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
 from tracer.ebpf.text import ebpf_line
+from tracer.render import jsondoc
 from tracer.model import (
     EventKind,
     Listener,
@@ -286,6 +287,10 @@ def test_no_listener_confirmed() -> None:
     fs = diagnose(r, ctx(mode="from-netns"))
     [f] = [f for f in fs if f.code == "no-listener"]
     assert "NO_SOCKET" in f.message
+    assert jsondoc.packet_outcome(r, fs) == "no-listener"
+    # the same packet dropped by a rule is blocked, whatever another packet's findings say
+    dropped = PacketResult(r.spec, Verdict.DROP, None, Reply("none"), (), r.path)
+    assert jsondoc.packet_outcome(dropped, fs) == "blocked"
 
 
 def test_accept_queue_full_from_a_silently_consumed_syn() -> None:
