@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import sys
 import tempfile
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from tracer import __version__, console, modes
+from tracer import __version__, console, logs, modes
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import ProbeRequest, Proto
 
@@ -338,22 +337,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
-def configure_logging(fmt: str, verbose: int) -> Any:
-    import structlog
-
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
-        # Quiet by default: warnings and errors only; -v fwtrace's own changes, -vv every event.
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING),
-        # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
-        cache_logger_on_first_use=False,
-    )
-    return structlog.get_logger("fwtrace")
-
-
 def _interrupted_line(e: KeyboardInterrupt) -> str:
     name = getattr(e, "signame", None) or "SIGINT"
     errors = getattr(e, "undo_errors", None)
@@ -381,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if ns.command is None:
                     parser.print_help()
                     return ExitStatus.USAGE
-                log = configure_logging(ns.log_format, ns.verbose)
+                log = logs.configure_logging(ns.log_format, ns.verbose)
                 return int(COMMANDS[ns.command](ns, log))
             except FwtraceError as e:
                 console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
