@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from tracer import __version__, cliargs, console
+from tracer import __version__, cliargs, console, logs
 from tracer.cliargs import check_evidence_path, probe_request  # (also for the tests, as cli.probe_request)
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import Proto
@@ -43,7 +42,7 @@ POSTROUTING) is not reached. With --count N every packet must have reached.
 
 exit status:
   0    the probe reached the service
-  1    blocked or unanswered (or the reply was dropped)
+  1    blocked, no listener, or unanswered (or the reply was dropped)
   2    usage error (bad option or value)
   3    environment problem (not root, missing tool, unknown namespace)
   4    internal error (a bug: rerun with --traceback and report it)
@@ -267,22 +266,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 }
 
 
-def configure_logging(fmt: str, verbose: int) -> Any:
-    import structlog
-
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
-        # Quiet by default: warnings and errors only; -v fwtrace's own changes, -vv every event.
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING),
-        # Resolved at each call: sys.stderr may be replaced (pytest's capture, a redirect).
-        logger_factory=lambda *_: structlog.PrintLogger(console.SafeStderr()),  # type: ignore[arg-type]  # file-like
-        cache_logger_on_first_use=False,
-    )
-    return structlog.get_logger("fwtrace")
-
-
 def _interrupted_line(e: KeyboardInterrupt) -> str:
     name = getattr(e, "signame", None) or "SIGINT"
     errors = getattr(e, "undo_errors", None)
@@ -310,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if ns.command is None:
                     parser.print_help()
                     return ExitStatus.USAGE
-                log = configure_logging(ns.log_format, ns.verbose)
+                log = logs.configure_logging(ns.log_format, ns.verbose)
                 return int(COMMANDS[ns.command](ns, log))
             except FwtraceError as e:
                 console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))

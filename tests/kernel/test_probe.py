@@ -25,6 +25,7 @@ from tracer.lab import (
 from tracer.model import ProbeRequest, Proto
 from tracer.driver import Run
 from tracer.outcome import ProbeReport
+from tracer.render import jsondoc, timeline
 
 log = structlog.get_logger("test")
 
@@ -115,6 +116,10 @@ def test_accepted_but_no_listener(lab: Lab) -> None:
     nl = finding(report, "no-listener")
     assert "127.0.0.1:8080" in nl.message
     assert not report.reached
+    # the one-word outcome says what was found, not "blocked": the firewall let it through
+    doc = jsondoc.document(report)
+    assert (doc["outcome"], doc["packets"][0]["outcome"], doc["exit_status"]) == ("no-listener", "no-listener", 1)
+    assert timeline.summary(report).startswith(f"NO-LISTENER {CLIENT4} -> ")
 
 
 def test_open_port_answers_syn_ack_via_cli(lab: Lab, capsys: Any) -> None:

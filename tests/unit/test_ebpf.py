@@ -13,6 +13,7 @@ import pytest
 from tracer.diagnose import Context, diagnose
 from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
 from tracer.ebpf.text import ebpf_line
+from tracer.render import jsondoc
 from tracer.model import (
     EventKind,
     Listener,
@@ -173,7 +174,7 @@ def captured(scenario: str) -> tuple[list[decode.Record], decode.Names, dict[str
 
 def events(scenario: str) -> list[TraceEvent]:
     recs, names, n = captured(scenario)
-    wanted = [r for r in recs if decode.wanted(r, int(n["netns"]), names.symbol)]  # type: ignore[arg-type]
+    wanted = [r for r in recs if decode.wanted(r, int(n["netns"]), names.symbol, names.stack)]  # type: ignore[arg-type]
     return [decode.to_event(r, names, i) for i, r in enumerate(wanted)]
 
 
@@ -286,6 +287,10 @@ def test_no_listener_confirmed() -> None:
     fs = diagnose(r, ctx(mode="from-netns"))
     [f] = [f for f in fs if f.code == "no-listener"]
     assert "NO_SOCKET" in f.message
+    assert jsondoc.packet_outcome(r, fs) == "no-listener"
+    # the same packet dropped by a rule is blocked, whatever another packet's findings say
+    dropped = PacketResult(r.spec, Verdict.DROP, None, Reply("none"), (), r.path)
+    assert jsondoc.packet_outcome(dropped, fs) == "blocked"
 
 
 def test_accept_queue_full_from_a_silently_consumed_syn() -> None:
@@ -374,3 +379,23 @@ def test_render_reads_consume_location_only_where_the_tracepoint_has_it() -> Non
     new = render.render_drops(tpl, OFFS, {"skb/kfree_skb": format_text(), "skb/consume_skb": CONSUME_618})
     assert "#define HAVE_CONSUME_SKB 1" in old and "#define HAVE_CONSUME_LOCATION 1" not in old
     assert "#define HAVE_CONSUME_LOCATION 1" in new
+
+
+def test_consumer_without_location_comes_from_the_stack() -> None:
+    """Linux 6.1's skb:consume_skb has no `location` (Debian 12): the kernel stack names the
+    consumer, so packet sockets' copies still stay out of the timeline there."""
+    frames = {1: ("consume_skb", "packet_rcv", "__netif_receive_skb_core", "process_backlog"),
+              2: ("consume_skb", "tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v4_rcv"),
+              3: ()}
+    symbol, stack = (lambda a: hex(a)), (lambda i: frames.get(i, ()))
+
+    def rec(stack_id: int, location: int = 0) -> decode.Record:
+        return decode.Record(1, 2, location, decode.CONSUME, 0, 3, stack_id, 0, 0, decode.PROBE, 4, b"", 7)
+
+    assert not decode.wanted(rec(1), 7, symbol, stack)  # a capture's copy
+    assert decode.wanted(rec(2), 7, symbol, stack)  # the stack itself took it
+    assert decode.consumer(rec(2), symbol, stack) == "tcp_rcv_state_process"
+    assert decode.consumer(rec(3), symbol, stack) == "?"  # no stack either: said, not guessed
+    assert decode.consumer(rec(1, location=0x10), symbol, stack) == "0x10"  # Linux >= 6.3: its location
+    names = decode.Names({}, {}, symbol, stack)
+    assert decode.to_event(rec(2), names, 0).text == "consumed (no drop reason) by tcp_rcv_state_process"

@@ -58,7 +58,8 @@ def decode(data: bytes) -> Record:
                   netns)
 
 
-def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str]) -> bool:
+def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str],
+           stack: Callable[[int], tuple[str, ...]] = lambda _: ()) -> bool:
     """Whether a record belongs in the timeline. Consumed copies are left out unless the target
     namespace's stack took the packet itself: packet sockets (captures: fwtrace's own, tcpdump)
     get copies of every packet, and the sending namespace consumes its own copies."""
@@ -66,7 +67,20 @@ def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str]) -> bool
         return True
     if rec.netns and target_netns and rec.netns != target_netns:
         return False
-    return not symbol(rec.location).startswith(("packet_", "tpacket_"))
+    return not consumer(rec, symbol, stack).startswith(("packet_", "tpacket_"))
+
+
+# consume_skb itself and what it may be reached through: not the function that let the packet go
+_FREEING = ("consume_skb", "__consume_stateless_skb", "kfree_skb", "__kfree_skb", "skb_release", "sk_skb_reason_drop")
+
+
+def consumer(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> str:
+    """The function that consumed the packet: the tracepoint's `location` (Linux >= 6.3); before
+    it (Debian 12's 6.1) the first caller of consume_skb in the record's kernel stack."""
+    if rec.location:
+        return symbol(rec.location)
+    frames = stack(rec.stack) if rec.stack >= 0 else ()
+    return next((f for f in frames if not f.startswith(_FREEING)), "?")
 
 
 def state_packet(rec: Record) -> bytes:
@@ -104,7 +118,7 @@ def to_event(rec: Record, names: Names, seq: int) -> TraceEvent:
         return TraceEvent(kind=EventKind.DROP, packet=rec.packet, reason=reason, location=where, hook=hook,
                           text=f"kfree_skb reason {reason} at {where}", **common)  # type: ignore[arg-type]
     if rec.kind == CONSUME:
-        where = names.symbol(rec.location) if rec.location else "?"
+        where = consumer(rec, names.symbol, names.stack)
         return TraceEvent(kind=EventKind.CONSUME, packet=rec.packet, location=where,
                           text=f"consumed (no drop reason) by {where}", **common)  # type: ignore[arg-type]
     if rec.kind == RESET:
@@ -202,5 +216,5 @@ def replay_events(records: bytes, names: dict[str, Any], record_size: int) -> li
                   {int(k): v for k, v in names.get("ifnames", {}).items()},
                   lambda a: syms.get(str(a), hex(a)), lambda i: tuple(stacks.get(str(i), ())))
     recs = [decode(records[i:i + record_size]) for i in range(0, len(records) - record_size + 1, record_size)]
-    kept = [r for r in recs if wanted(r, int(names.get("netns", 0)), table.symbol)]
+    kept = [r for r in recs if wanted(r, int(names.get("netns", 0)), table.symbol, table.stack)]
     return [to_event(r, table, i) for i, r in enumerate(kept)]

@@ -381,7 +381,7 @@ class EbpfSource:
             for data in self._pending:
                 self.raw.append(data)
                 rec = decode.decode(data)
-                if not decode.wanted(rec, self.netns, self._symbol):
+                if not decode.wanted(rec, self.netns, self._symbol, self._stack):
                     continue
                 ev = decode.to_event(rec, self.names, self._seq)
                 self._seq += 1

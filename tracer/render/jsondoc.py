@@ -6,23 +6,27 @@ The schema is written down in schema/report.schema.json; tests check real output
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tracer import __version__, diagnose, owners
 from tracer import outcome as run_outcome
-from tracer.model import PacketResult, Step, Verdict
+from tracer.model import Finding, PacketResult, Step, Verdict
 
-SCHEMA_VERSION = 1
-OUTCOMES = ("reached", "blocked", "reply-dropped", "unknown")
+SCHEMA_VERSION = 2  # 2: the outcome "no-listener" (version 1 called that case "blocked")
+OUTCOMES = ("reached", "blocked", "no-listener", "reply-dropped", "unknown")
 
 
-def packet_outcome(r: PacketResult, reached: bool) -> str:
-    """reached: the service answered (or accepted silently); reply-dropped: the probe got through
-    but the firewall dropped the reply on its way back; unknown: nothing decided it (no trace)."""
+def packet_outcome(r: PacketResult, findings: Sequence[Finding]) -> str:
+    """reached: the service answered (or accepted silently); no-listener: the firewall accepted
+    the probe and the kernel refused it for want of a socket (checked against the listeners read
+    in this run); reply-dropped: the probe got through but the firewall dropped the reply on its
+    way back; unknown: nothing decided it (no trace); blocked: the firewall stopped it."""
     if r.verdict is Verdict.ACCEPT and r.reply_dropped:
         return "reply-dropped"
-    if reached:
+    if diagnose.reached(r, list(findings)):
         return "reached"
+    if r.verdict is Verdict.ACCEPT and any(f.code == "no-listener" for f in findings):
+        return "no-listener"
     if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
         return "unknown"
     return "blocked"
@@ -38,7 +42,7 @@ def outcome(report: Any) -> str:
     if not report.results:
         return "unknown"
     for r in report.results:
-        o = packet_outcome(r, diagnose.reached(r, list(report.findings)))
+        o = packet_outcome(r, report.findings)
         if o != "reached":
             return o
     return "reached"
@@ -57,7 +61,7 @@ def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
 def document(report: Any) -> dict[str, Any]:
     doc = report.to_json()
     for p, r in zip(doc.get("packets", []), report.results):
-        p["outcome"] = packet_outcome(r, diagnose.reached(r, list(report.findings)))
+        p["outcome"] = packet_outcome(r, report.findings)
         p["chain_owners"] = [{"chain": where, **o.to_json()} for where, o in owners.chain_owners(r)]
         d = owners.decider_owner(r)
         p["decided_by_owner"] = d.to_json() if d else None

@@ -208,7 +208,7 @@ def summary(report: Any) -> str:
     results = list(report.results)
     if not results:
         return f"{out}: no probe was sent (fwtrace run {report.run_id})"
-    bad = [r for r in results if jsondoc.packet_outcome(r, diagnose.reached(r, list(report.findings))) != "reached"]
+    bad = [r for r in results if jsondoc.packet_outcome(r, report.findings) != "reached"]
     r = bad[0] if bad and out != "REACHED" else results[0]
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
