@@ -394,8 +394,24 @@ def test_consumer_without_location_comes_from_the_stack() -> None:
 
     assert not decode.wanted(rec(1), 7, symbol, stack)  # a capture's copy
     assert decode.wanted(rec(2), 7, symbol, stack)  # the stack itself took it
-    assert decode.consumer(rec(2), symbol, stack) == "tcp_rcv_state_process"
-    assert decode.consumer(rec(3), symbol, stack) == "?"  # no stack either: said, not guessed
-    assert decode.consumer(rec(1, location=0x10), symbol, stack) == "0x10"  # Linux >= 6.3: its location
+    assert decode.freed_by(rec(2), symbol, stack) == "tcp_rcv_state_process"
+    assert decode.freed_by(rec(3), symbol, stack) == "?"  # no stack either: said, not guessed
+    assert decode.freed_by(rec(1, location=0x10), symbol, stack) == "0x10"  # Linux >= 6.3: its location
     names = decode.Names({}, {}, symbol, stack)
     assert decode.to_event(rec(2), names, 0).text == "consumed (no drop reason) by tcp_rcv_state_process"
+
+
+def test_a_capture_dropping_its_copy_is_not_the_probes_fate() -> None:
+    """Seen on Linux 6.1 under load: a packet socket whose buffer is full frees its copy with
+    kfree_skb at packet_rcv (reason NOT_SPECIFIED), in whichever namespace the capture runs."""
+    syms = {0x10: "packet_rcv", 0x20: "nf_hook_slow", 0x30: "kfree_skb_reason"}
+    frames = {4: ("kfree_skb_reason", "tpacket_rcv", "__netif_receive_skb_core")}
+    symbol, stack = (lambda a: syms.get(a, hex(a))), (lambda i: frames.get(i, ()))
+
+    def drop(location: int, stack_id: int = -1, netns: int = 7) -> decode.Record:
+        return decode.Record(1, 2, location, decode.DROP, 1, 3, stack_id, 0, 0, decode.PROBE, 4, b"", netns)
+
+    assert not decode.wanted(drop(0x10, netns=9), 7, symbol, stack)
+    assert not decode.wanted(drop(0x30, 4), 7, symbol, stack)  # the location a helper: the stack says
+    assert decode.wanted(drop(0x20), 7, symbol, stack)  # netfilter's drop: the probe's fate
+    assert decode.wanted(drop(0x20, netns=9), 7, symbol, stack)  # a drop elsewhere on the path counts too

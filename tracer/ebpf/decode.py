@@ -60,27 +60,32 @@ def decode(data: bytes) -> Record:
 
 def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str],
            stack: Callable[[int], tuple[str, ...]] = lambda _: ()) -> bool:
-    """Whether a record belongs in the timeline. Consumed copies are left out unless the target
-    namespace's stack took the packet itself: packet sockets (captures: fwtrace's own, tcpdump)
-    get copies of every packet, and the sending namespace consumes its own copies."""
-    if rec.kind != CONSUME:
+    """Whether a record belongs in the timeline. Packet sockets (captures: fwtrace's own, tcpdump,
+    scapy's sender) get copies of every packet: their copy consumed, or dropped when the socket's
+    buffer is full (Linux 6.1: kfree_skb at packet_rcv, reason NOT_SPECIFIED), is no fate of the
+    probe. Other consumed copies count only where the target namespace's stack took the packet:
+    the sending namespace consumes its own copies."""
+    if rec.kind not in (CONSUME, DROP):
         return True
-    if rec.netns and target_netns and rec.netns != target_netns:
+    if freed_by(rec, symbol, stack).startswith(("packet_", "tpacket_")):
         return False
-    return not consumer(rec, symbol, stack).startswith(("packet_", "tpacket_"))
+    return rec.kind == DROP or not (rec.netns and target_netns and rec.netns != target_netns)
 
 
-# consume_skb itself and what it may be reached through: not the function that let the packet go
+# consume_skb / kfree_skb themselves and what they may be reached through: not the function that
+# let the packet go
 _FREEING = ("consume_skb", "__consume_stateless_skb", "kfree_skb", "__kfree_skb", "skb_release", "sk_skb_reason_drop")
 
 
-def consumer(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> str:
-    """The function that consumed the packet: the tracepoint's `location` (Linux >= 6.3); before
-    it (Debian 12's 6.1) the first caller of consume_skb in the record's kernel stack."""
-    if rec.location:
-        return symbol(rec.location)
+def freed_by(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> str:
+    """The function that dropped or consumed the packet: the tracepoint's `location`; where the
+    kernel has none (skb:consume_skb before Linux 6.3, e.g. Debian 12's 6.1) or it names a freeing
+    helper, the first caller outside the freeing helpers in the record's kernel stack."""
+    where = symbol(rec.location) if rec.location else ""
+    if where and not where.startswith(_FREEING):
+        return where
     frames = stack(rec.stack) if rec.stack >= 0 else ()
-    return next((f for f in frames if not f.startswith(_FREEING)), "?")
+    return next((f for f in frames if not f.startswith(_FREEING)), where or "?")
 
 
 def state_packet(rec: Record) -> bytes:
@@ -118,7 +123,7 @@ def to_event(rec: Record, names: Names, seq: int) -> TraceEvent:
         return TraceEvent(kind=EventKind.DROP, packet=rec.packet, reason=reason, location=where, hook=hook,
                           text=f"kfree_skb reason {reason} at {where}", **common)  # type: ignore[arg-type]
     if rec.kind == CONSUME:
-        where = consumer(rec, names.symbol, names.stack)
+        where = freed_by(rec, names.symbol, names.stack)
         return TraceEvent(kind=EventKind.CONSUME, packet=rec.packet, location=where,
                           text=f"consumed (no drop reason) by {where}", **common)  # type: ignore[arg-type]
     if rec.kind == RESET:
