@@ -414,4 +414,12 @@ def test_a_capture_dropping_its_copy_is_not_the_probes_fate() -> None:
     assert not decode.wanted(drop(0x10, netns=9), 7, symbol, stack)
     assert not decode.wanted(drop(0x30, 4), 7, symbol, stack)  # the location a helper: the stack says
     assert decode.wanted(drop(0x20), 7, symbol, stack)  # netfilter's drop: the probe's fate
+    # a capture closed with the copy unread (QUEUE_PURGE): the location is the purge helper
+    frames[5] = ("sk_skb_reason_drop", "skb_queue_purge_reason", "packet_release", "__sock_release", "sock_close")
+    syms[0x40] = "skb_queue_purge_reason"
+    assert not decode.wanted(drop(0x40, 5), 7, symbol, stack)
+    frames[6] = ("sk_skb_reason_drop", "skb_queue_purge_reason", "udp_destroy_sock", "sk_common_release")
+    assert decode.wanted(drop(0x40, 6), 7, symbol, stack)  # a socket of the service's: not a capture
+    frames[7] = ("sk_skb_reason_drop", "dev_hard_start_xmit", "__dev_queue_xmit", "packet_snd", "packet_sendmsg")
+    assert decode.wanted(drop(0x50, 7), 7, symbol, stack)  # the sender's own drop: the probe never left
     assert decode.wanted(drop(0x20, netns=9), 7, symbol, stack)  # a drop elsewhere on the path counts too

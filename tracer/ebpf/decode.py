@@ -61,13 +61,14 @@ def decode(data: bytes) -> Record:
 def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str],
            stack: Callable[[int], tuple[str, ...]] = lambda _: ()) -> bool:
     """Whether a record belongs in the timeline. Packet sockets (captures: fwtrace's own, tcpdump,
-    scapy's sender) get copies of every packet: their copy consumed, or dropped when the socket's
-    buffer is full (Linux 6.1: kfree_skb at packet_rcv, reason NOT_SPECIFIED), is no fate of the
-    probe. Other consumed copies count only where the target namespace's stack took the packet:
-    the sending namespace consumes its own copies."""
+    scapy's sender) get copies of every packet, and what becomes of a copy is no fate of the
+    probe: consumed, dropped when the socket's buffer is full (Linux 6.1: kfree_skb at packet_rcv,
+    reason NOT_SPECIFIED), or purged unread when the capture closes (QUEUE_PURGE). Other consumed
+    copies count only where the target namespace's stack took the packet: the sending namespace
+    consumes its own copies."""
     if rec.kind not in (CONSUME, DROP):
         return True
-    if freed_by(rec, symbol, stack).startswith(("packet_", "tpacket_")):
+    if capture_copy(rec, symbol, stack):
         return False
     return rec.kind == DROP or not (rec.netns and target_netns and rec.netns != target_netns)
 
@@ -75,6 +76,10 @@ def wanted(rec: Record, target_netns: int, symbol: Callable[[int], str],
 # consume_skb / kfree_skb themselves and what they may be reached through: not the function that
 # let the packet go
 _FREEING = ("consume_skb", "__consume_stateless_skb", "kfree_skb", "__kfree_skb", "skb_release", "sk_skb_reason_drop")
+# a packet socket's sending side: a drop below these is the sent probe's own (the receiving side,
+# packet_rcv, tpacket_rcv, packet_recvmsg, packet_release..., only ever handles copies)
+PACKET_SENDING = frozenset(("packet_sendmsg", "packet_sendmsg_spkt", "packet_snd", "tpacket_snd", "packet_xmit",
+                            "packet_direct_xmit"))
 
 
 def freed_by(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> str:
@@ -86,6 +91,13 @@ def freed_by(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], t
         return where
     frames = stack(rec.stack) if rec.stack >= 0 else ()
     return next((f for f in frames if not f.startswith(_FREEING)), where or "?")
+
+
+def capture_copy(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> bool:
+    """Whether the record is a packet socket's copy: freed by, or on a stack through, its
+    receiving side (a purge at close frees through skb_queue_purge_reason from packet_release)."""
+    frames = (freed_by(rec, symbol, stack),) + (stack(rec.stack) if rec.stack >= 0 else ())
+    return any(f.startswith(("packet_", "tpacket_")) and f.split(".")[0] not in PACKET_SENDING for f in frames)
 
 
 def state_packet(rec: Record) -> bytes:
