@@ -3,7 +3,7 @@
 # `vagrant up DISTRO-server DISTRO-client`): the server rejects port 8080 on its private
 # interface before the rule meant to accept it; the client's connection fails; fwtrace on the
 # server, asked about the client's address (--src) and the server's own (--dst), names the
-# rule; the fix it prints is applied; the client connects. The server's firewall is restored
+# rule; the shadowing REJECT is deleted; the client connects. The server's firewall is restored
 # at the end (the lab's rules carry the comment fwtrace-lab).
 #
 # usage: vagrant/two-host.sh [debian|ubuntu|rhel]
