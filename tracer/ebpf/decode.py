@@ -96,7 +96,8 @@ def freed_by(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], t
 def capture_copy(rec: Record, symbol: Callable[[int], str], stack: Callable[[int], tuple[str, ...]]) -> bool:
     """Whether the record is a packet socket's copy: freed by, or on a stack through, its
     receiving side (a purge at close frees through skb_queue_purge_reason from packet_release)."""
-    frames = (freed_by(rec, symbol, stack),) + (stack(rec.stack) if rec.stack >= 0 else ())
+    where = (symbol(rec.location),) if rec.location else ()  # freed_by picks from these too
+    frames = where + (stack(rec.stack) if rec.stack >= 0 else ())
     return any(f.startswith(("packet_", "tpacket_")) and f.split(".")[0] not in PACKET_SENDING for f in frames)
 
 
