@@ -11,8 +11,11 @@ import struct
 import pytest
 
 from tracer.diagnose import Context, diagnose
-from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
-from tracer.ebpf.text import ebpf_line
+from tracer.collect import btf, ebpf_decode as decode, ebpf_reasons as reasons
+from tracer.diagnose import ebpf_findings as findings
+from tracer.plan import ebpf_keys as keys, ebpf_policy as policy, ebpf_programs as render
+from tracer.correlate import ebpf_timeline as timeline
+from tracer.render.ebpf_text import ebpf_line
 from tracer.render import jsondoc
 from tracer.model import (
     EventKind,
@@ -336,10 +339,10 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
     import random
 
     from tests.unit.test_pipeline import Script
-    from tracer.commands import drive
-    from tracer.ebpf.commands import EbpfOutcome
+    from tracer.plan.commands import drive
+    from tracer.plan.ebpf_commands import EbpfOutcome
     from tracer.model import ProbeRequest
-    from tracer.probe import probe
+    from tracer.pipeline.probe import probe
 
     raw = open(os.path.join(DATA, "reject", "ebpf-records.bin"), "rb").read()
     script = Script(OpenEbpf="loaded", CollectEbpf=EbpfOutcome("loaded", ("a note",), (raw[:RECORD],), {"netns": 1}))
@@ -357,7 +360,7 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
 
 
 def test_bundle_replay_puts_the_kernel_events_back() -> None:
-    from tracer.evidence import read_bundle, replay
+    from tracer.pipeline.evidence import read_bundle, replay
 
     bundles = os.path.join(DATA, "..", "bundles")
     [rp] = replay(read_bundle(os.path.join(bundles, "ebpf-rp-filter")))

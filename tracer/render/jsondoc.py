@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional, Sequence
 
-from tracer import __version__, diagnose, owners
-from tracer import outcome as run_outcome
+from tracer import __version__, diagnose
+from tracer.diagnose import owners
+from tracer.report import outcome as run_outcome
 from tracer.model import Finding, PacketResult, Step, Verdict
 
 SCHEMA_VERSION = 2  # 2: the outcome "no-listener" (version 1 called that case "blocked")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tracer import diagnose, owners
+from tracer import diagnose
+from tracer.diagnose import owners
 from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
 from tracer.packet import parse_headers
 from tracer.render import jsondoc
@@ -126,7 +127,7 @@ def steps(r: PacketResult) -> Section:
 
 def _ebpf_row(step: Step) -> Row:
     """The kernel's own view (eBPF: drops with their reason, replies the stack sends)."""
-    from tracer.ebpf.text import ebpf_line
+    from tracer.render.ebpf_text import ebpf_line
 
     ev = step.event
     body = ebpf_line(ev).split("kernel (eBPF)", 1)[-1].strip() + (f"  (in {ev.iif})" if ev.iif else "")
