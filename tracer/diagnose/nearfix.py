@@ -370,7 +370,7 @@ def _to_hook(nm: NearMiss, result: PacketResult, ruleset: Ruleset, words: list[s
 
 def _after_nat(words: list[str], nm: NearMiss, result: PacketResult, ipt: bool) -> str:
     """The rule's words with its destination port (and address) as the packet has them after DNAT."""
-    from tracer.diagnose import seen
+    from tracer.diagnose.context import seen
 
     h = seen(result)
     out = list(words)

@@ -29,7 +29,7 @@ from tracer.plan import plan
 from tracer.plan import verify as verify_
 
 if TYPE_CHECKING:
-    from tracer.pipeline.probe import Armed, Exchange, Sending
+    from tracer.pipeline.state import Armed, Exchange, Sending
 
 
 def verify(req: ProbeRequest, full: Optional[Snapshot], armed: Armed,
