@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from tracer.model import EventKind, IPAddress, Ruleset, TraceEvent
+from tracer.ruleset.hooks import BUILTIN_HOOKS
 
 # ---------------------------------------------------------------------------------------------
 # /dev/kmsg records
@@ -197,8 +198,6 @@ def log_prefix(run_id: str, n: int) -> str:
 
 _IPPROTO = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58}
 _TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80}
-BUILTIN_HOOKS = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output",
-                 "POSTROUTING": "postrouting"}
 
 
 def ipproto(line: LogLine) -> int:

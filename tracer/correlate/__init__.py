@@ -25,6 +25,7 @@ from tracer.model import (
     Verdict,
 )
 from tracer.packet import Headers, parse_headers
+from tracer.ruleset.hooks import legacy_priority, priority_value  # noqa: F401  priority_value re-exported
 from tracer.plan.plan import (
     DELIVERED,
     END_CHAINS,
@@ -161,26 +162,6 @@ def hook_of(ruleset: Ruleset, ev: TraceEvent) -> Optional[str]:
     return chain.hook if chain is not None else None
 
 
-# Named nft priorities (nft(8), "PRIORITY"): what x_tables' NF_IP_PRI_* numbers are called.
-_NAMED_PRIORITY = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
-
-
-def priority_value(text: Optional[str]) -> int:
-    """`-300`, `filter`, `srcnat + 10`, `mangle - 5` -> a number (0 when unreadable)."""
-    if not text:
-        return 0
-    words = text.replace("+", " + ").replace(" - ", " + -").split()
-    total = 0
-    for w in words:
-        if w == "+":
-            continue
-        try:
-            total += int(w)
-        except ValueError:
-            total += _NAMED_PRIORITY.get(w, 0)
-    return total
-
-
 _INBOUND = ("ingress", "prerouting", "input", "forward", "postrouting")
 _LOCAL = ("output", "postrouting", "ingress", "prerouting", "input")
 
@@ -192,8 +173,6 @@ def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...
     if chain is not None and chain.priority is not None:
         return order.index(hook), priority_value(chain.priority)
     if ev.legacy:  # a table fwtrace itself instantiated (raw, for TRACE): not in the snapshot
-        from tracer.plan.kernplan import legacy_priority
-
         return order.index(hook), legacy_priority(ev.table, ev.chain) or 0
     return order.index(hook), 0
 

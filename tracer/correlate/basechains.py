@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tracer.ruleset.hooks import legacy_priority, priority_value
 from tracer.ruleset.match import rule_action
 from tracer.model import (
     Action,
@@ -55,15 +56,11 @@ def _step_verdict(step: Step) -> Optional[Verdict]:
 
 def _base_of(step: Step, ruleset: Ruleset) -> Optional[tuple[str, int]]:
     """(hook, priority) when the step's chain is a base chain."""
-    from tracer.correlate import priority_value
-
     ev = step.event
     chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
     if chain is not None and chain.hook is not None:
         return chain.hook, priority_value(chain.priority)
     if chain is None and ev.legacy and ev.hook:  # a built-in chain of a table fwtrace instantiated
-        from tracer.plan.kernplan import legacy_priority
-
         return ev.hook, legacy_priority(ev.table, ev.chain) or 0
     return None
 

@@ -16,7 +16,9 @@ from typing import Optional
 
 from tracer.model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
 from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  re-exported
-from tracer.collect.kernlog import BUILTIN_HOOKS, LogPoint, log_prefix
+from tracer.ruleset.hooks import BUILTIN_HOOKS
+from tracer.ruleset.snapshot import legacy_tables  # noqa: F401  re-exported
+from tracer.collect.kernlog import LogPoint, log_prefix
 
 LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
 NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}
@@ -28,37 +30,6 @@ LOGGER_MODULE = "nf_log_syslog"  # both loggers (Linux 5.12+; nf_log_ipv4/ipv6 b
 ALL_NETNS = "net.netfilter.nf_log_all_netns"
 LOG_INVALID = "net.netfilter.nf_conntrack_log_invalid"
 LOG_RATE = "50/second"
-
-# x_tables hook priorities (include/uapi/linux/netfilter_ipv4.h, NF_IP_PRI_*); nat's depends on
-# the hook: DNAT before filter, SNAT after.
-_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
-
-
-def legacy_priority(table: str, chain: str) -> Optional[int]:
-    if table == "nat":
-        return -100 if chain in ("PREROUTING", "OUTPUT") else 100
-    return _PRIORITY.get(table)
-
-
-def legacy_tables(family: str, saved: dict[str, IptTable]) -> tuple[Table, ...]:
-    """The tables of `iptables-legacy-save` output as model tables (backend IPTABLES_LEGACY).
-
-    A table is kept only when it holds something: a rule, a user chain or a policy other than
-    ACCEPT (x_tables instantiates empty tables on any listing, and fwtrace's own TRACE rules
-    leave an empty raw table behind that cannot be unregistered).
-    """
-    tables = []
-    for name, t in saved.items():
-        chains = []
-        for c in t.chains:
-            hook = BUILTIN_HOOKS.get(c.name) if c.policy is not None else None
-            prio = legacy_priority(name, c.name)
-            rules = tuple(Rule(family, name, c.name, i, None, line, line) for i, line in enumerate(c.rules, 1))
-            chains.append(Chain(family, name, c.name, hook, str(prio) if hook and prio is not None else None,
-                                c.policy.lower() if c.policy else None, rules))
-        if any(c.rules or not c.is_base or c.policy != "accept" for c in chains):
-            tables.append(Table(family, name, tuple(chains), Backend.IPTABLES_LEGACY))
-    return tuple(tables)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from tracer.model import PacketSpec, Proto
+from tracer.ruleset.hooks import priority_value
 
 TABLE_PREFIX = "fwtrace_"
 TRACE_PRIORITY = -1000
@@ -109,8 +110,6 @@ def floors(chains_text: str) -> Floors:
     Sample: `type filter hook ingress device "eth0" priority -500; policy accept;`
     Other fwtrace runs' tables are left out: they must not push each other ever lower.
     """
-    from tracer.correlate import priority_value
-
     hooks: dict[str, int] = {}
     ingress: dict[str, int] = {}
     unobserved: list[str] = []

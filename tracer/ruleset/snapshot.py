@@ -17,14 +17,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from tracer.model import Backend, Ruleset, Table
+from tracer.model import Backend, Chain, Rule, Ruleset, Table
 from tracer.ruleset import (
     LEGACY_SAVE,  # noqa: F401  re-exported (evidence bundles name their files by it)
+    IptTable,
     attach_iptables,
     managed_tables,
     parse_iptables_save,
     parse_nft_ruleset,
 )
+from tracer.ruleset.hooks import BUILTIN_HOOKS, legacy_priority
 
 XTABLES_NAMES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 IPT_SAVE = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
@@ -78,12 +80,29 @@ def with_legacy(ruleset: Ruleset, legacy: dict[str, str]) -> Ruleset:
     """Add the iptables-legacy tables (pure); they keep their own backend beside nft's."""
     if not legacy:
         return ruleset
-    from tracer.plan.kernplan import (
-        legacy_tables,  # the nft-only path never loads the kernel-log modules
-    )
-
     extra = tuple(t for family, text in legacy.items() for t in legacy_tables(family, parse_iptables_save(text)))
     return Ruleset(ruleset.tables + extra)
+
+
+def legacy_tables(family: str, saved: dict[str, IptTable]) -> tuple[Table, ...]:
+    """The tables of `iptables-legacy-save` output as model tables (backend IPTABLES_LEGACY).
+
+    A table is kept only when it holds something: a rule, a user chain or a policy other than
+    ACCEPT (x_tables instantiates empty tables on any listing, and fwtrace's own TRACE rules
+    leave an empty raw table behind that cannot be unregistered).
+    """
+    tables = []
+    for name, t in saved.items():
+        chains = []
+        for c in t.chains:
+            hook = BUILTIN_HOOKS.get(c.name) if c.policy is not None else None
+            prio = legacy_priority(name, c.name)
+            rules = tuple(Rule(family, name, c.name, i, None, line, line) for i, line in enumerate(c.rules, 1))
+            chains.append(Chain(family, name, c.name, hook, str(prio) if hook and prio is not None else None,
+                                c.policy.lower() if c.policy else None, rules))
+        if any(c.rules or not c.is_base or c.policy != "accept" for c in chains):
+            tables.append(Table(family, name, tuple(chains), Backend.IPTABLES_LEGACY))
+    return tuple(tables)
 
 
 def legacy_listing(ruleset: Ruleset) -> str:
