@@ -10,6 +10,7 @@ module per area, and `HANDLERS` at the end of this module says which handler tak
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 from typing import Any, Callable, Optional
@@ -76,7 +77,7 @@ class Run:
             finally:
                 if self.finished is None:  # the pipeline failed before its Finish: undo here
                     undo.finish(self, c.Finish())
-        return ebpf.second_pass(self, report)
+        return second_pass(self, report)
 
     def carry_out(self, cmd: c.Command) -> Any:
         return HANDLERS[type(cmd)](self, cmd)
@@ -128,6 +129,27 @@ class Run:
         if self.port_lock is not None:
             os.close(self.port_lock)  # releases the flock
             self.port_lock = None
+
+
+def second_pass(run: Run, report: ProbeReport) -> ProbeReport:
+    """--ebpf auto: probe again with the eBPF programs when the first pass left a fate unexplained."""
+    from tracer.plan.ebpf_policy import unexplained
+
+    why = unexplained(report.results) if run.req.ebpf == "auto" and report.cleanup_ok else None
+    if why is None:
+        return report
+    from tracer.system.ebpf_loader import unavailable
+
+    cannot = unavailable()
+    if cannot is not None:
+        note = f"--ebpf auto: the first pass left a fate unexplained ({why}), but eBPF cannot run here: {cannot}"
+        return dataclasses.replace(report, notes=report.notes + (note,))
+    run.log.info("probing again with eBPF", why=why)
+    again = Run(dataclasses.replace(run.req, ebpf="on"), run.log, log_events=run.log_events,
+                full_snapshot=run.full_snapshot, extra=run.extra, on_extra=run.on_extra).execute()
+    note = (f"--ebpf auto: the first pass (run {report.run_id}) left a fate unexplained ({why}); "
+            "probed again with the eBPF programs loaded")
+    return dataclasses.replace(again, notes=(note,) + again.notes)
 
 
 def _outcome_unknown(e: BaseException) -> bool:

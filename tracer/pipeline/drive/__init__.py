@@ -2,13 +2,23 @@
 table from command type to handler (`HANDLERS`) and the run's state they share (`Run`).
 
 Every handler is `handler(run, cmd) -> result`, the result the command's docstring names
-(tracer/plan/commands.py, tracer/plan/ebpf_commands.py).
+(tracer/plan/commands.py, tracer/plan/ebpf_commands.py). Handlers type the run as `RunState`, the
+part of `Run` they use, so they never import the driver that imports them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from tracer.collect.events import EventSource, Sender
+    from tracer.model import ProbeRequest
+    from tracer.plan import commands as c
+    from tracer.plan.records import Undo
+    from tracer.system.journal import Journal
 
 KILL_ENV = "FWTRACE_TEST_KILL_AT"
 SIGINT_ENV = "FWTRACE_TEST_SIGINT_AT"
@@ -26,3 +36,33 @@ def checkpoint(phase: str) -> None:
 def print_bpf(title: str, listing_: str) -> None:
     """--print-bpf: a generated BPF program (tc or eBPF) on stderr."""
     sys.stderr.write(f"# {title}\n{listing_}")
+
+
+class RunState(Protocol):
+    """What the handlers read and set of one run (tracer/pipeline/driver.py's `Run`)."""
+
+    req: ProbeRequest
+    log: Any
+    run_id: str
+    log_events: bool
+    full_snapshot: bool
+    extra: tuple[Any, ...]
+    on_extra: Optional[Callable[[], None]]
+    journal: Optional[Journal]
+    port_lock: Optional[int]
+    port_plan: Any
+    sources: list[EventSource]
+    kmsg: Optional[EventSource]
+    nflog: Optional[EventSource]
+    inj: Optional[Sender]
+    finished: Optional[c.Finished]
+    stack: contextlib.ExitStack[Any]
+    undo_errors: Optional[list[str]]
+    ebpf: Any
+
+    @property
+    def sender(self) -> Sender: ...
+
+    def change(self, undo: Undo, apply: Callable[[], Any], atomic: bool = False) -> Any: ...
+
+    def unlock(self) -> None: ...

@@ -11,34 +11,34 @@ from tracer.model import Listener, PacketSpec, Proto
 from tracer.collect.sockets import parse_proc_net
 
 if TYPE_CHECKING:
-    from tracer.pipeline.driver import Run
+    from tracer.pipeline.drive import RunState
 
 
-def list_addresses(run: Run, cmd: c.ListAddresses) -> str:
+def list_addresses(run: RunState, cmd: c.ListAddresses) -> str:
     with system.netns(cmd.netns):
         return system.run(["ip", "-j", "addr", "show"]).stdout
 
 
-def route_back(run: Run, cmd: c.RouteBack) -> Any:
+def route_back(run: RunState, cmd: c.RouteBack) -> Any:
     from tracer.system import simulate
 
     return simulate.route_to(cmd.to, cmd.local)
 
 
-def read_sysctl(run: Run, cmd: c.ReadSysctl) -> Optional[str]:
+def read_sysctl(run: RunState, cmd: c.ReadSysctl) -> Optional[str]:
     with system.netns(system.HOME_NETNS if cmd.home else None):
         return system.sysctl_get(cmd.key)
 
 
-def load_module(run: Run, cmd: c.LoadModule) -> bool:
+def load_module(run: RunState, cmd: c.LoadModule) -> bool:
     return system.load_module(cmd.name, cmd.keep)
 
 
-def in_initial_netns(run: Run, cmd: c.InInitialNetns) -> bool:
+def in_initial_netns(run: RunState, cmd: c.InInitialNetns) -> bool:
     return system.in_initial_netns()
 
 
-def rp_filter(run: Run, cmd: c.RpFilter) -> bool:
+def rp_filter(run: RunState, cmd: c.RpFilter) -> bool:
     from tracer.inject import ingress
     from tracer.system import simulate
 
@@ -46,14 +46,14 @@ def rp_filter(run: Run, cmd: c.RpFilter) -> bool:
     return ingress.rp_filter_drops(rp_all, rp_dev, cmd.via, cmd.back)
 
 
-def listeners(run: Run, cmd: c.Listeners) -> tuple[Listener, ...]:
+def listeners(run: RunState, cmd: c.Listeners) -> tuple[Listener, ...]:
     out: list[Listener] = []
     for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
         out.extend(parse_proc_net(system.proc_net(name), proto))
     return tuple(out)
 
 
-def conntrack(run: Run, cmd: c.Conntrack) -> str:
+def conntrack(run: RunState, cmd: c.Conntrack) -> str:
     return conntrack_entry(cmd.spec)
 
 

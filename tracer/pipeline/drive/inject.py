@@ -11,22 +11,22 @@ from tracer.pipeline.drive.undo import undo_all
 from tracer.errors import CommandError, EnvironmentProblem
 
 if TYPE_CHECKING:
-    from tracer.pipeline.driver import Run
+    from tracer.pipeline.drive import RunState
 
 
-def build_packets(run: Run, cmd: c.BuildPackets) -> tuple[bytes, ...]:
+def build_packets(run: RunState, cmd: c.BuildPackets) -> tuple[bytes, ...]:
     from tracer.system.raw import build
 
     return tuple(build(s) for s in cmd.specs)
 
 
-def describe(run: Run, cmd: c.Describe) -> str:
+def describe(run: RunState, cmd: c.Describe) -> str:
     from tracer.system.raw import describe as in_words
 
     return in_words(cmd.data)
 
 
-def open_injector(run: Run, cmd: c.OpenInjector) -> Any:
+def open_injector(run: RunState, cmd: c.OpenInjector) -> Any:
     from tracer.system.raw import Injector, source_address
 
     with system.netns(cmd.netns):
@@ -39,7 +39,7 @@ def open_injector(run: Run, cmd: c.OpenInjector) -> Any:
     return src
 
 
-def open_port(run: Run, cmd: c.OpenPort) -> str:
+def open_port(run: RunState, cmd: c.OpenPort) -> str:
     """"" with the injection port open, or why not when the kernel or the interfaces cannot."""
     from tracer.system import simulate
     from tracer.system.tcbpf import IngressUnavailable
@@ -64,14 +64,14 @@ def open_port(run: Run, cmd: c.OpenPort) -> str:
     return reason
 
 
-def send(run: Run, cmd: c.Send) -> float:
+def send(run: RunState, cmd: c.Send) -> float:
     sent = run.sender.send(cmd.spec, cmd.data)
     run.log.debug("sent", packet=cmd.spec.summary())
     checkpoint("inject")
     return float(sent)
 
 
-def reset(run: Run, cmd: c.Reset) -> None:
+def reset(run: RunState, cmd: c.Reset) -> None:
     """Answer the captured SYN-ACK with the RST a real client would send (see simulate)."""
     from tracer.system.raw import build
     from tracer.system.simulate import rst_for_synack

@@ -13,10 +13,10 @@ from tracer.pipeline.drive import checkpoint
 from tracer.system.journal import Journal
 
 if TYPE_CHECKING:
-    from tracer.pipeline.driver import Run
+    from tracer.pipeline.drive import RunState
 
 
-def begin(run: Run, cmd: c.Begin) -> None:
+def begin(run: RunState, cmd: c.Begin) -> None:
     from tracer.system.collect import TraceSocket
 
     tsock = TraceSocket(system.interface_names())
@@ -25,7 +25,7 @@ def begin(run: Run, cmd: c.Begin) -> None:
     run.journal = Journal(run.run_id, list(sys.argv), netns=run.req.netns)
 
 
-def open_kernel_sources(run: Run, cmd: c.OpenKernelSources) -> None:
+def open_kernel_sources(run: RunState, cmd: c.OpenKernelSources) -> None:
     """Opened in the target before any rule of the plan exists, closed at Finish."""
     from tracer.collect import kernlog
 
@@ -47,7 +47,7 @@ def open_kernel_sources(run: Run, cmd: c.OpenKernelSources) -> None:
         run.nflog = nsrc
 
 
-def wait(run: Run, cmd: c.Wait) -> Optional[c.Polled]:
+def wait(run: RunState, cmd: c.Wait) -> Optional[c.Polled]:
     now = time.monotonic()
     if now >= cmd.until:
         return None

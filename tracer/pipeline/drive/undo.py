@@ -12,10 +12,10 @@ from tracer.system import shared
 from tracer.plan.records import from_json
 
 if TYPE_CHECKING:
-    from tracer.pipeline.driver import Run
+    from tracer.pipeline.drive import RunState
 
 
-def change(run: Run, cmd: c.Change) -> Any:
+def change(run: RunState, cmd: c.Change) -> Any:
     return run.change(cmd.undo, lambda: act(cmd.action), cmd.atomic)
 
 
@@ -28,7 +28,7 @@ def act(action: c.Action) -> Any:
         return shared.acquire(action.key, action.value, action.run_id, system.sysctl_get, system.sysctl_set)
 
 
-def finish(run: Run, cmd: c.Finish) -> c.Finished:
+def finish(run: RunState, cmd: c.Finish) -> c.Finished:
     run.finished = c.Finished()  # once, even when an undo raises
     port_left: list[str] = []
     try:
@@ -49,7 +49,7 @@ def finish(run: Run, cmd: c.Finish) -> c.Finished:
     return run.finished
 
 
-def undo_all(run: Run) -> list[str]:
+def undo_all(run: RunState) -> list[str]:
     """Take every journaled change back, newest first, each in its own try."""
     try:
         return _undo_pending(run)
@@ -60,7 +60,7 @@ def undo_all(run: Run) -> list[str]:
         raise
 
 
-def _undo_pending(run: Run) -> list[str]:
+def _undo_pending(run: RunState) -> list[str]:
     from tracer.system.cleanup import undo_journal
 
     run.undo_errors = []
@@ -71,13 +71,13 @@ def _undo_pending(run: Run) -> list[str]:
 
 
 # --- the cleanup proof's listings -----------------------------------------------------------------
-def nft_tables(run: Run, cmd: c.NftTables) -> Any:
+def nft_tables(run: RunState, cmd: c.NftTables) -> Any:
     return listing.nft_tables()
 
 
-def proof_listing(run: Run, cmd: c.ProofListing) -> Any:
+def proof_listing(run: RunState, cmd: c.ProofListing) -> Any:
     return listing.proof_state(cmd.scope, cmd.legacy_saved)
 
 
-def shared_held(run: Run, cmd: c.SharedHeld) -> bool:
+def shared_held(run: RunState, cmd: c.SharedHeld) -> bool:
     return shared.held(cmd.key, cmd.run_id)
