@@ -309,6 +309,29 @@ def test_accept_queue_full_from_a_silently_consumed_syn() -> None:
     assert diagnose(answered, ctx(listeners=listening)) == []
 
 
+def test_kernel_findings_name_the_port_after_redirect() -> None:
+    """The eBPF findings judge the port the socket lookup used, as the netfilter checks do (issue
+    19: they were given the port as sent, before a REDIRECT or DNAT rewrote it)."""
+    from tracer.model import Rule
+
+    spec = PacketSpec(Proto.TCP, ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1"), 40000, 8080, "S", 9)
+    redirect = Rule("ip", "nat", "PREROUTING", 1, 5, "tcp dport 8080 redirect to :80",
+                    "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 80")
+    nat = Step(TraceEvent(1, EventKind.RULE, "ip", "nat", "PREROUTING", handle=5, verdict="accept"), redirect)
+    took = TraceEvent(decode.TRACE_ID_BASE, EventKind.CONSUME, "ip", "", "", source="ebpf", location="tcp_rcv_state_process")
+    r = PacketResult(spec, Verdict.ACCEPT, None, Reply("none"), (nat, Step(took)), ("prerouting", "input"))
+    on_80 = (Listener(Proto.TCP, ipaddress.ip_address("0.0.0.0"), 80),)
+    [f] = [f for f in diagnose(r, ctx(listeners=on_80)) if f.code == "accept-queue-full"]
+    assert "tcp port 80 " in f.message and "sport = :80'" in (f.fix or "")
+    on_8080 = (Listener(Proto.TCP, ipaddress.ip_address("0.0.0.0"), 8080),)
+    assert not [f for f in diagnose(r, ctx(listeners=on_8080)) if f.code == "accept-queue-full"]
+    no_socket = TraceEvent(decode.TRACE_ID_BASE, EventKind.DROP, "ip", "", "", source="ebpf", reason="NO_SOCKET",
+                           location="tcp_v4_rcv")
+    dropped = PacketResult(spec, Verdict.ACCEPT, None, Reply("none"), (nat, Step(no_socket)), ("prerouting", "input"))
+    [f] = [f for f in diagnose(dropped, ctx()) if f.code == "no-listener"]
+    assert "port 80 at 192.0.2.1" in f.message and f.fix == "start the service on port 80"
+
+
 def test_auto_policy() -> None:
     spec = PacketSpec(Proto.TCP, ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1"), 40000, 22, "S", 9)
     res = lambda v, reply: PacketResult(spec, v, None, Reply(reply))  # noqa: E731

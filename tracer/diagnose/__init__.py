@@ -29,6 +29,8 @@ from tracer.model import Finding, PacketResult, Proto, Verdict
 
 __all__ = ["Context", "diagnose", "conclusion", "reached", "nat_target", "seen", "REACHED_REPLIES"]
 
+# One signature: every check gets the Probe (the result, the run's context, and the packet as the
+# filter saw it: `seen`/`facts` after DNAT or REDIRECT, which is the port a socket is looked up on).
 Check = Callable[[Probe], Optional[Finding]]
 
 CHECKS: tuple[tuple[Check, ...], ...] = (
@@ -60,10 +62,10 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             findings.append(found)
     # Near misses (tracer/diagnose/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed one
     # condition; several may apply (nearest first), and they contradict none of the above.
-    findings.extend(nearfix.check(result, ctx, p.facts))
+    findings.extend(nearfix.check(p))
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
     # replace the findings above (a named cause replaces stack-drop).
-    return ebpf_findings.amend(result, findings, ctx)
+    return ebpf_findings.amend(p, findings)
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:

@@ -8,11 +8,14 @@ place no traced chain explains.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tracer.correlate.ebpf_timeline import kernel_steps
 from tracer.model import EventKind, Finding, PacketResult, Proto, TraceEvent, Verdict
 from tracer.collect.sockets import serves
+
+if TYPE_CHECKING:
+    from tracer.diagnose.context import Probe, Seen
 
 ACCEPT_QUEUE = ("TCP_LISTEN_OVERFLOW", "SOCKET_BACKLOG")
 NOT_REACHED = ("accept-queue-full", "kernel-drop", "netfilter-drop-untraced")
@@ -32,13 +35,15 @@ def _confirm(findings: list[Finding], code: str, words: str) -> bool:
     return False
 
 
-def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Finding]:
-    """`findings` confirmed, completed or replaced by what the kernel's drop reason says.
-    `ctx`: diagnose.Context (the probe's via, src, listeners)."""
+def amend(p: Probe, findings: list[Finding]) -> list[Finding]:
+    """`findings` confirmed, completed or replaced by what the kernel's drop reason says. The
+    port and address are the packet's as the socket lookup saw them (`p.seen`: after DNAT or
+    REDIRECT), as for the netfilter checks; `p.ctx` gives the probe's via, src and listeners."""
+    result, ctx, h = p.result, p.ctx, p.seen
     drop = probe_drop(result)
     out = list(findings)
     via, src = ctx.via, ctx.src or result.spec.src
-    queue = _silent_listener(result, ctx.listeners)
+    queue = _silent_listener(result, ctx.listeners, h)
     if queue is not None:
         out = [f for f in out if f.code != "stack-drop"]
         out.append(queue)
@@ -55,17 +60,17 @@ def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Findi
             said = f"The kernel confirms it (eBPF): {sent[0].text}."
         if not _confirm(out, "no-listener", said) and result.verdict in (Verdict.ACCEPT, Verdict.UNKNOWN) and reason:
             out.append(Finding("no-listener", f"No socket took the packet: the kernel dropped it with reason {where} "
-                               f"after the firewall (nothing listens on {spec.proto.value} port {spec.dport} at {spec.dst}).",
-                               f"start the service on port {spec.dport}"))
+                               f"after the firewall (nothing listens on {spec.proto.value} port {h.dport} at {h.dst}).",
+                               f"start the service on port {h.dport}"))
         return out
     if reason is None or drop is None:
         return out
     out = [f for f in out if f.code != "stack-drop"]  # a named cause replaces the generic one
-    return _by_reason(result, drop, out, said, via, src)
+    return _by_reason(result, drop, out, said, via, src, h)
 
 
 def _by_reason(result: PacketResult, drop: TraceEvent, out: list[Finding], said: str, via: Optional[str],
-               src: object) -> list[Finding]:
+               src: object, h: Seen) -> list[Finding]:
     """The finding a drop reason names (`out` amended in place and returned)."""
     spec, reason = result.spec, drop.reason
     where = f"{drop.reason} at {drop.location}"
@@ -84,10 +89,10 @@ def _by_reason(result: PacketResult, drop: TraceEvent, out: list[Finding], said:
     elif reason in ACCEPT_QUEUE:
         out.append(Finding(
             "accept-queue-full",
-            f"A socket listens on {spec.proto.value} port {spec.dport}, but the kernel dropped the packet with reason "
+            f"A socket listens on {spec.proto.value} port {h.dport}, but the kernel dropped the packet with reason "
             f"{where}: the listener's accept queue (backlog) is full, so the process is not accepting connections "
             "(hung, overloaded, or stopped). The firewall is not the cause.",
-            f"look at the service process; `ss -ltn 'sport = :{spec.dport}'` shows Recv-Q (waiting connections) at "
+            f"look at the service process; `ss -ltn 'sport = :{h.dport}'` shows Recv-Q (waiting connections) at "
             "Send-Q (the backlog); a larger listen() backlog (net.core.somaxconn) only helps a slow, not a stuck, process",
         ))
     elif reason == "NETFILTER_DROP" and result.verdict not in (Verdict.DROP, Verdict.REJECT):
@@ -110,7 +115,7 @@ def _by_reason(result: PacketResult, drop: TraceEvent, out: list[Finding], said:
     return out
 
 
-def _silent_listener(result: PacketResult, listeners: Any) -> Optional[Finding]:
+def _silent_listener(result: PacketResult, listeners: Any, h: Seen) -> Optional[Finding]:
     """A SYN the listening socket took and dropped without an answer: no SYN-ACK, no RST, no drop
     reason; the kernel consumed it in TCP's receive path. A listener does that when its accept
     queue is full (tcp_conn_request: sk_acceptq_is_full -> drop, counted in ListenOverflows; the
@@ -122,16 +127,16 @@ def _silent_listener(result: PacketResult, listeners: Any) -> Optional[Finding]:
     if any(e.kind in (EventKind.DROP, EventKind.SEND) for e in evs):
         return None
     took = [e for e in evs if e.kind is EventKind.CONSUME and (e.location or "").startswith("tcp_")]
-    mine = [sock for sock in listeners if sock.proto is Proto.TCP and sock.port == spec.dport and serves(sock, spec.dst)]
+    mine = [sock for sock in listeners if sock.proto is Proto.TCP and sock.port == h.dport and serves(sock, h.dst)]
     if not took or not mine:
         return None
     return Finding(
         "accept-queue-full",
-        f"A socket listens on tcp port {spec.dport} ({mine[0].addr}:{mine[0].port}), and the kernel gave it the SYN, "
+        f"A socket listens on tcp port {h.dport} ({mine[0].addr}:{mine[0].port}), and the kernel gave it the SYN, "
         f"but it answered nothing: eBPF saw the SYN consumed by {took[-1].location} without a drop reason or a reply. "
         "That is a listener whose accept queue (backlog) is full: the process is not accepting connections (hung, "
         "overloaded, or stopped). The firewall is not the cause.",
-        f"look at the service process; `ss -ltn 'sport = :{spec.dport}'` shows Recv-Q (connections waiting) at or "
+        f"look at the service process; `ss -ltn 'sport = :{h.dport}'` shows Recv-Q (connections waiting) at or "
         "above Send-Q (the backlog); a larger listen() backlog (net.core.somaxconn) only helps a slow, not a stuck, process",
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tracer.ruleset.match.conditions import Condition, Sets, ipt_words, replace_span
 from tracer.ruleset.match.facts import PacketFacts
@@ -27,6 +27,9 @@ from tracer.model import (
 )
 from tracer.diagnose.nearmiss import NearMiss
 
+if TYPE_CHECKING:
+    from tracer.diagnose.context import Probe
+
 _FAMILY_NAME = {"ip": "IPv4 only", "ip6": "IPv6 only"}
 
 
@@ -41,10 +44,11 @@ def near_miss_findings(result: PacketResult, ruleset: Ruleset, pf: PacketFacts, 
     return [finding(nm, result, ruleset) for nm in near_misses(result, ruleset, pf, original, sets)[:MAX_SHOWN]]
 
 
-def check(result: PacketResult, ctx: Any, pf: PacketFacts) -> list[Finding]:
+def check(p: Probe) -> list[Finding]:
     """The diagnosis' near-miss check (tracer/diagnose/__init__.py): for a dropped or rejected packet, judged
-    on the facts as filtered (after DNAT, `pf`) and as sent; `ctx` is diagnose's Context (its
+    on the facts as filtered (after DNAT, `p.facts`) and as sent; `p.ctx` is diagnose's Context (its
     `full_ruleset` and `full_sets` when the run listed them, else the met chains only)."""
+    result, ctx, pf = p.result, p.ctx, p.facts
     if result.verdict not in (Verdict.DROP, Verdict.REJECT):
         return []
     spec = result.spec
