@@ -8,44 +8,29 @@ the raw material `tracer.pipeline.evidence` already bundles for replay. See `fil
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import platform
 import shlex
-import tarfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 from tracer import __version__, system
 from tracer.collect import counters
-from tracer.system import listing
+from tracer.system.bundle_io import (  # noqa: F401  rulesets, _try, write_dir and write_tar re-exported
+    _try,
+    environment_in,
+    rulesets,
+    rulesets_in,
+    write_dir,
+    write_tar,
+)
 from tracer.model import ProbeRequest
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.rp_filter",
            "net.ipv4.conf.default.rp_filter", "net.netfilter.nf_conntrack_tcp_loose", "net.netfilter.nf_conntrack_max",
            "net.netfilter.nf_conntrack_count", "net.ipv4.icmp_ratelimit", "net.ipv4.icmp_msgs_per_sec",
            "net.ipv6.icmp.ratelimit", "net.bridge.bridge-nf-call-iptables", "net.netfilter.nf_conntrack_log_invalid")
-
-
-def _try(argv: list[str]) -> str:
-    """A listing for the bundle: its output, or why there is none (a missing tool is not fatal here)."""
-    try:
-        c = system.run(argv, check=False)
-    except Exception as e:  # noqa: BLE001 - the bundle says what it could not list
-        return f"(not listed: {e})\n"
-    return c.stdout if c.returncode == 0 else f"(`{' '.join(argv)}` failed with exit code {c.returncode}: {c.stderr.strip()})\n"
-
-
-def rulesets() -> dict[str, str]:
-    """The ruleset with counters, in every form the host has (calling thread's namespace)."""
-    out = {"nft-ruleset.txt": _try(["nft", "-a", "list", "ruleset"]),
-           "iptables-save-c.txt": _try(["iptables-save", "-c"]),
-           "ip6tables-save-c.txt": _try(["ip6tables-save", "-c"])}
-    for family in listing.legacy_families():
-        tool = "iptables-legacy-save" if family == "ip" else "ip6tables-legacy-save"
-        out[f"{tool}-c.txt"] = _try([tool, "-c"])
-    return out
 
 
 class Collector:
@@ -59,23 +44,12 @@ class Collector:
 
     def before(self) -> None:
         system.require_root()
-        with system.netns(self.req.netns):
-            self.before_sets = rulesets()
+        self.before_sets = rulesets_in(self.req.netns)
         self.started = time.time()
 
     def environment(self, report: Any) -> tuple[dict[str, str], dict[str, str]]:
         """(short facts, long listings) of the target namespace and the machine."""
-        with system.netns(self.req.netns):
-            sysctls = {k: v for k in SYSCTLS if (v := system.sysctl_get(k)) is not None}
-            if report.via:
-                key = f"net.ipv4.conf.{report.via}.rp_filter"
-                sysctls[key] = system.sysctl_get(key) or "?"
-            long = {"addresses.txt": _try(["ip", "addr", "show"]),
-                    "routes.txt": _try(["ip", "route", "show", "table", "all"]) + "\n" +
-                    _try(["ip", "-6", "route", "show", "table", "all"]) + "\n" + _try(["ip", "rule", "show"]),
-                    "listening.txt": _try(["ss", "-ltnup"]),
-                    "sysctls.txt": "".join(f"{k} = {v}\n" for k, v in sysctls.items())}
-            legacy = [f for f in ("ip_tables_names", "ip6_tables_names") if system.proc_net(f).strip()]
+        sysctls, long, legacy = environment_in(self.req.netns, SYSCTLS, report.via)
         uname = platform.uname()
         facts = {
             "fwtrace version": __version__,
@@ -101,8 +75,7 @@ class Collector:
         from tracer.pipeline.evidence import bundle_files
         from tracer.render import html, jsondoc, markdown, svg, terminal
 
-        with system.netns(self.req.netns):
-            after = rulesets()
+        after = rulesets_in(self.req.netns)
         facts, long = self.environment(report)
         command = facts["command line"]
         text = terminal.text(report)
@@ -225,24 +198,3 @@ def redacted(files: dict[str, bytes], report: Any) -> dict[str, bytes]:
                            "same address throughout the bundle. The raw trace datagrams (*.nlmsg, reply-*.ip) are "
                            "left out, so this bundle cannot be replayed offline.\n").encode()
     return out
-
-
-def write_dir(directory: str, files: dict[str, bytes]) -> None:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    for name, content in files.items():
-        path = os.path.join(directory, name)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-
-
-def write_tar(path: str, files: dict[str, bytes], top: str, now: Optional[Callable[[], float]] = None) -> None:
-    """One file to attach: FILE.tar.gz with everything under `top/`."""
-    mtime = (now or time.time)()
-    tmp = path + ".part"
-    with tarfile.open(tmp, "w:gz") as tar:
-        for name, content in sorted(files.items()):
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mtime, info.mode = len(content), int(mtime), 0o600
-            tar.addfile(info, io.BytesIO(content))
-    os.replace(tmp, path)
