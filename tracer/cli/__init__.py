@@ -254,10 +254,9 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
 
 
 def _import_scapy() -> None:
-    try:
-        import scapy.layers.inet  # noqa: F401
-    except ImportError:
-        pass  # reported where it is used
+    from tracer.system.raw import preload_scapy
+
+    preload_scapy()
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {

@@ -10,11 +10,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
-import socket
-import threading
 from typing import Any, Optional
 
 from tracer import system
+from tracer.system import serve
 from tracer.errors import ExitStatus
 from tracer.model import Proto
 
@@ -64,7 +63,7 @@ class Lab:
         self.server = f"{prefix}-{rid}-srv"
         self.client = f"{prefix}-{rid}-cli"
         self.backend: Optional[str] = f"{prefix}-{rid}-bak" if backend else None
-        self._sockets: list[socket.socket] = []
+        self._sockets: list[Any] = []  # tracer.system.serve.listen's sockets
         self._created: list[str] = []
 
     @property
@@ -129,19 +128,7 @@ class Lab:
 
     def listen(self, ns: str, proto: Proto, port: int, addr: str = "::") -> None:
         """A socket listening (TCP) or answering (UDP echo) in ns until the lab closes."""
-        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        kind = socket.SOCK_STREAM if proto is Proto.TCP else socket.SOCK_DGRAM
-        with system.netns(ns):
-            s = socket.socket(fam, kind)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind((addr, port))
-        self._sockets.append(s)
-        if proto is Proto.TCP:
-            s.listen(16)
-        else:
-            threading.Thread(target=_udp_echo, args=(s,), daemon=True).start()
+        self._sockets.append(serve.listen(ns, proto is Proto.TCP, port, addr))
 
     def close(self) -> None:
         for s in self._sockets:
@@ -153,15 +140,6 @@ class Lab:
             except Exception:
                 pass
         self._created.clear()
-
-
-def _udp_echo(s: socket.socket) -> None:
-    try:
-        while True:
-            data, peer = s.recvfrom(2048)
-            s.sendto(data, peer)
-    except OSError:
-        return
 
 
 CUSTOMER4 = ipaddress.ip_address("203.0.113.5")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset.match.conditions import Condition, Sets, ipt_words, replace_span
 from tracer.ruleset.match.facts import PacketFacts

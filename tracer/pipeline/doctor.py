@@ -197,24 +197,15 @@ def _try_load() -> dict[str, Any]:
 
 
 def _fentry() -> str:
-    from tracer.system import ebpf_loader as loader
+    from tracer.system.bpfsys import fentry_support
 
-    marker = loader._refusal_path("fentry")
-    if os.path.exists(marker):
-        return "refused (tried since boot: EPERM)"
-    try:
-        from bcc import BPF
-    except ImportError:
-        return "unknown (no bcc)"
-    return "trampolines present (untried)" if BPF.support_kfunc() else "absent"
+    return fentry_support()
 
 
 def _bcc_version() -> Optional[str]:
-    try:
-        import bcc
-    except ImportError:
-        return None
-    return getattr(bcc, "__version__", "present")
+    from tracer.system.bpfsys import bcc_version
+
+    return bcc_version()
 
 
 def _kallsyms_has(name: str) -> bool:

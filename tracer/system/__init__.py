@@ -191,3 +191,17 @@ def interface_names() -> dict[int, str]:
     import socket
 
     return {idx: name for idx, name in socket.if_nameindex()}
+
+
+def wait_readable(fds: list[int], timeout: float) -> None:
+    """Block until one of `fds` is readable or `timeout` seconds passed."""
+    import select
+
+    select.select(fds, [], [], timeout)
+
+
+def signal_self(name: str) -> None:
+    """Send this process the named signal ("SIGKILL", "SIGINT"): the tests' fault injection."""
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, name))

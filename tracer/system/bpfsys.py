@@ -14,7 +14,7 @@ import struct
 from typing import Any, Callable, Optional
 
 from tracer import system
-from tracer.system import ebpf_objcache as objcache
+from tracer.system import ebpf_headers, ebpf_objcache as objcache
 
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
@@ -147,3 +147,37 @@ class Instance:
             except OSError:
                 pass
         self.perf, self.fds = [], []
+
+
+def fentry_support() -> str:
+    """Whether fentry programs can attach here (doctor's line; a refusal seen since boot is remembered)."""
+    marker = refusal_path("fentry")
+    if os.path.exists(marker):
+        return "refused (tried since boot: EPERM)"
+    try:
+        from bcc import BPF
+    except ImportError:
+        return "unknown (no bcc)"
+    return "trampolines present (untried)" if BPF.support_kfunc() else "absent"
+
+
+def bcc_version() -> Optional[str]:
+    """The bcc module's version, None when it cannot be imported."""
+    try:
+        import bcc
+    except ImportError:
+        return None
+    return getattr(bcc, "__version__", "present")
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def refusal_path(attach: str) -> str:
+    """A marker that `attach` was refused since this boot (kernel features do not change before a reboot)."""
+    return os.path.join(ebpf_headers.CACHE, f"refused-{attach}-{boot_id()}")

@@ -278,7 +278,7 @@ def _warm_symbols() -> None:
 def kernel_offsets() -> render.Offsets:
     """The fields' offsets from BTF, parsed once per boot (the kernel cannot change before a
     reboot) and kept in the cache: parsing 5 MB of BTF takes 0.15-0.5 s."""
-    path = os.path.join(headers.CACHE, f"offsets-{platform.release()}-{_boot_id()}.json")
+    path = os.path.join(headers.CACHE, f"offsets-{platform.release()}-{bpfsys.boot_id()}.json")
     try:
         with open(path) as f:
             return render.Offsets(tuple((str(k), int(v)) for k, v in json.load(f)))
@@ -293,17 +293,7 @@ def kernel_offsets() -> render.Offsets:
     return offs
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def _refusal_path(attach: str) -> str:
-    """A marker that `attach` was refused since this boot (kernel features do not change before a reboot)."""
-    return os.path.join(headers.CACHE, f"refused-{attach}-{_boot_id()}")
+_refusal_path = bpfsys.refusal_path  # (the doctor reads the same markers)
 
 
 class EbpfSource:

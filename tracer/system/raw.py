@@ -128,3 +128,11 @@ class Injector:
     def close(self) -> None:
         for s in (self.send4, self.send6, self.recv):
             s.close()
+
+
+def preload_scapy() -> None:
+    """Import scapy ahead of its first use (the CLI does it on a thread while the run starts)."""
+    try:
+        import scapy.layers.inet  # noqa: F401
+    except ImportError:
+        pass  # reported where it is used

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
@@ -27,10 +26,12 @@ SIGINT_ENV = "FWTRACE_TEST_SIGINT_AT"
 def checkpoint(phase: str) -> None:
     """Fault injection for the tests: die by SIGKILL at the named phase (no cleanup at all), or
     get a SIGINT there (as from a Ctrl-C at that moment; a comma-separated list of phases)."""
+    from tracer import system
+
     if os.environ.get(KILL_ENV) == phase:
-        os.kill(os.getpid(), signal.SIGKILL)
+        system.signal_self("SIGKILL")
     if phase in os.environ.get(SIGINT_ENV, "").split(","):
-        os.kill(os.getpid(), signal.SIGINT)
+        system.signal_self("SIGINT")
 
 
 def print_bpf(title: str, listing_: str) -> None:

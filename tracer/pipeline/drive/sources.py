@@ -2,7 +2,6 @@
 kernel log and NFLOG sockets, and waiting on all of them and the injector."""
 from __future__ import annotations
 
-import select
 import sys
 import time
 from typing import TYPE_CHECKING, Optional
@@ -51,7 +50,7 @@ def wait(run: RunState, cmd: c.Wait) -> Optional[c.Polled]:
     now = time.monotonic()
     if now >= cmd.until:
         return None
-    select.select([s.fileno() for s in run.sources] + [run.sender.fileno()], [], [], cmd.until - now)
+    system.wait_readable([s.fileno() for s in run.sources] + [run.sender.fileno()], cmd.until - now)
     on_event = (lambda ev: run.log.debug("trace", **ev.to_json())) if run.log_events else None
     new = [ev for s in run.sources for ev in s.poll(0, on_event)]
     if new:
