@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 
 from tracer.model import EventKind, IPAddress, Ruleset, TraceEvent
 from tracer.ruleset.hooks import BUILTIN_HOOKS
+from tracer.plan.kernplan import LogPoint, log_prefix  # noqa: F401  (the plan writes the prefixes this reads; re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # /dev/kmsg records
@@ -188,11 +189,6 @@ def own_log_of(line: LogLine, run_id: str) -> Optional[int]:
     return own_log_prefix(line.prefix, run_id)
 
 
-def log_prefix(run_id: str, n: int) -> str:
-    # x_tables allows 29 characters of prefix: "fwtrace:1a2b3c4d:12 " is 20.
-    return f"fwtrace:{run_id}:{n} "
-
-
 # ---------------------------------------------------------------------------------------------
 # Lines -> trace events
 
@@ -242,16 +238,6 @@ def packet_key(line: LogLine) -> int:
 
 def packet_key_of(src: str, proto: int, port: Optional[int], ident: Optional[int]) -> int:
     return (1 << 40) | zlib.crc32(f"{src}|{proto}|{port or 0}|{ident or 0}".encode())
-
-
-@dataclass(frozen=True)
-class LogPoint:
-    """Where one of this run's LOG rules sits."""
-
-    family: str
-    table: str
-    chain: str
-    legacy: bool
 
 
 @dataclass(frozen=True)

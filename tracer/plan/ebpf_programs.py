@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
-
-from tracer.collect.btf import BTF
+from typing import Iterable, Optional, Protocol
 
 PROBES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "probes")
 PKT_MAX = 192  # network + transport header bytes copied per event: an ICMP error and its quote fit
@@ -48,6 +46,12 @@ class Offsets:
 
     def get(self, name: str) -> Optional[int]:
         return dict(self.values).get(name)
+
+
+class BTF(Protocol):
+    """What rendering needs of the kernel's BTF (tracer/collect/btf.py's BTF): member offsets."""
+
+    def member_offset(self, struct_name: str, member: str) -> Optional[int]: ...
 
 
 def offsets(btf: BTF) -> Offsets:

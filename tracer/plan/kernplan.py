@@ -18,7 +18,6 @@ from tracer.model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
 from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  re-exported
 from tracer.ruleset.hooks import BUILTIN_HOOKS
 from tracer.ruleset.snapshot import legacy_tables  # noqa: F401  re-exported
-from tracer.collect.kernlog import LogPoint, log_prefix
 
 LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
 NFT_IPT_CMD = {"ip": "iptables-nft", "ip6": "ip6tables-nft"}
@@ -34,6 +33,21 @@ LOG_RATE = "50/second"
 
 # ---------------------------------------------------------------------------------------------
 # Instrumentation
+
+
+@dataclass(frozen=True)
+class LogPoint:
+    """Where one of this run's LOG rules sits."""
+
+    family: str
+    table: str
+    chain: str
+    legacy: bool
+
+
+def log_prefix(run_id: str, n: int) -> str:
+    # x_tables allows 29 characters of prefix: "fwtrace:1a2b3c4d:12 " is 20.
+    return f"fwtrace:{run_id}:{n} "
 
 
 @dataclass(frozen=True)
