@@ -59,7 +59,8 @@ EPILOG_CLEANUP = """\
 With --netns NS: replays the journals of the dead runs that probed NS only, then removes
 fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
 whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
-Runs still alive are never touched.
+Runs still alive are never touched. Exit status 0 when everything was undone; 5 when an undo
+failed (its journal is kept for the next try, and one line names it); 3 not root.
 """
 
 class _Parser(argparse.ArgumentParser):
@@ -202,6 +203,9 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
             report = run.execute()
         except KeyboardInterrupt as e:
             raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    from tracer import cmdcheck
+
+    report = cmdcheck.check(report, req.netns)  # every fix command it prints, run by its tool on a copy
     steps: tuple[Any, ...] = ()
     if ns.prove_fix:
         from tracer import provefix
@@ -243,12 +247,16 @@ def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from tracer.undo import cleanup
 
-    removed = cleanup.clean_stale(ns.netns, log)
+    kept: list[str] = []
+    removed = cleanup.clean_stale(ns.netns, log, kept)
     scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
-    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
-                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK
+    written = console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                                + (": " + "; ".join(removed) if removed else "") + "\n")
+    if kept:  # never 0 with a journal left: the next run would warn about it again
+        console.say("fwtrace: error: cleanup incomplete: " + " | ".join(kept)
+                    + " (hint: undo what it names by hand, then delete the journal)")
+        return ExitStatus.LEFTOVER
+    return ExitStatus.ENVIRONMENT if written is not None else ExitStatus.OK
 
 
 def _import_scapy() -> None:

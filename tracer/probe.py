@@ -279,7 +279,9 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
     # user's rules only, as the fix was written.
     for x in extra:
-        yield Change(x.undo, RunArgv(x.argv))
+        # One iptables or nft command is one transaction: refused, it changed nothing, and its undo
+        # (the same rule with -D) would be refused as well and keep the journal for ever.
+        yield Change(x.undo, RunArgv(x.argv), atomic=True)
     if extra:
         yield Checkpoint(EXTRA_IN)
     extra_commits = sum(x.nft_commits for x in extra)  # each one's add and delete

@@ -113,6 +113,21 @@ def netns(name: Optional[str]) -> Iterator[None]:
             _setns(home.fileno())
 
 
+@contextlib.contextmanager
+def throwaway_netns() -> Iterator[None]:
+    """Move the calling thread into a new, empty network namespace for the block. It has no name
+    and nothing else enters it: it is gone once the block (and every child started in it) ends,
+    also when fwtrace is killed."""
+    with open("/proc/thread-self/ns/net") as home:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise EnvironmentProblem(f"cannot make a network namespace: {os.strerror(err)}", "fwtrace needs root")
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
 def in_initial_netns() -> bool:
     """Is the calling thread in the initial network namespace? Only init_net has
     nf_log_all_netns (net/netfilter/nf_log.c registers it for init_net alone)."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import pytest
 import structlog
 
-from tracer import system
+from tracer import cmdcheck, system
 from tracer.driver import Run
 from tracer.lab import (
     BACKEND4,
@@ -51,6 +51,8 @@ def probe(lab: Lab, prove_fix: bool = False, on_extra: Optional[Callable[[], Non
     kw.setdefault("dport", 8080)
     before = listing(lab)
     report = Run(ProbeRequest(**kw), log).execute()
+    checked = cmdcheck.check(report, lab.server)  # every fix it prints, run by its tool on a copy
+    assert checked.refused == () and checked.caveats == report.caveats, checked.caveats
     steps: tuple[ProofStep, ...] = ()
     if prove_fix:
         report, steps = prove(report, log, runner(log), on_extra=on_extra)

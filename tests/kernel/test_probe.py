@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from tracer import cli, compare, system
+from tracer import cli, cmdcheck, compare, system
 from tracer.lab import (
     BACKEND4,
     CLIENT4,
@@ -41,6 +41,8 @@ def probe(lab: Lab, **kw: Any) -> ProbeReport:
     assert report.cleanup_ok and report.leftover == ()
     assert report.ruleset_unchanged is True
     assert "fwtrace" not in after
+    checked = cmdcheck.check(report, kw["netns"])  # every fix it prints, run by its tool on a copy
+    assert checked.refused == () and checked.caveats == report.caveats, checked.caveats
     return report
 
 

@@ -5,6 +5,7 @@ The schema is written down in schema/report.schema.json; tests check real output
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Optional, Sequence
 
@@ -55,7 +56,13 @@ def raw_fix(report: Any) -> Optional[str]:
 
 def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
     h = diagnose.seen(r)
-    return owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+    f = owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+    refused = getattr(report, "refused", ())
+    if f is None or not refused:
+        return f
+    # A command its tool refused is never printed (tracer/fixcheck.py); without one, no owner's fix.
+    kept = tuple(c for c in f.commands if c not in refused)
+    return dataclasses.replace(f, commands=kept, raw=None if f.raw in refused else f.raw) if kept else None
 
 
 def document(report: Any) -> dict[str, Any]:
