@@ -44,7 +44,8 @@ exit status:
   0    the probe reached the service
   1    blocked, no listener, or unanswered (or the reply was dropped)
   2    usage error (bad option or value)
-  3    environment problem (not root, missing tool, unknown namespace)
+  3    environment problem (not root, missing tool, unknown namespace, the report or the
+       evidence bundle could not be written: the report is printed first, no partial bundle)
   4    internal error (a bug: rerun with --traceback and report it)
   5    cleanup incomplete (the report names what is left and the command that removes it)
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
@@ -151,7 +152,7 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
                     "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
                     "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
                     "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
-                    "overwritten")
+                    "overwritten; held by this run, so another run given the same path is refused")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
@@ -181,6 +182,19 @@ def _add_cleanup(sub: Any) -> None:
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
     check_evidence_path(ns.evidence)
+    held: Any = None
+    if ns.evidence:
+        from tracer import bundle as bundle_mod
+
+        held = bundle_mod.Reservation(ns.evidence)  # this run's alone until written (or given up)
+    try:
+        return _probe(ns, log, req, held)
+    finally:
+        if held is not None:
+            held.release()  # not written (an error, an interrupt): the path as it was
+
+
+def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
@@ -189,7 +203,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     from tracer.render import jsondoc, terminal
 
     bundle: Any = None
-    if ns.evidence:
+    if held is not None:
         from tracer import bundle as bundle_mod
 
         bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
@@ -198,7 +212,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
     what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
     with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
-        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=ns.evidence is not None)
+        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=held is not None)
         try:
             report = run.execute()
         except KeyboardInterrupt as e:
@@ -218,13 +232,21 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
         out = terminal.for_stream(report, sys.stdout, ns.no_color)
         if ns.prove_fix:
             out += provefix.render(steps, report.reached)
-    written = console.write_out(out)
+    written = console.write_out(out)  # the report first: a full disk for the bundle leaves it intact
+    evidence: Optional[EnvironmentProblem] = None
     if bundle is not None:
-        where = bundle.write(report, ns.evidence, redact=ns.redact)
-        log.info("evidence written", path=where)
+        try:
+            where = bundle.write(report, held, redact=ns.redact)
+            log.info("evidence written", path=where)
+        except EnvironmentProblem as e:
+            evidence = e
     status = int(run_outcome.exit_status(report))
     if not report.cleanup_ok:
+        if evidence is not None:
+            console.say(f"fwtrace: error: {evidence}")
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+    elif evidence is not None:
+        raise evidence
     elif written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return status

@@ -198,7 +198,7 @@ def proc_net(name: str) -> str:
     try:
         with open(f"/proc/thread-self/net/{name}") as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # (ip_tables_names is root's alone)
         return ""
 
 
