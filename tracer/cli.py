@@ -161,7 +161,9 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
 
 def _add_demo(sub: Any) -> None:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
-    de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+    de.add_argument("--json", action="store_true", help="print one JSON document instead of the text: {demo, exit_status "
+                    "(the demo's own), probes[] (each probe's document, as `fwtrace probe --json` prints it, with its "
+                    "command), applied[] (the fix commands run in the lab between them)}")
     de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 

@@ -286,10 +286,14 @@ def test_reject_without_route_back_says_why_no_reply(lab: Lab) -> None:
 def test_demo_end_to_end(capsys: Any) -> None:
     """The main job: its lab, the simulated customer's probe, the fix, the real client's probe."""
     assert cli.main(["demo", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["mode"] == "ingress"
+    demo = json.loads(capsys.readouterr().out)  # one document: every probe, the status it exits with
+    assert demo["exit_status"] == 0 and len(demo["probes"]) == 2 and demo["applied"]
+    doc, after = demo["probes"]
+    assert doc["mode"] == "ingress" and "--prove-fix" in doc["command"]
     [p] = doc["packets"]
     assert p["summary"].startswith("tcp 203.0.113.5:") and p["verdict"] == "reject"
     assert p["decided_by"]["rule_number"] == 7 and p["reply"] == "icmp 3/10 host-prohibited"
     assert [f["code"] for f in doc["findings"]] == ["shadowed-rule"]
     assert doc["findings"][0]["proven"] is True and doc["prove_fix"][0]["proven"] is True
+    assert doc["exit_status"] == 1  # that probe's own: blocked before the fix
+    assert after["mode"] == "from-netns" and after["outcome"] == "reached" and after["exit_status"] == 0
