@@ -40,6 +40,9 @@ POSTROUTING) is not reached. With --count N every packet must have reached.
         also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
         rulesets before and after with counters, environment; other addresses made placeholders
 
+fwtrace's own options (-v/-vv, --log-format, --traceback: see `fwtrace --help`) may also be
+given here, after `probe`.
+
 exit status:
   0    the probe reached the service
   1    blocked, no listener, or unanswered (or the reply was dropped)
@@ -72,7 +75,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.",
+                epilog="-v/-vv, --log-format and --traceback may also follow the subcommand (fwtrace probe ... -v).")
     _global_options(p)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     # One function per subcommand, called in the order --help lists them.
@@ -105,15 +109,15 @@ def _add_probe(sub: Any) -> None:
 
 def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
     """What the probe packets are."""
-    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
+    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port, 1-65535: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
                     "on, else the target namespace's first global address)")
     pr.add_argument("--src", type=cliargs.address, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
                     "remote client; the sender's own address with --local or --from-netns)")
-    pr.add_argument("--sport", type=cliargs.port, help="source port (default: random per run)")
-    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets (default 1)")
+    pr.add_argument("--sport", type=cliargs.port, help="source port, 1-65535 (default: random per run)")
+    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets, 1-100 (default 1)")
 
 
 def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
@@ -134,7 +138,8 @@ def _probe_run_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
                     help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
                     "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
-    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
+    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet, more "
+                    "than 0 and at most 60 (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
 
 
@@ -320,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with console.interrupts():
             try:
                 args = list(sys.argv[1:] if argv is None else argv)
-                ns = parser.parse_args(_join_negative_numbers(args))
+                ns = parser.parse_args(_join_negative_numbers(_globals_first(args)))
                 ns.argv = None if argv is None else ["fwtrace", *args]
                 if ns.command is None:
                     parser.print_help()
@@ -343,6 +348,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(ExitStatus.INTERRUPTED)
     finally:
         console.settle_streams()
+
+
+_GLOBAL_FLAGS = ("-v", "--verbose", "--traceback")
+_GLOBAL_VALUED = ("--log-format",)
+
+
+def _globals_first(args: list[str]) -> list[str]:
+    """`fwtrace probe ... -v` as `fwtrace -v probe ...`: the global options (-v/-vv, --log-format,
+    --traceback) are taken after the subcommand too, moved before it for argparse. Nothing after
+    `--` moves, and an option's value stays with its option."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # global options before the subcommand
+        i += 2 if args[i] in _GLOBAL_VALUED else 1
+    if i >= len(args) or args[i] not in COMMANDS:
+        return args
+    head, rest = args[: i + 1], args[i + 1 :]
+    moved: list[str] = []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            kept += rest[j:]
+            break
+        if a in _GLOBAL_FLAGS or (len(a) > 2 and a[0] == "-" and a[1] != "-" and set(a[1:]) == {"v"}):
+            moved.append(a)
+        elif a in _GLOBAL_VALUED and j + 1 < len(rest):
+            moved += rest[j : j + 2]
+            j += 1
+        elif any(a.startswith(o + "=") for o in _GLOBAL_VALUED):
+            moved.append(a)
+        else:
+            kept.append(a)
+            if a.startswith("--") and "=" not in a and j + 1 < len(rest) and not rest[j + 1].startswith("-"):
+                kept.append(rest[j + 1])  # an option's value (e.g. `--netns -v` would stay a value)
+                j += 1
+        j += 1
+    return moved + head + kept if moved else args
 
 
 def _join_negative_numbers(args: list[str]) -> list[str]:

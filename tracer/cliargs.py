@@ -74,7 +74,7 @@ def address(text: str) -> Any:
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     proto = Proto(ns.proto)
-    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
+    modes.check_request(ns)  # requests whose answer could not be true
     if ns.from_netns is not None and ns.from_netns == ns.netns:
         ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
     if proto is not Proto.ICMP and ns.dport is None:

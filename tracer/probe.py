@@ -230,7 +230,7 @@ def packets(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, target
                          "give both as IPv4 or both as IPv6")
     modes.check_addresses(target.src, target.dst, (yield ListAddresses()), mode is Mode.INGRESS)
     specs = tuple(build_specs(req, target.src, target.dst, rng))
-    # Below every chain of the ruleset on each hook, and on each device's ingress (issue 11).
+    # Below every chain of the ruleset on each hook, and on each device's ingress.
     tplan = plan.trace_plan(run_id, list(specs), pid, plan.floors((yield ListBaseChains())))
     datas = yield BuildPackets(specs)  # built before anything is changed: bad input fails here
     return Sending(mode, target, specs, tuple(datas), tplan)
