@@ -125,6 +125,8 @@ class Collector:
         from tracer.doctor import dumps, gather
 
         files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
+        with system.netns(self.req.netns):  # the trace names interfaces by index: for the replay
+            files["interfaces.json"] = (json.dumps(system.interface_names(), sort_keys=True) + "\n").encode()
         for name, content in long.items():
             files[f"environment/{name}"] = content.encode()
         return files
