@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tracer.driver import SIGINT_ENV
-from tracer.lab import SEED_RULESET, SERVER4, Lab
+from tracer.pipeline.driver import SIGINT_ENV
+from tracer.cli.lab import SEED_RULESET, SERVER4, Lab
 from tracer.model import Proto
-from tracer.undo.cleanup import SKIP_UNDO_ENV
+from tracer.system.cleanup import SKIP_UNDO_ENV
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
@@ -93,7 +93,7 @@ def test_exit_3_report_not_written(lab: Lab) -> None:
 
 def test_exit_4_internal_error_is_one_line(lab: Lab, tmp_path: Path) -> None:
     # A bug, made by a module that raises where fwtrace does not expect it.
-    (tmp_path / "sitecustomize.py").write_text("import tracer.cliargs as c\n"
+    (tmp_path / "sitecustomize.py").write_text("import tracer.cli as c\n"
                                                "def boom(*a, **k):\n    raise RuntimeError('planted bug')\n"
                                                "c.check_evidence_path = boom\n")
     p = fwtrace("probe", "--dport", "80", env={"PYTHONPATH": str(tmp_path)})

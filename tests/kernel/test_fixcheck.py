@@ -12,11 +12,13 @@ from typing import Any
 
 import structlog
 
-from tracer import cmdcheck, narrow, provefix
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.pipeline import cmdcheck
+from tracer.plan import narrow
+from tracer.pipeline import provefix
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import Finding, ProbeRequest, Proto
-from tracer.provefix import prove, runner
-from tracer.undo.journal import RUN_DIR, list_journals
+from tracer.pipeline.provefix import prove, runner
+from tracer.system.journal import RUN_DIR, list_journals
 
 from tests.kernel.test_nearmiss import listing
 from tests.unit.test_report import report_of
@@ -73,7 +75,7 @@ def test_a_refused_prove_fix_rule_is_reported_and_the_run_undone(lab: Lab, monke
     monkeypatch.setattr(provefix, "narrow", broken)
     before = listing(lab) + state(lab)
     req = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=SERVER4, timeout=0.5)
-    from tracer.driver import Run
+    from tracer.pipeline.driver import Run
 
     report = Run(req, log).execute()
     report, steps = prove(report, log, runner(log))

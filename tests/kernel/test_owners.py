@@ -8,11 +8,11 @@ from typing import Any
 
 import structlog
 
-from tracer import cmdcheck
-from tracer.lab import BACKEND4, CLIENT4, SERVER4, Lab
+from tracer.pipeline import cmdcheck
+from tracer.cli.lab import BACKEND4, CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.driver import Run
-from tracer.outcome import ProbeReport
+from tracer.pipeline.driver import Run
+from tracer.report.outcome import ProbeReport
 from tracer.render import jsondoc, terminal
 
 log = structlog.get_logger("test")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracer import counters
-from tracer.redact import Redactor
+from tracer.collect import counters
+from tracer.report.redact import Redactor
 from tracer.render.progress import Progress
 
 DATA = Path(__file__).parent.parent / "data"
@@ -75,7 +75,7 @@ def test_huge_rulesets_keep_the_tables_on_the_path() -> None:
 def test_on_path_keeps_what_the_probe_met() -> None:
     from .test_render import report
 
-    from tracer import bundle
+    from tracer.pipeline import bundle
 
     rep = report("seed-shadowed")
     nft = (DATA / "nft-list-counters-seed.txt").read_text() + "table inet other {\n\tchain c {\n\t}\n}\n"
@@ -92,7 +92,7 @@ def test_on_path_keeps_what_the_probe_met() -> None:
 def test_a_second_run_with_the_same_evidence_path_is_refused(tmp_path: Path) -> None:
     import pytest
 
-    from tracer.bundle import STAGING, Reservation
+    from tracer.pipeline.bundle import STAGING, Reservation
     from tracer.errors import ExitStatus, UsageError
 
     empty = tmp_path / "empty"
@@ -118,7 +118,7 @@ def test_a_second_run_with_the_same_evidence_path_is_refused(tmp_path: Path) -> 
 
 
 def test_an_evidence_path_given_up_is_as_before(tmp_path: Path) -> None:
-    from tracer.bundle import Reservation
+    from tracer.pipeline.bundle import Reservation
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -132,7 +132,7 @@ def test_a_bundle_that_cannot_be_written_leaves_nothing_and_exits_3(tmp_path: Pa
 
     import pytest
 
-    from tracer import bundle
+    from tracer.system import bundle_io as bundle  # where the Reservation writes
     from tracer.errors import EnvironmentProblem, ExitStatus
 
     def full(*a: Any, **kw: Any) -> None:

@@ -1,10 +1,10 @@
-"""What tracer/fixcheck.py copies and runs to check a printed fix, and the report without the
+"""What tracer/pipeline/fixcheck.py copies and runs to check a printed fix, and the report without the
 refused ones (the checks themselves run on the kernel: tests/kernel/test_fixcheck.py)."""
 from __future__ import annotations
 
 import dataclasses
 
-from tracer.fixcheck import Check, plan, printed, without
+from tracer.pipeline.fixcheck import Check, plan, printed, without
 from tracer.model import Finding
 from tracer.render import jsondoc
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay_report
+from tracer.pipeline.evidence import read_bundle, replay_report
 from tracer.model import Finding, Mode, ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 from tracer.render import terminal
-from tracer.snapshot import assemble
+from tracer.ruleset.snapshot import assemble
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = ROOT / "README.md"
@@ -75,7 +75,7 @@ def report_for(bundle: str, command: str) -> ProbeReport:
 
 def rendered(bundle: str, part: str, command: str) -> list[str]:
     if part == "prove-fix":
-        from tracer.provefix import ProofStep, render
+        from tracer.pipeline.provefix import ProofStep, render
 
         steps = tuple(ProofStep(Finding(s["code"], "", s["fix"]), s["narrowed"], bool(s["proven"]), s["blocked_by"] or "",
                                 s["error"] or "", tuple(s["cleanup"]["generations"]), s["cleanup"]["ruleset_unchanged"])
