@@ -210,16 +210,21 @@ class HookOutcome:
     """How one base chain the packet crossed let it go: every base chain of a hook runs in
     priority order, and an accept ends only its own chain, so each has its own outcome."""
 
-    ref: RuleRef  # the rule (or policy) that ended the chain's walk
+    ref: RuleRef  # the rule (or policy) that ended the chain's walk: in a chain it jumped to, maybe
     hook: str
     priority: int
     verdict: Verdict
+    base: str = ""  # the base chain itself ("": ref.chain); DOCKER-USER's rule ends FORWARD's walk
+
+    @property
+    def chain(self) -> str:
+        return self.base or self.ref.chain
 
     def to_json(self) -> dict[str, object]:
         r = self.ref
-        return {"family": r.family, "table": r.table, "chain": r.chain, "hook": self.hook, "priority": self.priority,
-                "verdict": self.verdict.value, "rule_number": r.rule.number if r.rule else None, "rule": r.text,
-                "backend": r.backend.value}
+        return {"family": r.family, "table": r.table, "chain": self.chain, "hook": self.hook, "priority": self.priority,
+                "verdict": self.verdict.value, "rule_chain": r.chain, "rule_number": r.rule.number if r.rule else None,
+                "rule": r.text, "backend": r.backend.value}
 
 
 @dataclass(frozen=True)

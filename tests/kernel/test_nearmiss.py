@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from tracer import system
+from tracer.pipeline import cmdcheck
 from tracer.pipeline.driver import Run
 from tracer.cli.lab import (
     BACKEND4,
@@ -51,6 +52,8 @@ def probe(lab: Lab, prove_fix: bool = False, on_extra: Optional[Callable[[], Non
     kw.setdefault("dport", 8080)
     before = listing(lab)
     report = Run(ProbeRequest(**kw), log).execute()
+    checked = cmdcheck.check(report, lab.server)  # every fix it prints, run by its tool on a copy
+    assert checked.refused == () and checked.caveats == report.caveats, checked.caveats
     steps: tuple[ProofStep, ...] = ()
     if prove_fix:
         report, steps = prove(report, log, runner(log), on_extra=on_extra)

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from tracer.pipeline import cmdcheck
 from tracer.cli.lab import BACKEND4, CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
 from tracer.pipeline.driver import Run
@@ -185,6 +186,8 @@ def probe(lab: Lab, dport: int) -> ProbeReport:
     req = ProbeRequest(dport=dport, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=SERVER4, timeout=0.5)
     report = Run(req, log).execute()
     assert report.cleanup_ok and report.ruleset_unchanged
+    checked = cmdcheck.check(report, lab.server)  # every fix it prints, run by its tool on a copy
+    assert checked.refused == () and checked.caveats == report.caveats, checked.caveats
     return report
 
 

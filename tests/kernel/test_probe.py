@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from tracer import cli, system
+from tracer.pipeline import cmdcheck
 from tracer.ruleset import compare
 from tracer.cli.lab import (
     BACKEND4,
@@ -42,6 +43,8 @@ def probe(lab: Lab, **kw: Any) -> ProbeReport:
     assert report.cleanup_ok and report.leftover == ()
     assert report.ruleset_unchanged is True
     assert "fwtrace" not in after
+    checked = cmdcheck.check(report, kw["netns"])  # every fix it prints, run by its tool on a copy
+    assert checked.refused == () and checked.caveats == report.caveats, checked.caveats
     return report
 
 
@@ -285,10 +288,14 @@ def test_reject_without_route_back_says_why_no_reply(lab: Lab) -> None:
 def test_demo_end_to_end(capsys: Any) -> None:
     """The main job: its lab, the simulated customer's probe, the fix, the real client's probe."""
     assert cli.main(["demo", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["mode"] == "ingress"
+    demo = json.loads(capsys.readouterr().out)  # one document: every probe, the status it exits with
+    assert demo["exit_status"] == 0 and len(demo["probes"]) == 2 and demo["applied"]
+    doc, after = demo["probes"]
+    assert doc["mode"] == "ingress" and "--prove-fix" in doc["command"]
     [p] = doc["packets"]
     assert p["summary"].startswith("tcp 203.0.113.5:") and p["verdict"] == "reject"
     assert p["decided_by"]["rule_number"] == 7 and p["reply"] == "icmp 3/10 host-prohibited"
     assert [f["code"] for f in doc["findings"]] == ["shadowed-rule"]
     assert doc["findings"][0]["proven"] is True and doc["prove_fix"][0]["proven"] is True
+    assert doc["exit_status"] == 1  # that probe's own: blocked before the fix
+    assert after["mode"] == "from-netns" and after["outcome"] == "reached" and after["exit_status"] == 0

@@ -19,6 +19,14 @@ from tracer.errors import ExitStatus
         (["probe", "--dport", "70000"], "port out of range"),
         (["probe", "--dport", "0"], "port out of range"),
         (["probe", "--dport", "http"], "not a port number"),
+        # int() would take these as 80: only ASCII digits are numbers here
+        (["probe", "--dport", "\uff18\uff10"], "not a port number: '\uff18\uff10'"),
+        (["probe", "--dport", "8_0"], "not a port number"),
+        (["probe", "--dport", "+80"], "not a port number"),
+        (["probe", "--dport", " 80"], "not a port number"),
+        (["probe", "--dport", "80", "--count", "\u0663"], "not a number"),
+        (["probe", "--dport", "80", "--timeout", "inf"], "not a number of seconds"),
+        (["probe", "--dport", "80", "--timeout", "1e1"], "not a number of seconds"),
         (["probe"], "--dport is required"),
         (["probe", "--dport", "80", "--dst", "300.1.1.1"], "not an IPv4 or IPv6 address"),
         (["probe", "--dport", "80", "--dst", "192.0.2.1", "--src", "2001:db8::1"], "different address families"),
@@ -198,3 +206,24 @@ def test_ebpf_option_refuses_other_words(capsys: Any) -> None:
 def test_doctor_options() -> None:
     ns = cli.build_parser().parse_args(["doctor", "--json", "--no-load"])
     assert (ns.command, ns.json, ns.no_load) == ("doctor", True, True)
+
+
+@pytest.mark.parametrize("argv, verbose, fmt, tb", [
+    (["probe", "--dport", "80", "-v"], 1, "console", False),
+    (["-v", "probe", "--dport", "80", "-vv"], 3, "console", False),
+    (["probe", "--log-format", "json", "--dport", "80", "--traceback"], 0, "json", True),
+    (["probe", "--dport", "80", "--log-format=json", "--verbose"], 1, "json", False),
+    (["doctor", "-vv"], 2, "console", False),
+])
+def test_global_options_after_the_subcommand(argv: list[str], verbose: int, fmt: str, tb: bool) -> None:
+    ns = cli.build_parser().parse_args(cli._globals_first(argv))
+    assert (ns.verbose, ns.log_format, ns.traceback) == (verbose, fmt, tb)
+    assert cli._globals_first(["probe", "--dport", "80", "--", "-v"]) == ["probe", "--dport", "80", "--", "-v"]
+
+
+def test_probe_help_states_the_limits_and_where_global_options_go(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["probe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1-100" in out and "at most 60" in out and "1-65535" in out
+    assert "may also be given here, after `probe`" in out

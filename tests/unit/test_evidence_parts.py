@@ -84,3 +84,69 @@ def test_on_path_keeps_what_the_probe_met() -> None:
     assert "table ip filter" in cut["nft-ruleset.txt"] and "inet other" not in cut["nft-ruleset.txt"]
     assert cut["iptables-save-c.txt"].startswith("*filter")
     assert not bundle.huge(sets) and bundle.huge({"x": "\n" * (bundle.HUGE_LINES + 1)})
+
+
+# --evidence paths are held by one run from before it starts until the bundle is written
+
+
+def test_a_second_run_with_the_same_evidence_path_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from tracer.pipeline.bundle import STAGING, Reservation
+    from tracer.errors import ExitStatus, UsageError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (str(tmp_path / "new"), str(empty), str(tmp_path / "b.tar.gz")):
+        first = Reservation(path)
+        with pytest.raises(UsageError) as e:
+            Reservation(path)
+        assert e.value.status == ExitStatus.USAGE and "another fwtrace run holds it" in e.value.message
+        first.write({"report.txt": b"one\n", "environment/ip-addr.txt": b"x\n"}, "fwtrace-1")
+        if path.endswith(".tar.gz"):
+            import tarfile
+
+            assert tarfile.open(path).getnames() == ["fwtrace-1/environment/ip-addr.txt", "fwtrace-1/report.txt"]
+        else:
+            assert sorted(p.name for p in Path(path).iterdir()) == ["environment", "report.txt"]
+            assert not (Path(path) / STAGING).exists()
+        with pytest.raises(UsageError):
+            Reservation(path)  # written: taken for good
+        first.release()  # after the write: nothing to give up
+        assert Path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.gz", "empty", "new"]  # no .part file
+
+
+def test_an_evidence_path_given_up_is_as_before(tmp_path: Path) -> None:
+    from tracer.pipeline.bundle import Reservation
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (str(tmp_path / "new"), str(empty), str(tmp_path / "b.tar.gz")):
+        Reservation(path).release()
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"] and list(empty.iterdir()) == []
+
+
+def test_a_bundle_that_cannot_be_written_leaves_nothing_and_exits_3(tmp_path: Path, monkeypatch: Any) -> None:
+    import errno
+
+    import pytest
+
+    from tracer.system import bundle_io as bundle  # where the Reservation writes
+    from tracer.errors import EnvironmentProblem, ExitStatus
+
+    def full(*a: Any, **kw: Any) -> None:
+        with open(a[0] if isinstance(a[0], str) and a[0].endswith(".part") else os.path.join(a[0], "x"), "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    import os
+
+    monkeypatch.setattr(bundle, "write_dir", lambda d, files: (os.makedirs(d, exist_ok=True), full(d)))
+    monkeypatch.setattr(bundle, "write_tar", lambda p, files, top: full(p))
+    for path in (str(tmp_path / "new"), str(tmp_path / "b.tar.gz")):
+        held = bundle.Reservation(path)
+        with pytest.raises(EnvironmentProblem) as e:
+            held.write({"report.txt": b"x"}, "fwtrace-1")
+        assert e.value.status == ExitStatus.ENVIRONMENT and "No space left on device" in e.value.message
+    assert list(tmp_path.iterdir()) == []

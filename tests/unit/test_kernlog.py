@@ -345,3 +345,22 @@ def test_only_nftrace_events_say_whether_the_probe_got_through() -> None:
     end = TraceEvent(1, EventKind.POLICY, "inet", "fwtrace_0badc0de", "in_end", verdict="accept")
     late = TraceEvent(2, EventKind.LOG, "ip", "filter", "INPUT", source="kmsg", legacy=True)
     assert correlate.delivered([end, late]) and not correlate.delivered([late])
+
+
+def test_nflog_line_of_a_chain_without_traced_rules_goes_after_the_jump_to_it() -> None:
+    """A chain no rule of which matched has no nftrace event to anchor its NFLOG line to: it goes
+    right after the jump into it, never before INPUT rule 1 (the path's order)."""
+    from tracer.correlate import merge_sources
+    from tracer.model import EventKind, TraceEvent
+
+    from tests.unit.test_nearmiss import filt, ipt
+
+    rs = ipt(filt("-A INPUT -p tcp -m tcp --dport 22 -j X", "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT",
+                  extra=":X - [0:0]\n:Y - [0:0]\n").replace("COMMIT", "-A X -p udp -j DROP\n-A X -j Y\nCOMMIT"))
+    nflog = [TraceEvent(1, EventKind.LOG, "ip", "filter", c, source="nflog", hook="input") for c in ("INPUT", "X", "Y")]
+    jump = TraceEvent(1, EventKind.RULE, "ip", "filter", "INPUT", None, "jump X")
+    accept = TraceEvent(1, EventKind.RULE, "ip", "filter", "INPUT", None, "accept")
+    merged = merge_sources([nflog[0], jump, nflog[1], nflog[2], accept], rs)
+    assert merged == [nflog[0], jump, nflog[1], nflog[2], accept]
+    # arriving in another order from the two sockets changes nothing
+    assert merge_sources([jump, accept, *nflog], rs) == [nflog[0], jump, nflog[1], nflog[2], accept]

@@ -489,3 +489,32 @@ def test_a_targeted_block_before_the_near_miss_is_never_jumped_over() -> None:
     [f] = findings(rs, r)
     assert f.commands == ("iptables -I INPUT 2 -i eth0 -p tcp -m tcp --dport 8080 -j ACCEPT",)
     assert "rule 1 `-A INPUT -s 203.0.113.0/24 -j DROP` blocks this client first (a targeted block)" in f.message
+
+
+def test_docker_jump_folded_into_its_rule_says_each_option_once() -> None:
+    """Docker's `-A FORWARD -o docker0 -j DOCKER` folded into `-A DOCKER ... -o docker0 ...` gave
+    `-o docker0` twice, which iptables refuses ("multiple -o flags not allowed")."""
+    save = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n"
+            ":DOCKER-USER - [0:0]\n:DOCKER-ISOLATION-STAGE-1 - [0:0]\n"
+            "-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n"
+            "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+            "-A FORWARD -o docker0 -j DOCKER\n-A FORWARD -i docker0 ! -o docker0 -j ACCEPT\n"
+            "-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT\n"
+            "-A DOCKER-ISOLATION-STAGE-1 -s 203.0.113.0/24 -j DROP\n-A DOCKER-USER -j RETURN\nCOMMIT\n")
+    rs = ipt(save)
+    r = blocked(rs, [ev(rs, "ip", "filter", "FORWARD", 1, "jump DOCKER-USER"), ev(rs, "ip", "filter", "DOCKER-USER", 1, "return"),
+                     ev(rs, "ip", "filter", "FORWARD", 2, "jump DOCKER-ISOLATION-STAGE-1"),
+                     ev(rs, "ip", "filter", "DOCKER-ISOLATION-STAGE-1", 1, "drop")], path=("prerouting", "forward"))
+    pf = dataclasses.replace(facts(r), dst=a("172.17.0.2"), dport=80, oif="docker0")
+    [f] = near_miss_findings(r, rs, pf, pf)
+    assert f.commands == ("iptables -I FORWARD 4 -o docker0 -d 172.17.0.2/32 '!' -i docker0 -p tcp -m tcp --dport 80 -j ACCEPT",)
+    words = shlex.split(f.commands[0])
+    assert words.count("-o") == 1 and words.count("-i") == 1
+
+
+def test_a_jump_and_a_rule_that_disagree_on_an_interface_get_no_fix() -> None:
+    from tracer.diagnose.nearfix import _merge_ipt
+
+    assert _merge_ipt(["-o eth1"], "-o docker0 -j ACCEPT") is None
+    assert _merge_ipt(["'!' -i eth1"], "-i eth1 -j ACCEPT") is None
+    assert _merge_ipt(["-o eth1"], "--out-interface eth1 -p tcp -j ACCEPT") == "-o eth1 -p tcp -j ACCEPT"

@@ -201,3 +201,11 @@ def test_legacy_report_marks_legacy_chains_and_the_listing_proof() -> None:
            "(the table list (handles, flags, chain and set counts), the iptables-legacy tables; generation 5 -> 7: " \
            "only fwtrace's add and delete)" in out.splitlines()
     assert rep.to_json()["cleanup"]["legacy_unchanged"] is True
+
+
+def test_hooks_name_base_chains_and_the_chain_the_deciding_rule_is_in() -> None:
+    """hooks[] lists base chains only: a REJECT in fail2ban-SSH, jumped to from INPUT, ends INPUT's walk."""
+    for name in ("seed-user-chain", "legacy-user-chain-log"):
+        [r] = report_of(name).results
+        [h] = [h.to_json() for h in r.hooks]
+        assert (h["chain"], h["hook"], h["rule_chain"], h["rule_number"]) == ("INPUT", "input", "fail2ban-SSH", 2)

@@ -42,11 +42,15 @@ POSTROUTING) is not reached. With --count N every packet must have reached.
         also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
         rulesets before and after with counters, environment; other addresses made placeholders
 
+fwtrace's own options (-v/-vv, --log-format, --traceback: see `fwtrace --help`) may also be
+given here, after `probe`.
+
 exit status:
   0    the probe reached the service
   1    blocked, no listener, or unanswered (or the reply was dropped)
   2    usage error (bad option or value)
-  3    environment problem (not root, missing tool, unknown namespace)
+  3    environment problem (not root, missing tool, unknown namespace, the report or the
+       evidence bundle could not be written: the report is printed first, no partial bundle)
   4    internal error (a bug: rerun with --traceback and report it)
   5    cleanup incomplete (the report names what is left and the command that removes it)
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
@@ -61,7 +65,8 @@ EPILOG_CLEANUP = """\
 With --netns NS: replays the journals of the dead runs that probed NS only, then removes
 fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
 whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
-Runs still alive are never touched.
+Runs still alive are never touched. Exit status 0 when everything was undone; 5 when an undo
+failed (its journal is kept for the next try, and one line names it); 3 not root.
 """
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +77,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.",
+                epilog="-v/-vv, --log-format and --traceback may also follow the subcommand (fwtrace probe ... -v).")
     _global_options(p)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     # One function per subcommand, called in the order --help lists them.
@@ -105,15 +111,15 @@ def _add_probe(sub: Any) -> None:
 
 def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
     """What the probe packets are."""
-    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
+    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port, 1-65535: REQUIRED for tcp and udp")
     pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
                     "on, else the target namespace's first global address)")
     pr.add_argument("--src", type=cliargs.address, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
                     "remote client; the sender's own address with --local or --from-netns)")
-    pr.add_argument("--sport", type=cliargs.port, help="source port (default: random per run)")
-    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets (default 1)")
+    pr.add_argument("--sport", type=cliargs.port, help="source port, 1-65535 (default: random per run)")
+    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets, 1-100 (default 1)")
 
 
 def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
@@ -134,7 +140,8 @@ def _probe_run_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
                     help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
                     "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
-    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
+    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet, more "
+                    "than 0 and at most 60 (default 1)")
     pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
 
 
@@ -152,7 +159,7 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
                     "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
                     "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
                     "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
-                    "overwritten")
+                    "overwritten; held by this run, so another run given the same path is refused")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
@@ -161,7 +168,9 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
 
 def _add_demo(sub: Any) -> None:
     de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
-    de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+    de.add_argument("--json", action="store_true", help="print one JSON document instead of the text: {demo, exit_status "
+                    "(the demo's own), probes[] (each probe's document, as `fwtrace probe --json` prints it, with its "
+                    "command), applied[] (the fix commands run in the lab between them)}")
     de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -182,6 +191,19 @@ def _add_cleanup(sub: Any) -> None:
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
     check_evidence_path(ns.evidence)
+    held: Any = None
+    if ns.evidence:
+        from tracer.pipeline import bundle as bundle_mod
+
+        held = bundle_mod.Reservation(ns.evidence)  # this run's alone until written (or given up)
+    try:
+        return _probe(ns, log, req, held)
+    finally:
+        if held is not None:
+            held.release()  # not written (an error, an interrupt): the path as it was
+
+
+def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, daemon=True).start()
 
@@ -190,7 +212,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     from tracer.render import jsondoc, terminal
 
     bundle: Any = None
-    if ns.evidence:
+    if held is not None:
         from tracer.pipeline import bundle as bundle_mod
 
         bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
@@ -199,11 +221,14 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
     what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
     with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
-        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=ns.evidence is not None)
+        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=held is not None)
         try:
             report = run.execute()
         except KeyboardInterrupt as e:
             raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    from tracer.pipeline import cmdcheck
+
+    report = cmdcheck.check(report, req.netns)  # every fix command it prints, run by its tool on a copy
     steps: tuple[Any, ...] = ()
     if ns.prove_fix:
         from tracer.pipeline import provefix
@@ -216,13 +241,21 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
         out = terminal.for_stream(report, sys.stdout, ns.no_color)
         if ns.prove_fix:
             out += provefix.render(steps, report.reached)
-    written = console.write_out(out)
+    written = console.write_out(out)  # the report first: a full disk for the bundle leaves it intact
+    evidence: Optional[EnvironmentProblem] = None
     if bundle is not None:
-        where = bundle.write(report, ns.evidence, redact=ns.redact)
-        log.info("evidence written", path=where)
+        try:
+            where = bundle.write(report, held, redact=ns.redact)
+            log.info("evidence written", path=where)
+        except EnvironmentProblem as e:
+            evidence = e
     status = int(run_outcome.exit_status(report))
     if not report.cleanup_ok:
+        if evidence is not None:
+            console.say(f"fwtrace: error: {evidence}")
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+    elif evidence is not None:
+        raise evidence
     elif written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return status
@@ -245,12 +278,16 @@ def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
 def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     from tracer.system import cleanup
 
-    removed = cleanup.clean_stale(ns.netns, log)
+    kept: list[str] = []
+    removed = cleanup.clean_stale(ns.netns, log, kept)
     scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
-    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
-                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK
+    written = console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                                + (": " + "; ".join(removed) if removed else "") + "\n")
+    if kept:  # never 0 with a journal left: the next run would warn about it again
+        console.say("fwtrace: error: cleanup incomplete: " + " | ".join(kept)
+                    + " (hint: undo what it names by hand, then delete the journal)")
+        return ExitStatus.LEFTOVER
+    return ExitStatus.ENVIRONMENT if written is not None else ExitStatus.OK
 
 
 def _import_scapy() -> None:
@@ -289,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with console.interrupts():
             try:
                 args = list(sys.argv[1:] if argv is None else argv)
-                ns = parser.parse_args(_join_negative_numbers(args))
+                ns = parser.parse_args(_join_negative_numbers(_globals_first(args)))
                 ns.argv = None if argv is None else ["fwtrace", *args]
                 if ns.command is None:
                     parser.print_help()
@@ -312,6 +349,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(ExitStatus.INTERRUPTED)
     finally:
         console.settle_streams()
+
+
+_GLOBAL_FLAGS = ("-v", "--verbose", "--traceback")
+_GLOBAL_VALUED = ("--log-format",)
+
+
+def _globals_first(args: list[str]) -> list[str]:
+    """`fwtrace probe ... -v` as `fwtrace -v probe ...`: the global options (-v/-vv, --log-format,
+    --traceback) are taken after the subcommand too, moved before it for argparse. Nothing after
+    `--` moves, and an option's value stays with its option."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # global options before the subcommand
+        i += 2 if args[i] in _GLOBAL_VALUED else 1
+    if i >= len(args) or args[i] not in COMMANDS:
+        return args
+    head, rest = args[: i + 1], args[i + 1 :]
+    moved: list[str] = []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            kept += rest[j:]
+            break
+        if a in _GLOBAL_FLAGS or (len(a) > 2 and a[0] == "-" and a[1] != "-" and set(a[1:]) == {"v"}):
+            moved.append(a)
+        elif a in _GLOBAL_VALUED and j + 1 < len(rest):
+            moved += rest[j : j + 2]
+            j += 1
+        elif any(a.startswith(o + "=") for o in _GLOBAL_VALUED):
+            moved.append(a)
+        else:
+            kept.append(a)
+            if a.startswith("--") and "=" not in a and j + 1 < len(rest) and not rest[j + 1].startswith("-"):
+                kept.append(rest[j + 1])  # an option's value (e.g. `--netns -v` would stay a value)
+                j += 1
+        j += 1
+    return moved + head + kept if moved else args
 
 
 def _join_negative_numbers(args: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import tempfile
 from typing import Any, Callable, Optional
 
@@ -31,9 +32,27 @@ def bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, name
     return parse
 
 
-port = bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
-count = bounded(int, 1, 100, "a number", "count")
-_timeout_value = bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+_INT = re.compile(r"-?[0-9]+\Z")
+_FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
+
+def ascii_int(text: str) -> int:
+    """int() also takes `８０` (full-width), `8_0`, ` 80` and `+80`: ASCII digits only here."""
+    if not _INT.match(text):
+        raise ValueError(text)
+    return int(text, 10)
+
+
+def ascii_float(text: str) -> float:
+    """float() also takes `inf`, `nan`, `1e1` and other scripts' digits: plain decimals only here."""
+    if not _FLOAT.match(text):
+        raise ValueError(text)
+    return float(text)
+
+
+port = bounded(ascii_int, 1, 65535, "a port number", "port")
+count = bounded(ascii_int, 1, 100, "a number", "count")
+_timeout_value = bounded(ascii_float, 0, 60, "a number of seconds", "timeout", low_open=True)
 
 
 def timeout(text: str) -> Any:
@@ -55,7 +74,7 @@ def address(text: str) -> Any:
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     proto = Proto(ns.proto)
-    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
+    modes.check_request(ns)  # requests whose answer could not be true
     if ns.from_netns is not None and ns.from_netns == ns.netns:
         ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
     if proto is not Proto.ICMP and ns.dport is None:

@@ -164,6 +164,19 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
         print()
 
     system.require_root()
+    from tracer import __version__
+    from tracer.pipeline import cmdcheck
+
+    probes: list[dict[str, Any]] = []  # --json: every probe's document, in the order they ran
+    applied: list[str] = []
+
+    def done(status: int) -> int:
+        if as_json:  # one document: every probe, and the status the demo exits with
+            sys.stdout.write(json.dumps({"demo": "shadowed-rule", "fwtrace_version": __version__,
+                                         "exit_status": int(status), "probes": probes, "applied": applied},
+                                        indent=2) + "\n")
+        return status
+
     with Lab() as lab:
         lab.iptables_restore(lab.server, SEED_RULESET)
         lab.listen(lab.server, Proto.TCP, 8080)
@@ -172,31 +185,37 @@ def demo(log: Any, as_json: bool = False, color: Optional[bool] = None) -> int:
         log.info("lab ready", server=lab.server, client=lab.client, listener="tcp [::]:8080")
         alone = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, src=CUSTOMER4, dst=SERVER4)
         # --prove-fix: the fix is tried for the customer's flow alone before it is suggested.
-        before, steps = provefix.prove(Run(alone, log).execute(), log, provefix.runner(log))
+        first = cmdcheck.check(Run(alone, log).execute(), lab.server)
+        before, steps = provefix.prove(first, log, provefix.runner(log))
         fix = next((f for f in before.findings if f.code == "shadowed-rule" and f.proven), None)
+        command = f"fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server} --prove-fix"
         if as_json:
-            sys.stdout.write(json.dumps(provefix.to_json(jsondoc.document(before), steps), indent=2) + "\n")
+            probes.append({"command": command, **provefix.to_json(jsondoc.document(before), steps)})
         else:
             print("$ iptables -S INPUT   # in the server namespace\n" + lab.run(lab.server, ["iptables", "-S", "INPUT"]).stdout)
             print(f"# Customer {CUSTOMER4} cannot reach port 8080. On the server alone:")
-            print(f"$ fwtrace probe --dport 8080 --src {CUSTOMER4} --netns {lab.server} --prove-fix")
+            print(f"$ {command}")
             sys.stdout.flush()
             show(before)
             print(provefix.render(steps, before.reached))
         if fix is None:
             print("demo: fwtrace did not find (or could not prove) the fix of the shadowed rule", file=sys.stderr)
-            return ExitStatus.BLOCKED
-        for command in fix.commands:
+            return done(ExitStatus.BLOCKED)
+        for cmd in fix.commands:
             if not as_json:
-                print(f"$ {command}   # applying the suggested fix inside the lab")
-            lab.run(lab.server, shlex.split(command))
+                print(f"$ {cmd}   # applying the suggested fix inside the lab")
+            lab.run(lab.server, shlex.split(cmd))
+            applied.append(cmd)
         remote = ProbeRequest(dport=8080, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=SERVER4)
-        after = Run(remote, log).execute()
-        if not as_json:
+        after = cmdcheck.check(Run(remote, log).execute(), lab.server)
+        command = f"fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}"
+        if as_json:
+            probes.append({"command": command, **jsondoc.document(after)})
+        else:
             print(f"\n# And from a real second host (namespace {lab.client}) after the fix:")
-            print(f"$ fwtrace probe --dport 8080 --netns {lab.server} --from-netns {lab.client}")
+            print(f"$ {command}")
             sys.stdout.flush()
             show(after)
         if not (before.cleanup_ok and after.cleanup_ok):
-            return ExitStatus.LEFTOVER  # the reports name what is left
-        return ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED
+            return done(ExitStatus.LEFTOVER)  # the reports name what is left
+        return done(ExitStatus.OK if after.reached and not before.reached else ExitStatus.BLOCKED)

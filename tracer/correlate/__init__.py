@@ -190,6 +190,7 @@ def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent
     Key = tuple[int, int, float]
     keys: list[Optional[Key]] = []
     anchors: dict[int, int] = {}  # LOG event index -> index of the first other-source event in its chain
+    after: dict[int, int] = {}  # LOG event index -> index of the event it comes right after
     last: dict[str, Key] = {}
     for i, (ev, hook) in enumerate(zip(events, hooks)):
         key: Optional[Key] = None
@@ -207,6 +208,18 @@ def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent
                     anchors[i] = j
                     keys.append(None)
                     continue
+                # No event of the tracing source in the chain (no rule there matched): it is
+                # entered by the jump to it, so its log line goes right after that jump; without
+                # one, after the line its own source logged before it (the source is in order).
+                k = next((k for k, o in enumerate(events) if o.source != ev.source and o.action is not None
+                          and o.action.target == ev.chain
+                          and (o.family, o.table, o.legacy) == (ev.family, ev.table, ev.legacy)), None)
+                if k is None:
+                    k = next((k for k in range(i - 1, -1, -1) if events[k].source == ev.source), None)
+                if k is not None:
+                    after[i] = k
+                    keys.append(None)
+                    continue
         elif hook in order:
             key = (*_base_key(ruleset, ev, hook, order), float(i))
             last[ev.source] = key
@@ -222,6 +235,9 @@ def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent
     for i, j in anchors.items():
         a = keys[j] or (0, 0, float(j))
         keys[i] = (a[0], a[1], a[2] - 0.5)
+    for i, j in sorted(after.items()):  # in order: one may come after another placed this way
+        a = keys[j] or (0, 0, float(j))
+        keys[i] = (a[0], a[1], a[2] + 0.25 + i / (4.0 * (len(events) + 1)))
     ranked = sorted(range(len(events)), key=lambda i: keys[i] or (0, 0, float(i)))
     return [events[i] for i in ranked]
 

@@ -72,7 +72,7 @@ def outcomes(steps: list[Step], ruleset: Ruleset) -> list[HookOutcome]:
             continue
         verdict = _step_verdict(step)
         if verdict is not None:
-            out.append(HookOutcome(step_ref(step, ruleset), current[1], current[2], verdict))
+            out.append(HookOutcome(step_ref(step, ruleset), current[1], current[2], verdict, current[0][2]))
             closed = True
     return out
 

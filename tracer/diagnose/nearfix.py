@@ -318,7 +318,10 @@ def _before_jump(nm: NearMiss, result: PacketResult, ruleset: Ruleset, body: str
             kept.append(" ".join(shlex.quote(w) for w in words[c.start : c.end]) if ipt else c.text)
     if ipt and any(w in ("-m", "--match") for w in words[: max((c.end for c in jconds), default=0)]):
         return None, ""  # the jump's matches need their -m modules: not rebuilt here
-    text = " ".join(kept + [body])
+    merged = _merge_ipt(kept, body) if ipt else " ".join(kept + [body])
+    if merged is None:
+        return None, ""
+    text = merged
     changed = " (the failed one changed)" if cond.result is False and any(c.text == cond.text for c in jconds) else ""
     ref = result.decided_by
     if ref is not None and (ref.family, ref.table) == (e.family, e.table) and not ref.legacy:
@@ -335,6 +338,39 @@ def _before_jump(nm: NearMiss, result: PacketResult, ruleset: Ruleset, body: str
     return (_command(e.family, e.table, e.chain, _backend(ruleset, e), text, _position(e, result, pf), ipt),
             f"add the rule to {e.chain}, which the packet goes through, with the conditions of the jump it does not take"
             + changed)
+
+
+# iptables takes each of these once per rule ("multiple -o flags not allowed"): the long
+# spellings name the same option.
+_ONCE = {"-i": "-i", "--in-interface": "-i", "-o": "-o", "--out-interface": "-o", "-s": "-s", "--source": "-s",
+         "--src": "-s", "-d": "-d", "--destination": "-d", "--dst": "-d", "-p": "-p", "--protocol": "-p"}
+
+
+def _merge_ipt(kept: list[str], body: str) -> Optional[str]:
+    """The jump's conditions and the rule's words as one iptables rule: an option both have with
+    the same value is said once (Docker's `-o docker0` jump to a rule with `-o docker0`); with
+    different values the two could never match one packet: None."""
+    have: dict[str, tuple[bool, str]] = {}
+    for k in kept:
+        w = shlex.split(k)
+        neg = w[:1] == ["!"]
+        w = w[1:] if neg else w
+        if len(w) == 2 and w[0] in _ONCE:
+            have[_ONCE[w[0]]] = (neg, w[1])
+    words = shlex.split(body)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        neg = words[i] == "!" and i + 1 < len(words) and words[i + 1] in _ONCE
+        j = i + 1 if neg else i
+        if words[j] in _ONCE and j + 1 < len(words) and _ONCE[words[j]] in have:
+            if have[_ONCE[words[j]]] != (neg, words[j + 1]):
+                return None
+            i = j + 2
+            continue
+        out.append(words[i])
+        i += 1
+    return " ".join(kept + [shlex.join(out)])
 
 
 def _same_chain(ref: Optional[RuleRef], rule: Rule) -> Optional[Rule]:

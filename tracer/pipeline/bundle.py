@@ -17,7 +17,9 @@ from typing import Any
 
 from tracer import __version__, system
 from tracer.collect import counters
-from tracer.system.bundle_io import (  # noqa: F401  rulesets, _try, write_dir and write_tar re-exported
+from tracer.system.bundle_io import (  # noqa: F401  rulesets, _try, write_dir, write_tar, Reservation re-exported
+    STAGING,
+    Reservation,
     _try,
     environment_in,
     rulesets,
@@ -99,19 +101,18 @@ class Collector:
         from tracer.pipeline.doctor import dumps, gather
 
         files["doctor.json"] = (dumps(gather(load=False)) + "\n").encode()  # what the machine supports
+        with system.netns(self.req.netns):  # the trace names interfaces by index: for the replay
+            files["interfaces.json"] = (json.dumps(system.interface_names(), sort_keys=True) + "\n").encode()
         for name, content in long.items():
             files[f"environment/{name}"] = content.encode()
         return files
 
-    def write(self, report: Any, dest: str, redact: bool = False) -> str:
+    def write(self, report: Any, dest: "Reservation", redact: bool = False) -> str:
         files = self.files(report)
         if redact:
             files = redacted(files, report)
-        if dest.endswith(".tar.gz"):
-            write_tar(dest, files, f"fwtrace-{report.run_id}")
-        else:
-            write_dir(dest, files)
-        return dest
+        dest.write(files, f"fwtrace-{report.run_id}")
+        return dest.path
 
 
 HUGE_LINES = 20000  # a kube-proxy host with thousands of Services: keep what the probe met

@@ -88,7 +88,9 @@ def replay(files: Mapping[str, bytes]) -> list[PacketResult]:
     specs = [spec_from_json(p["probe"]) for p in doc["packets"]]
     roles = plan.roles(plan.trace_plan(doc["run_id"], specs, 0))
     own = {(f, t, int(h)) for f, t, h in json.loads(files.get("instrumentation-handles.json", b"[]"))}
-    events = correlate.without_handles(parse_messages(files["trace.nlmsg"]), own)
+    # interfaces.json: the target's interface names by index, when the bundle has them (else "if2")
+    ifnames = {int(k): str(v) for k, v in json.loads(files.get("interfaces.json", b"{}")).items()}
+    events = correlate.without_handles(parse_messages(files["trace.nlmsg"], ifnames), own)
     if "kmsg.txt" in files or "nflog.nlmsg" in files:
         from tracer.collect import kernlog, nflog
         from tracer.plan import kernplan

@@ -181,7 +181,7 @@ def packets(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, target
                          "give both as IPv4 or both as IPv6")
     modes.check_addresses(target.src, target.dst, (yield ListAddresses()), mode is Mode.INGRESS)
     specs = tuple(build_specs(req, target.src, target.dst, rng))
-    # Below every chain of the ruleset on each hook, and on each device's ingress (issue 11).
+    # Below every chain of the ruleset on each hook, and on each device's ingress.
     tplan = plan.trace_plan(run_id, list(specs), pid, plan.floors((yield ListBaseChains())))
     datas = yield BuildPackets(specs)  # built before anything is changed: bad input fails here
     return Sending(mode, target, specs, tuple(datas), tplan)
@@ -230,7 +230,9 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
     # user's rules only, as the fix was written.
     for x in extra:
-        yield Change(x.undo, RunArgv(x.argv))
+        # One iptables or nft command is one transaction: refused, it changed nothing, and its undo
+        # (the same rule with -D) would be refused as well and keep the journal for ever.
+        yield Change(x.undo, RunArgv(x.argv), atomic=True)
     if extra:
         yield Checkpoint(EXTRA_IN)
     extra_commits = sum(x.nft_commits for x in extra)  # each one's add and delete

@@ -131,9 +131,11 @@ def _mark(report: Any, steps: list[ProofStep]) -> Any:
 def runner(log: Any) -> Callable[..., Any]:
     """The probe run --prove-fix calls: tracer/pipeline/probe.py's, with the narrowed rules in its plan."""
     def run(req: ProbeRequest, run_id: str, extra: tuple[Narrowed, ...], on_extra: Optional[Callable[[], None]]) -> Any:
+        from tracer.pipeline import cmdcheck
         from tracer.pipeline.driver import Run
 
-        return Run(req, log, run_id=run_id, extra=extra, on_extra=on_extra).execute()
+        # The next step's fix comes from this run's findings: checked by its tool like the first.
+        return cmdcheck.check(Run(req, log, run_id=run_id, extra=extra, on_extra=on_extra).execute(), req.netns)
 
     return run
 

@@ -164,8 +164,9 @@ def packet(i: int, r: PacketResult) -> Section:
         rows.append(Row("reply fate", f"{r.reply_verdict.value.upper()} by {d.family} {d.table} {d.chain}{num}: {d.text}",
                         "bad", ">"))
     if len(r.hooks) > 1:  # every base chain's outcome, when more than one had a say
-        rows += [Row("base chain", f"{h.ref.family} {h.ref.table} {h.ref.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
-                     + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy"), "dim") for h in r.hooks]
+        rows += [Row("base chain", f"{h.ref.family} {h.ref.table} {h.chain} ({h.hook} {h.priority:+d}) {h.verdict.value}"
+                     + (f" rule {h.ref.rule.number}" if h.ref.rule else " policy")
+                     + (f" of {h.ref.chain}" if h.ref.chain != h.chain else ""), "dim") for h in r.hooks]
     return rows
 
 

@@ -4,6 +4,7 @@ reply, who owns the chains a packet met, and the fix in the owner's terms. The r
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 from tracer import diagnose
@@ -53,4 +54,10 @@ def raw_fix(report: Any) -> Optional[str]:
 
 def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
     h = diagnose.seen(r)
-    return owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+    f = owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+    refused = getattr(report, "refused", ())
+    if f is None or not refused:
+        return f
+    # A command its tool refused is never printed (tracer/pipeline/fixcheck.py); without one, no owner's fix.
+    kept = tuple(c for c in f.commands if c not in refused)
+    return dataclasses.replace(f, commands=kept, raw=None if f.raw in refused else f.raw) if kept else None

@@ -57,6 +57,7 @@ class ProbeReport:
     unchanged: Optional[bool] = None  # the content proof (tracer/plan/proof.py): no object differs
     checked: tuple[str, ...] = ()  # what the content proof compared
     ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
+    refused: tuple[str, ...] = ()  # fix commands their own tool refused (tracer/pipeline/fixcheck.py): never printed
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:

@@ -25,7 +25,18 @@ NETNS_RUN_DIR = "/run/netns"
 # `fwtrace cleanup` in the namespace cleanup runs in. (/proc/1/ns/net may be unreadable even
 # for root in a sandbox, so the namespace is kept open from import time instead.)
 HOME_NETNS = "@home"
-_HOME_FD = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def _open_home() -> int:
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    if fd < 3:  # stdin/stdout/stderr was closed: leave its number free, console.std_streams must see it closed
+        import fcntl
+
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fd)
+        fd = high
+    return fd
+
+
+_HOME_FD = _open_home()
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,21 @@ def netns(name: Optional[str]) -> Iterator[None]:
             _setns(home.fileno())
 
 
+@contextlib.contextmanager
+def throwaway_netns() -> Iterator[None]:
+    """Move the calling thread into a new, empty network namespace for the block. It has no name
+    and nothing else enters it: it is gone once the block (and every child started in it) ends,
+    also when fwtrace is killed."""
+    with open("/proc/thread-self/ns/net") as home:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise EnvironmentProblem(f"cannot make a network namespace: {os.strerror(err)}", "fwtrace needs root")
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
 def in_initial_netns() -> bool:
     """Is the calling thread in the initial network namespace? Only init_net has
     nf_log_all_netns (net/netfilter/nf_log.c registers it for init_net alone)."""
@@ -183,7 +209,7 @@ def proc_net(name: str) -> str:
     try:
         with open(f"/proc/thread-self/net/{name}") as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # (ip_tables_names is root's alone)
         return ""
 
 

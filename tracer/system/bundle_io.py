@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import tempfile
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from tracer import system
 from tracer.system import listing
@@ -66,12 +67,97 @@ def write_dir(directory: str, files: dict[str, bytes]) -> None:
 
 
 def write_tar(path: str, files: dict[str, bytes], top: str, now: Optional[Callable[[], float]] = None) -> None:
-    """One file to attach: FILE.tar.gz with everything under `top/`."""
+    """One file to attach: FILE.tar.gz with everything under `top/` (written at `path` itself:
+    Reservation.write gives it a staging name and moves it into place)."""
     mtime = (now or time.time)()
-    tmp = path + ".part"
-    with tarfile.open(tmp, "w:gz") as tar:
+    with tarfile.open(path, "w:gz") as tar:
         for name, content in sorted(files.items()):
             info = tarfile.TarInfo(f"{top}/{name}")
             info.size, info.mtime, info.mode = len(content), int(mtime), 0o600
             tar.addfile(info, io.BytesIO(content))
-    os.replace(tmp, path)
+
+
+STAGING = ".fwtrace-writing"  # in --evidence DIR while a run holds it: its files, until all are written
+
+
+class Reservation:
+    """The --evidence path, held by this run from before the run until the bundle is written or
+    given up: a FILE.tar.gz created empty with O_EXCL, a DIR created by us or, when it exists
+    empty, claimed by creating DIR/.fwtrace-writing (mkdir is exclusive). A second run with the
+    same path is refused (exit 2) instead of mixing its files in. Nothing partial stays behind:
+    the files are written in the staging place and moved in at the end; when the disk is full
+    (or anything fails) the staging place, and what we created, is removed."""
+
+    def __init__(self, path: str) -> None:
+        from tracer.errors import UsageError
+
+        self.path = path
+        self.tar = path.endswith(".tar.gz")
+        self.made_dir = False
+        self.done = False
+        hint = "give a new or empty directory, or a new FILE.tar.gz (is another fwtrace run writing there?)"
+        try:
+            if self.tar:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                return
+            try:
+                os.mkdir(path, 0o700)
+                self.made_dir = True
+            except FileExistsError:
+                pass
+            os.mkdir(os.path.join(path, STAGING), 0o700)
+        except FileExistsError:
+            raise UsageError(f"--evidence {path} is taken: another fwtrace run holds it", hint) from None
+        except OSError as e:
+            raise UsageError(f"--evidence {path}: {e.strerror}", hint) from None
+        if os.listdir(path) != [STAGING]:  # somebody wrote in it after the check
+            self.release()
+            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
+
+    def write(self, files: dict[str, bytes], top: str) -> None:
+        """All the files, or (raising EnvironmentProblem, exit 3) none of them."""
+        from tracer.errors import EnvironmentProblem
+
+        tmp = ""
+        try:
+            if self.tar:
+                where = os.path.dirname(os.path.abspath(self.path))
+                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".part", dir=where)
+                os.close(fd)
+                write_tar(tmp, files, top)
+                os.replace(tmp, self.path)
+            else:
+                staging = os.path.join(self.path, STAGING)
+                write_dir(staging, files)
+                for name in sorted(os.listdir(staging)):
+                    os.rename(os.path.join(staging, name), os.path.join(self.path, name))
+                os.rmdir(staging)
+            self.done = True
+        except OSError as e:
+            if tmp:
+                _quiet(os.unlink, tmp)
+            self.release()
+            raise EnvironmentProblem(f"could not write the evidence to {self.path}: {e.strerror or e}",
+                                     "free space there, or give another --evidence path; the report above is complete"
+                                     ) from None
+
+    def release(self) -> None:
+        """Give the path up, leaving it as it was before the run (once written: nothing to do)."""
+        if self.done:
+            return
+        self.done = True
+        if self.tar:
+            _quiet(os.unlink, self.path)
+            return
+        import shutil
+
+        shutil.rmtree(os.path.join(self.path, STAGING), ignore_errors=True)
+        if self.made_dir:
+            _quiet(os.rmdir, self.path)
+
+
+def _quiet(fn: Callable[[str], Any], path: str) -> None:
+    try:
+        fn(path)
+    except OSError:
+        pass

@@ -162,10 +162,13 @@ def probed(doc: JournalDoc, netns: Optional[str]) -> bool:
     return any(e.get("undo", {}).get("netns") == netns for e in doc.entries)
 
 
-def clean_journals(log: Any, netns: Optional[str] = None) -> list[str]:
+def clean_journals(log: Any, netns: Optional[str] = None, kept: Optional[list[str]] = None) -> list[str]:
     """Replay the undos of every dead run's journal (of the runs that probed `netns` only, when
-    given); returns what was undone. Each journal's undos run with signals held, each in its own try."""
+    given); returns what was undone. Each journal's undos run with signals held, each in its own
+    try. A journal with an undo that failed is kept (the next cleanup tries again); `kept` gets
+    one line for each: the journal and what could not be undone."""
     done: list[str] = []
+    kept = [] if kept is None else kept
     for path, doc in list_journals():
         if doc is not None and (is_alive(doc) or not probed(doc, netns)):
             continue
@@ -182,9 +185,11 @@ def clean_journals(log: Any, netns: Optional[str] = None) -> list[str]:
                     done.append(f"{undo.what} (run {doc.run_id if doc else '?'})")
                     quietly(log.info, "undone", what=undo.what, netns=undo.netns)
                 else:
-                    errors.append(err)
+                    errors.append(f"{undo.what}: {err}")
                     quietly(log.error, "undo failed", what=undo.what, error=err)
-            if not errors:
+            if errors:
+                kept.append(f"{path} kept: could not undo {'; '.join(errors)}")
+            else:
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -207,6 +212,7 @@ def clean_tables(netns: Optional[str], log: Any) -> list[str]:
     return removed
 
 
-def clean_stale(netns: Optional[str], log: Any) -> list[str]:
+def clean_stale(netns: Optional[str], log: Any, kept: Optional[list[str]] = None) -> list[str]:
+    """What was undone; `kept` gets the journals that could not be undone in full."""
     system.require_root()
-    return clean_journals(log, netns) + clean_tables(netns, log)
+    return clean_journals(log, netns, kept) + clean_tables(netns, log)

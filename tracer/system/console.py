@@ -15,9 +15,17 @@ from typing import Any, Iterator, Optional
 from tracer.errors import Interrupted
 
 
+# The std streams that were closed when fwtrace started (std_streams points them at /dev/null).
+CLOSED: set[int] = set()
+
+
 def write_out(text: str) -> Optional[str]:
-    """Write to stdout; the error (a broken pipe, a full disk) instead of raising it: the run is
-    over and undone by now, and what it found about its cleanup must still decide the status."""
+    """Write to stdout; the error (a broken pipe, a full disk, a stdout closed from the start)
+    instead of raising it: the run is over and undone by now, and what it found about its cleanup
+    must still decide the status. A report nobody can read is a report not written (exit 3), so
+    a closed stdout counts as a failed write, as /dev/full does."""
+    if 1 in CLOSED:
+        return "stdout is closed"
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -92,6 +100,7 @@ def std_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
+            CLOSED.add(fd)
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
                 os.dup2(null, fd)

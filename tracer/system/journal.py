@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from tracer.errors import EnvironmentProblem
 from tracer.plan.records import Undo, from_json, to_json
 
 RUN_DIR = os.environ.get("FWTRACE_RUN_DIR", "/run/fwtrace")
@@ -64,8 +65,11 @@ class Journal:
         self.path = os.path.join(directory, f"{run_id}.json")
         pid = os.getpid()
         self.doc = JournalDoc(run_id, pid, process_starttime(pid) or "", argv, netns=netns)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._write()
+        try:  # before the first change: a journal that cannot be written stops the run here
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._write()
+        except OSError as e:
+            raise _unusable(directory, e) from None
 
     def _write(self) -> None:
         tmp = self.path + ".tmp"
@@ -103,6 +107,8 @@ def list_journals(directory: str = RUN_DIR) -> list[tuple[str, Optional[JournalD
         names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
     except FileNotFoundError:
         return out
+    except OSError as e:
+        raise _unusable(directory, e) from None
     for name in names:
         path = os.path.join(directory, name)
         try:
@@ -111,3 +117,8 @@ def list_journals(directory: str = RUN_DIR) -> list[tuple[str, Optional[JournalD
         except (OSError, ValueError, KeyError, TypeError):
             out.append((path, None))
     return out
+
+
+def _unusable(directory: str, e: OSError) -> EnvironmentProblem:
+    return EnvironmentProblem(f"cannot use the run journal directory {directory}: {e.strerror}",
+                              "FWTRACE_RUN_DIR must name a writable directory (default /run/fwtrace), or be unset")
