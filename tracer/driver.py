@@ -15,7 +15,7 @@ import random
 from typing import Any, Callable, Optional
 
 from tracer import commands as c
-from tracer import probe, system
+from tracer import console, probe, system
 from tracer.commands import drive
 from tracer.drive import KILL_ENV, SIGINT_ENV, checkpoint  # noqa: F401  (the tests set these, by these names)
 from tracer.drive import ebpf, host, inject, ruleset, sources, undo
@@ -78,6 +78,11 @@ class Run:
         return ebpf.second_pass(self, report)
 
     def carry_out(self, cmd: c.Command) -> Any:
+        # The run's safe point for a signal (tracer/console.py): between two commands, never
+        # inside one. Once the run's undo began (Finish), the rest of the run is its cleanup
+        # proof and report: a signal then no longer stops it.
+        if self.finished is None:
+            console.check()
         return HANDLERS[type(cmd)](self, cmd)
 
     def checkpoint(self, phase: str) -> None:

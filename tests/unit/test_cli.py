@@ -198,3 +198,22 @@ def test_ebpf_option_refuses_other_words(capsys: Any) -> None:
 def test_doctor_options() -> None:
     ns = cli.build_parser().parse_args(["doctor", "--json", "--no-load"])
     assert (ns.command, ns.json, ns.no_load) == ("doctor", True, True)
+
+
+def test_signal_handler_only_sets_the_flag_and_check_raises_once() -> None:
+    import os
+    import signal
+
+    from tracer import console
+    from tracer.errors import Interrupted
+
+    with console.interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this thread: it must not raise
+        os.kill(os.getpid(), signal.SIGINT)
+        wake = console.wakeup_fd()
+        assert wake is not None and os.read(wake, 16)  # a select() on it returns at once
+        with pytest.raises(Interrupted) as e:
+            console.check()
+        assert e.value.signame == "SIGTERM"  # the first one
+        console.check()  # once: the undo on the way out goes on
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

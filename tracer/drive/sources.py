@@ -2,13 +2,14 @@
 kernel log and NFLOG sockets, and waiting on all of them and the injector."""
 from __future__ import annotations
 
+import os
 import select
 import sys
 import time
 from typing import TYPE_CHECKING, Optional
 
 from tracer import commands as c
-from tracer import system
+from tracer import console, system
 from tracer.drive import checkpoint
 from tracer.undo.journal import Journal
 
@@ -51,7 +52,11 @@ def wait(run: Run, cmd: c.Wait) -> Optional[c.Polled]:
     now = time.monotonic()
     if now >= cmd.until:
         return None
-    select.select([s.fileno() for s in run.sources] + [run.sender.fileno()], [], [], cmd.until - now)
+    wake = console.wakeup_fd()  # readable once a signal arrived: stop waiting, the next command acts on it
+    fds = [s.fileno() for s in run.sources] + [run.sender.fileno()] + ([wake] if wake is not None else [])
+    ready = select.select(fds, [], [], cmd.until - now)[0]
+    if wake is not None and wake in ready:
+        _drain(wake)
     on_event = (lambda ev: run.log.debug("trace", **ev.to_json())) if run.log_events else None
     new = [ev for s in run.sources for ev in s.poll(0, on_event)]
     if new:
@@ -60,3 +65,11 @@ def wait(run: Run, cmd: c.Wait) -> Optional[c.Polled]:
     for cap in caps:
         run.log.debug("captured", ifname=cap.ifname)
     return c.Polled(time.monotonic(), tuple(new), caps)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
