@@ -70,10 +70,23 @@ class ListBaseChains(Command):
 
 @dataclass(frozen=True)
 class RouteBack(Command):
-    """The route from the target back to `to` (from the local address `local`) -> Optional[Route]."""
+    """The route from the target back to `to` (from the local address `local`) -> Optional[Route];
+    `netns`: the route of that namespace instead (--from-netns: the sender's way to the target)."""
 
     to: IPAddress
     local: Optional[IPAddress] = None
+    netns: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Neighbour(Command):
+    """Who answers for `addr` on `dev` in namespace `netns` (None: the target): a usable
+    neighbour entry's link-layer address, else the one that answered one ARP request or
+    neighbour solicitation -> Optional[str] (None: nobody answered; "?" an answer without one)."""
+
+    addr: IPAddress
+    dev: str
+    netns: Optional[str] = None
 
 
 @dataclass(frozen=True)

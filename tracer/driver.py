@@ -158,6 +158,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     # facts of the host (module loading, sysctls, routes, sockets, conntrack)
     c.ListAddresses: host.list_addresses,
     c.RouteBack: host.route_back,
+    c.Neighbour: host.neighbour,
     c.ReadSysctl: host.read_sysctl,
     c.LoadModule: host.load_module,
     c.InInitialNetns: host.in_initial_netns,

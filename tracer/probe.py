@@ -34,6 +34,7 @@ from tracer.commands import (
     Finished,
     Generation,
     ListAddresses,
+    Neighbour,
     ListBaseChains,
     OpenInjector,
     OpenKernelSources,
@@ -172,8 +173,27 @@ def address(req: ProbeRequest) -> Steps[Target]:
     if req.mode is Mode.INGRESS:
         return (yield from ingress_target(req))
     dst = yield from destination(req)
+    if req.mode is Mode.FROM_NETNS:
+        text = yield ListAddresses()
+        if req.src is not None:
+            modes.check_source(req.src, text, "from-netns")
+        yield from for_the_target(dst, text)
+        assert req.from_netns is not None
+        route = yield RouteBack(dst, None, req.from_netns)
+        dev = route.dev if route is not None and route.kind == "unicast" else None
+        hop = (route.gateway or dst) if route is not None and dev is not None else None
+        answered = (yield Neighbour(hop, dev, req.from_netns)) if hop is not None and dev is not None else None
+        modes.check_link(req.from_netns, dst, dev, hop, answered, text)
     found = yield OpenInjector(req.from_netns, None if req.src else dst)
     return Target(req.src or found, dst)
+
+
+def for_the_target(dst: IPAddress, target_json: str) -> Steps[None]:
+    """A probe from outside is for one of the target's addresses, or one it forwards."""
+    if dst in modes.own_addresses(target_json):
+        return
+    key = "net.ipv4.ip_forward" if dst.version == 4 else "net.ipv6.conf.all.forwarding"
+    modes.check_destination(dst, target_json, (yield ReadSysctl(key)) == "1")
 
 
 def ingress_target(req: ProbeRequest) -> Steps[Target]:
@@ -182,10 +202,18 @@ def ingress_target(req: ProbeRequest) -> Steps[Target]:
 
     version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
     src = req.src or ingress.default_source(version)
+    # Checked before the route back, which would say "none" for each of them.
+    text = yield ListAddresses()
+    if req.src is not None:
+        modes.check_source(req.src, text, "ingress")
+    if req.dst is not None:
+        yield from for_the_target(req.dst, text)
     if req.via is not None or req.dst is not None:
         dst = yield from destination(req, req.via)
         back = yield RouteBack(src, dst if req.dst is None else req.dst)
         return _checked(Target(src, dst, req.via or _arrives_on(back), back))
+    if pick_address(text, version) is None:  # -6 on a host without global IPv6
+        raise UsageError(f"the target namespace has no global IPv{version} address to probe", "give the address with --dst")
     back = yield RouteBack(src, None)
     via = _arrives_on(back)
     if via is None:

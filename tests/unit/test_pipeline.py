@@ -29,7 +29,9 @@ from tracer.trace.nftrace import parse_messages
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 SERVER = ipaddress.ip_address("192.0.2.1")
-ADDRS = json.dumps([{"ifname": "eth0", "flags": ["UP"], "addr_info": [{"local": "192.0.2.1", "scope": "global"}]}])
+SERVER_MAC = "02:00:00:00:00:01"
+ADDRS = json.dumps([{"ifname": "eth0", "flags": ["UP"], "address": SERVER_MAC,
+                     "addr_info": [{"local": "192.0.2.1", "scope": "global"}]}])
 EMPTY = Snapshot(Ruleset(), "", {})
 
 
@@ -44,7 +46,8 @@ class Script:
             "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
-            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
+            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
+            **answers,
         }
         self.asked: list[c.Command] = []
 
@@ -81,9 +84,11 @@ def test_from_netns_enters_the_client_namespace_once() -> None:
     opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
     assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
     assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
-    # (the target's addresses are read once, for the checks of tracer.modes; none in the client)
-    assert [cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)] == [c.ListAddresses()]
-    assert "RouteBack" not in script.names()
+    # (the target's addresses are read for the checks of tracer.modes; none in the client)
+    assert {cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)} == {c.ListAddresses()}
+    # The sender's way to the target: its route, and who answers for the next hop there.
+    assert [cmd for cmd in script.asked if isinstance(cmd, (c.RouteBack, c.Neighbour))] == [
+        c.RouteBack(SERVER, None, "cli"), c.Neighbour(SERVER, "eth0", "cli")]
 
 
 def test_waits_until_the_timeout_then_cleans_up() -> None:
@@ -107,8 +112,8 @@ def test_ingress_falls_back_to_a_local_probe_when_the_port_cannot_be_built() -> 
     report = run(ProbeRequest(dport=8080, src=ipaddress.ip_address("203.0.113.5")), script)
     names = script.names()
     # The route back picks eth0, whose address becomes the destination; asked again from it.
-    assert names[:7] == ["Checkpoint", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses", "ListBaseChains",
-                         "BuildPackets"]
+    assert names[:8] == ["Checkpoint", "ListAddresses", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses",
+                         "ListBaseChains", "BuildPackets"]
     after_port = names[names.index("OpenPort") + 1:]
     assert after_port[:4] == ["OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets"]  # a local source, new packets
     sent = next(cmd for cmd in script.asked if isinstance(cmd, c.Send))

@@ -22,7 +22,15 @@ def list_addresses(run: Run, cmd: c.ListAddresses) -> str:
 def route_back(run: Run, cmd: c.RouteBack) -> Any:
     from tracer.inject import simulate
 
-    return simulate.route_to(cmd.to, cmd.local)
+    with system.netns(cmd.netns):
+        return simulate.route_to(cmd.to, cmd.local)
+
+
+def neighbour(run: Run, cmd: c.Neighbour) -> Optional[str]:
+    from tracer.inject import neigh
+
+    with system.netns(cmd.netns):
+        return neigh.resolve(cmd.addr, cmd.dev)
 
 
 def read_sysctl(run: Run, cmd: c.ReadSysctl) -> Optional[str]:
