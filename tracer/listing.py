@@ -112,6 +112,9 @@ def proof_state(scope: Scope, legacy_saved: Optional[dict[str, str]] = None) -> 
             state.update(proof.nft_objects(listed.stdout, own_mark="fwtrace:" + scope.own_table[len(TABLE_PREFIX):]))
         elif "No such file or directory" not in listed.stderr:
             raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
+    for addr, dev in scope.neighbours:
+        listed = run(["ip", "-j", "neigh", "show", "to", addr, "dev", dev], check=False)
+        state.update(proof.neighbour_objects(dev, addr, listed.stdout if listed.returncode == 0 else ""))
     for family in scope.legacy_families:
         names = proc_net(LEGACY_NAMES[family])
         if not names.strip():

@@ -72,7 +72,7 @@ from tracer.outcome import ProbeReport
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
 from tracer.undo import verify
-from tracer.undo.records import nft_undo
+from tracer.undo.records import RunCommand, nft_undo
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
@@ -94,6 +94,10 @@ class Target:
     dst: IPAddress
     via: Optional[str] = None  # simulated ingress: the interface it arrives on
     back: Optional["Route"] = None  # the route from the target back to src
+    # Simulated ingress: the next hop of the route back (src on-link, or the gateway) that no host
+    # answers ARP / neighbour solicitation for: its reply would wait for resolution in the
+    # neighbour table and never reach the catcher, so it gets a temporary journaled entry.
+    silent_hop: Optional[IPAddress] = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     full: Optional[Snapshot] = (yield TakeSnapshot()) if full_snapshot else None
     yield Checkpoint("snapshot")
     target = yield from address(req)
+    if req.mode is Mode.INGRESS:
+        target = yield from next_hop_answers(target)
     sending = yield from packets(req, run_id, pid, rng, target, req.mode)
     # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE in
     # the kernel log) or --log. x_tables has no per-chain listing nor a generation, so its tables
@@ -154,6 +160,12 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     try:
         if sending.mode is Mode.INGRESS:
             sending = yield from open_port(req, run_id, pid, rng, sending)
+        if sending.mode is Mode.INGRESS and sending.target.silent_hop is not None:
+            hop, how = sending.target.silent_hop, "ARP" if sending.target.silent_hop.version == 4 else "neighbour solicitation"
+            sending = dataclasses.replace(sending, caveats=sending.caveats + (
+                f"no host answers {how} for {hop} on {sending.via}: the reply was given a temporary neighbour "
+                "entry (removed after the run) so that it could be caught; a real client there would get no "
+                "answer until one does",))
         armed = yield from instrument(req, run_id, sending, legacy_saved, extra)
         exchanges = []
         for spec, data in zip(sending.specs, sending.datas):
@@ -224,6 +236,27 @@ def ingress_target(req: ProbeRequest) -> Steps[Target]:
     return Target(src, dst, via, (yield RouteBack(src, dst)) or back)
 
 
+def next_hop_answers(target: Target) -> Steps[Target]:
+    """Simulated ingress: does a host answer for the next hop of the route back? Asked before
+    anything is changed (the neighbour entry, else one ARP request / neighbour solicitation)."""
+    back = target.back
+    if target.via is None or back is None or back.kind != "unicast" or back.dev != target.via:
+        return target  # the reply leaves by another way: no neighbour of via's is needed
+    hop = back.gateway or target.src
+    answered = yield Neighbour(hop, target.via)
+    return target if answered is not None else dataclasses.replace(target, silent_hop=hop)
+
+
+def neighbour_entry(run_id: str, hop: IPAddress, dev: str) -> Change:
+    """A permanent neighbour entry for the reply, journaled: its MAC is locally administered and
+    carries the run id (the reply is caught at the interface's egress before it is sent)."""
+    mac = "02:00:" + ":".join(run_id[i:i + 2] for i in range(0, 8, 2))
+    undo = RunCommand(f"neighbour {hop} dev {dev} (temporary, for the reply)", ("ip", "neigh", "del", str(hop), "dev", dev),
+                      gone=("No such file or directory", "Cannot find device"))
+    return Change(undo, RunArgv(("ip", "neigh", "replace", str(hop), "lladdr", mac, "dev", dev, "nud", "permanent")),
+                  atomic=True)
+
+
 def _arrives_on(back: Optional["Route"]) -> Optional[str]:
     return back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None
 
@@ -291,8 +324,12 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     # The cleanup proof lists what the run may touch first; with --log its listing also says
     # which chains nf_tables really holds (a --log rule into a missing one would create it). The
     # tables --prove-fix's rules go into are listed in full too.
+    hop = sending.target.silent_hop if sending.mode is Mode.INGRESS else None
+    neighbours = ((str(hop), sending.via or ""),) if hop is not None else ()
     start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
-                                     tuple(x.table for x in extra if x.table is not None))
+                                     tuple(x.table for x in extra if x.table is not None), neighbours)
+    if hop is not None and sending.via is not None:
+        yield neighbour_entry(run_id, hop, sending.via)
     kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed

@@ -112,8 +112,9 @@ def test_ingress_falls_back_to_a_local_probe_when_the_port_cannot_be_built() -> 
     report = run(ProbeRequest(dport=8080, src=ipaddress.ip_address("203.0.113.5")), script)
     names = script.names()
     # The route back picks eth0, whose address becomes the destination; asked again from it.
-    assert names[:8] == ["Checkpoint", "ListAddresses", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses",
-                         "ListBaseChains", "BuildPackets"]
+    # Then who answers for the next hop of the route back (before anything is changed).
+    assert names[:9] == ["Checkpoint", "ListAddresses", "RouteBack", "ListAddresses", "RouteBack", "Neighbour",
+                         "ListAddresses", "ListBaseChains", "BuildPackets"]
     after_port = names[names.index("OpenPort") + 1:]
     assert after_port[:4] == ["OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets"]  # a local source, new packets
     sent = next(cmd for cmd in script.asked if isinstance(cmd, c.Send))
@@ -204,3 +205,20 @@ def test_a_difference_after_the_undo_fails_the_cleanup_with_its_name() -> None:
     assert report.leftover == (
         f"sysctl {key} in srv: changed (remedy: `ip netns exec srv sysctl -w {key}=0`)",
         "table ip raw: left behind (remedy: `ip netns exec srv nft delete table ip raw`)")
+
+
+def test_silent_next_hop_gets_a_journaled_neighbour_entry_after_the_proof_listing() -> None:
+    """Issue 21: an on-link source nobody answers ARP for; its reply would wait in the neighbour table."""
+    src = ipaddress.ip_address("192.0.2.77")
+    script = Script(Neighbour=None)
+    report = run(ProbeRequest(dport=8080, via="eth0", src=src), script)
+    names = script.names()
+    changes = [cmd for cmd in script.asked if isinstance(cmd, c.Change)]
+    neigh = next(ch for ch in changes if ch.action.argv[:3] == ("ip", "neigh", "replace"))
+    assert neigh.action.argv == ("ip", "neigh", "replace", "192.0.2.77", "lladdr", "02:00:0b:ad:c0:de", "dev", "eth0",
+                                 "nud", "permanent")
+    assert neigh.undo.argv == ("ip", "neigh", "del", "192.0.2.77", "dev", "eth0") and neigh.atomic
+    listing = next(cmd for cmd in script.asked if isinstance(cmd, c.ProofListing))
+    assert listing.scope.neighbours == (("192.0.2.77", "eth0"),)
+    assert names.index("ProofListing") < script.asked.index(neigh)  # listed before it is added
+    assert any("no host answers ARP for 192.0.2.77 on eth0" in x for x in report.caveats)
