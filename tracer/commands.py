@@ -79,6 +79,25 @@ class RouteBack(Command):
 
 
 @dataclass(frozen=True)
+class StatefulFacts(Command):
+    """The target's stateful objects as listed -> StatefulTexts (tracer/stateful.py parses them)."""
+
+
+@dataclass(frozen=True)
+class StatefulTexts:
+    recent: tuple[str, ...]  # the names in /proc/net/xt_recent
+    sets: str  # `nft -t list sets` and `nft -t list meters`
+    ruleset: str  # `nft -t list ruleset`
+
+
+@dataclass(frozen=True)
+class Notice(Command):
+    """Say this on stderr now, before the probes go out (a warning) -> None."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Neighbour(Command):
     """Who answers for `addr` on `dev` in namespace `netns` (None: the target): a usable
     neighbour entry's link-layer address, else the one that answered one ARP request or
@@ -227,6 +246,12 @@ class RunArgv:
 
 
 @dataclass(frozen=True)
+class ProbesSent:
+    """No command: the change is what the probes themselves leave in stateful matches (its undo
+    removes that, tracer/stateful.py); journaled before the first probe is sent."""
+
+
+@dataclass(frozen=True)
 class SetSysctl:
     key: str
     value: str
@@ -242,7 +267,7 @@ class AcquireShared:
     run_id: str
 
 
-Action = Union[RunArgv, SetSysctl, AcquireShared]
+Action = Union[RunArgv, SetSysctl, AcquireShared, ProbesSent]
 
 
 @dataclass(frozen=True)

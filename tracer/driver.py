@@ -159,6 +159,8 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.ListAddresses: host.list_addresses,
     c.RouteBack: host.route_back,
     c.Neighbour: host.neighbour,
+    c.StatefulFacts: host.stateful_facts,
+    c.Notice: host.notice,
     c.ReadSysctl: host.read_sysctl,
     c.LoadModule: host.load_module,
     c.InInitialNetns: host.in_initial_netns,

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from tracer import analysis, correlate, kernsteps, modes
+from tracer import analysis, correlate, kernsteps, modes, stateful
 from tracer.commands import (
     Begin,
     BuildPackets,
@@ -35,6 +35,9 @@ from tracer.commands import (
     Generation,
     ListAddresses,
     Neighbour,
+    Notice,
+    ProbesSent,
+    StatefulFacts,
     ListBaseChains,
     OpenInjector,
     OpenKernelSources,
@@ -72,7 +75,7 @@ from tracer.outcome import ProbeReport
 from tracer.snapshot import Snapshot
 from tracer.trace import plan
 from tracer.undo import verify
-from tracer.undo.records import RunCommand, nft_undo
+from tracer.undo.records import ForgetProbes, RunCommand, nft_undo
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
@@ -160,13 +163,16 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     try:
         if sending.mode is Mode.INGRESS:
             sending = yield from open_port(req, run_id, pid, rng, sending)
+        found, warned = yield from stateful_matches(req, sending, legacy_saved)
+        if warned:
+            sending = dataclasses.replace(sending, caveats=sending.caveats + (warned,))
         if sending.mode is Mode.INGRESS and sending.target.silent_hop is not None:
             hop, how = sending.target.silent_hop, "ARP" if sending.target.silent_hop.version == 4 else "neighbour solicitation"
             sending = dataclasses.replace(sending, caveats=sending.caveats + (
                 f"no host answers {how} for {hop} on {sending.via}: the reply was given a temporary neighbour "
                 "entry (removed after the run) so that it could be caught; a real client there would get no "
                 "answer until one does",))
-        armed = yield from instrument(req, run_id, sending, legacy_saved, extra)
+        armed = yield from instrument(req, run_id, sending, legacy_saved, extra, found)
         exchanges = []
         for spec, data in zip(sending.specs, sending.datas):
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
@@ -316,8 +322,23 @@ def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, send
 EXTRA_IN = "prove-fix-rules-in"  # the checkpoint after --prove-fix's narrowed rules went in
 
 
+def stateful_matches(req: ProbeRequest, sending: Sending,
+                     legacy_saved: dict[str, str]) -> Steps[tuple[stateful.Found, Optional[str]]]:
+    """The stateful matches the probes may use up; before a real client's address goes through
+    them (--src given, or the sender's own with --local / --from-netns), say what it uses up."""
+    facts = yield StatefulFacts()
+    found = stateful.Found(facts.recent, tuple(stateful.dynamic_sets(facts.sets)),
+                           stateful.spent([facts.ruleset, *legacy_saved.values()]))
+    real = req.src is not None or sending.mode is not Mode.INGRESS
+    text = stateful.warning(found, str(sending.specs[0].src)) if real else None
+    if text:
+        text += f" (--count {req.count}: each probe does)" if req.count > 1 else ""
+        yield Notice(text)
+    return found, text
+
+
 def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str],
-               extra: tuple["Narrowed", ...] = ()) -> Steps[Armed]:
+               extra: tuple["Narrowed", ...] = (), found: Optional[stateful.Found] = None) -> Steps[Armed]:
     """fwtrace's trace table, and the kernel-log rules and switches when the run needs them; with
     --prove-fix, the narrowed fix rules (tracer/provefix.py) after the table, so they are traced."""
     tplan = sending.tplan
@@ -326,8 +347,13 @@ def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: d
     # tables --prove-fix's rules go into are listed in full too.
     hop = sending.target.silent_hop if sending.mode is Mode.INGRESS else None
     neighbours = ((str(hop), sending.via or ""),) if hop is not None else ()
+    addr = str(sending.specs[0].src)
+    restorable = (addr, found.recent, found.dynsets) if found is not None and (found.recent or found.dynsets) else None
     start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
-                                     tuple(x.table for x in extra if x.table is not None), neighbours)
+                                     tuple(x.table for x in extra if x.table is not None), neighbours, restorable)
+    if restorable is not None:  # journaled before the first probe is sent: what it leaves is taken back
+        keep = tuple(k for k in start.state if k.startswith(("xt_recent ", "element ")))
+        yield Change(ForgetProbes(addr, restorable[1], restorable[2], keep), ProbesSent())
     if hop is not None and sending.via is not None:
         yield neighbour_entry(run_id, hop, sending.via)
     kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)

@@ -47,6 +47,7 @@ class Script:
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
+            "StatefulFacts": c.StatefulTexts((), "", ""),
             **answers,
         }
         self.asked: list[c.Command] = []
@@ -69,7 +70,7 @@ def test_local_run_sequence() -> None:
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
         "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy",
-        "Begin", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
+        "Begin", "StatefulFacts", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
         "Generation", "ProofListing", "MetChains", "Listeners"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)

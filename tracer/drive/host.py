@@ -2,6 +2,7 @@
 modules, listening sockets, conntrack entries."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Optional
 
 from tracer import commands as c
@@ -81,3 +82,15 @@ def conntrack_entry(spec: PacketSpec) -> str:
         if e.orig.src == spec.src and e.orig.sport == spec.sport:
             return e.describe()
     return "none"
+
+
+def stateful_facts(run: Run, cmd: c.StatefulFacts) -> c.StatefulTexts:
+    from tracer.listing import RECENT_DIR
+
+    recent = tuple(sorted(os.listdir(RECENT_DIR))) if os.path.isdir(RECENT_DIR) else ()
+    sets = "".join(system.run(["nft", "-t", "list", what], check=False).stdout for what in ("sets", "meters"))
+    return c.StatefulTexts(recent, sets, system.run(["nft", "-t", "list", "ruleset"], check=False).stdout)
+
+
+def notice(run: Run, cmd: c.Notice) -> None:
+    run.log.warning(cmd.text)

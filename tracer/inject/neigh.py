@@ -107,5 +107,16 @@ def _nd(addr: IPAddress, dev: str, timeout: float) -> Optional[str]:
 
 
 def resolve(addr: IPAddress, dev: str, timeout: float = 0.5) -> Optional[str]:
-    """The neighbour entry's address if the kernel has a usable one, else who answers now."""
-    return cached(addr, dev) or solicit(addr, dev, timeout)
+    """The neighbour entry's address if the kernel has a usable one, else who answers now; "?"
+    on a link without neighbour resolution (wireguard, tun: no link-layer address, NOARP) or
+    where the question cannot be asked: nothing waits for an answer there."""
+    found = cached(addr, dev)
+    if found:
+        return found
+    links = json.loads(system.run(["ip", "-j", "link", "show", "dev", dev], check=False).stdout or "[]")
+    if not links or not links[0].get("address") or "NOARP" in links[0].get("flags", []):
+        return "?"
+    try:
+        return solicit(addr, dev, timeout)
+    except OSError:
+        return "?"

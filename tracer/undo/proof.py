@@ -63,6 +63,8 @@ class Scope:
     tables: tuple[tuple[str, str], ...] = ()  # (family, name) listed in full: tables fwtrace adds to
     legacy_families: tuple[str, ...] = ("ip", "ip6")
     neighbours: tuple[tuple[str, str], ...] = ()  # (address, device): the entries a run may add
+    # (address, xt_recent lists, dynamic sets and meters): the probes' state in stateful matches
+    stateful: Optional[tuple[str, tuple[str, ...], tuple[str, ...]]] = None
 
 
 def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] = None,
@@ -149,6 +151,16 @@ def _remedy(name: str, before: Optional[str], after: Optional[str], netns: Optio
     if words[0] == "sysctl":
         ns = name.split(" in ", 1)[1] if " in " in name else None
         return f"`{_prefix(ns)}sysctl -w {words[1]}={before}`" if before is not None else "none needed"
+    if words[0] == "xt_recent":
+        return (f"`{pre}sh -c 'echo -{words[2]} > /proc/net/xt_recent/{words[1]}'`" if before is None
+                else "none: xt_recent cannot put an entry back")
+    if words[0] == "element":
+        if words[1] == "meter":
+            return ("none: the kernel does not delete elements of a `meter` statement's set (they go when the "
+                    "table is loaded again; a named set with `flags dynamic` and `update @set` can be cleaned up)")
+        element = name.split(" ", 5)[5]
+        return (f"`{pre}nft delete element {' '.join(words[2:5])} {element}`" if before is None
+                else f"`{pre}nft add element {' '.join(words[2:5])} {element}`")
     if words[0] == "neighbour":
         return f"`{pre}ip neigh del {words[1]} dev {words[3]}`" if before is None else \
             f"`{pre}ip neigh replace {words[1]} dev {words[3]} {before}`"
