@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
@@ -335,4 +336,10 @@ def _join_negative_numbers(args: list[str]) -> list[str]:
 
 def run() -> None:
     console.take_signals()  # the `fwtrace` script's entry point (python -m tracer took them already)
-    sys.exit(main())
+    status = main()
+    # The run is over and its status known: a signal now must not change it. The interpreter's
+    # shutdown puts every Python-level handler back to SIG_DFL (a late SIGINT killed the process
+    # after its report, exit -2) but leaves ignored signals ignored.
+    for sig in console.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
