@@ -4,7 +4,7 @@ is killed with SIGKILL and counted as a failure), every run exits 130 saying so 
 trace saw the drop and the run was over before the signal, with its own verdict), and every lab
 is left as it was: rulesets, links, addresses, qdiscs, sysctls, journals.
 
-The handlers only set a flag the run acts on between two commands (tracer/sigflag.py); before
+The handlers only set a flag the run acts on between two commands (tracer/system/sigflag.py); before
 that fix about 1 run in 30 deadlocked in the import machinery. The delays are drawn from a seed
 printed on failure (`FWTRACE_TEST_SEED=N` draws the same again); each delay starts when fwtrace
 has taken the three signals (SigCgt in /proc/PID/status) -- before that the interpreter is still
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tracer.lab import Lab
+from tracer.cli.lab import Lab
 
 PER_MODE = 100
 WORKERS = 8  # one lab each: simulated ingress takes one run per namespace at a time

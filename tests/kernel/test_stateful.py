@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import structlog
 
-from tracer.driver import Run
-from tracer.lab import CLIENT4, SERVER4, Lab
+from tracer.pipeline.driver import Run
+from tracer.cli.lab import CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 
@@ -102,7 +102,7 @@ def test_nft_meter_and_dynamic_set_left_as_before(lab: Lab) -> None:
 
 def test_warning_is_said_before_the_probe_and_cleanup_replays_the_forget(lab: Lab, tmp_path: Any) -> None:
     """As a subprocess: the warning on stderr; killed after sending, `fwtrace cleanup` removes the entry."""
-    from tracer.driver import KILL_ENV
+    from tracer.pipeline.driver import KILL_ENV
 
     lab.iptables_restore(lab.server, RECENT)
     lab.listen(lab.server, Proto.TCP, 22)
@@ -131,7 +131,7 @@ def test_meter_statement_elements_cannot_be_removed_and_the_proof_says_so(lab: L
 @pytest.mark.parametrize("rules", ["recent", "nft"])
 def test_a_skipped_forget_is_caught_by_the_proof(lab: Lab, monkeypatch: Any, rules: str) -> None:
     """The proof must see the probes' entries: with the undo sabotaged they are named, with their remedy."""
-    from tracer.undo.cleanup import SKIP_UNDO_ENV
+    from tracer.system.cleanup import SKIP_UNDO_ENV
 
     if rules == "recent":
         lab.iptables_restore(lab.server, RECENT)

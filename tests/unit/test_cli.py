@@ -204,7 +204,7 @@ def test_signal_handler_only_sets_the_flag_and_check_raises_once() -> None:
     import os
     import signal
 
-    from tracer import console
+    from tracer.system import console
     from tracer.errors import Interrupted
 
     with console.interrupts():

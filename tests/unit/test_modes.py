@@ -1,4 +1,4 @@
-"""Honest modes (tracer.modes) and the one conclusion of a run (diagnose.overall)."""
+"""Honest modes (tracer.plan.modes) and the one conclusion of a run (diagnose.overall)."""
 from __future__ import annotations
 
 import ipaddress
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tracer import cli, diagnose, modes
+from tracer import cli, diagnose
+from tracer.plan import modes
 from tracer.errors import UsageError
 
 
@@ -89,7 +90,7 @@ def test_targets_that_cannot_be_are_refused() -> None:
 
 
 def test_neighbour_entry_parsed() -> None:
-    from tracer.inject.neigh import parse_neigh
+    from tracer.system.neigh import parse_neigh
 
     assert parse_neigh('[{"dst":"192.0.2.2","dev":"eth0","lladdr":"3A:1F:0E:8C:2B:61","state":["STALE"]}]') == \
         "3a:1f:0e:8c:2b:61"

@@ -1,7 +1,7 @@
-"""The stateful matches a probe uses up (tracer/stateful.py), on listings as nft 1.0.6 prints them."""
+"""The stateful matches a probe uses up (tracer/plan/stateful.py), on listings as nft 1.0.6 prints them."""
 from __future__ import annotations
 
-from tracer import stateful
+from tracer.plan import stateful
 
 TERSE_SETS = """table inet filter {
 \tset blocklist {
