@@ -25,7 +25,7 @@ import pytest
 
 from tracer.cli.lab import Lab
 
-PER_MODE = 100
+PER_MODE = int(os.environ.get("FWTRACE_TEST_SIGNALS_PER_MODE") or 100)  # ~300 runs: ~60 s on an idle 2-core machine
 WORKERS = 8  # one lab each: simulated ingress takes one run per namespace at a time
 WAIT = 25.0  # seconds a run may take after its signal before it counts as hung
 # No counters: the listings must be byte-identical before and after. Port 8080 is dropped, so
