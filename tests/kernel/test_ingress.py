@@ -434,3 +434,34 @@ def test_two_simulated_ingress_runs_at_once(lab: Lab, sniff: Sniffer) -> None:
     after = state(lab)
     assert after[:2] + after[3:] == before[:2] + before[3:]  # links and tc; the ruleset's counters moved
     assert of_flow(sniff.frames(0.05), CUSTOMER) == []
+
+
+@pytest.mark.parametrize("src", ["192.0.2.77", "2001:db8:1::77"])
+def test_on_link_source_nobody_answers_arp_for_is_reached(lab: Lab, src: str) -> None:
+    """Issue 21: a simulated client on the server's own subnet that no host answers ARP (ND) for.
+    The SYN-ACK used to wait for resolution and never reach the catcher: BLOCKED, and a FAILED
+    neighbour entry left. Now a temporary, journaled entry lets it be caught, and the report says why."""
+    lab.listen(lab.server, Proto.TCP, 8080)
+    before = lab.run(lab.server, ["ip", "neigh", "show", "to", src]).stdout
+    report = ingress(lab, dport=8080, src=a(src), via="eth0")
+    [r] = report.results
+    assert report.reached and r.reply.kind == "syn-ack"
+    how = "ARP" if a(src).version == 4 else "neighbour solicitation"
+    assert any(f"no host answers {how} for {src} on eth0" in x for x in report.caveats)
+    assert lab.run(lab.server, ["ip", "neigh", "show", "to", src]).stdout == before == ""
+    assert f"the neighbour entry of {src} on eth0" in report.checked
+
+
+def test_neighbour_entry_left_behind_is_named_by_the_proof(lab: Lab, tmp_path: Any) -> None:
+    """The neighbour table is part of the cleanup proof: a sabotaged undo of the entry is caught (exit 5)."""
+    from tracer.system.cleanup import SKIP_UNDO_ENV
+
+    lab.listen(lab.server, Proto.TCP, 8080)
+    r = subprocess.run([sys.executable, "-m", "tracer", "probe", "--dport", "8080", "--netns", lab.server, "--src",
+                        "192.0.2.77", "--timeout", "0.5"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FWTRACE_RUN_DIR": str(tmp_path), SKIP_UNDO_ENV: "neighbour 192.0.2.77"})
+    assert r.returncode == 5, r.stderr
+    assert (f"neighbour 192.0.2.77 dev eth0: left behind (remedy: `ip netns exec {lab.server} ip neigh del "
+            "192.0.2.77 dev eth0`)") in r.stderr
+    assert "PERMANENT" in lab.run(lab.server, ["ip", "neigh", "show", "to", "192.0.2.77"]).stdout
+    lab.ip(lab.server, "neigh", "del", "192.0.2.77", "dev", "eth0")

@@ -146,3 +146,36 @@ exec {real} "$@"
     assert last.startswith("fwtrace: error: `nft -a list chain inet filter input` failed with exit code 1: "
                            "Error: unknown expression type 'frob'")
     assert state(lab) == start and journals() == before_journals
+
+
+@pytest.mark.parametrize("case", ["dst-elsewhere", "dst-elsewhere-from-netns", "src-is-target", "ipv6-none",
+                                  "no-link-same-subnet", "no-link-no-route"])
+def test_targets_that_cannot_be_are_one_line_exit_2_nothing_changed(lab: Lab, make_lab: Any, case: str) -> None:
+    """Issue 21: each was a run ending in "no verdict traced", a kernel drop blamed on a third
+    namespace, or "no route back"; each is refused before anything is changed."""
+    lab.nft(lab.server, RULESET)
+    base = ["probe", "--dport", "22", "--netns", lab.server, "--timeout", "0.3"]
+    with make_lab() as other:  # a second lab: the same addresses, on links of its own
+        if case == "no-link-no-route":
+            other.ip(other.client, "link", "set", "eth0", "down")
+        if case == "ipv6-none":
+            lab.ip(lab.server, "addr", "del", "2001:db8:1::1/64", "dev", "eth0")
+        argv, expect = {
+            "dst-elsewhere": (["--dst", "8.8.8.8"], "--dst 8.8.8.8 is not an address of the target, and the target "
+                              "does not forward IPv4 (hint: give one of its addresses (192.0.2.1), or use --local"),
+            "dst-elsewhere-from-netns": (["--from-netns", lab.client, "--dst", "192.0.2.9"],
+                                         "--dst 192.0.2.9 is not an address of the target"),
+            "src-is-target": (["--src", "192.0.2.1"], "--src 192.0.2.1 is an address of the target itself"),
+            "ipv6-none": (["-6"], "the target namespace has no global IPv6 address to probe (hint: give the address with --dst)"),
+            "no-link-same-subnet": (["--from-netns", other.client], f"--from-netns {other.client} has no link to the "
+                                    "target: 192.0.2.1 on its eth0 is answered by "),
+            "no-link-no-route": (["--from-netns", other.client], f"--from-netns {other.client} has no route to 192.0.2.1"),
+        }[case]
+        start, before_journals = state(lab), journals()
+        links = lab.run(lab.server, ["ip", "-br", "link"]).stdout
+        r = fwtrace(*base, *argv)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("fwtrace: error: " + expect), r.stderr
+        assert r.stdout == ""
+        assert state(lab) == start and journals() == before_journals
+        assert lab.run(lab.server, ["ip", "-br", "link"]).stdout == links

@@ -227,3 +227,22 @@ def test_probe_help_states_the_limits_and_where_global_options_go(capsys: Any) -
     out = " ".join(capsys.readouterr().out.split())
     assert "1-100" in out and "at most 60" in out and "1-65535" in out
     assert "may also be given here, after `probe`" in out
+
+
+def test_signal_handler_only_sets_the_flag_and_check_raises_once() -> None:
+    import os
+    import signal
+
+    from tracer.system import console
+    from tracer.errors import Interrupted
+
+    with console.interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this thread: it must not raise
+        os.kill(os.getpid(), signal.SIGINT)
+        wake = console.wakeup_fd()
+        assert wake is not None and os.read(wake, 16)  # a select() on it returns at once
+        with pytest.raises(Interrupted) as e:
+            console.check()
+        assert e.value.signame == "SIGTERM"  # the first one
+        console.check()  # once: the undo on the way out goes on
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

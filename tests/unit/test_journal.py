@@ -8,6 +8,7 @@ import pytest
 
 from tracer.system.journal import Journal, JournalDoc
 from tracer.plan.records import (
+    ForgetProbes,
     ReleaseShared,
     RemoveClsact,
     RestoreSysctl,
@@ -24,6 +25,7 @@ RECORDS = [
     RestoreSysctl("net.netfilter.nf_conntrack_log_invalid", "0"),
     ReleaseShared("net.netfilter.nf_log_all_netns", "0badc0de", "@home"),
     RemoveClsact("eth0"),
+    ForgetProbes("192.0.2.2", ("SSH",), ("set inet filter seen",), ("xt_recent SSH 192.0.2.2",)),
 ]
 
 
@@ -54,5 +56,5 @@ def test_journal_file_gives_back_the_pending_records_newest_first(tmp_path: Path
         j.record(undo)
     j.mark(1, "undone")
     doc = JournalDoc.from_json(json.loads(Path(j.path).read_text()))
-    assert doc.undos() == [RECORDS[4], RECORDS[3], RECORDS[2], RECORDS[0]]
+    assert doc.undos() == [RECORDS[5], RECORDS[4], RECORDS[3], RECORDS[2], RECORDS[0]]
     assert [u for _, u in j.pending()] == doc.undos()

@@ -65,3 +65,34 @@ def test_one_conclusion_for_all_packets() -> None:
 
 def test_help_defines_reached() -> None:
     assert '"reached" means the service\'s answer came back out through the firewall' in cli.EPILOG_PROBE
+
+
+def test_targets_that_cannot_be_are_refused() -> None:
+    a = ipaddress.ip_address
+    with pytest.raises(UsageError, match=r"--dst 8.8.8.8 is not an address of the target, and the target does not "
+                       r"forward IPv4 \(hint: give one of its addresses \(172.17.0.1, 192.0.2.1\)"):
+        modes.check_destination(a("8.8.8.8"), DOCKER_HOST, forwards=False)
+    modes.check_destination(a("8.8.8.8"), DOCKER_HOST, forwards=True)  # a router: forwarded, traced
+    modes.check_destination(a("192.0.2.1"), DOCKER_HOST, forwards=None)
+    with pytest.raises(UsageError, match="address of the target itself.*leave --src out"):
+        modes.check_source(a("172.17.0.1"), DOCKER_HOST, "from-netns")
+    mac = json.loads(DOCKER_HOST)
+    mac[1]["address"] = "02:00:00:00:00:01"
+    target = json.dumps(mac)
+    modes.check_link("cli", a("192.0.2.1"), "eth0", a("192.0.2.1"), "02:00:00:00:00:01", target)
+    modes.check_link("cli", a("2001:db8:1::1"), "eth0", a("2001:db8:1::1"), "?", target)  # answered, no option
+    with pytest.raises(UsageError, match="is answered by 02:00:00:00:00:99, not by an interface of the target"):
+        modes.check_link("cli", a("192.0.2.1"), "eth0", a("192.0.2.1"), "02:00:00:00:00:99", target)
+    with pytest.raises(UsageError, match="no host answers neighbour solicitation for 2001:db8:1::1 on its eth0"):
+        modes.check_link("cli", a("2001:db8:1::1"), "eth0", a("2001:db8:1::1"), None, target)
+    with pytest.raises(UsageError, match="has no route to 192.0.2.1: it has no link"):
+        modes.check_link("cli", a("192.0.2.1"), None, None, None, target)
+
+
+def test_neighbour_entry_parsed() -> None:
+    from tracer.system.neigh import parse_neigh
+
+    assert parse_neigh('[{"dst":"192.0.2.2","dev":"eth0","lladdr":"3A:1F:0E:8C:2B:61","state":["STALE"]}]') == \
+        "3a:1f:0e:8c:2b:61"
+    assert parse_neigh('[{"dst":"192.0.2.9","dev":"eth0","state":["FAILED"]}]') is None
+    assert parse_neigh("") is None

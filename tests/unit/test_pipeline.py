@@ -29,7 +29,9 @@ from tracer.collect.nftrace import parse_messages
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 SERVER = ipaddress.ip_address("192.0.2.1")
-ADDRS = json.dumps([{"ifname": "eth0", "flags": ["UP"], "addr_info": [{"local": "192.0.2.1", "scope": "global"}]}])
+SERVER_MAC = "02:00:00:00:00:01"
+ADDRS = json.dumps([{"ifname": "eth0", "flags": ["UP"], "address": SERVER_MAC,
+                     "addr_info": [{"local": "192.0.2.1", "scope": "global"}]}])
 EMPTY = Snapshot(Ruleset(), "", {})
 
 
@@ -44,7 +46,9 @@ class Script:
             "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
-            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
+            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
+            "StatefulFacts": c.StatefulTexts((), "", ""),
+            **answers,
         }
         self.asked: list[c.Command] = []
 
@@ -66,7 +70,7 @@ def test_local_run_sequence() -> None:
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
         "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy",
-        "Begin", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
+        "Begin", "StatefulFacts", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
         "Generation", "ProofListing", "MetChains", "Listeners"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
@@ -81,9 +85,11 @@ def test_from_netns_enters_the_client_namespace_once() -> None:
     opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
     assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
     assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
-    # (the target's addresses are read once, for the checks of tracer.plan.modes; none in the client)
-    assert [cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)] == [c.ListAddresses()]
-    assert "RouteBack" not in script.names()
+    # (the target's addresses are read for the checks of tracer.plan.modes; none in the client)
+    assert {cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)} == {c.ListAddresses()}
+    # The sender's way to the target: its route, and who answers for the next hop there.
+    assert [cmd for cmd in script.asked if isinstance(cmd, (c.RouteBack, c.Neighbour))] == [
+        c.RouteBack(SERVER, None, "cli"), c.Neighbour(SERVER, "eth0", "cli")]
 
 
 def test_waits_until_the_timeout_then_cleans_up() -> None:
@@ -107,8 +113,9 @@ def test_ingress_falls_back_to_a_local_probe_when_the_port_cannot_be_built() -> 
     report = run(ProbeRequest(dport=8080, src=ipaddress.ip_address("203.0.113.5")), script)
     names = script.names()
     # The route back picks eth0, whose address becomes the destination; asked again from it.
-    assert names[:7] == ["Checkpoint", "RouteBack", "ListAddresses", "RouteBack", "ListAddresses", "ListBaseChains",
-                         "BuildPackets"]
+    # Then who answers for the next hop of the route back (before anything is changed).
+    assert names[:9] == ["Checkpoint", "ListAddresses", "RouteBack", "ListAddresses", "RouteBack", "Neighbour",
+                         "ListAddresses", "ListBaseChains", "BuildPackets"]
     after_port = names[names.index("OpenPort") + 1:]
     assert after_port[:4] == ["OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets"]  # a local source, new packets
     sent = next(cmd for cmd in script.asked if isinstance(cmd, c.Send))
@@ -199,3 +206,20 @@ def test_a_difference_after_the_undo_fails_the_cleanup_with_its_name() -> None:
     assert report.leftover == (
         f"sysctl {key} in srv: changed (remedy: `ip netns exec srv sysctl -w {key}=0`)",
         "table ip raw: left behind (remedy: `ip netns exec srv nft delete table ip raw`)")
+
+
+def test_silent_next_hop_gets_a_journaled_neighbour_entry_after_the_proof_listing() -> None:
+    """Issue 21: an on-link source nobody answers ARP for; its reply would wait in the neighbour table."""
+    src = ipaddress.ip_address("192.0.2.77")
+    script = Script(Neighbour=None)
+    report = run(ProbeRequest(dport=8080, via="eth0", src=src), script)
+    names = script.names()
+    changes = [cmd for cmd in script.asked if isinstance(cmd, c.Change)]
+    neigh = next(ch for ch in changes if ch.action.argv[:3] == ("ip", "neigh", "replace"))
+    assert neigh.action.argv == ("ip", "neigh", "replace", "192.0.2.77", "lladdr", "02:00:0b:ad:c0:de", "dev", "eth0",
+                                 "nud", "permanent")
+    assert neigh.undo.argv == ("ip", "neigh", "del", "192.0.2.77", "dev", "eth0") and neigh.atomic
+    listing = next(cmd for cmd in script.asked if isinstance(cmd, c.ProofListing))
+    assert listing.scope.neighbours == (("192.0.2.77", "eth0"),)
+    assert names.index("ProofListing") < script.asked.index(neigh)  # listed before it is added
+    assert any("no host answers ARP for 192.0.2.77 on eth0" in x for x in report.caveats)

@@ -135,3 +135,16 @@ def test_table_list_over_netlink() -> None:
     before = dict(got, **{"table ip filter": '{"flags": 0, "handle": 1, "use": 1}'})
     [d] = proof.differences(before, got)
     assert (d.name, d.change) == ("table ip filter", "changed")
+
+
+def test_neighbour_entries_only_permanent_ones_count() -> None:
+    from tracer.plan.proof import differences, neighbour_objects
+
+    perm = '[{"dst":"192.0.2.77","dev":"eth0","lladdr":"02:00:0b:ad:c0:de","state":["PERMANENT"]}]'
+    assert neighbour_objects("eth0", "192.0.2.77", perm) == {
+        "neighbour 192.0.2.77 dev eth0": "lladdr 02:00:0b:ad:c0:de nud permanent"}
+    for dynamic in ('[{"dst":"192.0.2.77","dev":"eth0","state":["FAILED"]}]', "", "[]",
+                    '[{"dst":"192.0.2.77","dev":"eth0","lladdr":"3a:1f:0e:8c:2b:61","state":["REACHABLE"]}]'):
+        assert neighbour_objects("eth0", "192.0.2.77", dynamic) == {}
+    [left] = differences({}, neighbour_objects("eth0", "192.0.2.77", perm), "srv")
+    assert left.change == "left behind" and left.remedy == "`ip netns exec srv ip neigh del 192.0.2.77 dev eth0`"

@@ -225,6 +225,8 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
         try:
             report = run.execute()
         except KeyboardInterrupt as e:
+            if isinstance(e, Interrupted) and e.run:
+                raise  # from a run of its own (--ebpf auto's second pass), with its undo's result
             raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
     from tracer.pipeline import cmdcheck
 
@@ -332,7 +334,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     parser.print_help()
                     return ExitStatus.USAGE
                 log = logs.configure_logging(ns.log_format, ns.verbose)
-                return int(COMMANDS[ns.command](ns, log))
+                status = int(COMMANDS[ns.command](ns, log))
+                if ns.command != "probe":  # a probe acts on it while it runs, and reports once it is over
+                    console.check()  # a signal no safe point of the command acted on (doctor, cleanup)
+                return status
             except FwtraceError as e:
                 console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
                 return int(e.status)
@@ -405,4 +410,10 @@ def _join_negative_numbers(args: list[str]) -> list[str]:
 
 
 def run() -> None:
-    sys.exit(main())
+    console.take_signals()  # the `fwtrace` script's entry point (python -m tracer took them already)
+    status = main()
+    # The run is over and its status known: a signal now must not change it. The interpreter's
+    # shutdown puts every Python-level handler back to SIG_DFL (a late SIGINT killed the process
+    # after its report, exit -2) but leaves ignored signals ignored.
+    console.ignore_signals()
+    sys.exit(status)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from tracer.plan import commands as c
 from tracer.pipeline import probe
 from tracer import system
+from tracer.system import console
 from tracer.plan.commands import drive
 from tracer.pipeline.drive import KILL_ENV, SIGINT_ENV, checkpoint  # noqa: F401  (the tests set these, by these names)
 from tracer.pipeline.drive import ebpf, host, inject, ruleset, sources, undo
@@ -80,6 +81,11 @@ class Run:
         return second_pass(self, report)
 
     def carry_out(self, cmd: c.Command) -> Any:
+        # The run's safe point for a signal (tracer/system/console.py): between two commands, never
+        # inside one. Once the run's undo began (Finish), the rest of the run is its cleanup
+        # proof and report: a signal then no longer stops it.
+        if self.finished is None:
+            console.check()
         return HANDLERS[type(cmd)](self, cmd)
 
     def checkpoint(self, phase: str) -> None:
@@ -176,6 +182,9 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     # facts of the host (module loading, sysctls, routes, sockets, conntrack)
     c.ListAddresses: host.list_addresses,
     c.RouteBack: host.route_back,
+    c.Neighbour: host.neighbour,
+    c.StatefulFacts: host.stateful_facts,
+    c.Notice: host.notice,
     c.ReadSysctl: host.read_sysctl,
     c.LoadModule: host.load_module,
     c.InInitialNetns: host.in_initial_netns,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.pipeline import analysis
 from tracer import correlate
-from tracer.plan import kernsteps, modes
+from tracer.plan import kernsteps, modes, stateful
 from tracer.plan.commands import (
     Begin,
     BuildPackets,
@@ -35,6 +35,10 @@ from tracer.plan.commands import (
     Finished,
     Generation,
     ListAddresses,
+    Neighbour,
+    Notice,
+    ProbesSent,
+    StatefulFacts,
     ListBaseChains,
     OpenInjector,
     OpenKernelSources,
@@ -72,7 +76,7 @@ from tracer.report.outcome import ProbeReport
 from tracer.ruleset.snapshot import Snapshot
 from tracer.plan import plan
 from tracer.plan import verify
-from tracer.plan.records import nft_undo
+from tracer.plan.records import ForgetProbes, RunCommand, nft_undo
 from tracer.pipeline.state import Armed, Exchange, Sending, Target  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -95,6 +99,8 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     full: Optional[Snapshot] = (yield TakeSnapshot()) if full_snapshot else None
     yield Checkpoint("snapshot")
     target = yield from address(req)
+    if req.mode is Mode.INGRESS:
+        target = yield from next_hop_answers(target)
     sending = yield from packets(req, run_id, pid, rng, target, req.mode)
     # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE in
     # the kernel log) or --log. x_tables has no per-chain listing nor a generation, so its tables
@@ -104,7 +110,16 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     try:
         if sending.mode is Mode.INGRESS:
             sending = yield from open_port(req, run_id, pid, rng, sending)
-        armed = yield from instrument(req, run_id, sending, legacy_saved, extra)
+        found, warned = yield from stateful_matches(req, sending, legacy_saved)
+        if warned:
+            sending = dataclasses.replace(sending, caveats=sending.caveats + (warned,))
+        if sending.mode is Mode.INGRESS and sending.target.silent_hop is not None:
+            hop, how = sending.target.silent_hop, "ARP" if sending.target.silent_hop.version == 4 else "neighbour solicitation"
+            sending = dataclasses.replace(sending, caveats=sending.caveats + (
+                f"no host answers {how} for {hop} on {sending.via}: the reply was given a temporary neighbour "
+                "entry (removed after the run) so that it could be caught; a real client there would get no "
+                "answer until one does",))
+        armed = yield from instrument(req, run_id, sending, legacy_saved, extra, found)
         exchanges = []
         for spec, data in zip(sending.specs, sending.datas):
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
@@ -123,8 +138,27 @@ def address(req: ProbeRequest) -> Steps[Target]:
     if req.mode is Mode.INGRESS:
         return (yield from ingress_target(req))
     dst = yield from destination(req)
+    if req.mode is Mode.FROM_NETNS:
+        text = yield ListAddresses()
+        if req.src is not None:
+            modes.check_source(req.src, text, "from-netns")
+        yield from for_the_target(dst, text)
+        assert req.from_netns is not None
+        route = yield RouteBack(dst, None, req.from_netns)
+        dev = route.dev if route is not None and route.kind == "unicast" else None
+        hop = (route.gateway or dst) if route is not None and dev is not None else None
+        answered = (yield Neighbour(hop, dev, req.from_netns)) if hop is not None and dev is not None else None
+        modes.check_link(req.from_netns, dst, dev, hop, answered, text)
     found = yield OpenInjector(req.from_netns, None if req.src else dst)
     return Target(req.src or found, dst)
+
+
+def for_the_target(dst: IPAddress, target_json: str) -> Steps[None]:
+    """A probe from outside is for one of the target's addresses, or one it forwards."""
+    if dst in modes.own_addresses(target_json):
+        return
+    key = "net.ipv4.ip_forward" if dst.version == 4 else "net.ipv6.conf.all.forwarding"
+    modes.check_destination(dst, target_json, (yield ReadSysctl(key)) == "1")
 
 
 def ingress_target(req: ProbeRequest) -> Steps[Target]:
@@ -133,10 +167,18 @@ def ingress_target(req: ProbeRequest) -> Steps[Target]:
 
     version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
     src = req.src or ingress.default_source(version)
+    # Checked before the route back, which would say "none" for each of them.
+    text = yield ListAddresses()
+    if req.src is not None:
+        modes.check_source(req.src, text, "ingress")
+    if req.dst is not None:
+        yield from for_the_target(req.dst, text)
     if req.via is not None or req.dst is not None:
         dst = yield from destination(req, req.via)
         back = yield RouteBack(src, dst if req.dst is None else req.dst)
         return _checked(Target(src, dst, req.via or _arrives_on(back), back))
+    if pick_address(text, version) is None:  # -6 on a host without global IPv6
+        raise UsageError(f"the target namespace has no global IPv{version} address to probe", "give the address with --dst")
     back = yield RouteBack(src, None)
     via = _arrives_on(back)
     if via is None:
@@ -145,6 +187,27 @@ def ingress_target(req: ProbeRequest) -> Steps[Target]:
     # route back is then asked again from that address (source-based policy routing).
     dst = yield from destination(req, via)
     return Target(src, dst, via, (yield RouteBack(src, dst)) or back)
+
+
+def next_hop_answers(target: Target) -> Steps[Target]:
+    """Simulated ingress: does a host answer for the next hop of the route back? Asked before
+    anything is changed (the neighbour entry, else one ARP request / neighbour solicitation)."""
+    back = target.back
+    if target.via is None or back is None or back.kind != "unicast" or back.dev != target.via:
+        return target  # the reply leaves by another way: no neighbour of via's is needed
+    hop = back.gateway or target.src
+    answered = yield Neighbour(hop, target.via)
+    return target if answered is not None else dataclasses.replace(target, silent_hop=hop)
+
+
+def neighbour_entry(run_id: str, hop: IPAddress, dev: str) -> Change:
+    """A permanent neighbour entry for the reply, journaled: its MAC is locally administered and
+    carries the run id (the reply is caught at the interface's egress before it is sent)."""
+    mac = "02:00:" + ":".join(run_id[i:i + 2] for i in range(0, 8, 2))
+    undo = RunCommand(f"neighbour {hop} dev {dev} (temporary, for the reply)", ("ip", "neigh", "del", str(hop), "dev", dev),
+                      gone=("No such file or directory", "Cannot find device"))
+    return Change(undo, RunArgv(("ip", "neigh", "replace", str(hop), "lladdr", mac, "dev", dev, "nud", "permanent")),
+                  atomic=True)
 
 
 def _arrives_on(back: Optional["Route"]) -> Optional[str]:
@@ -206,16 +269,40 @@ def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, send
 EXTRA_IN = "prove-fix-rules-in"  # the checkpoint after --prove-fix's narrowed rules went in
 
 
+def stateful_matches(req: ProbeRequest, sending: Sending,
+                     legacy_saved: dict[str, str]) -> Steps[tuple[stateful.Found, Optional[str]]]:
+    """The stateful matches the probes may use up; before a real client's address goes through
+    them (--src given, or the sender's own with --local / --from-netns), say what it uses up."""
+    facts = yield StatefulFacts()
+    found = stateful.Found(facts.recent, tuple(stateful.dynamic_sets(facts.sets)),
+                           stateful.spent([facts.ruleset, *legacy_saved.values()]))
+    real = req.src is not None or sending.mode is not Mode.INGRESS
+    text = stateful.warning(found, str(sending.specs[0].src)) if real else None
+    if text:
+        text += f" (--count {req.count}: each probe does)" if req.count > 1 else ""
+        yield Notice(text)
+    return found, text
+
+
 def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str],
-               extra: tuple["Narrowed", ...] = ()) -> Steps[Armed]:
+               extra: tuple["Narrowed", ...] = (), found: Optional[stateful.Found] = None) -> Steps[Armed]:
     """fwtrace's trace table, and the kernel-log rules and switches when the run needs them; with
     --prove-fix, the narrowed fix rules (tracer/pipeline/provefix.py) after the table, so they are traced."""
     tplan = sending.tplan
     # The cleanup proof lists what the run may touch first; with --log its listing also says
     # which chains nf_tables really holds (a --log rule into a missing one would create it). The
     # tables --prove-fix's rules go into are listed in full too.
+    hop = sending.target.silent_hop if sending.mode is Mode.INGRESS else None
+    neighbours = ((str(hop), sending.via or ""),) if hop is not None else ()
+    addr = str(sending.specs[0].src)
+    restorable = (addr, found.recent, found.dynsets) if found is not None and (found.recent or found.dynsets) else None
     start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
-                                     tuple(x.table for x in extra if x.table is not None))
+                                     tuple(x.table for x in extra if x.table is not None), neighbours, restorable)
+    if restorable is not None:  # journaled before the first probe is sent: what it leaves is taken back
+        keep = tuple(k for k in start.state if k.startswith(("xt_recent ", "element ")))
+        yield Change(ForgetProbes(addr, restorable[1], restorable[2], keep), ProbesSent())
+    if hop is not None and sending.via is not None:
+        yield neighbour_entry(run_id, hop, sending.via)
     kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)
     if kplan is not None:
         yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed

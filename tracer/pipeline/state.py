@@ -22,6 +22,10 @@ class Target:
     dst: IPAddress
     via: Optional[str] = None  # simulated ingress: the interface it arrives on
     back: Optional["Route"] = None  # the route from the target back to src
+    # Simulated ingress: the next hop of the route back (src on-link, or the gateway) that no host
+    # answers ARP / neighbour solicitation for: its reply would wait for resolution in the
+    # neighbour table and never reach the catcher, so it gets a temporary journaled entry.
+    silent_hop: Optional[IPAddress] = None
 
 
 @dataclass(frozen=True)

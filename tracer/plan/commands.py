@@ -70,10 +70,42 @@ class ListBaseChains(Command):
 
 @dataclass(frozen=True)
 class RouteBack(Command):
-    """The route from the target back to `to` (from the local address `local`) -> Optional[Route]."""
+    """The route from the target back to `to` (from the local address `local`) -> Optional[Route];
+    `netns`: the route of that namespace instead (--from-netns: the sender's way to the target)."""
 
     to: IPAddress
     local: Optional[IPAddress] = None
+    netns: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StatefulFacts(Command):
+    """The target's stateful objects as listed -> StatefulTexts (tracer/plan/stateful.py parses them)."""
+
+
+@dataclass(frozen=True)
+class StatefulTexts:
+    recent: tuple[str, ...]  # the names in /proc/net/xt_recent
+    sets: str  # `nft -t list sets` and `nft -t list meters`
+    ruleset: str  # `nft -t list ruleset`
+
+
+@dataclass(frozen=True)
+class Notice(Command):
+    """Say this on stderr now, before the probes go out (a warning) -> None."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Neighbour(Command):
+    """Who answers for `addr` on `dev` in namespace `netns` (None: the target): a usable
+    neighbour entry's link-layer address, else the one that answered one ARP request or
+    neighbour solicitation -> Optional[str] (None: nobody answered; "?" an answer without one)."""
+
+    addr: IPAddress
+    dev: str
+    netns: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +246,12 @@ class RunArgv:
 
 
 @dataclass(frozen=True)
+class ProbesSent:
+    """No command: the change is what the probes themselves leave in stateful matches (its undo
+    removes that, tracer/plan/stateful.py); journaled before the first probe is sent."""
+
+
+@dataclass(frozen=True)
 class SetSysctl:
     key: str
     value: str
@@ -229,7 +267,7 @@ class AcquireShared:
     run_id: str
 
 
-Action = Union[RunArgv, SetSysctl, AcquireShared]
+Action = Union[RunArgv, SetSysctl, AcquireShared, ProbesSent]
 
 
 @dataclass(frozen=True)

@@ -76,3 +76,48 @@ def check_addresses(src: IPAddress, dst: IPAddress, target_json: str, simulated:
     if simulated and src in own_addresses(target_json):
         raise UsageError(f"--src {src} is an address of the target itself: its packets cannot arrive from outside",
                          "give a remote client's address (default 203.0.113.5), or use --local")
+
+
+def link_addresses(addr_json: str) -> set[str]:
+    """The link-layer addresses of the interfaces in `ip -j addr` output, lower case."""
+    try:
+        links = json.loads(addr_json)
+    except ValueError:
+        return set()
+    return {str(link["address"]).lower() for link in links if link.get("address")}
+
+
+def check_source(src: IPAddress, target_json: str, mode: str) -> None:
+    """A remote client (simulated, or another namespace) cannot have the target's own address:
+    the target would take its replies for its own packets."""
+    if src in own_addresses(target_json):
+        raise UsageError(f"--src {src} is an address of the target itself: its packets cannot arrive from outside",
+                         "give a remote client's address (default 203.0.113.5), or use --local"
+                         if mode == "ingress" else "leave --src out (the sender's own address), or use --local")
+
+
+def check_destination(dst: IPAddress, target_json: str, forwards: Optional[bool]) -> None:
+    """A probe from outside must be for the target: one of its addresses, or one it forwards
+    (`forwards`: its ip_forward / forwarding sysctl is on; None when not asked: dst is its own)."""
+    if dst in own_addresses(target_json) or forwards:
+        return
+    mine = sorted({str(i.ip) for _, i in interfaces(target_json) if i.version == dst.version})
+    raise UsageError(f"--dst {dst} is not an address of the target, and the target does not forward IPv{dst.version}",
+                     (f"give one of its addresses ({', '.join(mine)})" if mine else "give one of its addresses")
+                     + ", or use --local to probe a connection the target makes")
+
+
+def check_link(from_netns: str, dst: IPAddress, route_dev: Optional[str], hop: Optional[IPAddress],
+               answered: Optional[str], target_json: str) -> None:
+    """--from-netns must be a host on a link to the target: its route to dst leaves by a device on
+    which the next hop (the gateway, or dst itself) is answered by one of the target's interfaces."""
+    hint = f"give a namespace on a link to the target (see `ip -n {from_netns} route get {dst}`)"
+    if route_dev is None or hop is None:
+        raise UsageError(f"--from-netns {from_netns} has no route to {dst}: it has no link to the target", hint)
+    if answered is None:
+        how = "ARP" if hop.version == 4 else "neighbour solicitation"
+        raise UsageError(f"--from-netns {from_netns} has no link to the target: no host answers {how} for {hop} "
+                         f"on its {route_dev}", hint)
+    if answered != "?" and answered not in link_addresses(target_json):
+        raise UsageError(f"--from-netns {from_netns} has no link to the target: {hop} on its {route_dev} is "
+                         f"answered by {answered}, not by an interface of the target", hint)

@@ -62,6 +62,9 @@ class Scope:
     own_table: str  # fwtrace_<runid>: other runs' tables, which come and go by themselves, are skipped
     tables: tuple[tuple[str, str], ...] = ()  # (family, name) listed in full: tables fwtrace adds to
     legacy_families: tuple[str, ...] = ("ip", "ip6")
+    neighbours: tuple[tuple[str, str], ...] = ()  # (address, device): the entries a run may add
+    # (address, xt_recent lists, dynamic sets and meters): the probes' state in stateful matches
+    stateful: Optional[tuple[str, tuple[str, ...], tuple[str, ...]]] = None
 
 
 def nft_objects(listing: str, skip_table: Optional[Callable[[str, str], bool]] = None,
@@ -148,6 +151,19 @@ def _remedy(name: str, before: Optional[str], after: Optional[str], netns: Optio
     if words[0] == "sysctl":
         ns = name.split(" in ", 1)[1] if " in " in name else None
         return f"`{_prefix(ns)}sysctl -w {words[1]}={before}`" if before is not None else "none needed"
+    if words[0] == "xt_recent":
+        return (f"`{pre}sh -c 'echo -{words[2]} > /proc/net/xt_recent/{words[1]}'`" if before is None
+                else "none: xt_recent cannot put an entry back")
+    if words[0] == "element":
+        if words[1] == "meter":
+            return ("none: the kernel does not delete elements of a `meter` statement's set (they go when the "
+                    "table is loaded again; a named set with `flags dynamic` and `update @set` can be cleaned up)")
+        element = name.split(" ", 5)[5]
+        return (f"`{pre}nft delete element {' '.join(words[2:5])} {element}`" if before is None
+                else f"`{pre}nft add element {' '.join(words[2:5])} {element}`")
+    if words[0] == "neighbour":
+        return f"`{pre}ip neigh del {words[1]} dev {words[3]}`" if before is None else \
+            f"`{pre}ip neigh replace {words[1]} dev {words[3]} {before}`"
     if after is not None and before is None:  # left behind: delete it
         if words[0] == "rule":
             return f"`{pre}nft delete rule {' '.join(words[1:4])} handle {words[5]}`"
@@ -183,3 +199,18 @@ def differences(before: State, after: State, netns: Optional[str] = None) -> tup
         change = "left behind" if b is None else "missing" if a is None else "changed"
         out.append(Leftover(name, change, _remedy(name, b, a, netns)))
     return tuple(out)
+
+
+def neighbour_objects(dev: str, addr: str, listing: str) -> dict[str, str]:
+    """The permanent entry for addr in `ip -j neigh show to ADDR dev DEV` output, e.g.
+    [{"dst":"192.0.2.77","dev":"eth0","lladdr":"02:00:2e:df:ca:56","state":["PERMANENT"]}].
+    Only permanent entries are anybody's doing: the kernel makes and drops the others itself
+    (an address that answered ARP during the run is no leftover)."""
+    try:
+        entries = json.loads(listing or "[]")
+    except ValueError:
+        return {}
+    for e in entries if isinstance(entries, list) else []:
+        if {"PERMANENT", "NOARP"} & set(e.get("state", [])):
+            return {f"neighbour {addr} dev {dev}": f"lladdr {e.get('lladdr', '')} nud permanent"}
+    return {}

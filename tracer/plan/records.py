@@ -9,6 +9,7 @@ input, gone, key, value).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
@@ -86,7 +87,25 @@ class RemoveCommented:
         return f"rule in {self.chain} (--prove-fix)"
 
 
-Undo = Union[RunCommand, RestoreSysctl, ReleaseShared, RemoveClsact, RemoveCommented]
+@dataclass(frozen=True)
+class ForgetProbes:
+    """Take `addr` off the xt_recent lists and out of the dynamic sets where it was not before
+    the run (`keep`: the cleanup proof's keys of what was, tracer/plan/stateful.py `objects`)."""
+
+    kind: ClassVar[str] = "stateful"
+    addr: str
+    recent: tuple[str, ...]
+    dynsets: tuple[str, ...]
+    keep: tuple[str, ...] = ()
+    netns: Optional[str] = None
+
+    @property
+    def what(self) -> str:
+        return f"what the probes from {self.addr} left in stateful matches (" + ", ".join(
+            [f"xt_recent {r}" for r in self.recent] + list(self.dynsets)) + ")"
+
+
+Undo = Union[RunCommand, RestoreSysctl, ReleaseShared, RemoveClsact, RemoveCommented, ForgetProbes]
 
 
 def in_netns(undo: Undo, netns: Optional[str]) -> Undo:
@@ -108,6 +127,9 @@ def to_json(undo: Undo) -> dict[str, Any]:
         d.update(key=undo.key, value=undo.run_id)
     elif isinstance(undo, RemoveCommented):
         d.update(key=undo.chain, value=undo.marker)
+    elif isinstance(undo, ForgetProbes):
+        d.update(key=undo.addr, value=json.dumps({"recent": list(undo.recent), "dynsets": list(undo.dynsets),
+                                                  "keep": list(undo.keep)}))
     else:
         d.update(key=undo.dev)
     return d
@@ -124,6 +146,9 @@ def from_json(d: dict[str, Any]) -> Undo:
         return RemoveClsact(key, netns)
     if kind == "nft-comment":
         return RemoveCommented(key, value, netns)
+    if kind == "stateful":
+        v = json.loads(value)
+        return ForgetProbes(key, tuple(v["recent"]), tuple(v["dynsets"]), tuple(v["keep"]), netns)
     if kind != "cmd":
         raise ValueError(f"unknown kind of undo {kind!r}")
     return RunCommand(str(d.get("what", "")), tuple(d.get("argv", ())), str(d.get("input", "")),

@@ -48,15 +48,17 @@ class Verdict:
 
 
 def before(table: str, log_family: Optional[str], legacy_saved: dict[str, str],
-           extra: tuple[tuple[str, str], ...] = ()) -> Steps[Start]:
+           extra: tuple[tuple[str, str], ...] = (), neighbours: tuple[tuple[str, str], ...] = (),
+           stateful: Optional[tuple[str, tuple[str, ...], tuple[str, ...]]] = None) -> Steps[Start]:
     """List the scope: the table list, x_tables, and with --log the iptables-nft tables of the
     probe's family in full (where its rules go); `extra`: the nf_tables tables --prove-fix puts its
-    narrowed rules into, also in full."""
+    narrowed rules into, also in full; `neighbours`: (address, device) of the neighbour entries
+    the run adds; `stateful`: the probe address's entries in xt_recent lists and dynamic sets."""
     tables: tuple[tuple[str, str], ...] = ()
     if log_family is not None:
         names = [k.split()[1:3] for k in (yield NftTables())]
         tables = tuple(sorted((f, n) for f, n in names if f == log_family and n in XTABLES_NAMES))
-    scope = proof.Scope(table, tuple(sorted(set(tables) | set(extra))))
+    scope = proof.Scope(table, tuple(sorted(set(tables) | set(extra))), neighbours=neighbours, stateful=stateful)
     return Start(scope, dict((yield ProofListing(scope, legacy_saved))))
 
 
@@ -87,6 +89,12 @@ def _checked(scope: proof.Scope, legacy_seen: bool, sysctls: int) -> tuple[str, 
         out.append(f"{', '.join(f'{f} {t}' for f, t in scope.tables)} in full (chains, sets, rules with handles)")
     if legacy_seen:
         out.append("the iptables-legacy tables")
+    if scope.neighbours:
+        out.append("the neighbour entr" + ("ies" if len(scope.neighbours) > 1 else "y") + " of "
+                   + ", ".join(f"{a} on {d}" for a, d in scope.neighbours))
+    if scope.stateful is not None:
+        addr, recent, dynsets = scope.stateful
+        out.append(f"the entries of {addr} in " + ", ".join([f"xt_recent {r}" for r in recent] + list(dynsets)))
     if sysctls:
         out.append(f"{sysctls} sysctl{'s' if sysctls > 1 else ''}")
     return tuple(out)

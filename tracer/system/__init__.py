@@ -220,10 +220,20 @@ def interface_names() -> dict[int, str]:
 
 
 def wait_readable(fds: list[int], timeout: float) -> None:
-    """Block until one of `fds` is readable or `timeout` seconds passed."""
+    """Block until one of `fds` is readable, a signal arrived (the wakeup pipe of
+    tracer/system/sigflag.py: the run's next command acts on it), or `timeout` seconds passed."""
     import select
 
-    select.select(fds, [], [], timeout)
+    from tracer.system.console import wakeup_fd
+
+    wake = wakeup_fd()
+    ready = select.select(fds + ([wake] if wake is not None else []), [], [], timeout)[0]
+    if wake is not None and wake in ready:
+        try:
+            while os.read(wake, 512):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def signal_self(name: str) -> None:

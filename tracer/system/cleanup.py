@@ -13,6 +13,7 @@ from tracer.errors import FwtraceError
 from tracer.plan import plan
 from tracer.system.journal import Journal, JournalDoc, is_alive, list_journals
 from tracer.plan.records import (
+    ForgetProbes,
     ReleaseShared,
     RemoveClsact,
     RemoveCommented,
@@ -46,6 +47,10 @@ def apply_undo(undo: Undo) -> Optional[str]:
                 return _remove_clsact(undo.dev)
             if isinstance(undo, RemoveCommented):
                 return _remove_commented(undo.chain, undo.marker)
+            if isinstance(undo, ForgetProbes):
+                from tracer.system.listing import forget
+
+                return forget(undo.addr, undo.recent, undo.dynsets, undo.keep)
             done = system.run(list(undo.argv), input=undo.input or None, check=False)
     except FwtraceError as e:
         if undo.netns is not None and not os.path.exists(os.path.join(system.NETNS_RUN_DIR, undo.netns)):

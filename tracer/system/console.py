@@ -13,6 +13,7 @@ import sys
 from typing import Any, Iterator, Optional
 
 from tracer.errors import Interrupted
+from tracer.system.sigflag import SIGNALS, _on_signal, _raised, _seen, _wakeup, take_signals
 
 
 # The std streams that were closed when fwtrace started (std_streams points them at /dev/null).
@@ -69,28 +70,42 @@ class SafeStderr:
             pass
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+def wakeup_fd() -> Optional[int]:
+    """Readable once a signal arrived (for the run's select()), None before `take_signals`."""
+    return _wakeup[0] if _wakeup else None
+
+
+def check() -> None:
+    """Raise Interrupted for the first signal received, once: later checks (the undo on the way
+    out carries out commands too) and later signals do nothing, so a second Ctrl-C cannot cut
+    the cleanup the first one started."""
+    if _seen and not _raised:
+        _raised.append(True)
+        raise Interrupted(_seen[0])
+
+
+def ignore_signals() -> None:
+    """From now on INT/TERM/HUP change nothing (the interpreter's shutdown leaves ignored ones so)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def interrupts() -> Iterator[None]:
-    """The first SIGINT/SIGTERM/SIGHUP raises Interrupted wherever the main thread is, so every
-    undo on the way out runs; later ones are ignored: a second Ctrl-C must not cut the cleanup
-    the first one started (nor raise again while the first is being reported)."""
-    seen: list[str] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if seen:
-            return
-        seen.append(signal.Signals(signum).name)
-        raise Interrupted(seen[0])
-
-    old = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
+    """SIGINT/SIGTERM/SIGHUP set the flag the run acts on (`check`) for the time of the block;
+    the handlers they had come back after it. A block entered with the flag's handlers already
+    in place (the entry point took them) keeps what they saw."""
+    ours = all(signal.getsignal(sig) is _on_signal for sig in SIGNALS)
+    if not ours:
+        _seen.clear()
+        _raised.clear()
+    old = take_signals()
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        if not ours:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def std_streams() -> None:

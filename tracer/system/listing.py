@@ -1,6 +1,7 @@
 """Read the firewall of the calling thread's namespace (the I/O half of tracer/ruleset/snapshot.py)."""
 from __future__ import annotations
 
+import os
 from typing import Iterable, Optional
 
 from tracer.errors import CommandError
@@ -113,6 +114,11 @@ def proof_state(scope: Scope, legacy_saved: Optional[dict[str, str]] = None) -> 
             state.update(proof.nft_objects(listed.stdout, own_mark="fwtrace:" + scope.own_table[len(TABLE_PREFIX):]))
         elif "No such file or directory" not in listed.stderr:
             raise CommandError(list(listed.argv), listed.returncode, listed.stderr)
+    if scope.stateful is not None:
+        state.update(stateful_now(*scope.stateful))
+    for addr, dev in scope.neighbours:
+        listed = run(["ip", "-j", "neigh", "show", "to", addr, "dev", dev], check=False)
+        state.update(proof.neighbour_objects(dev, addr, listed.stdout if listed.returncode == 0 else ""))
     for family in scope.legacy_families:
         names = proc_net(LEGACY_NAMES[family])
         if not names.strip():
@@ -195,3 +201,49 @@ def filter_view(legacy_saved: Optional[dict[str, str]] = None) -> Snapshot:
                 ipt[family] = save_text({"filter": by_chain})
     legacy_saved = legacy_saved or {}
     return Snapshot(with_legacy(with_iptables(merge_tables(ruleset), ipt), legacy_saved), text, ipt, legacy_saved)
+
+
+RECENT_DIR = "/proc/net/xt_recent"  # per namespace: the lists of the calling thread's
+
+
+def stateful_now(addr: str, recent: tuple[str, ...], dynsets: tuple[str, ...]) -> dict[str, str]:
+    """The address's entries on xt_recent lists and elements of dynamic sets / meters now
+    (tracer/plan/stateful.py `objects`; a list or set that is gone has none)."""
+    from tracer.plan import stateful
+
+    texts = {}
+    for name in recent:
+        try:
+            with open(os.path.join(RECENT_DIR, name)) as f:
+                texts[name] = f.read()
+        except FileNotFoundError:
+            pass
+    elements = {}
+    for dynset in dynsets:
+        kind, family, table, name = dynset.split()
+        listed = run(["nft", "-j", "list", kind, family, table, name], check=False)
+        elements[dynset] = stateful.set_elements(listed.stdout) if listed.returncode == 0 else []
+    return stateful.objects(addr, texts, elements)
+
+
+def forget(addr: str, recent: tuple[str, ...], dynsets: tuple[str, ...], keep: tuple[str, ...]) -> Optional[str]:
+    """Remove what the probes from addr left (every entry and element of the address not in
+    `keep`); the error, if one could not be removed. A meter's elements cannot be (the kernel
+    refuses to delete them): the cleanup proof names those."""
+    errors = []
+    for key in stateful_now(addr, recent, dynsets):
+        if key in keep:
+            continue
+        words = key.split()
+        if words[0] == "xt_recent":
+            try:
+                with open(os.path.join(RECENT_DIR, words[1]), "w") as f:
+                    f.write(f"-{addr}\n")
+            except OSError as e:
+                errors.append(f"{key}: {e}")
+        elif words[1] == "set":
+            element = key.split(" ", 5)[5]
+            done = run(["nft", "delete", "element", *words[2:5], element], check=False)
+            if done.returncode != 0 and "No such file or directory" not in done.stderr:
+                errors.append(f"{key}: {done.stderr.strip() or done.returncode}")
+    return "; ".join(errors) or None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from tracer import system
+from tracer.system.console import check as check_signals
 from tracer.errors import UsageError
 from tracer.inject import bpfasm, ingress
 from tracer.system.raw import ETH_P_ALL, Injector
@@ -52,6 +53,11 @@ def lock_namespace() -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
+            try:
+                check_signals()  # a safe point for a signal (tracer/system/sigflag.py): waiting here is long
+            except KeyboardInterrupt:
+                os.close(fd)
+                raise
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise IngressUnavailable(f"another fwtrace run kept simulating ingress in this namespace for {LOCK_WAIT:.0f} s") from None

@@ -2,6 +2,7 @@
 modules, listening sockets, conntrack entries."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Optional
 
 from tracer.plan import commands as c
@@ -22,7 +23,15 @@ def list_addresses(run: RunState, cmd: c.ListAddresses) -> str:
 def route_back(run: RunState, cmd: c.RouteBack) -> Any:
     from tracer.system import simulate
 
-    return simulate.route_to(cmd.to, cmd.local)
+    with system.netns(cmd.netns):
+        return simulate.route_to(cmd.to, cmd.local)
+
+
+def neighbour(run: Run, cmd: c.Neighbour) -> Optional[str]:
+    from tracer.system import neigh
+
+    with system.netns(cmd.netns):
+        return neigh.resolve(cmd.addr, cmd.dev)
 
 
 def read_sysctl(run: RunState, cmd: c.ReadSysctl) -> Optional[str]:
@@ -74,3 +83,15 @@ def conntrack_entry(spec: PacketSpec) -> str:
         if e.orig.src == spec.src and e.orig.sport == spec.sport:
             return e.describe()
     return "none"
+
+
+def stateful_facts(run: Run, cmd: c.StatefulFacts) -> c.StatefulTexts:
+    from tracer.system.listing import RECENT_DIR
+
+    recent = tuple(sorted(os.listdir(RECENT_DIR))) if os.path.isdir(RECENT_DIR) else ()
+    sets = "".join(system.run(["nft", "-t", "list", what], check=False).stdout for what in ("sets", "meters"))
+    return c.StatefulTexts(recent, sets, system.run(["nft", "-t", "list", "ruleset"], check=False).stdout)
+
+
+def notice(run: Run, cmd: c.Notice) -> None:
+    run.log.warning(cmd.text)
