@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -70,7 +69,9 @@ def require_root() -> None:
 # ---------------------------------------------------------------------------------------------
 # Network namespaces
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter runs on (dlopen(NULL)): ctypes.util.find_library would run
+# `ldconfig -p` in a subprocess on every start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def libc() -> ctypes.CDLL:
