@@ -23,8 +23,9 @@ LISTINGS = [["nft", "list", "chains"], ["nft", "-a", "list", "chain", "ip", "fil
 
 def test_in_process_listings_are_the_commands(lab: Lab) -> None:
     lab.iptables_restore(lab.server, SEED_RULESET)
-    lab.nft(lab.server, "table inet t { set s { type ipv4_addr; elements = { 192.0.2.9 } }\n"
-            " chain c { type filter hook input priority 10; ip saddr @s counter drop; tcp dport 22 accept } }\n")
+    lab.nft(lab.server, "table inet t {\n set s {\n  type ipv4_addr\n  elements = { 192.0.2.9 }\n }\n"
+            " chain c {\n  type filter hook input priority 10; policy accept;\n  ip saddr @s counter drop\n"
+            "  tcp dport 22 accept\n }\n}\n")
     assert nftlib.usable(shutil.which("nft") or "nft")
     with system.netns(lab.server):
         for argv in LISTINGS + [["nft", "-a", "list", "table", "inet", "t"]]:
