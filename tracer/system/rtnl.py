@@ -14,7 +14,7 @@ NETLINK_ROUTE = 0
 RTM_GETLINK, RTM_GETADDR = 18, 22
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_LINK, IFLA_LINK_NETNSID = 3, 5, 37
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP, IFF_RUNNING = 0x1, 0x40
 # iproute2's print_link_flags: these names in this order (IFF_RUNNING is never printed; an UP
@@ -64,12 +64,22 @@ def addresses_json() -> str:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         sock.settimeout(10)
+        peers: dict[int, int] = {}
+        raw_flags: dict[int, int] = {}
         for m in _dump(sock, RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0), 1):
             _, _, index, flags, _ = struct.unpack_from("=BxHiII", m)
-            name = next((v.rstrip(b"\0").decode() for k, v in _attrs(m, 16) if k == IFLA_IFNAME), "")
+            attrs = dict(_attrs(m, 16))
+            name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
             link = {"ifindex": index, "ifname": name, "flags": flag_names(flags), "addr_info": []}
             links.append(link)
             by_index[index] = link
+            raw_flags[index] = flags
+            iflink = struct.unpack("=I", attrs[IFLA_LINK])[0] if len(attrs.get(IFLA_LINK, b"")) == 4 else 0
+            if iflink and IFLA_LINK_NETNSID not in attrs:
+                peers[index] = iflink
+        for index, iflink in peers.items():  # iproute2: the link's own peer here, down (or unknown): M-DOWN
+            if not raw_flags.get(iflink, 0) & IFF_UP:
+                by_index[index]["flags"].append("M-DOWN")
         for m in _dump(sock, RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0), 2):
             family, plen, _, scope, index = struct.unpack_from("=BBBBI", m)
             if family not in (socket.AF_INET, socket.AF_INET6) or index not in by_index:
