@@ -48,7 +48,6 @@ PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 
 def fwtrace(src: str, args: list[str], want: set[int]) -> float:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed fwtrace has its .pyc files (the warm-up writes them)
     t = time.perf_counter()
     p = subprocess.run([PYTHON, "-m", "tracer", *args], capture_output=True, text=True, env=env, cwd=src)
     wall = time.perf_counter() - t

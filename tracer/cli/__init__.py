@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 from tracer import __version__
@@ -181,6 +182,8 @@ def _add_cleanup(sub: Any) -> None:
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
     check_evidence_path(ns.evidence)
+    # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
+    threading.Thread(target=_import_scapy, args=(req.ipv6,), daemon=True).start()
 
     from tracer.report import outcome as run_outcome
     from tracer.pipeline.driver import Run
@@ -250,6 +253,12 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
                   + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
         return ExitStatus.ENVIRONMENT
     return ExitStatus.OK
+
+
+def _import_scapy(ipv6: bool) -> None:
+    from tracer.system.raw import preload_scapy
+
+    preload_scapy(ipv6)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {

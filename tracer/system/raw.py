@@ -2,11 +2,9 @@
 
 Packets are sent through raw IP sockets (the kernel routes them as it would any local packet) and
 replies are read from an AF_PACKET socket; both are opened in the sending namespace, so a probe
-"from" another namespace is simply sent with sockets created there. The bytes are scapy's and
-the replies are described in scapy's words, without importing scapy for the usual shapes
-(tracer/system/wire.py); for any other reply only scapy's inet layers are imported (the whole of
-scapy costs 0.7 s), its IPv6 layers only for an IPv6 packet, and never `cryptography`
-(see `load_scapy`).
+"from" another namespace is simply sent with sockets created there. scapy builds the bytes and
+describes the replies; only its inet layers are imported (the whole of scapy costs 0.7 s), its
+IPv6 layers only for an IPv6 packet, and never `cryptography` (see `load_scapy`).
 """
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ from typing import Optional
 
 from tracer.model import IPAddress, PacketSpec, Proto
 from tracer.packet import Headers, parse_headers
-from tracer.system import wire
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
@@ -50,7 +47,7 @@ def load_scapy(ipv6: bool) -> None:
     right after. scapy.layers.inet imports the IPv6 layers too (and reads the IPv6 routing table)
     unless conf.ipv6_enabled is off: it is, for that import only; IPv6 layers load when a packet
     needs them."""
-    with _SCAPY_LOCK:  # a run's threads may both get here
+    with _SCAPY_LOCK:  # the CLI's preload thread and the run may both get here
         if "scapy.layers.inet" not in sys.modules:
             hide = "cryptography" not in sys.modules
             if hide:
@@ -70,18 +67,35 @@ def load_scapy(ipv6: bool) -> None:
 
 
 def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
-    """The probe's bytes: what scapy would build (tracer/system/wire.py, compared with scapy by the
-    unit tests), without importing it."""
-    return wire.build(spec, tcp_seq(spec) if seq is None else seq)
+    load_scapy(spec.family == 6)
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Packet
+
+    l3: Packet
+    l4: Packet
+    if spec.family == 4:
+        l3 = IP(src=str(spec.src), dst=str(spec.dst), id=spec.ident, ttl=64)
+    else:
+        from scapy.layers.inet6 import IPv6
+
+        l3 = IPv6(src=str(spec.src), dst=str(spec.dst), fl=spec.ident, hlim=64)
+    if spec.proto is Proto.TCP:
+        l4 = TCP(sport=spec.sport, dport=spec.dport, flags=spec.flags, seq=tcp_seq(spec) if seq is None else seq,
+                 window=0 if "R" in spec.flags else 64240)
+    elif spec.proto is Proto.UDP:
+        l4 = UDP(sport=spec.sport, dport=spec.dport) / b"fwtrace"
+    elif spec.family == 4:
+        l4 = ICMP(type=8, id=spec.sport, seq=spec.dport) / b"fwtrace"
+    else:
+        from scapy.layers.inet6 import ICMPv6EchoRequest
+
+        l4 = ICMPv6EchoRequest(id=spec.sport, seq=spec.dport, data=b"fwtrace")
+    return bytes(l3 / l4)
 
 
 def describe(data: bytes) -> str:
     """scapy's one-line summary of a captured IP packet, ports as numbers (not /etc/services
-    names such as http_alt: everything else fwtrace prints is numeric). The usual replies are
-    summarised by wire.summary without scapy; scapy is imported for any other shape."""
-    fast = wire.summary(data)
-    if fast is not None:
-        return fast
+    names such as http_alt: everything else fwtrace prints is numeric)."""
     load_scapy(bool(data) and data[0] >> 4 == 6)
     from scapy.config import conf
     from scapy.layers.inet import IP, TCP, UDP, TCPerror, UDPerror
@@ -149,3 +163,11 @@ class Injector:
     def close(self) -> None:
         for s in (self.send4, self.send6, self.recv):
             s.close()
+
+
+def preload_scapy(ipv6: bool = False) -> None:
+    """Import scapy ahead of its first use (the CLI does it on a thread while the run starts)."""
+    try:
+        load_scapy(ipv6)
+    except ImportError:
+        pass  # reported where it is used
