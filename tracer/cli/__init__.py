@@ -205,11 +205,11 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
 
 def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
-    threading.Thread(target=_import_scapy, daemon=True).start()
+    threading.Thread(target=_import_scapy, args=(req.ipv6,), daemon=True).start()
 
     from tracer.report import outcome as run_outcome
     from tracer.pipeline.driver import Run
-    from tracer.render import jsondoc, terminal
+    from tracer.render import jsondoc
 
     bundle: Any = None
     if held is not None:
@@ -240,6 +240,8 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
         doc = jsondoc.document(report)
         out = json.dumps(provefix.to_json(doc, steps) if ns.prove_fix else doc, indent=2) + "\n"
     else:
+        from tracer.render import terminal  # rich: only for the text report
+
         out = terminal.for_stream(report, sys.stdout, ns.no_color)
         if ns.prove_fix:
             out += provefix.render(steps, report.reached)
@@ -292,10 +294,10 @@ def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
     return ExitStatus.ENVIRONMENT if written is not None else ExitStatus.OK
 
 
-def _import_scapy() -> None:
+def _import_scapy(ipv6: bool) -> None:
     from tracer.system.raw import preload_scapy
 
-    preload_scapy()
+    preload_scapy(ipv6)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -60,6 +59,14 @@ def require_tools(*names: str) -> None:
 def run(argv: list[str], input: Optional[str] = None, check: bool = True, timeout: float = 30.0) -> Completed:
     """Run one command in the calling thread's network namespace."""
     require_tools(argv[0])
+    if argv[0] == "nft":  # in-process through libnftables where it is the same nft (tracer/system/nftlib.py)
+        from tracer.system import nftlib
+
+        done = nftlib.run(argv, input)
+        if done is not None:
+            if check and done[0] != 0:
+                raise CommandError(argv, done[0], done[2])
+            return Completed(tuple(argv), done[1], done[2], done[0])
     exe = shutil.which(argv[0]) or argv[0]
     env = dict(os.environ, LC_ALL="C")
     try:
@@ -81,7 +88,9 @@ def require_root() -> None:
 # ---------------------------------------------------------------------------------------------
 # Network namespaces
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter runs on (dlopen(NULL)): ctypes.util.find_library would run
+# `ldconfig -p` in a subprocess on every start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def libc() -> ctypes.CDLL:

@@ -3,12 +3,15 @@
 Packets are sent through raw IP sockets (the kernel routes them as it would any local packet) and
 replies are read from an AF_PACKET socket; both are opened in the sending namespace, so a probe
 "from" another namespace is simply sent with sockets created there. scapy builds the bytes and
-describes the replies; only its inet layers are imported (the whole of scapy costs 0.7 s).
+describes the replies; only its inet layers are imported (the whole of scapy costs 0.7 s), its
+IPv6 layers only for an IPv6 packet, and never `cryptography` (see `load_scapy`).
 """
 from __future__ import annotations
 
 import select
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -33,7 +36,38 @@ def tcp_seq(spec: PacketSpec) -> int:
     return (spec.ident * 65536 + 1) & 0xFFFFFFFF
 
 
+_SCAPY_LOCK = threading.Lock()
+
+
+def load_scapy(ipv6: bool) -> None:
+    """Import scapy's IPv4 layers (and its IPv6 ones when `ipv6`), nothing else.
+
+    scapy.config probes for `cryptography` at import (for TLS/IPsec layers fwtrace never uses):
+    0.03-0.1 s of a run. It is made unimportable while scapy.config loads, and importable again
+    right after. scapy.layers.inet imports the IPv6 layers too (and reads the IPv6 routing table)
+    unless conf.ipv6_enabled is off: it is, for that import only; IPv6 layers load when a packet
+    needs them."""
+    with _SCAPY_LOCK:  # the CLI's preload thread and the run may both get here
+        if "scapy.layers.inet" not in sys.modules:
+            hide = "cryptography" not in sys.modules
+            if hide:
+                sys.modules["cryptography"] = None  # type: ignore[assignment]  # import raises ImportError
+            try:
+                from scapy.config import conf
+            finally:
+                if hide and sys.modules.get("cryptography", 0) is None:
+                    del sys.modules["cryptography"]
+            was, conf.ipv6_enabled = conf.ipv6_enabled, False
+            try:
+                import scapy.layers.inet  # noqa: F401
+            finally:
+                conf.ipv6_enabled = was
+        if ipv6:
+            import scapy.layers.inet6  # noqa: F401
+
+
 def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
+    load_scapy(spec.family == 6)
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.packet import Packet
 
@@ -62,6 +96,7 @@ def build(spec: PacketSpec, seq: Optional[int] = None) -> bytes:
 def describe(data: bytes) -> str:
     """scapy's one-line summary of a captured IP packet, ports as numbers (not /etc/services
     names such as http_alt: everything else fwtrace prints is numeric)."""
+    load_scapy(bool(data) and data[0] >> 4 == 6)
     from scapy.config import conf
     from scapy.layers.inet import IP, TCP, UDP, TCPerror, UDPerror
 
@@ -130,9 +165,9 @@ class Injector:
             s.close()
 
 
-def preload_scapy() -> None:
+def preload_scapy(ipv6: bool = False) -> None:
     """Import scapy ahead of its first use (the CLI does it on a thread while the run starts)."""
     try:
-        import scapy.layers.inet  # noqa: F401
+        load_scapy(ipv6)
     except ImportError:
         pass  # reported where it is used

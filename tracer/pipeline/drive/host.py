@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 def list_addresses(run: RunState, cmd: c.ListAddresses) -> str:
     with system.netns(cmd.netns):
-        return system.run(["ip", "-j", "addr", "show"]).stdout
+        from tracer.system import rtnl
+
+        return rtnl.addresses_json()  # `ip -j addr show`, in-process
 
 
 def route_back(run: RunState, cmd: c.RouteBack) -> Any:
