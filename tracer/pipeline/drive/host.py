@@ -17,9 +17,7 @@ if TYPE_CHECKING:
 
 def list_addresses(run: RunState, cmd: c.ListAddresses) -> str:
     with system.netns(cmd.netns):
-        from tracer.system import rtnl
-
-        return rtnl.addresses_json()  # `ip -j addr show`, in-process
+        return system.run(["ip", "-j", "addr", "show"]).stdout
 
 
 def route_back(run: RunState, cmd: c.RouteBack) -> Any:
@@ -29,7 +27,7 @@ def route_back(run: RunState, cmd: c.RouteBack) -> Any:
         return simulate.route_to(cmd.to, cmd.local)
 
 
-def neighbour(run: Run, cmd: c.Neighbour) -> Optional[str]:
+def neighbour(run: RunState, cmd: c.Neighbour) -> Optional[str]:
     from tracer.system import neigh
 
     with system.netns(cmd.netns):
