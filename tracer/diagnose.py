@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from tracer import nearfix
 from tracer.ebpf import findings as ebpf_findings
-from tracer.findings import checks, decider
+from tracer.findings import checks, decider, safe
 from tracer.findings.context import (
     Context,
     Probe,
@@ -60,7 +60,13 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             findings.append(found)
     # Near misses (tracer/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed one
     # condition; several may apply (nearest first), and they contradict none of the above.
-    findings.extend(nearfix.check(result, ctx, p.facts))
+    # A near miss whose rule the deciding rule comes before is none: that finding says so (safe.py).
+    nms = nearfix.misses(result, ctx, p.facts)
+    blk = safe.block_of(p, nms)
+    keep = [nm for nm in nms if blk is None or nm not in blk.unreached][: nearfix.MAX_SHOWN]
+    findings.extend(nearfix.finding(nm, result, ctx.full_ruleset or ctx.ruleset) for nm in keep)
+    # Each finding's intent, and its fixes scoped, safest first, in the owner's terms (safe.py).
+    findings = safe.finish(p, findings, blk)
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
     # replace the findings above (a named cause replaces stack-drop).
     return ebpf_findings.amend(result, findings, ctx)

@@ -45,11 +45,18 @@ def check(result: PacketResult, ctx: Any, pf: PacketFacts) -> list[Finding]:
     """The diagnosis' near-miss check (tracer/diagnose.py): for a dropped or rejected packet, judged
     on the facts as filtered (after DNAT, `pf`) and as sent; `ctx` is diagnose's Context (its
     `full_ruleset` and `full_sets` when the run listed them, else the met chains only)."""
+    return [finding(nm, result, ctx.full_ruleset or ctx.ruleset) for nm in misses(result, ctx, pf)[:MAX_SHOWN]]
+
+
+def misses(result: PacketResult, ctx: Any, pf: PacketFacts) -> list[NearMiss]:
+    """All near misses of a dropped or rejected packet, nearest first (see `check`)."""
+    from tracer.nearmiss import near_misses
+
     if result.verdict not in (Verdict.DROP, Verdict.REJECT):
         return []
     spec = result.spec
     original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
-    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
+    return near_misses(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
 
 
 def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:

@@ -87,6 +87,9 @@ class Model:
 
     def apply(self, command: str) -> None:
         argv = shlex.split(command)
+        if argv[0] == "echo" and argv[2:] == [">", "/proc/net/xt_recent/SSH"]:  # forget one address
+            self.recent.discard(argv[1].lstrip("-"))
+            return
         if argv[:2] == ["ipset", "del"]:
             self.banned.discard(argv[3])
             return

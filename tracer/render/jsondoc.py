@@ -54,8 +54,20 @@ def raw_fix(report: Any) -> Optional[str]:
 
 
 def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
-    h = diagnose.seen(r)
-    return owners.fix(r, raw_fix(report), str(h.dst), h.dport)
+    """The first fix of the report when it is in a firewall manager's own terms: the same fix,
+    in the same order, as findings[].fixes[0] and the text report (tracer/findings/safe.py)."""
+    for f in report.findings:
+        if not f.fixes:
+            continue
+        first = f.fixes[0]
+        if first.owner is None:
+            return None
+        owner = owners.decider_owner(r)
+        if owner is None or owner.key != first.owner:
+            owner = owners.Owner(first.owner, owners.NAMES.get(first.owner, first.owner))
+        cmds = tuple(c for c in first.commands if c != first.raw) or first.commands
+        return owners.OwnerFix(owner, first.why or owners.reload_note(owner), cmds, first.raw)
+    return None
 
 
 def document(report: Any) -> dict[str, Any]:
