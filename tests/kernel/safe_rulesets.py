@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tracer.lab import BACKEND4, CLIENT4
+from tracer.cli.lab import BACKEND4, CLIENT4
 
 OTHER4 = ipaddress.ip_address("192.0.2.3")
 

@@ -35,12 +35,12 @@ from safe_rulesets import (
     XT_RECENT,
 )
 
-from tracer.driver import Run
+from tracer.pipeline.driver import Run
 from tracer.errors import CommandError
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto, Verdict
-from tracer.outcome import ProbeReport
-from tracer.provefix import ProofStep, prove, runner
+from tracer.report.outcome import ProbeReport
+from tracer.pipeline.provefix import ProofStep, prove, runner
 from tracer.render import jsondoc, terminal
 
 log = structlog.get_logger("test")

@@ -1,11 +1,11 @@
 """Intent and client-scoped fixes (tracer/findings/safe.py), and the second-source narrowing of
---prove-fix (tracer/narrow.py): pure, on hand-built timelines."""
+--prove-fix (tracer/plan/narrow.py): pure, on hand-built timelines."""
 from __future__ import annotations
 
 import ipaddress
 
 from tracer import diagnose
-from tracer.findings.safe import holding_element, set_expiry
+from tracer.diagnose.safe import holding_element, set_expiry
 from tracer.model import (
     Backend,
     Chain,
@@ -22,7 +22,7 @@ from tracer.model import (
     TraceEvent,
     Verdict,
 )
-from tracer.narrow import narrow
+from tracer.plan.narrow import narrow
 
 CLIENT = ipaddress.ip_address("203.0.113.5")
 SERVER = ipaddress.ip_address("192.0.2.1")

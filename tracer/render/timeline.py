@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tracer import diagnose, owners
 from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
 from tracer.packet import parse_headers
-from tracer.render import jsondoc
+from tracer.report import classify
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def steps(r: PacketResult) -> Section:
             rows.append(Row("", f"{' '.join(jumped[:3])}: no rule matched, back to the caller", "dim"))
         jumped = None
         if key != current and ev.kind is not EventKind.CONNTRACK:
-            owner = owners.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
+            owner = classify.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
             iif = f"  (in {ev.iif})" if ev.iif and ev.packet else ""
             rows.append(Row("chain", _where(*key) + (f"  [{owner.describe()}]" if owner else "") + iif, "chain"))
             current = key
@@ -126,7 +125,7 @@ def steps(r: PacketResult) -> Section:
 
 def _ebpf_row(step: Step) -> Row:
     """The kernel's own view (eBPF: drops with their reason, replies the stack sends)."""
-    from tracer.ebpf.text import ebpf_line
+    from tracer.render.ebpf_text import ebpf_line
 
     ev = step.event
     body = ebpf_line(ev).split("kernel (eBPF)", 1)[-1].strip() + (f"  (in {ev.iif})" if ev.iif else "")
@@ -185,7 +184,7 @@ def header(report: Any) -> str:
 
 
 def findings(report: Any) -> Section:
-    """Each finding with its fixes, safest first (tracer/findings/safe.py): an owner's fix with its
+    """Each finding with its fixes, safest first (tracer/diagnose/safe.py): an owner's fix with its
     commands in the manager's terms, the raw command under it, and whom each fix lets in."""
     rows: Section = []
     for f in report.findings:
@@ -198,8 +197,8 @@ def findings(report: Any) -> Section:
             label = "fix" if i == 0 else "or"
             if x.owner is not None and x.raw is not None:
                 own = [c for c in x.commands if c != x.raw]
-                owner = owners.decider_owner(report.results[0]) if report.results else None
-                name = owner.describe() if owner is not None and owner.key == x.owner else owners.NAMES.get(x.owner, x.owner)
+                owner = classify.decider_owner(report.results[0]) if report.results else None
+                name = owner.describe() if owner is not None and owner.key == x.owner else classify.NAMES.get(x.owner, x.owner)
                 rows.append(Row(label, f"as {name} wants it: {own[0] if own else x.raw}", "fix"))
                 rows += [Row("", c, "fix") for c in own[1:]]
                 if x.why:
@@ -207,8 +206,8 @@ def findings(report: Any) -> Section:
                 if x.raw not in own[:1]:
                     rows.append(Row("raw fix", x.raw, "dim"))
             elif x.owner is not None and x.commands:
-                name = owners.NAMES.get(x.owner, x.owner)
-                owner = owners.decider_owner(report.results[0]) if report.results else None
+                name = classify.NAMES.get(x.owner, x.owner)
+                owner = classify.decider_owner(report.results[0]) if report.results else None
                 name = owner.describe() if owner is not None and owner.key == x.owner else name
                 rest = x.text.split(x.commands[0], 1)[1].lstrip(";) ").strip() if x.commands[0] in x.text else ""
                 rows.append(Row(label, f"as {name} wants it: {x.commands[0]}", "fix"))
@@ -226,18 +225,18 @@ def findings(report: Any) -> Section:
 
 def summary(report: Any) -> str:
     """One line to paste into a ticket: outcome, what, where from, and who decided."""
-    out = jsondoc.outcome(report).upper()
+    out = classify.outcome(report).upper()
     results = list(report.results)
     if not results:
         return f"{out}: no probe was sent (fwtrace run {report.run_id})"
-    bad = [r for r in results if jsondoc.packet_outcome(r, report.findings) != "reached"]
+    bad = [r for r in results if classify.packet_outcome(r, report.findings) != "reached"]
     r = bad[0] if bad and out != "REACHED" else results[0]
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
     d = r.decided_by
     dropped = r.reply_dropped
     rd = getattr(r, "reply_decided_by", None)
-    step = jsondoc.reply_drop(r)
+    step = classify.reply_drop(r)
     if dropped and rd is not None:
         by = f"DROP by {rd.table} {rd.chain} " + (f"rule {rd.rule.number}" if rd.rule else "policy")
     elif dropped and step is not None:
