@@ -100,3 +100,31 @@ def test_second_source_narrowing_keeps_the_fix_own_source() -> None:
     # a fix without a source of its own is not tried from a second source (it would let it in by design)
     assert narrow("iptables -I INPUT 3 -p tcp --dport 22 -j ACCEPT", OTHER, 40001, Proto.TCP, "abcd1234", None,
                   keep_source=True) is None
+
+
+def test_a_firewalld_policy_is_named_with_policy_not_zone() -> None:
+    """firewalld's policies (chains filter_IN_policy_NAME_deny) take --policy=NAME: no zone policy_NAME exists."""
+    from tracer.diagnose import owners
+
+    deny = Rule("inet", "firewalld", "filter_IN_policy_allow-host_deny", 1, 7, "tcp dport 8080 reject")
+    spec = PacketSpec(Proto.TCP, CLIENT, SERVER, 40000, 8080, "S", 1)
+    ev = TraceEvent(1, EventKind.RULE, "inet", "firewalld", deny.chain, verdict="drop", iif="eth0")
+    r = PacketResult(spec, Verdict.REJECT, RuleRef("inet", "firewalld", deny.chain, deny), Reply("none"), (Step(ev, deny),),
+                     ("prerouting", "input"))
+    fix = owners.fix(r, "nft insert rule ...", str(SERVER), 8080)
+    assert fix is not None and fix.commands[0] == "firewall-cmd --policy=allow-host --add-port=8080/tcp"
+
+
+def test_a_firewalld_deny_rule_gets_a_priority_minus_one_exemption_for_the_client() -> None:
+    deny = Rule("inet", "firewalld", "filter_IN_policy_allow-host_deny", 1, 7, "tcp dport 8080 reject")
+    spec = PacketSpec(Proto.TCP, CLIENT, SERVER, 40000, 8080, "S", 1)
+    ev = TraceEvent(1, EventKind.RULE, "inet", "firewalld", deny.chain, verdict="drop", iif="eth0")
+    r = PacketResult(spec, Verdict.REJECT, RuleRef("inet", "firewalld", deny.chain, deny), Reply("none"), (Step(ev, deny),),
+                     ("prerouting", "input"))
+    ruleset = Ruleset((Table("inet", "firewalld", (Chain("inet", "firewalld", deny.chain, rules=(deny,)),)),))
+    [f] = [f for f in diagnose.diagnose(r, diagnose.Context(ruleset, (), local=False, mode="ingress", via="eth0"))
+           if f.code == "blocked-by-rule"]
+    assert (f.intent, f.scope) == ("restricted", "client") and "deliberately" in f.message
+    assert f.commands[0] == ("firewall-cmd --policy=allow-host --add-rich-rule='rule priority=\"-1\" family=\"ipv4\" "
+                             f"source address=\"{CLIENT}\" port port=\"8080\" protocol=\"tcp\" accept'")
+    assert f.commands[2] == f"nft insert rule inet firewalld {deny.chain} position 7 ip saddr {CLIENT} tcp dport 8080 accept"

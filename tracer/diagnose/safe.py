@@ -102,6 +102,9 @@ def block_of(p: Probe, misses: Sequence[NearMiss] = ()) -> Optional[Block]:
         if allow:
             return Block("restricted", allow, at, carrier, tuple(n.value or f"@{n.name}" for n in allow),
                          unreached=unreached)
+    if ref.table == "firewalld" and ref.chain.endswith("_deny") and ref.rule is not None:
+        # firewalld's deny chains hold the drop/reject rich rules of a zone or policy: deliberate
+        return Block("restricted", own, ref, unreached=unreached)
     if own:  # narrowed by something else (a mark, the time, the address type): blocked-by-rule says it
         return Block("general", own, ref, unreached=unreached)
     meter = _fell_through(p)
@@ -432,6 +435,10 @@ def targeted_finding(p: Probe, blk: Block) -> Finding:
                 (f" (`{blk.ns[0].text}` drops everyone else)" if blk.ns else "")
             msg = (f"{head}{carrier}: {service(p)} is open only for {opened}{by}; {src} is not one of them. Opening it "
                    "for everyone would undo that restriction.")
+        elif ref.chain.endswith("_deny"):
+            msg = (f"{head}: a deny rule of firewalld in {ref.chain} (a rich rule with reject or drop) refuses "
+                   f"{service(p)} deliberately. Opening the service before it would lift the deny for everyone; an "
+                   "exemption for one client needs a rich rule with a lower priority.")
         else:
             msg = (f"{head}: it matches only some packets (`{blk.ns[0].text}`), not every client of this service. "
                    "Opening the service above it for everyone would switch that off.")

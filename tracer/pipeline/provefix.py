@@ -48,7 +48,9 @@ class ProofStep:
 
 # The admin's own rules first: one that matches but is never reached, one that almost matched;
 # then the rules fwtrace composes (policy, blocked-by-rule, ...) in report order.
-_PREFERENCE = {"shadowed-rule": 0, "near-miss": 1}
+# A targeted block's own first fix (scoped to the client) is what the report offers first: it is
+# the one proven, and then tried from a second source.
+_PREFERENCE = {"source-blocked": 0, "rate-limited": 0, "source-restricted": 0, "shadowed-rule": 0, "near-miss": 1}
 
 
 def first_fix(findings: tuple[Finding, ...]) -> Optional[tuple[Finding, str]]:
