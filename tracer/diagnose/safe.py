@@ -35,6 +35,10 @@ from tracer.ruleset.match.scope import Narrowing, narrowings
 from tracer.model import Backend, EventKind, Finding, Fix, Proto, Rule, RuleRef, Step
 from tracer.diagnose.nearmiss import NearMiss, left_at
 
+# firewalld's chains that sort packets into zones by source or interface (1.x: *_ZONES, iptables
+# backend *_ZONES_SOURCE; 2.x: filter_INPUT_POLICIES, whose `ip saddr RANGE reject` is a source
+# zone's target): a source there is a zone binding, not a ban.
+_ZONE_DISPATCH = re.compile(r"_(?:ZONES(?:_SOURCE)?|POLICIES)$")
 _WIDTH = {"client": 0, "service": 1, "wider": 2}
 RATE = ("recent", "limit", "hashlimit", "connlimit")
 DECIDER_CODES = ("policy", "shadowed-rule", "blocked-by-rule")
@@ -88,8 +92,12 @@ def block_of(p: Probe, misses: Sequence[NearMiss] = ()) -> Optional[Block]:
         return None
     unreached = tuple(nm for nm in misses if _decided_first(p, nm))
     own = narrowings(ref.rule, p.iif, p.oif) if ref.rule is not None else ()
+    if ref.table == "firewalld" and _ZONE_DISPATCH.search(ref.chain):
+        own = tuple(n for n in own if n.kind not in ("source", "set"))
     carriers: list[tuple[RuleRef, Optional[Rule], tuple[Narrowing, ...]]] = [(ref, None, own)]
     for jump in call_path(p):
+        if jump.table == "firewalld" and _ZONE_DISPATCH.search(jump.chain):
+            continue  # firewalld sorting packets into zones by source: a classification, not a ban
         at = RuleRef(jump.family, jump.table, jump.chain, jump, backend=ref.backend)
         carriers.append((at, jump, narrowings(jump, p.iif, p.oif)))
     for kinds, intent in ((RATE, "limit"), (("source", "set"), "source")):

@@ -48,14 +48,19 @@ class ProofStep:
 
 # The admin's own rules first: one that matches but is never reached, one that almost matched;
 # then the rules fwtrace composes (policy, blocked-by-rule, ...) in report order.
-# A targeted block's own first fix (scoped to the client) is what the report offers first: it is
-# the one proven, and then tried from a second source.
-_PREFERENCE = {"source-blocked": 0, "rate-limited": 0, "source-restricted": 0, "shadowed-rule": 0, "near-miss": 1}
+# A targeted block's client fix comes before a near miss that would let in more than the client.
+_PREFERENCE = {"shadowed-rule": 0, "near-miss": 2, "source-blocked": 1, "rate-limited": 1, "source-restricted": 1}
+
+
+def _rank(f: Finding) -> int:
+    if f.code == "near-miss" and f.scope == "client":
+        return 0  # the admin's own rule, changed for this client only
+    return _PREFERENCE.get(f.code, 3)
 
 
 def first_fix(findings: tuple[Finding, ...]) -> Optional[tuple[Finding, str]]:
     """The first blocking finding with a fix fwtrace can apply, and that fix as one command."""
-    for f in sorted(findings, key=lambda f: _PREFERENCE.get(f.code, 2)):
+    for f in sorted(findings, key=_rank):
         if f.code not in BLOCKING:
             continue
         for cmd in (f.proof_rule, *f.commands):
