@@ -324,10 +324,10 @@ class Finding:
     proof_rule: Optional[str] = None
     proven: Optional[bool] = None  # True: probe reached the service with it; False: not enough; None: not tried
     proven_with: Optional[str] = None  # the narrowed rule that was tried
-    # What the block the packet met is for (tracer/findings/safe.py): general, source, limit,
+    # What the block the packet met is for (tracer/diagnose/safe.py): general, source, limit,
     # restricted; None when the packet was not blocked.
     intent: Optional[str] = None
-    # The ways out, safest first; `fix` is the first one's text (set by tracer/findings/safe.py).
+    # The ways out, safest first; `fix` is the first one's text (set by tracer/diagnose/safe.py).
     fixes: tuple[Fix, ...] = ()
 
     @property

@@ -1,4 +1,4 @@
-"""Intent and client-scoped fixes (tracer/findings/safe.py), and the second-source narrowing of
+"""Intent and client-scoped fixes (tracer/diagnose/safe.py), and the second-source narrowing of
 --prove-fix (tracer/plan/narrow.py): pure, on hand-built timelines."""
 from __future__ import annotations
 
