@@ -167,7 +167,7 @@ def test_netdev_ingress_drop_names_the_hook(lab: Lab) -> None:
     assert r.verdict.value == "drop" and d is not None and d.rule is not None
     assert (d.family, d.table, d.chain, d.rule.number) == ("netdev", "edge", "in", 1)
     assert "netfilter-drop-untraced" not in {f.code for f in report.findings}
-    assert "blocked-by-rule" in {f.code for f in report.findings}
+    assert "source-blocked" in {f.code for f in report.findings}
 
 
 def _noise(lab: Lab, src: str, sport: int, stop: threading.Event) -> None:

@@ -163,7 +163,7 @@ def test_fail2ban_ban_of_the_source_decides(lab: Lab) -> None:
     assert d is not None and d.rule is not None
     assert (d.chain, d.rule.number) == ("fail2ban-SSH", 2)
     assert d.rule.display == f"-A fail2ban-SSH -s {CUSTOMER}/32 -j REJECT --reject-with icmp-port-unreachable"
-    assert "blocked-by-rule" in codes(report)
+    assert "source-blocked" in codes(report)
 
 
 def test_lo_accept_does_not_accept_the_simulated_packet(lab: Lab) -> None:

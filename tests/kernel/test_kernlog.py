@@ -187,8 +187,10 @@ def test_legacy_user_chain(lab: Lab) -> None:
     assert d.rule.display == f"-A fail2ban-SSH -s {CLIENT4}/32 -j REJECT --reject-with icmp-port-unreachable"
     assert [s for s in steps(report) if s[1] == "filter"] == [("rule", "filter", "INPUT", 1), ("rule", "filter", "fail2ban-SSH", 2)]
     assert r.steps[-2].event.verdict == "jump fail2ban-SSH"
-    assert "blocked-by-rule" in codes(report)
-    assert "iptables-legacy -I fail2ban-SSH 2" in finding(report, "blocked-by-rule").fix
+    assert "source-blocked" in codes(report)
+    f = finding(report, "source-blocked")
+    assert f.commands[0] == f"fail2ban-client set SSH unbanip {CLIENT4}"
+    assert any(c.startswith("iptables-legacy -I fail2ban-SSH 2 ") for c in f.commands)
 
 
 def test_legacy_seed_shadowed_fix_uses_iptables_legacy(lab: Lab) -> None:

@@ -107,7 +107,7 @@ def test_user_chain_decides(lab: Lab) -> None:
     assert steps == [("INPUT", "rule", 1), ("fail2ban-SSH", "rule", 2)]
     assert r.steps[0].event.verdict == "jump fail2ban-SSH"
     assert r.reply.kind == "icmp 3/3 port-unreachable"
-    assert "blocked-by-rule" in codes(report) and "shadowed-rule" not in codes(report)
+    assert "source-blocked" in codes(report) and "shadowed-rule" not in codes(report)
 
 
 def test_accepted_but_no_listener(lab: Lab) -> None:

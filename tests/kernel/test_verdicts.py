@@ -159,9 +159,10 @@ def test_source_ban_before_accept_is_not_a_shadowed_rule(lab: Lab) -> None:
     d = r.decided_by
     assert d is not None and d.rule is not None and (d.chain, d.rule.number) == ("INPUT", 1)
     assert d.rule.display == "-A INPUT -s 203.0.113.0/24 -j DROP"
-    assert codes(report) == {"blocked-by-rule"}
-    f = finding(report, "blocked-by-rule")
-    assert "targeted block" in f.message and "-s 203.0.113.0/24" in f.message
+    assert codes(report) == {"source-blocked"}
+    f = finding(report, "source-blocked")
+    assert f.intent == "source" and f.scope == "client"
+    assert "held by the range 203.0.113.0/24 (`-s 203.0.113.0/24`)" in f.message
     assert f.commands == ("iptables -I INPUT 1 -s 203.0.113.5/32 -p tcp --dport 22 -j ACCEPT",)
     apply(lab, f.commands)
     assert probe(lab, ingress=True, dport=22).reached
@@ -195,11 +196,13 @@ def test_recent_throttle_below_threshold_then_tripped(lab: Lab) -> None:
     d = r.decided_by
     assert d is not None and d.rule is not None and (d.chain, d.rule.number) == ("INPUT", 3)
     assert "--update --seconds 60 --hitcount 4 --name SSH" in d.rule.display
-    assert codes(tripped) == {"blocked-by-rule"}
-    f = finding(tripped, "blocked-by-rule")
-    assert "xt_recent list SSH with 4 or more hits within 60 s" in f.message
-    assert f.commands == () and "wait 60 s" in f.fix and f"echo -{CUSTOMER} > /proc/net/xt_recent/SSH" in f.fix
-    assert "-j ACCEPT" not in f.fix
+    assert codes(tripped) == {"rate-limited"}
+    f = finding(tripped, "rate-limited")
+    assert f.intent == "limit" and "4 or more new connections from one address within 60 s" in f.message
+    # an exemption for this client alone before the throttle, then forgetting only its entry
+    assert f.commands == (f"iptables -I INPUT 3 -s {CUSTOMER}/32 -p tcp --dport 22 -j ACCEPT",
+                          f"echo -{CUSTOMER} > /proc/net/xt_recent/SSH")
+    assert all(x.scope == "client" for x in f.fixes) and "after 60 s without new connections" in f.fixes[1].text
 
 
 NFT_SET_BAN = """table inet fw {
@@ -222,10 +225,11 @@ def test_nft_set_ban(lab: Lab) -> None:
     d = r.decided_by
     assert d is not None and d.rule is not None and (d.family, d.table, d.chain, d.rule.number) == ("inet", "fw", "input", 1)
     assert d.rule.display == "ip saddr @banned drop"
-    assert codes(report) == {"blocked-by-rule"}
-    f = finding(report, "blocked-by-rule")
-    assert "is in the set banned" in f.message
-    assert f.commands == (f"nft delete element inet fw banned {{ {CUSTOMER} }}",)
+    assert codes(report) == {"source-blocked"}
+    f = finding(report, "source-blocked")
+    assert f"set banned (`ip saddr @banned`, entry {CUSTOMER})" in f.message
+    assert f.commands == (f"nft insert rule inet fw input position {d.rule.handle} ip saddr {CUSTOMER} tcp dport 22 accept",
+                          f"nft delete element inet fw banned {{ {CUSTOMER} }}")
     apply(lab, f.commands)
     assert probe(lab, ingress=True, dport=22).reached
     still = probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.9"))
@@ -244,9 +248,10 @@ def test_ipset_ban(lab: Lab) -> None:
     d = r.decided_by
     assert r.verdict.value == "drop" and d is not None and d.rule is not None and d.rule.number == 1
     assert d.rule.display == "-A INPUT -m set --match-set blacklist src -j DROP"
-    assert codes(report) == {"blocked-by-rule"}
-    f = finding(report, "blocked-by-rule")
-    assert "is in the set blacklist" in f.message and f.commands == (f"ipset del blacklist {CUSTOMER}",)
+    assert codes(report) == {"source-blocked"}
+    f = finding(report, "source-blocked")
+    assert "the ipset blacklist" in f.message and f.commands == (
+        f"iptables -I INPUT 1 -s {CUSTOMER}/32 -p tcp --dport 22 -j ACCEPT", f"ipset del blacklist {CUSTOMER}")
     apply(lab, f.commands)
     assert probe(lab, ingress=True, dport=22).reached
     assert probe(lab, ingress=True, dport=22, src=ipaddress.ip_address("203.0.113.9")).results[0].verdict.value == "drop"
@@ -322,8 +327,10 @@ def test_iptables_nft_accepts_native_nft_drops(lab: Lab) -> None:
     assert codes(report) == {"accept-overridden", "policy"}
     assert "ip filter INPUT (hook input, priority 0)" in finding(report, "accept-overridden").message
     fix = finding(report, "policy")
-    assert fix.commands == ("nft add rule inet firewalld filter_INPUT tcp dport 8080 accept",)
-    apply(lab, fix.commands)
+    # firewalld's own command first, the raw rule with the same effect under it
+    assert fix.fixes[0].owner == "firewalld" and fix.fixes[0].scope == "service"
+    assert fix.fixes[0].raw == "nft add rule inet firewalld filter_INPUT tcp dport 8080 accept"
+    apply(lab, (fix.fixes[0].raw,))
     assert probe(lab, dport=8080).reached
 
 
@@ -358,9 +365,9 @@ def test_netdev_ingress_drop_on_the_arrival_device(lab: Lab) -> None:
     assert d.rule.display == "ip saddr 203.0.113.0/24 drop"
     assert r.path == ("ingress",)
     assert [(h.hook, h.priority, h.verdict.value) for h in r.hooks] == [("ingress", -500, "drop")]
-    assert codes(report) == {"blocked-by-rule"}
-    f = finding(report, "blocked-by-rule")
-    assert "targeted block" in f.message
+    assert codes(report) == {"source-blocked"}
+    f = finding(report, "source-blocked")
+    assert "held by the range" in f.message
     assert f.commands == (f"nft insert rule netdev ddos ingress position {d.rule.handle} ip saddr {CUSTOMER} tcp dport 8080 accept",)
     # A client outside the banned network passes the ingress chain and reaches the service.
     assert probe(lab, ingress=True, dport=8080, src=ipaddress.ip_address("198.51.100.7")).reached
@@ -528,4 +535,4 @@ def test_bridge_family_drop_is_traced(lab: Lab) -> None:
     d = r.decided_by
     assert d is not None and d.rule is not None
     assert (d.family, d.table, d.chain, d.rule.number, d.rule.display) == ("bridge", "guard", "in", 1, f"ip saddr {CLIENT4} drop")
-    assert codes(report) == {"blocked-by-rule"}
+    assert codes(report) == {"source-blocked"}

@@ -87,6 +87,9 @@ class Model:
 
     def apply(self, command: str) -> None:
         argv = shlex.split(command)
+        if argv[0] == "echo" and argv[2:] == [">", "/proc/net/xt_recent/SSH"]:  # forget one address
+            self.recent.discard(argv[1].lstrip("-"))
+            return
         if argv[:2] == ["ipset", "del"]:
             self.banned.discard(argv[3])
             return
@@ -135,6 +138,8 @@ def test_no_fix_weakens_the_firewall_for_others(lines: list[str], policy: str, c
         # Only the textbook fixes for a catch-all or a policy may open the service for others, and
         # only the probed service, for a source no targeted rule had blocked.
         assert {f.code for f in findings} & {"shadowed-rule", "policy", "blocked-by-rule"}, (addr, p, findings)
+        # ... and a fix that does says so: its scope is wider than the client
+        assert any(x.scope in ("service", "wider") for f in findings for x in f.fixes), (addr, p, findings)
         assert p == port, (addr, p, lines, findings)
         assert rule is None or is_catch_all(rule, "eth0"), (addr, p, rule, lines, findings)
 

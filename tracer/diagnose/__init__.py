@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from tracer.diagnose import nearfix
 from tracer.diagnose import ebpf_findings
-from tracer.diagnose import checks, decider
+from tracer.diagnose import checks, decider, safe
 from tracer.diagnose.context import (
     Context,
     Probe,
@@ -62,7 +62,13 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
             findings.append(found)
     # Near misses (tracer/diagnose/nearmiss.py): the ACCEPT rules meant for a blocked packet that failed one
     # condition; several may apply (nearest first), and they contradict none of the above.
-    findings.extend(nearfix.check(p))
+    # A near miss whose rule the deciding rule comes before is none: that finding says so (safe.py).
+    nms = nearfix.misses(p)
+    blk = safe.block_of(p, nms)
+    keep = [nm for nm in nms if blk is None or nm not in blk.unreached][: nearfix.MAX_SHOWN]
+    findings.extend(nearfix.finding(nm, result, ctx.full_ruleset or ctx.ruleset) for nm in keep)
+    # Each finding's intent, and its fixes scoped, safest first, in the owner's terms (safe.py).
+    findings = safe.finish(p, findings, blk)
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
     # replace the findings above (a named cause replaces stack-drop).
     return ebpf_findings.amend(p, findings)

@@ -37,6 +37,7 @@ class Context:
     # never entered (None: only the chains it met are known), and their nft named sets' elements
     full_ruleset: Optional[Ruleset] = None
     full_sets: Optional[dict[tuple[str, str, str], tuple[str, ...]]] = None
+    set_text: Optional[str] = None  # that listing's nft text: the sets' flags, timeouts and expiries
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,19 @@ def check(p: Probe) -> list[Finding]:
     """The diagnosis' near-miss check (tracer/diagnose/__init__.py): for a dropped or rejected packet, judged
     on the facts as filtered (after DNAT, `p.facts`) and as sent; `p.ctx` is diagnose's Context (its
     `full_ruleset` and `full_sets` when the run listed them, else the met chains only)."""
+    return [finding(nm, p.result, p.ctx.full_ruleset or p.ctx.ruleset) for nm in misses(p)[:MAX_SHOWN]]
+
+
+def misses(p: Probe) -> list[NearMiss]:
+    """All near misses of a dropped or rejected packet, nearest first (see `check`)."""
+    from tracer.diagnose.nearmiss import near_misses
+
     result, ctx, pf = p.result, p.ctx, p.facts
     if result.verdict not in (Verdict.DROP, Verdict.REJECT):
         return []
     spec = result.spec
     original = dataclasses.replace(pf, src=spec.src, dst=spec.dst, dport=spec.dport)
-    return near_miss_findings(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
+    return near_misses(result, ctx.full_ruleset or ctx.ruleset, pf, original, ctx.full_sets)
 
 
 def finding(nm: NearMiss, result: PacketResult, ruleset: Ruleset) -> Finding:

@@ -17,6 +17,7 @@ and comments (taken from the tools' sources):
               endpoints is a REJECT commented "<ns>/<name>:<port> has no endpoints";
               nftables mode: table ip kube-proxy / ip6 kube-proxy
   CrowdSec    firewall bouncer: CROWDSEC_CHAIN, table ip crowdsec / ip6 crowdsec6
+  sshguard    nft backend: table ip sshguard / ip6 sshguard6 (set attackers); iptables: chain sshguard
   OpenWrt     fw4: table inet fw4 (input_<zone>, reject_from_<zone>, ...)
   libvirt     LIBVIRT_INP, LIBVIRT_FWI, ...; nftables backend: table ip libvirt_network
   Calico      cali-* chains
@@ -56,7 +57,7 @@ class OwnerFix:
 
 NAMES = {"docker": "Docker", "ufw": "ufw", "firewalld": "firewalld", "fail2ban": "fail2ban",
          "kube-proxy": "kube-proxy", "crowdsec": "CrowdSec", "fw4": "OpenWrt fw4", "libvirt": "libvirt",
-         "calico": "Calico"}
+         "calico": "Calico", "sshguard": "sshguard"}
 
 _FIREWALLD_ZONE = re.compile(r"^(?:filter_|nat_|mangle_|raw_)?(?:IN|FWD|FWDI|FWDO|PRE|POST)_(.+?)(?:_(?:pre|log|deny|allow|post|rich))?$")
 _FIREWALLD_IPT = re.compile(r"^(?:INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING)_(?:ZONES|direct|POLICIES)")
@@ -84,6 +85,8 @@ def owner_of(table: str, chain: str, text: str = "") -> Optional[Owner]:
     if chain.startswith("KUBE-") or table == "kube-proxy":
         k = _KUBE_SVC.search(text)
         return mk("kube-proxy", f"Service {k.group(1)}" if k else "")
+    if table in ("sshguard", "sshguard6") or chain == "sshguard":
+        return mk("sshguard")
     if chain.lower().startswith("crowdsec") or table in ("crowdsec", "crowdsec6"):
         return mk("crowdsec")
     if table == "fw4":
@@ -149,6 +152,12 @@ def fix(result: PacketResult, raw: Optional[str], dst: str, dport: int) -> Optio
     spec = result.spec
     proto = spec.proto.value
     port = f"{dport}/{proto}"
+    cmds = _commands(owner, result, ref, proto, port, dst, dport)
+    return OwnerFix(owner, reload_note(owner), cmds, raw)
+
+
+def reload_note(owner: Owner) -> str:
+    """Why a raw command is the wrong tool in this owner's chains."""
     reload = {"docker": "Docker rewrites its chains (except DOCKER-USER) when containers and networks change",
               "ufw": "ufw rewrites its chains at `ufw reload` and boot",
               "firewalld": "firewalld rewrites its table at `firewall-cmd --reload` and boot",
@@ -157,10 +166,9 @@ def fix(result: PacketResult, raw: Optional[str], dst: str, dport: int) -> Optio
               "crowdsec": "the CrowdSec bouncer refills its set from the decisions",
               "fw4": "fw4 regenerates table inet fw4 from /etc/config/firewall at every reload",
               "libvirt": "libvirt rebuilds its chains when a virtual network starts",
-              "calico": "Felix rewrites cali-* chains from the policies within seconds"}[owner.key]
-    why = f"the decision belongs to {owner.describe()}: {reload}"
-    cmds = _commands(owner, result, ref, proto, port, dst, dport)
-    return OwnerFix(owner, why, cmds, raw)
+              "calico": "Felix rewrites cali-* chains from the policies within seconds",
+              "sshguard": "sshguard owns the block list and flushes its table when it restarts"}[owner.key]
+    return f"the decision belongs to {owner.describe()}: {reload}"
 
 
 def _commands(owner: Owner, result: PacketResult, ref: RuleRef, proto: str, port: str, dst: str, dport: int) -> tuple[str, ...]:
@@ -168,7 +176,9 @@ def _commands(owner: Owner, result: PacketResult, ref: RuleRef, proto: str, port
     icmp = result.spec.proto is Proto.ICMP
     detail = owner.detail.split(" ", 1)[1] if " " in owner.detail else ""
     if owner.key == "firewalld":
-        zone = f"--zone={detail} " if detail else ""
+        # A policy's chains (filter_IN_policy_NAME_deny) take --policy=NAME; there is no such zone.
+        zone = f"--policy={detail[len('policy_'):]} " if detail.startswith("policy_") else \
+            (f"--zone={detail} " if detail else "")
         if icmp:
             return (f"firewall-cmd {zone}--remove-icmp-block=echo-request",
                     f"firewall-cmd --permanent {zone}--remove-icmp-block=echo-request")
@@ -195,6 +205,8 @@ def _commands(owner: Owner, result: PacketResult, ref: RuleRef, proto: str, port
                 "(`kubectl get svc,endpoints -A`), not the rules",)
     if owner.key == "crowdsec":
         return (f"cscli decisions delete --ip {src}",)
+    if owner.key == "sshguard":
+        return (f"add {src} to sshguard's whitelist (`-w {src}`, or WHITELIST_FILE in sshguard.conf), then restart it",)
     if owner.key == "fw4":
         zone = detail or "wan"
         return (f"uci add firewall rule && uci set firewall.@rule[-1].src='{zone}' && "

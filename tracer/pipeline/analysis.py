@@ -110,6 +110,7 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     ctx = diagnose.Context(snap.ruleset, (yield Listeners()), local=mode is Mode.LOCAL,
                            full_ruleset=near.ruleset if near is not None else None,
                            full_sets=parse_sets(near.nft_text) if near is not None else None,
+                           set_text=near.nft_text if near is not None else None,
                            tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,

@@ -88,17 +88,24 @@ def without(report: Any, refused: dict[str, str], unchecked: dict[str, str]) -> 
         if not any(c in refused for c in (*f.commands, f.proof_rule)):
             findings.append(f)
             continue
-        fix = f.fix
-        for c in f.commands:
-            if c in refused and fix:
-                fix = fix.replace(c, "(no command: the one fwtrace built was refused by its tool, see the caveats)")
+        fix = _blank(f.fix, refused) if f.fix else f.fix
+        fixes = tuple(dataclasses.replace(x, commands=tuple(c for c in x.commands if c not in refused),
+                                          raw=None if x.raw in refused else x.raw, text=_blank(x.text, refused))
+                      for x in getattr(f, "fixes", ()) if not x.commands or any(c not in refused for c in x.commands))
         findings.append(dataclasses.replace(f, fix=fix, commands=tuple(c for c in f.commands if c not in refused),
+                                            fixes=fixes,
                                             proof_rule=None if f.proof_rule in refused else f.proof_rule))
     caveats = [f"a fix fwtrace built was refused by {_tool(c)} on a copy of the table, so it is not shown: {c} "
                f"({why})" for c, why in refused.items()]
     caveats += [f"fix not checked by its tool ({why}): {c}" for c, why in unchecked.items()]
     return dataclasses.replace(report, findings=tuple(findings), refused=tuple(refused),
                                caveats=tuple(report.caveats) + tuple(caveats))
+
+
+def _blank(text: str, refused: dict[str, str]) -> str:
+    for c in refused:
+        text = text.replace(c, "(no command: the one fwtrace built was refused by its tool, see the caveats)")
+    return text
 
 
 def _tool(command: str) -> str:

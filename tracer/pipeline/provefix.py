@@ -19,7 +19,7 @@ from tracer.plan.narrow import Narrowed, narrow
 MAX_STEPS = 3
 # Findings whose fix opens the way for the probe (the others explain, or fix something else).
 BLOCKING = ("near-miss", "shadowed-rule", "policy", "blocked-by-rule", "forwarded", "reply-dropped",
-            "accept-overridden")
+            "accept-overridden", "source-blocked", "rate-limited", "source-restricted")
 
 
 @dataclass(frozen=True)
@@ -31,21 +31,36 @@ class ProofStep:
     error: str = ""  # the fix could not be put in
     generations: tuple[int, ...] = ()  # the proving run's nft generations: before, after its adds, after all removed
     unchanged: Optional[bool] = None  # the proving run's ruleset_unchanged: only its own changes, all undone
+    # A fix scoped to the client: a probe from a second source with the fix in place (its own
+    # source condition kept) -- None: not tried; True: the fix did not let that source in (it
+    # was blocked, or let in by a rule of the ruleset, as a per-source limit lets a fresh source in)
+    other_src: Optional[str] = None
+    other_blocked: Optional[bool] = None
+    other_by: str = ""  # what decided the second source's probe
 
     def to_json(self) -> dict[str, object]:
         return {"code": self.finding.code, "fix": self.finding.fix, "narrowed": self.narrowed, "proven": self.reached,
                 "blocked_by": self.blocked_by or None, "error": self.error or None,
-                "cleanup": {"ruleset_unchanged": self.unchanged, "generations": list(self.generations)}}
+                "cleanup": {"ruleset_unchanged": self.unchanged, "generations": list(self.generations)},
+                "other_source": None if self.other_src is None else
+                {"src": self.other_src, "blocked": self.other_blocked, "decided_by": self.other_by or None}}
 
 
 # The admin's own rules first: one that matches but is never reached, one that almost matched;
 # then the rules fwtrace composes (policy, blocked-by-rule, ...) in report order.
-_PREFERENCE = {"shadowed-rule": 0, "near-miss": 1}
+# A targeted block's client fix comes before a near miss that would let in more than the client.
+_PREFERENCE = {"shadowed-rule": 0, "near-miss": 2, "source-blocked": 1, "rate-limited": 1, "source-restricted": 1}
+
+
+def _rank(f: Finding) -> int:
+    if f.code == "near-miss" and f.scope == "client":
+        return 0  # the admin's own rule, changed for this client only
+    return _PREFERENCE.get(f.code, 3)
 
 
 def first_fix(findings: tuple[Finding, ...]) -> Optional[tuple[Finding, str]]:
     """The first blocking finding with a fix fwtrace can apply, and that fix as one command."""
-    for f in sorted(findings, key=lambda f: _PREFERENCE.get(f.code, 2)):
+    for f in sorted(findings, key=_rank):
         if f.code not in BLOCKING:
             continue
         for cmd in (f.proof_rule, *f.commands):
@@ -98,14 +113,75 @@ def prove(report: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Cal
             raise EnvironmentProblem("the --prove-fix run could not remove everything: " + "; ".join(after.leftover),
                                      "run `fwtrace cleanup`")
         block = _block(after)
-        steps.append(ProofStep(finding, n.command, after.reached, block, generations=tuple(after.generations),
-                               unchanged=after.ruleset_unchanged))
+        step = ProofStep(finding, n.command, after.reached, block, generations=tuple(after.generations),
+                         unchanged=after.ruleset_unchanged)
+        if after.reached and finding.scope == "client" and not applied:
+            step = _other_source(report, after, log, run, on_extra, rng, finding, cmd, step)
+        steps.append(step)
         if after.reached:
             break
         applied.append((finding.code, cmd))
         current = after
     first = _mark(report, steps)
     return first, tuple(steps)
+
+
+def other_source(src: Any, avoid: tuple[Any, ...]) -> Any:
+    """A second source next to the client (its neighbour address), not the target's own."""
+    import ipaddress
+
+    for k in (1, 2, 3, -1, -2):
+        cand = ipaddress.ip_address(int(src) + k)
+        if cand not in avoid and not (cand.is_loopback or cand.is_multicast or cand.is_unspecified):
+            return cand
+    return None
+
+
+def _other_source(report: Any, proved: Any, log: Any, run: Callable[..., Any], on_extra: Optional[Callable[[], None]],
+                  rng: random.Random, finding: Finding, cmd: str, step: ProofStep) -> ProofStep:
+    """With the client fix in place (narrowed to a source port only, its own source condition
+    kept), a probe from a second address, simulated as arriving where the client's did, must
+    still be blocked: the fix lets in the client, not its neighbours."""
+    from tracer.pipeline.driver import new_run_id
+
+    first = report.results[0]
+    spec = first.spec
+    if finding.intent == "limit":
+        # A fresh source is not over the limit, and its probe would use up part of it (a meter
+        # entry, an xt_recent hit): nothing to learn, state to leave.
+        return dataclasses.replace(step, other_by="not tried: a limit, not a ban; a second source's probe "
+                                   "would only use up its own share of it")
+    # The interface the client's probe arrived on (a chain that only drops may trace none: then
+    # the proving run's, where the packet went on).
+    iif = next((s.event.iif for r in (first, *proved.results) for s in r.steps if s.event.iif), None)
+    other = other_source(spec.src, (spec.dst,))
+    if iif is None or other is None:
+        return step
+    run_id = new_run_id()
+    sport = rng.randrange(33000, 60000)
+    n = narrow(cmd, other, sport, spec.proto, run_id, report.request.netns, keep_source=True)
+    if n is None:
+        return step
+    req: ProbeRequest = dataclasses.replace(report.request, src=other, dst=spec.dst, count=1, log="", sport=sport,
+                                            from_netns=None, local=False, via=iif)
+    log.info("prove-fix", step="second source", src=str(other), rule=n.command)
+    try:
+        after = run(req, run_id, (n,), on_extra)
+    except CommandError as e:
+        return dataclasses.replace(step, other_src=str(other), other_by=f"could not be tried: {e}")
+    if not after.cleanup_ok:
+        from tracer.errors import EnvironmentProblem
+
+        raise EnvironmentProblem("the --prove-fix run could not remove everything: " + "; ".join(after.leftover),
+                                 "run `fwtrace cleanup`")
+    from tracer.plan.narrow import marker
+
+    # Let in by the fix: the fix's own rule decided the second source's probe.
+    let_in = any(r.decided_by is not None and r.decided_by.rule is not None and marker(run_id) in r.decided_by.rule.text
+                 for r in after.results)
+    return dataclasses.replace(step, other_src=str(other), other_blocked=not let_in and bool(after.results),
+                               other_by=_block(after) or "accepted by another rule",
+                               unchanged=step.unchanged and after.ruleset_unchanged)
 
 
 def _block(report: Any) -> str:
@@ -158,6 +234,13 @@ def render(steps: tuple[ProofStep, ...], reached: bool = False) -> str:
             out.append("     proven: with this rule the probe reached the service")
         else:
             out.append(f"     not enough: next it is blocked by {s.blocked_by}")
+        if s.other_src is not None and s.other_blocked is not None:
+            out.append(f"     second source {s.other_src} with the same fix: "
+                       + (f"not let in by it ({s.other_by or 'accepted by the ruleset itself'}): the fix lets in "
+                          "only the client" if s.other_blocked
+                          else "LET IN by the fix: it lets in more than the client"))
+        elif s.other_by:
+            out.append(f"     second source{' ' + s.other_src if s.other_src else ''}: {s.other_by}")
         if s.unchanged and len(s.generations) == 3:
             out.append(f"     removed: the ruleset is the one from before (its cleanup proof; generation "
                        f"{s.generations[0]} -> {s.generations[2]})")

@@ -8,6 +8,7 @@ cleanup finds it by that comment.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
@@ -34,10 +35,16 @@ def marker(run_id: str) -> str:
 
 
 def narrow(command: str, src: IPAddress, sport: Optional[int], proto: Proto, run_id: str,
-           netns: Optional[str], reply: bool = False) -> Optional[Narrowed]:
+           netns: Optional[str], reply: bool = False, keep_source: bool = False) -> Optional[Narrowed]:
     """The command narrowed to (src, sport); None when it is not an iptables/nft rule insertion.
     `reply`: the fix is for the service's replies (reply-dropped), which go back TO the probe's
-    address and port: narrowed by destination instead."""
+    address and port: narrowed by destination instead. `keep_source`: narrowed to the source
+    port only, the fix's own source condition kept (--prove-fix's probe from a second source)."""
+    if keep_source:
+        n = narrow(command, src, sport, proto, run_id, netns, reply)
+        if n is None or sport is None or proto is Proto.ICMP:
+            return None
+        return _keep_source(command, n, src, sport, proto, run_id, netns)
     if command.split()[:1] == ["nft"]:
         # nft's rule text keeps its quotes (`iifname "eth0"`): split off the words before it only.
         words = command.split(None, 6)
@@ -125,3 +132,43 @@ def _narrow_nft(argv: list[str], src: IPAddress, sport: Optional[int], proto: Pr
     undo = RemoveCommented(f"{family} {table} {chain}", marker(run_id), netns)
     command = f"nft {verb} rule {family} {table} {chain} {' '.join(pos) + ' ' if pos else ''}{rule}"
     return Narrowed(command, tuple(apply), undo, 2, (family, table))
+
+
+def _keep_source(command: str, n: Narrowed, src: IPAddress, sport: int, proto: Proto, run_id: str,
+                 netns: Optional[str]) -> Optional[Narrowed]:
+    """`n` (narrowed to src and sport) without the source address it added, and with the command's
+    own source condition back: what the fix itself lets in, for one source port."""
+    plen = 32 if src.version == 4 else 128
+    if n.argv[0] == "nft":
+        l3 = "ip" if src.version == 4 else "ip6"
+        rule = n.argv[-1].replace(f"{l3} saddr {src} ", "", 1)
+        if rule == n.argv[-1]:
+            return None
+        if " saddr " not in f" {command} ":
+            return None  # the fix names no source of its own
+        argv = n.argv[:-1] + (rule,)
+        return Narrowed(n.command.replace(f"{l3} saddr {src} ", "", 1), argv, n.undo, n.nft_commits, n.table)
+    argv = list(n.argv)
+    try:
+        i = argv.index("-s")
+    except ValueError:
+        return None
+    if argv[i + 1] != f"{src}/{plen}":
+        return None
+    del argv[i : i + 2]
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    own = [w for k, w in enumerate(words) if w in ("-s", "--source", "--src") or
+           (k > 0 and words[k - 1] in ("-s", "--source", "--src"))]
+    if len(own) != 2:
+        return None  # the fix names no source of its own: a probe from elsewhere would be let in by design
+    argv[i:i] = own
+    undo = n.undo
+    if isinstance(undo, RunCommand):
+        spec = list(undo.argv)
+        j = spec.index("-s")
+        spec[j : j + 2] = own
+        undo = dataclasses.replace(undo, argv=tuple(spec))
+    return Narrowed(shlex.join(argv[:1] + argv[2:]), tuple(argv), undo, n.nft_commits, n.table)

@@ -185,20 +185,42 @@ def header(report: Any) -> str:
 
 
 def findings(report: Any) -> Section:
-    """Each finding with its fix; the first fix with commands in its owner's terms when a firewall
-    manager owns the deciding rule, the raw command under it."""
+    """Each finding with its fixes, safest first (tracer/diagnose/safe.py): an owner's fix with its
+    commands in the manager's terms, the raw command under it, and whom each fix lets in."""
     rows: Section = []
-    owned = next((f for f in (classify.owner_fix(report, r) for r in report.results) if f is not None), None)
     for f in report.findings:
         rows.append(Row("finding", f"[{f.code}] {f.message}", "finding"))
-        if owned is not None and f.commands:
-            rows.append(Row("fix", f"as {owned.owner.describe()} wants it: {owned.commands[0]}", "fix"))
-            rows += [Row("", c, "fix") for c in owned.commands[1:]]
-            rows.append(Row("why", owned.why, "dim"))
-            rows.append(Row("raw fix", f.fix or "; ".join(f.commands), "dim"))
-            owned = None
-        elif f.fix:
-            rows.append(Row("fix", f.fix, "fix"))
+        if not f.fixes:
+            if f.fix:
+                rows.append(Row("fix", f.fix, "fix"))
+            continue
+        for i, x in enumerate(f.fixes):
+            label = "fix" if i == 0 else "or"
+            if x.owner is not None and x.raw is not None:
+                own = [c for c in x.commands if c != x.raw]
+                owner = classify.decider_owner(report.results[0]) if report.results else None
+                name = owner.describe() if owner is not None and owner.key == x.owner else classify.NAMES.get(x.owner, x.owner)
+                rows.append(Row(label, f"as {name} wants it: {own[0] if own else x.raw}", "fix"))
+                rows += [Row("", c, "fix") for c in own[1:]]
+                if x.why:
+                    rows.append(Row("why", x.why, "dim"))
+                if x.raw not in own[:1]:
+                    rows.append(Row("raw fix", x.raw, "dim"))
+            elif x.owner is not None and x.commands:
+                name = classify.NAMES.get(x.owner, x.owner)
+                owner = classify.decider_owner(report.results[0]) if report.results else None
+                name = owner.describe() if owner is not None and owner.key == x.owner else name
+                rest = x.text.split(x.commands[0], 1)[1].lstrip(";) ").strip() if x.commands[0] in x.text else ""
+                rows.append(Row(label, f"as {name} wants it: {x.commands[0]}", "fix"))
+                rows += [Row("", c, "fix") for c in x.commands[1:]]
+                if rest:
+                    rows.append(Row("", rest.removeprefix("(").removesuffix(")"), "step"))
+                if x.why:
+                    rows.append(Row("why", x.why, "dim"))
+            else:
+                rows.append(Row(label, x.text, "fix" if i == 0 else "step"))
+            if x.lets_in and (x.commands or x.scope != "client"):
+                rows.append(Row("scope", f"{x.scope}: {x.lets_in}", "dim"))
     return rows
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 from tracer import diagnose
 from tracer.diagnose import owners
-from tracer.diagnose.owners import chain_owners, decider_owner, owner_of  # noqa: F401  (for the renderers)
+from tracer.diagnose.owners import NAMES, chain_owners, decider_owner, owner_of  # noqa: F401  (for the renderers)
 from tracer.model import Finding, PacketResult, Step, Verdict
 
 OUTCOMES = ("reached", "blocked", "no-listener", "reply-dropped", "unknown")
@@ -53,11 +53,23 @@ def raw_fix(report: Any) -> Optional[str]:
 
 
 def owner_fix(report: Any, r: PacketResult) -> Optional[owners.OwnerFix]:
-    h = diagnose.seen(r)
-    f = owners.fix(r, raw_fix(report), str(h.dst), h.dport)
-    refused = getattr(report, "refused", ())
-    if f is None or not refused:
-        return f
-    # A command its tool refused is never printed (tracer/pipeline/fixcheck.py); without one, no owner's fix.
-    kept = tuple(c for c in f.commands if c not in refused)
-    return dataclasses.replace(f, commands=kept, raw=None if f.raw in refused else f.raw) if kept else None
+    """The first fix of the report when it is in a firewall manager's own terms: the same fix,
+    in the same order, as findings[].fixes[0] and the text report (tracer/diagnose/safe.py)."""
+    for f in report.findings:
+        if not f.fixes:
+            continue
+        first = f.fixes[0]
+        if first.owner is None:
+            return None
+        owner = owners.decider_owner(r)
+        if owner is None or owner.key != first.owner:
+            owner = owners.Owner(first.owner, owners.NAMES.get(first.owner, first.owner))
+        cmds = tuple(c for c in first.commands if c != first.raw) or first.commands
+        # A command its tool refused is never printed (tracer/pipeline/fixcheck.py); without one, no owner's fix.
+        refused = getattr(report, "refused", ())
+        kept = tuple(c for c in cmds if c not in refused)
+        if not kept:
+            return None
+        return owners.OwnerFix(owner, first.why or owners.reload_note(owner), kept,
+                               None if first.raw in refused else first.raw)
+    return None
