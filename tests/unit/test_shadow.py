@@ -159,6 +159,7 @@ def test_bad_bundles_exit_7(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "no-report": {"hello.txt": b"hi"},
         "other-json": {"report.json": b'{"a": 1}', "ruleset.nft": b""},
         "newer": {**seed, "environment.json": json.dumps({"fwtrace version": "99.0.0"}).encode()},
+        "newer-schema": {**seed, "report.json": json.dumps({**json.loads(seed["report.json"]), "schema_version": 99}).encode()},
     }
     for label, files in cases.items():
         if files is None:
@@ -169,7 +170,9 @@ def test_bad_bundles_exit_7(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert main(["replay", path]) == ExitStatus.BAD_BUNDLE, label
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "hint:" in err[0], (label, err)
-    assert "newer fwtrace (99.0.0" in err[0]
+        if label == "newer":
+            assert "newer fwtrace (99.0.0" in err[0]
+    assert "report schema 99; this is" in err[0]
 
 
 def test_a_tar_bundle_reads_as_its_directory(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from tracer.errors import ExitStatus, FwtraceError, UsageError
 from tracer.model import ProbeRequest, Proto
 from tracer.pipeline.driver import Run
 from tracer.plan import shadow as plan
+from tracer.render.jsondoc import SCHEMA_VERSION
 from tracer.system import bundle_io
 from tracer.system.shadow import Shadow, capture
 
@@ -163,10 +164,12 @@ def check_bundle(files: Mapping[str, bytes], path: str) -> dict[str, Any]:
         raise BadBundle(f"the bundle has no ruleset to rebuild (ruleset.nft missing): {path}",
                         "a --redact bundle keeps it; an edited bundle may not")
     env = json.loads(files.get("environment.json", b"{}") or b"{}")
-    theirs = str(env.get("fwtrace version", "0"))
-    if _version(theirs) > _version(__version__) or int(doc.get("schema_version", 1)) > 1:
-        raise BadBundle(f"the bundle is from a newer fwtrace ({theirs}; this is {__version__})",
-                        "replay it with that version or newer")
+    theirs = str(env.get("fwtrace version", "?"))
+    theirs = str(doc.get("fwtrace_version") or theirs)
+    schema = doc.get("schema_version", 1)
+    if _version(theirs) > _version(__version__) or not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise BadBundle(f"the bundle is from a newer fwtrace ({theirs}, report schema {schema}; this is "
+                        f"{__version__}, schema {SCHEMA_VERSION})", "replay it with that version or newer")
     return doc
 
 

@@ -63,11 +63,16 @@ def capture(netns: Optional[str]) -> plan.State:
     """The firewall state of `netns` (None: the current namespace), read only."""
     notes: list[str] = []
     with system.netns(netns):
-        full = _out(["nft", "list", "ruleset"]) or ""
-        ipt = {fam: t for fam, tool in IPT_SAVE.items() if (t := _out([tool])) and plan.save_tables(t)}
+        ipt = {fam: plan.without_stamps(t) for fam, tool in IPT_SAVE.items() if (t := _out([tool])) and plan.save_tables(t)}
+        # Only the tables iptables-nft does not own are listed by nft (a kube-proxy host's
+        # iptables-nft tables are most of the ruleset, and iptables-restore takes them back).
+        owned = {(fam, t) for fam, save in ipt.items() for t in plan.save_tables(save)}
+        tables = [tuple(line.split()[1:3]) for line in (_out(["nft", "list", "tables"]) or "").splitlines()
+                  if line.startswith("table ")]
+        full = "".join(_out(["nft", "list", "table", fam, name]) or "" for fam, name in tables if (fam, name) not in owned)
         native, fnotes = plan.native_nft(full, ipt)
         notes += fnotes
-        legacy = {f: _out([LEGACY_SAVE[f]]) or "" for f in listing.legacy_families()}
+        legacy = {f: plan.without_stamps(_out([LEGACY_SAVE[f]]) or "") for f in listing.legacy_families()}
         ipsets = _out(["ipset", "save"]) or ""
         recent = []
         rdir = "/proc/thread-self/net/xt_recent"
