@@ -100,6 +100,9 @@ def test_sampled_sources_name_every_range_set_and_zone() -> None:
     assert got[str(plan.INTERNET4)].startswith("an internet address")
     assert not any(":" in a for a in got)  # the probe's family only
     assert "2001:db8::1" in {s.addr for s in plan.sample_sources(state, "2001:db8:ffff::5", 6)}
+    hosted = plan.State(nft=native, links=(plan.Link("eth0", (("192.0.2.1", 24),)),))
+    got = {s.addr: s.label for s in plan.sample_sources(hosted, "203.0.113.5", 4)}
+    assert "192.0.2.1" not in got and got["192.0.2.2"].startswith("saddr 192.0.2.0/24")  # not the host's own
 
 
 def test_changes_and_table() -> None:

@@ -254,8 +254,9 @@ class Source:
 ADDR_TOKEN = re.compile(r"^[0-9a-fA-F:.]+(/\d+)?$")
 
 
-def _one_of(token: str) -> Optional[IPAddr]:
-    """One address of a token: the address itself, the first host of a prefix, a range's start."""
+def _one_of(token: str, local: frozenset[str] = frozenset()) -> Optional[IPAddr]:
+    """One address of a token: the address itself, the first host of a prefix that is not one of
+    the host's own (`local`: a probe from it would be a martian), a range's start."""
     token = token.strip().strip(",")
     if "-" in token:
         token = token.split("-", 1)[0]
@@ -269,7 +270,10 @@ def _one_of(token: str) -> Optional[IPAddr]:
         return None
     if net.num_addresses == 1:
         return net.network_address
-    return net.network_address + 1
+    for i in range(1, min(net.num_addresses - 1, 8)):
+        if str(net.network_address + i) not in local:
+            return net.network_address + i
+    return None
 
 
 def set_elements(rules: str) -> dict[str, list[str]]:
@@ -292,10 +296,11 @@ def sample_sources(state: State, client: str, version: int, limit: int = 12) -> 
     rules = state.rules_text()
     sets = set_elements(rules)
     found: list[Source] = [Source(client, "client")]
+    local = frozenset(a for lk in state.links for a, _ in lk.addrs)
 
     def add(token: str, label: str) -> None:
-        a = _one_of(token)
-        if a is not None and a.version == version and all(s.addr != str(a) for s in found):
+        a = _one_of(token, local)
+        if a is not None and a.version == version and str(a) not in local and all(s.addr != str(a) for s in found):
             found.append(Source(str(a), label))
 
     chain = ""
