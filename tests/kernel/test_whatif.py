@@ -166,3 +166,39 @@ def test_full_bundle_round_trip_carries_the_sysctls(lab: Lab, tmp_path: Path) ->
     assert r.returncode == 0, r.stdout + r.stderr
     assert "MATCHES the bundle" in r.stdout and "--ctstate INVALID -j DROP" in r.stdout
     assert "not in the bundle: sysctls" not in r.stdout
+
+
+def test_the_shadow_copies_sets_ipsets_recent_sysctls_and_listeners(lab: Lab) -> None:
+    from tracer.system.shadow import Shadow, capture
+
+    lab.run(lab.server, ["ipset", "create", "blocked", "hash:net"])
+    lab.run(lab.server, ["ipset", "add", "blocked", "100.64.0.0/10"])
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m set --match-set blocked src -j DROP\n"
+                         "-A INPUT -m recent --name bad --rcheck -j DROP\nCOMMIT\n")
+    lab.nft(lab.server, "table inet f {\n set banned { type ipv4_addr; flags timeout; elements = { 198.51.100.7 timeout 1h } }\n"
+            " chain input { type filter hook input priority 10; ip saddr @banned drop\n }\n}\n")
+    with system.netns(lab.server):
+        with open("/proc/thread-self/net/xt_recent/bad", "w") as f:
+            f.write("+192.0.2.99\n")
+        system.sysctl_set("net.netfilter.nf_conntrack_tcp_loose", "0")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    lab.listen(lab.server, Proto.TCP, 8443)
+    try:
+        state = capture(lab.server)
+        with Shadow(state, LOG) as sh:
+            assert "198.51.100.7 timeout 1h" in sh.run(["nft", "list", "set", "inet", "f", "banned"]).stdout
+            assert "100.64.0.0/10" in sh.run(["ipset", "list", "blocked"]).stdout
+            assert "--match-set blocked src -j DROP" in sh.run(["iptables-save"]).stdout
+            with system.netns(sh.netns):
+                assert "src=192.0.2.99" in open("/proc/thread-self/net/xt_recent/bad").read()
+                assert system.sysctl_get("net.netfilter.nf_conntrack_tcp_loose") == "0"
+                assert system.sysctl_get("net.ipv4.conf.eth0.rp_filter") == "1"
+                assert ":20FB 00000000000000000000000000000000:0000 0A" in system.proc_net("tcp6")  # 8443 listens
+            assert sh.run(["ip", "-j", "addr", "show", "eth0"]).stdout.count(str(SERVER4)) == 1
+            srcs = {p.source.addr for p in whatif.plan_probes(ProbeRequest(dport=8443), state, [], "203.0.113.5")}
+            assert {"198.51.100.7", "100.64.0.1", "192.0.2.99"} <= srcs
+            names = sh.namespaces
+        assert not set(names) & set(system.netns_list())
+    finally:
+        lab.run(lab.server, ["iptables", "-F"])
+        lab.run(lab.server, ["ipset", "destroy", "blocked"])

@@ -21,7 +21,7 @@ from tracer.pipeline.driver import Run
 from tracer.plan import shadow as plan
 from tracer.render.jsondoc import SCHEMA_VERSION
 from tracer.system import bundle_io
-from tracer.system.shadow import Shadow, capture
+from tracer.system.shadow import Shadow, capture, fingerprint
 
 DEFAULT_CLIENT4, DEFAULT_CLIENT6 = "203.0.113.5", "2001:db8:ffff::5"
 MAX_EXPOSED = 8  # the client on at most this many other listening ports
@@ -97,6 +97,7 @@ def plan_probes(req: ProbeRequest, state: plan.State, argv: list[str], client: s
 
 def what_if(req: ProbeRequest, argv: list[str], log: Any) -> plan.WhatIf:
     plan.check_command(argv)
+    host_before = fingerprint(req.netns)
     state = capture(req.netns)
     dst = _dst(req, state)
     if dst is None:
@@ -126,8 +127,7 @@ def what_if(req: ProbeRequest, argv: list[str], log: Any) -> plan.WhatIf:
     from tracer.system import netns_list
 
     left = [n for n in names if n in netns_list()]
-    again = capture(req.netns)
-    unchanged = (again.rules_text(), again.sysctls) == (state.rules_text(), state.sysctls)
+    unchanged = fingerprint(req.netns) == host_before
     return plan.WhatIf(tuple(argv), tuple(probes), before, after, notes, state.depends,
                        plan.changes(probes, before, after), tuple(left), unchanged)
 
@@ -281,5 +281,5 @@ def render_replay(r: Replay) -> str:
     for m in r.missing:
         lines.append(f"not in the bundle: {m}")
     for n in r.notes:
-        lines.append(f"not copied: {n}")
+        lines.append(f"shadow: {n}")
     return "\n".join(lines) + "\n"

@@ -403,12 +403,12 @@ def render(w: WhatIf) -> str:
     lines.append("")
     lines.append("sampled: " + ", ".join(sorted({f"{p.source.addr} ({p.source.label})" for p in w.probes})))
     for n in w.not_copied:
-        lines.append(f"not copied: {n}")
+        lines.append(f"shadow: {n}")
     if w.depends:
         lines.append("results may differ on the host where they depend on: " + "; ".join(w.depends))
     if w.shadow_left:
         lines.append("error: shadow namespaces left: " + ", ".join(w.shadow_left) + " (hint: `ip netns del NAME`)")
     if w.host_unchanged is not None:
-        lines.append("host: " + ("unchanged (its rulesets, ipsets and sysctls list as before)" if w.host_unchanged
+        lines.append("host: " + ("unchanged (same nft ruleset generation, x_tables tables, ipsets and sysctls as before)" if w.host_unchanged
                                  else "CHANGED while what-if ran (by someone else: the shadow only read it)"))
     return "\n".join(lines) + "\n"

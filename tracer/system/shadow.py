@@ -97,6 +97,22 @@ def capture(netns: Optional[str]) -> plan.State:
     return plan.State(**{**state.__dict__, "not_copied": tuple(notes + nc), "depends": tuple(depends)})
 
 
+def fingerprint(netns: Optional[str]) -> tuple[object, ...]:
+    """What changes when anything of the target's firewall changes, cheaply: the nftables ruleset
+    generation (every nft and iptables-nft commit bumps it, listing does not), the x_tables
+    tables, ipsets and packet-deciding sysctls."""
+    from tracer.system.collect import ruleset_generation
+
+    with system.netns(netns):
+        try:
+            gen: object = ruleset_generation()
+        except OSError as e:
+            gen = f"unknown ({e})"
+        legacy = tuple(plan.without_stamps(_out([LEGACY_SAVE[f]]) or "") for f in listing.legacy_families())
+        sysctls = tuple(system.sysctl_get(k) for k in plan.SYSCTLS)
+        return (gen, legacy, _out(["ipset", "save"]) or "", sysctls)
+
+
 class Shadow:
     """The copy, built on enter, deleted on exit (and on any failure while building)."""
 
