@@ -202,3 +202,18 @@ def test_the_shadow_copies_sets_ipsets_recent_sysctls_and_listeners(lab: Lab) ->
     finally:
         lab.run(lab.server, ["iptables", "-F"])
         lab.run(lab.server, ["ipset", "destroy", "blocked"])
+
+
+def test_a_shadow_that_cannot_be_built_says_so_and_leaves_nothing() -> None:
+    from tracer.plan import shadow as plan
+    from tracer.system.shadow import Shadow, ShadowError
+
+    state = plan.State(nft="table inet x {\n\tchain c {\n\t\tno such statement\n\t}\n}\n",
+                       links=(plan.Link("eth0", (("192.0.2.1", 24),)),))
+    names = shadows()
+    with pytest.raises(ShadowError) as e:
+        with Shadow(state, LOG):
+            pass
+    assert e.value.status == ExitStatus.ENVIRONMENT and "cannot load the target's nft ruleset" in e.value.message
+    assert e.value.hint
+    assert not shadows() - names
