@@ -44,7 +44,7 @@ COMMIT
 
 
 def shadows() -> set[str]:
-    return {n for n in system.netns_list() if n.startswith("fwtrace-shadow-")}
+    return {n for n in system.netns_list() if n.startswith("fwtrace-shadow")}
 
 
 def listing(lab: Lab) -> tuple[str, str]:
@@ -217,3 +217,22 @@ def test_a_shadow_that_cannot_be_built_says_so_and_leaves_nothing() -> None:
     assert e.value.status == ExitStatus.ENVIRONMENT and "cannot load the target's nft ruleset" in e.value.message
     assert e.value.hint
     assert not shadows() - names
+
+
+def test_cleanup_removes_the_shadow_of_a_killed_run() -> None:
+    """A what-if killed with SIGKILL leaves its shadow; `fwtrace cleanup` removes it (its run is dead)."""
+    p = subprocess.Popen(["sleep", "0"])
+    p.wait()  # a pid that is gone
+    names = [f"fwtrace-shadow{p.pid}-abcdef-srv", f"fwtrace-shadow{p.pid}-abcdef-cli"]
+    mine = f"fwtrace-shadow{os.getpid()}-abcdef-srv"  # this process lives: kept
+    for n in (*names, mine):
+        system.run(["ip", "netns", "add", n])
+    try:
+        r = subprocess.run([*FWTRACE, "cleanup"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert all(f"shadow namespace {n}" in r.stdout for n in names), r.stdout
+        left = set(system.netns_list())
+        assert not set(names) & left and mine in left
+    finally:
+        for n in (*names, mine):
+            system.run(["ip", "netns", "del", n], check=False)

@@ -189,3 +189,11 @@ def test_whatif_refusals_exit_before_anything(capsys: pytest.CaptureFixture[str]
     assert main(["what-if", "--dport", "22"]) == ExitStatus.USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("fwtrace: error:") and "hint:" in line for line in err)
+
+
+def test_stale_shadows_are_those_of_dead_runs() -> None:
+    from tracer.system.shadow import stale
+
+    names = ["fwtrace-shadow12-ab12cd-srv", "fwtrace-shadow12-ab12cd-cli", "fwtrace-shadow13-00ff00-srv",
+             "fwtrace-test12-ab12cd-srv", "fwtrace-shadow12-ab12cd-bak", "myshadow"]
+    assert stale(names, alive=lambda pid: pid == 13) == names[:2]

@@ -61,6 +61,7 @@ EPILOG_CLEANUP = """\
 With --netns NS: replays the journals of the dead runs that probed NS only, then removes
 fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
 whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
+Also deletes the shadow namespaces (fwtrace-shadow<pid>-...) of dead what-if/replay runs.
 Runs still alive are never touched.
 """
 

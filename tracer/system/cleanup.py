@@ -209,4 +209,6 @@ def clean_tables(netns: Optional[str], log: Any) -> list[str]:
 
 def clean_stale(netns: Optional[str], log: Any) -> list[str]:
     system.require_root()
-    return clean_journals(log, netns) + clean_tables(netns, log)
+    from tracer.system import shadow
+
+    return clean_journals(log, netns) + clean_tables(netns, log) + shadow.remove_stale()

@@ -25,6 +25,41 @@ LEGACY_SAVE = {"ip": "iptables-legacy-save", "ip6": "ip6tables-legacy-save"}
 LEGACY_RESTORE = {"ip": "iptables-legacy-restore", "ip6": "ip6tables-legacy-restore"}
 
 
+PREFIX = "fwtrace-shadow"  # + the pid of the run that made it: `fwtrace cleanup` removes a dead run's
+
+
+def stale(names: list[str], alive: Any = None) -> list[str]:
+    """Shadow namespaces (`fwtrace-shadow<pid>-<id>-srv|cli`) whose run is gone (pure but for
+    the liveness check: os.kill(pid, 0))."""
+    import re
+
+    def is_alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    check = alive or is_alive
+    out = []
+    for n in names:
+        m = re.fullmatch(PREFIX + r"(\d+)-[0-9a-f]+-(srv|cli)", n)
+        if m and not check(int(m.group(1))):
+            out.append(n)
+    return out
+
+
+def remove_stale() -> list[str]:
+    """Delete the shadows of dead runs (a what-if or replay killed with SIGKILL)."""
+    removed = []
+    for n in stale(system.netns_list()):
+        if system.run(["ip", "netns", "del", n], check=False).returncode == 0:
+            removed.append(f"shadow namespace {n}")
+    return removed
+
+
 class ShadowError(EnvironmentProblem):
     """The shadow could not be built (exit 3): nothing of it is left."""
 
@@ -119,7 +154,7 @@ class Shadow:
     def __init__(self, state: plan.State, log: Any) -> None:
         self.state = state
         self.log = log
-        self.lab = Lab(prefix="fwtrace-shadow", wired=False)
+        self.lab = Lab(prefix=f"{PREFIX}{os.getpid()}", wired=False)
         self.netns = self.lab.server
         self.outside = self.lab.client
         self.notes: list[str] = list(state.not_copied)
