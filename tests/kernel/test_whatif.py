@@ -236,3 +236,19 @@ def test_cleanup_removes_the_shadow_of_a_killed_run() -> None:
     finally:
         for n in (*names, mine):
             system.run(["ip", "netns", "del", n], check=False)
+
+
+def test_whatif_on_a_bundle_s_firewall() -> None:
+    """The seed's ticket: fixing 8080 by moving its ACCEPT above the REJECT lets everyone in."""
+    names = shadows()
+    p = subprocess.run([*FWTRACE, "what-if", "--bundle", str(BUNDLES / "seed-shadowed"), "--dport", "8080",
+                        "--src", str(CLIENT4), "--json", "--", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport",
+                        "8080", "-j", "ACCEPT"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)["whatif"]
+    gains = {c["source"] for c in doc["changes"] if c["change"] == "gains"}
+    assert {str(CLIENT4), "117.239.37.150", "203.0.113.200"} <= gains  # fail2ban's banned address too
+    assert all(c["before"].startswith("reject") for c in doc["changes"])
+    assert any(n.startswith("not in the bundle: sysctls") for n in doc["not_copied"])
+    assert doc["cleanup"]["host_unchanged"] is None and doc["cleanup"]["shadow_removed"]
+    assert not shadows() - names

@@ -188,6 +188,8 @@ examples:
         who else gets in on 8443 if I run this? (a banned range? another zone?)
   fwtrace what-if --dport 22 --src 198.51.100.7 -- iptables -D INPUT 3
   fwtrace what-if --netns srv --from-netns cli --dport 8080 -- nft add rule inet filter input tcp dport 8080 accept
+  fwtrace what-if --bundle ticket-4711.tar.gz --dport 8080 -- iptables -I INPUT 1 -p tcp --dport 8080 -j ACCEPT
+        the same on a ticket's firewall, rebuilt from its evidence bundle on this machine
 
 The command runs in a shadow: a throwaway namespace with a copy of the target's rulesets (nft,
 iptables-nft, iptables-legacy), ipsets, xt_recent entries, addresses, routes, the sysctls that
@@ -233,6 +235,8 @@ def _add_whatif(sub: Any) -> None:
     wi.add_argument("--netns", help="the namespace whose firewall is copied (default: the current one; only read)")
     wi.add_argument("--from-netns", help="the client's namespace: its address is the client (only read)")
     wi.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
+    wi.add_argument("--bundle", metavar="BUNDLE.tar.gz|DIR", help="copy the firewall of an evidence bundle (a ticket's) "
+                    "instead of --netns: what-if on another machine's firewall")
     wi.add_argument("--timeout", type=cliargs.timeout, default=0.5, help="seconds to wait for a reply per probe (default 0.5)")
     wi.add_argument("--json", action="store_true", help="print one JSON document ({\"whatif\": {\"changes\": [...]}})")
     wi.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command, after --")
@@ -261,7 +265,9 @@ def cmd_whatif(ns: argparse.Namespace, log: Any) -> int:
                        from_netns=ns.from_netns, ipv6=ns.ipv6, timeout=ns.timeout)
     if ns.netns is not None:
         system.netns_path(ns.netns)  # unknown namespace: exit 3 before the shadow is built
-    result = whatif.what_if(req, argv, log)
+    if ns.bundle is not None:
+        whatif.check_bundle(whatif.read_bundle(ns.bundle), ns.bundle)  # exit 7 before the shadow is built
+    result = whatif.what_if(req, argv, log, bundle=ns.bundle)
     out = json.dumps({"whatif": result.to_json()}, indent=2) + "\n" if ns.json else shadow_plan.render(result)
     if console.write_out(out) is not None:
         return ExitStatus.ENVIRONMENT

@@ -95,10 +95,17 @@ def plan_probes(req: ProbeRequest, state: plan.State, argv: list[str], client: s
     return probes
 
 
-def what_if(req: ProbeRequest, argv: list[str], log: Any) -> plan.WhatIf:
+def what_if(req: ProbeRequest, argv: list[str], log: Any, bundle: Optional[str] = None) -> plan.WhatIf:
+    """`bundle`: the shadow is built from an evidence bundle's snapshot instead of a live target
+    (a ticket's firewall, on the engineer's machine)."""
     plan.check_command(argv)
-    host_before = fingerprint(req.netns)
-    state = capture(req.netns)
+    host_before = fingerprint(req.netns) if bundle is None else None
+    if bundle is None:
+        state = capture(req.netns)
+    else:
+        files = read_bundle(bundle)
+        state, missing = state_of_bundle(files, check_bundle(files, bundle))
+        state = replace(state, not_copied=(*(f"not in the bundle: {m}" for m in missing), *state.not_copied))
     dst = _dst(req, state)
     if dst is None:
         raise UsageError("the target has no address to probe", "give --dst")
@@ -127,7 +134,7 @@ def what_if(req: ProbeRequest, argv: list[str], log: Any) -> plan.WhatIf:
     from tracer.system import netns_list
 
     left = [n for n in names if n in netns_list()]
-    unchanged = fingerprint(req.netns) == host_before
+    unchanged = fingerprint(req.netns) == host_before if bundle is None else None
     return plan.WhatIf(tuple(argv), tuple(probes), before, after, notes, state.depends,
                        plan.changes(probes, before, after), tuple(left), unchanged)
 
@@ -210,7 +217,14 @@ def state_of_bundle(files: Mapping[str, bytes], doc: Mapping[str, Any]) -> tuple
         missing.append("sysctls (the bundle has no environment/sysctls.txt): the shadow keeps a new namespace's defaults")
     listeners = _ss_listeners(text.get("environment/listening.txt", ""))
     if "environment/listening.txt" not in text:
-        missing.append("listening sockets (no environment/listening.txt): no stand-in listeners")
+        reply = str(doc["packets"][0].get("reply") or "")
+        refused = doc["packets"][0].get("verdict") == "accept" and (reply.startswith("rst") or "port-unreachable" in reply)
+        if refused:  # the bundle itself shows nothing listened there
+            missing.append("listening sockets (no environment/listening.txt): none on the probed port, as its reply shows")
+        else:
+            listeners = (plan.Listener(p["proto"], "::", int(p["dport"])),) if p["proto"] in ("tcp", "udp") else ()
+            missing.append(f"listening sockets (no environment/listening.txt): a stand-in listener on the probed port "
+                           f"{p['proto']}/{p['dport']} is assumed (the bundle does not say otherwise)")
     missing.append(f"interfaces and routes: one stand-in link {dev} with {dst}/{plen} (the probe's destination)")
     if any("-j DNAT" in t or " dnat " in t for t in (*ipt.values(), *legacy.values(), native)):
         missing.append("the hosts behind DNAT/forwarding are not in the bundle")
