@@ -12,6 +12,8 @@ class ExitStatus(enum.IntEnum):
     ENVIRONMENT = 3  # not root, missing tool, unknown namespace, kernel cannot do it
     INTERNAL = 4  # a bug: an unexpected exception
     LEFTOVER = 5  # cleanup incomplete: something fwtrace changed is not as before the run (named in the report)
+    SHADOW_COMMAND = 6  # what-if: the command failed inside the shadow
+    BAD_BUNDLE = 7  # replay: not an fwtrace bundle, or one from a newer fwtrace
     INTERRUPTED = 130
 
 

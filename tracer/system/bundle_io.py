@@ -161,3 +161,37 @@ def _quiet(fn: Callable[[str], Any], path: str) -> None:
         fn(path)
     except OSError:
         pass
+
+
+def read_dir(directory: str) -> dict[str, bytes]:
+    """Every file of a bundle directory by its path inside it ("report.json", "before/...")."""
+    if not os.path.isdir(directory):
+        raise ValueError("no such directory" if not os.path.exists(directory) else "not a directory or .tar.gz")
+    out = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = f.read()
+    return out
+
+
+def read_tar(path: str, limit: int = 256 << 20) -> dict[str, bytes]:
+    """A FILE.tar.gz bundle's regular files by their path below its top directory (members
+    that are not regular files, and absolute or `..` paths, are skipped; never extracted)."""
+    out: dict[str, bytes] = {}
+    total = 0
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                if not m.isfile() or m.name.startswith("/") or ".." in m.name.split("/"):
+                    continue
+                total += m.size
+                if total > limit:
+                    raise ValueError(f"more than {limit >> 20} MiB")
+                f = tar.extractfile(m)
+                if f is not None:
+                    out[m.name.split("/", 1)[1] if "/" in m.name else m.name] = f.read()
+    except (tarfile.TarError, EOFError) as e:
+        raise ValueError(f"not a readable .tar.gz ({e})") from e
+    return out

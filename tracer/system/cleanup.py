@@ -220,4 +220,6 @@ def clean_tables(netns: Optional[str], log: Any) -> list[str]:
 def clean_stale(netns: Optional[str], log: Any, kept: Optional[list[str]] = None) -> list[str]:
     """What was undone; `kept` gets the journals that could not be undone in full."""
     system.require_root()
-    return clean_journals(log, netns, kept) + clean_tables(netns, log)
+    from tracer.system import shadow
+
+    return clean_journals(log, netns, kept) + clean_tables(netns, log) + shadow.remove_stale()
