@@ -25,7 +25,7 @@ from tracer.model import (
     Verdict,
 )
 from tracer.packet import Headers, parse_headers
-from tracer.ruleset.hooks import legacy_priority, priority_value  # noqa: F401  priority_value re-exported
+from tracer.ruleset.hooks import base_chain_of, priority_value  # noqa: F401  priority_value re-exported
 from tracer.plan.plan import (
     DELIVERED,
     END_CHAINS,
@@ -169,12 +169,8 @@ _LOCAL = ("output", "postrouting", "ingress", "prerouting", "input")
 def _base_key(ruleset: Ruleset, ev: TraceEvent, hook: str, order: tuple[str, ...]) -> tuple[int, int]:
     if ev.table.startswith(TABLE_PREFIX):  # tracing chains first, end-of-hook chains last
         return order.index(hook), END_PRIORITY if ev.chain in END_CHAINS else -(2**31)
-    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
-    if chain is not None and chain.priority is not None:
-        return order.index(hook), priority_value(chain.priority)
-    if ev.legacy:  # a table fwtrace itself instantiated (raw, for TRACE): not in the snapshot
-        return order.index(hook), legacy_priority(ev.table, ev.chain) or 0
-    return order.index(hook), 0
+    base = base_chain_of(ruleset, ev)  # called for events of base chains only (hook_of)
+    return order.index(hook), base[1] if base is not None else 0
 
 
 def merge_sources(events: list[TraceEvent], ruleset: Ruleset) -> list[TraceEvent]:

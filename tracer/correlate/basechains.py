@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tracer.ruleset.hooks import legacy_priority, priority_value
+from tracer.ruleset.hooks import base_chain_of
 from tracer.ruleset.match import rule_action
 from tracer.model import (
     Action,
@@ -54,17 +54,6 @@ def _step_verdict(step: Step) -> Optional[Verdict]:
     return Verdict.ACCEPT
 
 
-def _base_of(step: Step, ruleset: Ruleset) -> Optional[tuple[str, int]]:
-    """(hook, priority) when the step's chain is a base chain."""
-    ev = step.event
-    chain = ruleset.chain(ev.family, ev.table, ev.chain, ev.legacy)
-    if chain is not None and chain.hook is not None:
-        return chain.hook, priority_value(chain.priority)
-    if chain is None and ev.legacy and ev.hook:  # a built-in chain of a table fwtrace instantiated
-        return ev.hook, legacy_priority(ev.table, ev.chain) or 0
-    return None
-
-
 def outcomes(steps: list[Step], ruleset: Ruleset) -> list[HookOutcome]:
     """Each base chain's outcome, in the order the packet crossed them (steps are merged in hook
     and priority order). Events of regular chains belong to the base chain that jumped there."""
@@ -76,7 +65,7 @@ def outcomes(steps: list[Step], ruleset: Ruleset) -> list[HookOutcome]:
         if ev.kind not in (EventKind.RULE, EventKind.POLICY, EventKind.RETURN):
             continue
         key = (ev.family, ev.table, ev.chain, ev.legacy)
-        base = _base_of(step, ruleset)
+        base = base_chain_of(ruleset, step.event)
         if base is not None and (current is None or current[0] != key or closed):
             current, closed = (key, base[0], base[1]), False
         if current is None or closed or (ev.family, ev.table, ev.legacy) != (current[0][0], current[0][1], current[0][3]):

@@ -16,7 +16,7 @@ from typing import Optional
 
 from tracer.model import Backend, Chain, PacketSpec, Proto, Rule, Ruleset, Table
 from tracer.ruleset import LEGACY_NAMES, LEGACY_SAVE, IptTable  # noqa: F401  re-exported
-from tracer.ruleset.hooks import BUILTIN_HOOKS
+from tracer.ruleset.hooks import BUILTIN_HOOKS, legacy_priority  # noqa: F401  legacy_priority re-exported
 from tracer.ruleset.snapshot import legacy_tables  # noqa: F401  re-exported
 
 LEGACY_CMD = {"ip": "iptables-legacy", "ip6": "ip6tables-legacy"}
