@@ -68,6 +68,7 @@ def test_budget_reads_the_counters() -> None:
     b = budget(LISTING)
     assert (b.traced, b.over, b.arrived, b.read, b.hit) == (253, 9, 157, True, True)
     assert not budget(LISTING.replace("packets 7 ", "packets 0 ").replace("packets 2 ", "packets 0 ")).hit
+    assert not budget("").read and not budget("Error: No such file or directory").read  # unknown, not zero
 
 
 # --- the capture's classic BPF, run ------------------------------------------------------------
@@ -229,3 +230,57 @@ def test_durations() -> None:
 
 def test_capture_filter_everything() -> None:
     assert capture_filter(WatchFilter(everything=True)) == struct.pack("HBBI", watchplan._RET, 0, 0, watchplan.SNAPLEN)
+
+
+# --- the pipeline, answered from a script ---------------------------------------------------------
+def scripted(interrupt_at_poll: Optional[int], listing: str = "") -> tuple[Any, list[str]]:
+    from tracer.pipeline import watch as w
+    from tracer.plan import commands as c
+    from tracer.plan import watch_commands as wc
+    from tracer.plan.commands import drive
+
+    seen: list[str] = []
+    polls = [0]
+    clock = [100.0]
+
+    def execute(cmd: Any) -> Any:
+        name = type(cmd).__name__
+        seen.append(name)
+        if isinstance(cmd, wc.Now):
+            return clock[0]
+        if isinstance(cmd, wc.PollWatch):
+            polls[0] += 1
+            if polls[0] == interrupt_at_poll:
+                from tracer.errors import Interrupted
+
+                raise Interrupted("SIGTERM")
+            clock[0] = max(clock[0] + 0.3, min(cmd.until, clock[0] + 0.3))
+            return wc.WatchPolled(clock[0])
+        return {c.ListBaseChains: "", c.Begin: None, wc.OpenCapture: ("eth0",), c.ProofListing: {},
+                c.Generation: 1, c.Change: None, c.ListChains: listing, wc.CaptureStats: (0, 0),
+                c.Finish: c.Finished(), wc.Show: None, c.ReadSysctl: None}[type(cmd)]
+
+    req = w.WatchRequest(f(proto=Proto.TCP), duration=1.0)
+    return drive(w.watch(req, "0123abcd", 1), execute), seen
+
+
+def test_pipeline_order_nothing_arrived_and_duration() -> None:
+    quiet = LISTING
+    for n in (150, 7, 3, 2, 100):
+        quiet = quiet.replace(f"packets {n} ", "packets 0 ")
+    s, seen = scripted(None, quiet)
+    # the capture before the proof's listing, the listing before the table, the table before any poll;
+    # the counters and the capture's counts before the undo, the proof after it
+    order = [seen.index(n) for n in ("OpenCapture", "ProofListing", "Change", "PollWatch", "ListChains", "CaptureStats",
+                                     "Finish")]
+    assert order == sorted(order) and "ProofListing" in seen[seen.index("Finish"):]
+    assert s.stopped_by == "duration" and s.outcome == "nothing-arrived" and s.interfaces == ("eth0",)
+    assert s.outside and "eth0" in s.message and s.cleanup_ok
+    assert s.accounting.budget_hit is False and s.accounting.kernel_arrived == 0
+
+
+def test_pipeline_signal_mid_watch_still_undoes_and_summarises() -> None:
+    s, seen = scripted(2)
+    assert s.stopped_by == "SIGTERM" and seen.count("Finish") == 1
+    assert seen.index("Finish") > seen.index("Change")
+    assert s.accounting.budget_hit is None  # no counters listed: "unknown", not "not hit"

@@ -156,7 +156,9 @@ def budget(listing: str) -> Budget:
     same entry (`... counter jump pre0`)."""
     traced = over = arrived = 0
     pending = 0
+    found = False
     for m in _COUNTER.finditer(listing):
+        found = True
         n = int(m.group(1))
         if m.group(2) == "return":
             pending = n
@@ -166,7 +168,7 @@ def budget(listing: str) -> Budget:
         if m.group(3) == "pre" and int(m.group(4)) == FORWARD:
             arrived += n + pending
         pending = 0
-    return Budget(traced, over, arrived, True)
+    return Budget(traced, over, arrived, found)  # no counter in the listing: unknown, not zero
 
 
 # --- the capture's classic BPF filter -------------------------------------------------------------
