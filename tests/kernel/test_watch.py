@@ -280,3 +280,28 @@ def test_bad_input_is_refused_before_anything(served: Lab) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 3 and "unknown network namespace" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert state(served) == before and journals() == []
+
+
+def test_evidence_has_the_watched_packets_with_their_trace_ids(served: Lab, tmp_path: Any) -> None:
+    import tarfile
+
+    from scapy.utils import rdpcap
+
+    path = str(tmp_path / "w.tar.gz")
+    c = client(served, 8080, 3)
+    try:
+        rc, docs, err = watch(served, "--src", str(CLIENT4), "--dport", "8080", "--duration", "1.5s", "--evidence", path)
+    finally:
+        c.kill(), c.wait()
+    assert rc == 1, err
+    with tarfile.open(path) as tar:
+        names = {m.name.split("/", 1)[1]: m for m in tar.getmembers()}
+        assert {"watch.pcapng", "flows.txt", "flows.json", "command.txt"} <= set(names)
+        raw = tar.extractfile(names["watch.pcapng"]).read()  # type: ignore[union-attr]
+        assert b"nftrace id 0x" in raw and b"tcp 192.0.2.2:" in raw and b": drop;" in raw
+        (tmp_path / "w.pcapng").write_bytes(raw)
+        assert json.loads(tar.extractfile(names["flows.json"]).read())["flows"]  # type: ignore[union-attr]
+    from scapy.layers.inet import IP, TCP
+
+    pkts = [IP(bytes(p)) for p in rdpcap(str(tmp_path / "w.pcapng"))]  # LINKTYPE_IPV4: bare IP
+    assert pkts and all(p.haslayer(TCP) and p[TCP].dport == 8080 and p[IP].src == str(CLIENT4) for p in pkts)

@@ -199,10 +199,13 @@ def _add_watch(sub: Any) -> None:
     wa.add_argument("--packets", action="store_true", help="list every traced packet of a flow, not only the roll-up")
     wa.add_argument("--all", action="store_true", help="allow a filter that matches everything (rate-limited still)")
     wa.add_argument("--json", action="store_true", help="ndjson: one object per flow event, then a summary object")
+    wa.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="also write the watched packets (pcapng, trace id "
+                    "per packet in a comment) and the flows table with timelines")
 
 
 def cmd_watch(ns: argparse.Namespace, log: Any) -> int:
     req = cliargs.watch_request(ns)
+    check_evidence_path(ns.evidence)
     from tracer.pipeline.watchrun import WatchRun
     from tracer.render import watchview
     from tracer.report import watch as wreport
@@ -217,6 +220,15 @@ def cmd_watch(ns: argparse.Namespace, log: Any) -> int:
     finally:
         view.stop()
     written = console.write_out(watchview.summary_json(summary) if ns.json else watchview.summary_text(summary))
+    if ns.evidence:
+        from tracer.system import bundle_io
+
+        files = watchview.evidence_files(summary, list(sys.argv if ns.argv is None else ns.argv))
+        if ns.evidence.endswith(".tar.gz"):
+            bundle_io.write_tar(ns.evidence, files, f"fwtrace-watch-{summary.run_id}")
+        else:
+            bundle_io.write_dir(ns.evidence, files)
+        log.info("evidence written", path=ns.evidence)
     if not summary.cleanup_ok:
         console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(summary.leftover))
     elif written is not None:

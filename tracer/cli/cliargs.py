@@ -159,4 +159,5 @@ def watch_request(ns: argparse.Namespace) -> Any:
     if proto is Proto.ICMP and ns.dport is not None:
         raise UsageError("--dport does not apply to --proto icmp", "drop --dport")
     f = WatchFilter(ns.src, ns.dport, proto, ns.all)
-    return WatchRequest(f, ns.duration, ns.max_packets, ns.netns, ns.iface, packets=ns.packets)
+    return WatchRequest(f, ns.duration, ns.max_packets, ns.netns, ns.iface, packets=ns.packets,
+                        evidence=bool(getattr(ns, "evidence", None)))

@@ -38,14 +38,15 @@ from tracer.plan.commands import (
     Steps,
 )
 from tracer.plan.records import nft_undo
-from tracer.plan.watch_commands import CaptureStats, Now, OpenCapture, PollWatch, Show, WatchPolled
+from tracer.plan.watch_commands import CaptureStats, Now, OpenCapture, PollWatch, Seen, Show, WatchPolled
 from tracer.plan.watchplan import WatchFilter
-from tracer.report.watch import UPSTREAM, Accounting, FlowRow, Live, WatchSummary
+from tracer.report.watch import UPSTREAM, Accounting, FlowRow, Live, WatchSummary, WirePacket
 from tracer.ruleset.nftsets import parse_sets
 
 SHOW_EVERY = 0.5  # seconds between two live views
 CONNTRACK_FLOWS = 8  # flows whose conntrack entry is read at the end (one `conntrack -L` each)
 NEAR_KEYS = 16
+WIRE_MAX = 5000  # packets kept for the evidence pcapng
 DRAIN = 0.05  # seconds: the trace events of the last packets are already queued
 
 
@@ -59,6 +60,7 @@ class WatchRequest:
     rate: int = watchplan.RATE
     burst: int = watchplan.BURST
     packets: bool = False  # --packets: every packet's line in the timeline, not only the decisive one's
+    evidence: bool = False  # keep the watched packets for the bundle's pcapng (at most WIRE_MAX)
 
 
 def matches(f: WatchFilter, h: Headers) -> bool:
@@ -95,6 +97,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     conntrack: dict[flows_.FlowKey, str] = {}
     start_at = end_at = 0.0
     ifaces: tuple[str, ...] = ()
+    wire: list[Seen] = []
     armed: Optional[verify.Start] = None
     generations: list[int] = []
     try:
@@ -109,7 +112,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         start_at = yield Now()
         deadline = start_at + req.duration
         try:
-            stopped, lost = yield from _collect(req, flows, near, start_at, deadline, ifaces)
+            stopped, lost = yield from _collect(req, flows, near, start_at, deadline, ifaces, wire)
         except KeyboardInterrupt as e:
             stopped = getattr(e, "signame", None) or "SIGINT"
         end_at = yield Now()
@@ -129,16 +132,37 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     left = list(finished.errors) + (list(verdict.texts) if verdict is not None else [])
     generations.append((yield Generation()))
     rows = yield from _diagnosed(req, flows, conntrack)
-    return _summary(req, run_id, tplan, ifaces, end_at - start_at, stopped, rows, flows, near, lost or finished.lost,
-                    budget, cap, left)
+    summary = _summary(req, run_id, tplan, ifaces, end_at - start_at, stopped, rows, flows, near, lost or finished.lost,
+                       budget, cap, left)
+    return dataclasses.replace(summary, wire=_wire(flows, rows, wire)) if req.evidence else summary
+
+
+def _wire(flows: Flows, rows: tuple[FlowRow, ...], wire: list[Seen]) -> tuple[WirePacket, ...]:
+    """The watched packets for the pcapng, each with its flow, verdict and the nftrace id of its
+    trace (matched by flow and IPv4 id / IPv6 flow label), or that none reached fwtrace."""
+    verdicts = {r.key: r.verdict for r in rows}
+    traces: dict[tuple[flows_.FlowKey, int], int] = {}
+    for f in flows.flows.values():
+        for p in f.packets:
+            traces.setdefault((f.key, p.headers.ident), p.events[0].trace_id)
+    out = []
+    for s in wire:
+        key = flows_.flow_key(s.headers)
+        if key is None:
+            continue
+        tid = traces.get((key, s.headers.ident))
+        comment = (f"arrived on {s.ifname}{' (PACKET_OTHERHOST)' if s.otherhost else ''}; flow {key_text(key)}: "
+                   f"{verdicts.get(key, 'unknown')}; " + (f"nftrace id {tid:#x}" if tid is not None else "no trace of it reached fwtrace"))
+        out.append(WirePacket(s.data, s.wall, comment))
+    return tuple(out)
 
 
 def _collect(req: WatchRequest, flows: Flows, near: Counter[str], start: float, deadline: float,
-             ifaces: tuple[str, ...]) -> Steps[tuple[str, bool]]:
+             ifaces: tuple[str, ...], wire: list[Seen]) -> Steps[tuple[str, bool]]:
     """Read events and captures until the deadline, --max-packets, or a signal (raised in).
     Captures from before the table was in (`start`) are left out: their packets could not be
     traced. At the end the events already queued are read (DRAIN), not new captures."""
-    stopped = yield from _loop(req, flows, near, start, deadline, ifaces)
+    stopped = yield from _loop(req, flows, near, start, deadline, ifaces, wire)
     polled: Optional[WatchPolled] = yield PollWatch((yield Now()) + DRAIN)
     if polled is not None:
         flows.feed(polled.events, polled.at)
@@ -147,7 +171,7 @@ def _collect(req: WatchRequest, flows: Flows, near: Counter[str], start: float, 
 
 
 def _loop(req: WatchRequest, flows: Flows, near: Counter[str], start: float, deadline: float,
-          ifaces: tuple[str, ...]) -> Steps[tuple[str, bool]]:
+          ifaces: tuple[str, ...], wire: list[Seen]) -> Steps[tuple[str, bool]]:
     next_show = 0.0
     changed: set[flows_.FlowKey] = set()
     lost = False
@@ -164,6 +188,8 @@ def _loop(req: WatchRequest, flows: Flows, near: Counter[str], start: float, dea
                 if matches(req.filter, s.headers):
                     captured += 1
                     key = flows.captured(s.headers, s.ifname, s.at, s.otherhost)
+                    if req.evidence and len(wire) < WIRE_MAX:
+                        wire.append(s)
                     if key is not None:
                         changed.add(key)
                 elif len(near) < NEAR_KEYS or _near(req.filter, s.headers) in near:

@@ -29,6 +29,7 @@ class Seen:
     ifname: str
     at: float
     otherhost: bool = False  # addressed to another link-layer address (PACKET_OTHERHOST)
+    wall: float = 0.0  # seconds since the epoch (for the pcapng)
 
 
 @dataclass(frozen=True)

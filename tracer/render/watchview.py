@@ -120,3 +120,14 @@ def summary_text(s: WatchSummary) -> str:
 
 def summary_json(s: WatchSummary) -> str:
     return json.dumps(s.to_json()) + "\n"
+
+
+def evidence_files(s: WatchSummary, argv: list[str]) -> dict[str, bytes]:
+    """The bundle: the watched packets (pcapng, each with its flow, verdict and trace id as a
+    comment), the flows table with timelines (text and JSON), the command line."""
+    from tracer.render import pcapng
+
+    packets = [pcapng.Packet(p.data, p.when, p.comment) for p in s.wire]
+    return {"watch.pcapng": pcapng.write(packets, "fwtrace watch", f"run {s.run_id}: {s.filter}"),
+            "flows.txt": summary_text(s).encode(), "flows.json": (json.dumps(s.to_json(), indent=2) + "\n").encode(),
+            "command.txt": (" ".join(argv) + "\n").encode()}

@@ -92,6 +92,15 @@ class Accounting:
 
 
 @dataclass(frozen=True)
+class WirePacket:
+    """A packet the capture saw arrive (its first 256 bytes), for the evidence pcapng."""
+
+    data: bytes
+    when: float  # seconds since the epoch
+    comment: str
+
+
+@dataclass(frozen=True)
 class WatchSummary:
     run_id: str
     filter: str
@@ -110,6 +119,7 @@ class WatchSummary:
     leftover: tuple[str, ...] = ()
     instrumentation: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    wire: tuple[WirePacket, ...] = ()  # with --evidence
 
     def to_json(self) -> dict[str, object]:
         return {"type": "summary", "run_id": self.run_id, "filter": self.filter_json, "netns": self.netns,

@@ -74,7 +74,7 @@ class RxCapture:
             if h is None:
                 continue
             self.received += 1
-            out.append(Seen(h, data[:256], addr[0], time.monotonic(), addr[2] == PACKET_OTHERHOST))
+            out.append(Seen(h, data[:256], addr[0], time.monotonic(), addr[2] == PACKET_OTHERHOST, time.time()))
         return out
 
     def stats(self) -> tuple[int, int]:
