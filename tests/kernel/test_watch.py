@@ -305,3 +305,19 @@ def test_evidence_has_the_watched_packets_with_their_trace_ids(served: Lab, tmp_
 
     pkts = [IP(bytes(p)) for p in rdpcap(str(tmp_path / "w.pcapng"))]  # LINKTYPE_IPV4: bare IP
     assert pkts and all(p.haslayer(TCP) and p[TCP].dport == 8080 and p[IP].src == str(CLIENT4) for p in pkts)
+
+
+def test_a_netdev_ingress_drop_is_traced_once_per_packet(served: Lab) -> None:
+    served.nft(served.server, 'table netdev edge {\n chain in {\n type filter hook ingress device "eth0" priority -500; '
+                              'policy accept;\n tcp dport 4040 drop\n }\n}\n')
+    c = client(served, 4040, 3)
+    try:
+        rc, docs, err = watch(served, "--src", str(CLIENT4), "--dport", "4040", "--duration", "1.5s")
+    finally:
+        c.kill(), c.wait()
+    s = summary(docs)
+    assert rc == 1 and s["outcome"] == "flows", (err, s)
+    flow = s["flows"][0]
+    assert flow["verdict"] == "drop" and "netdev edge in" in flow["decided_by"], flow
+    # flagged at ingress (below the netdev chain) only: it never reached prerouting
+    assert flow["packets_traced"] == flow["packets_captured"], flow

@@ -68,6 +68,9 @@ def test_budget_reads_the_counters() -> None:
     b = budget(LISTING)
     assert (b.traced, b.over, b.arrived, b.read, b.hit) == (253, 9, 157, True, True)
     assert not budget(LISTING.replace("packets 7 ", "packets 0 ").replace("packets 2 ", "packets 0 ")).hit
+    pre_only = LISTING[:LISTING.index("table inet", 1)]
+    ingress = pre_only.replace("chain pre {", "chain ingress_0 {").replace("jump pre", "jump ing")
+    assert budget(ingress + LISTING).traced == budget(LISTING).traced  # counted once, at prerouting
     assert not budget("").read and not budget("Error: No such file or directory").read  # unknown, not zero
 
 
@@ -188,6 +191,15 @@ def test_flows_group_packets_and_answers_by_five_tuple() -> None:
     h = parse_headers(ip4(C, S, "tcp", 7070))
     assert h is not None and flows.captured(h, "eth0", 3.0) == ("tcp", C, 40000, S, 7070)
     assert flows.flows[("tcp", C, 40000, S, 7070)].quick == "not-in-netfilter"
+
+
+def test_a_packet_flagged_at_ingress_and_again_at_prerouting_is_one_packet() -> None:
+    flows = Flows(TABLE)
+    syn = ip4(C, S, "tcp", 8080)
+    flows.feed([ev(1, "ing0", syn), ev(1, "pre0", syn), ev(1, "input", syn, table="filter", verdict="drop")], 1.0)
+    [flow] = flows.flows.values()
+    assert flows.packets_traced == 1 and len(flow.packets) == 1 and len(flow.packets[0].events) == 3
+    assert flow.quick == "drop"
 
 
 def test_flows_stay_bounded() -> None:

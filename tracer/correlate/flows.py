@@ -139,6 +139,11 @@ class Flows:
                     self.current.pop(ev.trace_id, None)
                     self.unplaced += 1
                     continue
+                prev = self.current.get(ev.trace_id)
+                if prev is not None and prev.reply == reply and prev.headers.ident == h.ident \
+                        and flow_key(prev.headers, reply) == key:
+                    prev.events.append(ev)  # the same packet flagged again: ingress, then prerouting
+                    continue
                 pkt = Packet(h, reply, [ev])
                 (flow.replies if reply else flow.packets).append(pkt)
                 if not reply:

@@ -153,7 +153,8 @@ class Budget:
 def budget(listing: str) -> Budget:
     """The counters in `nft list chain` of the watch's base chains (pure). In each base chain a
     `... limit rate over ... counter return` rule stands right before the tracing rule of the
-    same entry (`... counter jump pre0`)."""
+    same entry (`... counter jump pre0`). The ingress chains' counters are left out: what they
+    count meets prerouting next (what they see dropped by a netdev chain is in its trace)."""
     traced = over = arrived = 0
     pending = 0
     found = False
@@ -162,6 +163,9 @@ def budget(listing: str) -> Budget:
         n = int(m.group(1))
         if m.group(2) == "return":
             pending = n
+            continue
+        if m.group(3) == "ing":  # a packet there meets prerouting next: counted there, once
+            pending = 0
             continue
         traced += n
         over += pending
