@@ -108,8 +108,8 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         generations.append((yield Generation()))
         yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
                      atomic=True)
+        start_at = yield Now()  # captures from before are left out: their packets could not be traced
         generations.append((yield Generation()))
-        start_at = yield Now()
         deadline = start_at + req.duration
         try:
             stopped, lost = yield from _collect(req, flows, near, start_at, deadline, ifaces, wire)

@@ -45,11 +45,14 @@ class RxCapture:
             self.sock.close()
             raise EnvironmentProblem(f"cannot open the receive-side capture: {e.strerror or e}",
                                      "fwtrace needs root (CAP_NET_RAW)") from None
-        # Packets queued between the socket's creation and the filter's attachment: drop them.
+        # Packets queued between the socket's creation and the filter's attachment: drop them,
+        # and their counts (reading PACKET_STATISTICS resets it).
         self._drain()
         self.received = 0
         self.kernel_packets = 0
         self.kernel_drops = 0
+        self.stats()
+        self.kernel_packets = self.kernel_drops = 0
 
     def _drain(self) -> None:
         try:
