@@ -136,3 +136,47 @@ def check_evidence_path(path: Optional[str]) -> None:
         os.unlink(probe)
     except OSError as e:
         raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None
+
+
+# --- fwtrace watch --------------------------------------------------------------------------------
+def network(text: str) -> Any:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address or prefix: {text!r} (e.g. 203.0.113.5 or 203.0.113.0/24)") from None
+
+
+def duration(text: str) -> float:
+    """`30s`, `2m`, `90` (seconds): more than 0, at most watchplan.MAX_DURATION."""
+    from tracer.plan.watchplan import MAX_DURATION
+
+    t = text.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 2m)") from None
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"duration out of range: {text} (more than 0, at most {MAX_DURATION:g}s)")
+    return value
+
+
+def max_packets(text: str) -> int:
+    from tracer.plan.watchplan import MAX_PACKETS
+
+    return int(bounded(lambda t: int(t, 10), 1, MAX_PACKETS, "a number", "--max-packets")(text))
+
+
+def watch_request(ns: argparse.Namespace) -> Any:
+    from tracer.pipeline.watch import WatchRequest
+    from tracer.plan.watchplan import WatchFilter
+
+    proto = Proto(ns.proto) if ns.proto else None
+    if ns.src is None and ns.dport is None and proto is None and not ns.all:
+        raise UsageError("a watch with no --src, --dport or --proto would trace every packet",
+                         "narrow it (e.g. --src 203.0.113.5 --dport 8080), or say --all")
+    if proto is Proto.ICMP and ns.dport is not None:
+        raise UsageError("--dport does not apply to --proto icmp", "drop --dport")
+    f = WatchFilter(ns.src, ns.dport, proto, ns.all)
+    return WatchRequest(f, ns.duration, ns.max_packets, ns.netns, ns.iface, packets=ns.packets,
+                        evidence=bool(getattr(ns, "evidence", None)))
