@@ -5,7 +5,7 @@ bytecodes, wherever that is: raising from it inside the import machinery (the ma
 waiting on a module lock the scapy-import thread holds, or in a weakref callback of
 `_get_module_lock`) left both threads in futex waits for good, or the exception was "ignored"
 and the interrupt lost (issue 21). The run acts on the flag at its own safe points
-(tracer/system/console.py `check`). This module imports nothing but os and signal: the entry point
+(tracer/system/console.py `check`). This module imports nothing but os and signal (fcntl only when a std stream was closed): the entry point
 takes the signals with it before anything else is imported.
 """
 from __future__ import annotations
@@ -30,7 +30,19 @@ def take_signals() -> dict[int, Any]:
     signal in the first milliseconds is not a traceback or a death by the default action."""
     old = {sig: signal.signal(sig, _on_signal) for sig in SIGNALS}
     if not _wakeup:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        r, w = (_above_std(fd) for fd in os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         _wakeup.append(r)
     return old
+
+
+def _above_std(fd: int) -> int:
+    """The fd moved to a number above 2: with stdout closed at start, the pipe would otherwise
+    take fd 1 and console.std_streams could not see that stdout was closed (exit 3, README)."""
+    if fd >= 3:
+        return fd
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high
