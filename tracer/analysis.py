@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Optional
 
-from tracer import compare, correlate, diagnose
+from tracer import compare, correlate, diagnose, kernverdict
 from tracer.commands import (
     Describe,
     FilterView,
     Finished,
+    KernelChecks,
     Listeners,
     MetChains,
     RpFilter,
@@ -80,6 +81,26 @@ def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
     return results
 
 
+def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: list[PacketResult],
+                    ctx: diagnose.Context, ebpf_loaded: bool) -> Steps[list[PacketResult]]:
+    """Each result with the kernel's drop of its probe, when no rule dropped it and nothing came
+    back (tracer/kernverdict.py): the sysctls and route lookups are asked only then."""
+    out = []
+    for r, x in zip(results, exchanges):
+        if not kernverdict.needs_check(r):
+            out.append(r)
+            continue
+        h = diagnose.seen(r)
+        local = sending.mode is Mode.LOCAL
+        iif = None if local else (sending.via or kernverdict.by_iif(r.steps))
+        values, rin, back = yield KernelChecks(r.spec.src, h.dst, iif, kernverdict.sysctls_wanted(r.spec.family, iif))
+        facts = kernverdict.Facts(x.counters or {}, x.counters is not None, values, rin, back, iif, ebpf_loaded,
+                                  ctx.listeners)
+        found, checked = kernverdict.decide(r, facts, h.dst, h.dport)
+        out.append(dataclasses.replace(r, kernel=found, kernel_checked=checked))
+    return out
+
+
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
@@ -106,13 +127,15 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     # costs one listing of the tables on the input and forward hooks, an accepted one nothing.
     blocked = any(r.verdict.value in ("drop", "reject") for r in results)
     near: Optional[Snapshot] = (full or (yield FilterView(legacy_saved))) if blocked else None
-    ctx = diagnose.Context(snap.ruleset, (yield Listeners()), local=mode is Mode.LOCAL,
+    ports = tuple(sorted({diagnose.seen(r).dport for r in results} | {r.spec.dport for r in results}))
+    ctx = diagnose.Context(snap.ruleset, (yield Listeners(ports)), local=mode is Mode.LOCAL,
                            full_ruleset=near.ruleset if near is not None else None,
                            full_sets=parse_sets(near.nft_text) if near is not None else None,
                            tcp_loose=int(tcp_loose) if tcp_loose and tcp_loose.isdigit() else None,
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
                            fallback=sending.fallback, unobserved=sending.tplan.unobserved)
+    results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from tracer import nearfix
+from tracer import kernverdict, nearfix
 from tracer.ebpf import findings as ebpf_findings
 from tracer.findings import checks, decider
+from tracer.findings import kernel as kernel_findings
 from tracer.findings.context import (
     Context,
     Probe,
@@ -42,13 +43,15 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.reply_dropped,),
     (checks.reply_missing,),
     (checks.no_listener,),
+    (kernel_findings.listener_address,),
 )
 
 # "Reached": the service's answer came back through the firewall. A SYN-ACK for a SYN, a UDP
 # reply, an echo reply; for a stray ACK/FIN (no SYN) the RST of a listening port; for UDP,
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
-NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains") + ebpf_findings.NOT_REACHED
+NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address") \
+    + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
@@ -62,13 +65,15 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     # condition; several may apply (nearest first), and they contradict none of the above.
     findings.extend(nearfix.check(result, ctx, p.facts))
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
-    # replace the findings above (a named cause replaces stack-drop).
-    return ebpf_findings.amend(result, findings, ctx)
+    # replace the findings above (a named cause replaces stack-drop); then the kernel verdict
+    # (tracer/kernverdict.py: eBPF, counters, routes, sysctls) is explained, or what was checked said.
+    return kernel_findings.amend(result, ebpf_findings.amend(result, findings, ctx), p)
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
     """Did the probe get through to a service, and its answer back out through the firewall?"""
-    if result.verdict is not Verdict.ACCEPT or result.reply_dropped or any(f.code in NOT_REACHED for f in findings):
+    if result.verdict is not Verdict.ACCEPT or result.kernel is not None or result.reply_dropped \
+            or any(f.code in NOT_REACHED for f in findings):
         return False
     spec = result.spec
     if not result.reply.captured:
@@ -81,6 +86,10 @@ def reached(result: PacketResult, findings: list[Finding]) -> bool:
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     spec, ref = result.spec, result.decided_by
     codes = {f.code for f in findings}
+    subject = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    dropped = kernel_findings.conclusion(result, subject)
+    if dropped is not None:
+        return dropped
     by_kernel = ebpf_findings.conclusion(result, findings)
     if by_kernel is not None:
         return by_kernel

@@ -302,6 +302,7 @@ class RuleRef:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "kind": "rule",
             "family": self.family,
             "table": self.table,
             "chain": self.chain,
@@ -356,6 +357,22 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class KernelDrop:
+    """The kernel, not a rule, dropped the probe (tracer/kernverdict.py): which check, where, and
+    the setting behind it, with the evidence the run used to say so."""
+
+    reason: str  # the kernel's drop reason name (IP_RPFILTER), eBPF's or the one the evidence implies
+    cause: str  # in words: "reverse-path filter"
+    function: Optional[str] = None  # the kernel function that dropped it (eBPF), or that counts the counter
+    setting: Optional[str] = None  # "net.ipv4.conf.eth0.rp_filter=1", "no route to 203.0.113.5"
+    evidence: tuple[str, ...] = ()  # what said so: eBPF, counter deltas, route lookups, sysctls
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": "kernel", "reason": self.reason, "cause": self.cause, "function": self.function,
+                "setting": self.setting, "evidence": list(self.evidence)}
+
+
+@dataclass(frozen=True)
 class PacketResult:
     spec: PacketSpec
     verdict: Verdict
@@ -371,10 +388,18 @@ class PacketResult:
     reply_verdict: Verdict = Verdict.UNKNOWN
     reply_decided_by: Optional[RuleRef] = None
     reply_hooks: tuple[HookOutcome, ...] = ()
+    # The kernel dropped it, not a rule (tracer/kernverdict.py); `verdict` stays the firewall's own
+    kernel: Optional[KernelDrop] = None
+    kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
 
     @property
     def reply_dropped(self) -> bool:
         return self.reply_verdict in (Verdict.DROP, Verdict.REJECT)
+
+    @property
+    def final_verdict(self) -> Verdict:
+        """The probe's fate: the firewall's verdict, or DROP when the kernel dropped it."""
+        return Verdict.DROP if self.kernel is not None else self.verdict
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -382,8 +407,10 @@ class PacketResult:
             "summary": spec.summary(),
             "probe": {"proto": spec.proto.value, "src": str(spec.src), "dst": str(spec.dst), "sport": spec.sport,
                       "dport": spec.dport, "flags": spec.flags, "ident": spec.ident},
-            "verdict": self.verdict.value,
-            "decided_by": self.decided_by.to_json() if self.decided_by else None,
+            "verdict": self.final_verdict.value,
+            "firewall_verdict": self.verdict.value,
+            "decided_by": self.kernel.to_json() if self.kernel else self.decided_by.to_json() if self.decided_by else None,
+            "kernel_checked": list(self.kernel_checked),
             "reply": self.reply.kind,
             "reply_summary": self.reply.summary,
             "path": list(self.path),
@@ -427,3 +454,5 @@ class Listener:
     addr: IPAddress
     port: int
     v6only: bool = field(default=False, compare=False)
+    inode: int = field(default=0, compare=False)  # the socket's inode (/proc/net/tcp), to find its process
+    process: Optional[str] = field(default=None, compare=False)  # "pid 812 (sshd)", when looked up

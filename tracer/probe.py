@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from tracer import analysis, correlate, kernsteps, modes
+from tracer import analysis, correlate, kernsteps, kernverdict, modes
 from tracer.commands import (
     Begin,
     BuildPackets,
@@ -39,6 +39,7 @@ from tracer.commands import (
     OpenKernelSources,
     OpenPort,
     Polled,
+    ReadCounters,
     ReadSysctl,
     Reset,
     RouteBack,
@@ -133,6 +134,7 @@ class Exchange:
     events: tuple[TraceEvent, ...]
     reply: Optional[Captured]
     conntrack: Optional[str] = None
+    counters: Optional[dict[str, int]] = None  # watched SNMP counters that moved (tracer/kernverdict.py); None: not read
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -326,6 +328,7 @@ def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bo
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:
     """Send one probe; wait for its reply and trace (or the timeout)."""
     roles = plan.roles(sending.tplan)
+    before = kernverdict.parse_counters((yield ReadCounters()) or {})
     if req.ebpf == "on":
         yield WatchEbpf(spec)
     sent = yield Send(spec, data)
@@ -335,6 +338,8 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
         if polled is None:
             break
         waiter.feed(polled)
+    after = kernverdict.parse_counters((yield ReadCounters()) or {})
+    moved = kernverdict.deltas(before, after) if before and after else None
     events = tuple(correlate.without_handles(waiter.events, armed.own))
     conntrack = None
     if armed.kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
@@ -343,7 +348,7 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
     if sending.mode is Mode.INGRESS and correlate.reply_kind(spec, list(events), reply.headers if reply else None,
                                                              roles) == "syn-ack":
         yield Reset(spec)
-    return Exchange(spec, events, reply, conntrack)
+    return Exchange(spec, events, reply, conntrack, moved)
 
 
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:

@@ -44,7 +44,8 @@ class Script:
             "OpenPort": "", "Generation": lambda cmd: next(generations), "ReadSysctl": "0", "Send": 100.0,
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
-            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", **answers,
+            "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "",
+            "ReadCounters": {}, "KernelChecks": ({}, None, None), **answers,
         }
         self.asked: list[c.Command] = []
 
@@ -66,8 +67,8 @@ def test_local_run_sequence() -> None:
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
         "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy",
-        "Begin", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
-        "Generation", "ProofListing", "MetChains", "Listeners"]
+        "Begin", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "ReadCounters", "Send", "Wait",
+        "ReadCounters", "Finish", "Generation", "ProofListing", "MetChains", "Listeners", "KernelChecks"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
     assert add.undo.netns is None  # the driver gives it the run's namespace

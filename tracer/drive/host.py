@@ -2,6 +2,7 @@
 modules, listening sockets, conntrack entries."""
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Optional
 
 from tracer import commands as c
@@ -49,7 +50,41 @@ def listeners(run: Run, cmd: c.Listeners) -> tuple[Listener, ...]:
     out: list[Listener] = []
     for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
         out.extend(parse_proc_net(system.proc_net(name), proto))
-    return tuple(out)
+    wanted = {s.inode for s in out if s.port in cmd.ports and s.inode}
+    if not wanted:
+        return tuple(out)
+    owners = socket_owners(wanted)
+    return tuple(dataclasses.replace(s, process=owners[s.inode]) if s.inode in owners else s for s in out)
+
+
+def socket_owners(inodes: set[int]) -> dict[int, str]:
+    """inode -> "pid N (comm)" for the processes holding those sockets (the first found each),
+    from /proc/PID/fd: what `ss -p` reads too."""
+    import os
+
+    from tracer.sockets import socket_inode
+
+    found: dict[int, str] = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                ino = socket_inode(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if ino in inodes and ino not in found:
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                found[ino] = f"pid {pid} ({comm})"
+        if len(found) == len(inodes):
+            break
+    return found
 
 
 def conntrack(run: Run, cmd: c.Conntrack) -> str:
@@ -73,3 +108,56 @@ def conntrack_entry(spec: PacketSpec) -> str:
         if e.orig.src == spec.src and e.orig.sport == spec.sport:
             return e.describe()
     return "none"
+
+
+def read_counters(run: Run, cmd: c.ReadCounters) -> dict[str, str]:
+    from tracer.kernverdict import COUNTER_FILES
+
+    out = {}
+    for name in COUNTER_FILES:
+        text = system.proc_net(name)
+        if text:
+            out[name] = text
+    return out
+
+
+def kernel_checks(run: Run, cmd: c.KernelChecks) -> Any:
+    """Sysctls, and the route lookups the kernel makes for the probe and its reply: RTM_GETROUTE
+    with RTA_IIF runs ip_route_input (reverse-path and forwarding checks included), and an error
+    there is the errno the kernel drops the packet with (EXDEV: rp_filter; EHOSTUNREACH: no
+    forwarding; ENETUNREACH: no route; EINVAL: a martian source)."""
+    import errno
+    import socket
+
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import rt_type
+
+    from tracer.kernverdict import RouteLookup
+
+    values = {k: system.sysctl_get(k) for k in cmd.keys}
+    family = socket.AF_INET6 if cmd.dst.version == 6 else socket.AF_INET
+
+    def lookup(ipr: Any, query: str, **kw: Any) -> RouteLookup:
+        try:
+            msg = ipr.route("get", family=family, **kw)[0]
+        except NetlinkError as e:
+            return RouteLookup(query, errno.errorcode.get(e.code, str(e.code)))
+        oif = msg.get_attr("RTA_OIF")
+        dev = None
+        if oif:
+            links = ipr.get_links(oif)
+            dev = links[0].get_attr("IFLA_IFNAME") if links else None
+        return RouteLookup(query, None, dev, str(rt_type.get(msg["type"], msg["type"])))
+
+    with IPRoute() as ipr:
+        rin = None
+        if cmd.iif:
+            idx = ipr.link_lookup(ifname=cmd.iif)
+            if idx:
+                rin = lookup(ipr, f"ip route get {cmd.dst} from {cmd.src} iif {cmd.iif}", dst=str(cmd.dst),
+                             src=str(cmd.src), iif=idx[0])
+        back = lookup(ipr, f"ip route get {cmd.src} from {cmd.dst}", dst=str(cmd.src), src=str(cmd.dst))
+        if back.error == "EINVAL":  # `from` a non-local address (DNAT's backend): the plain lookup
+            back = lookup(ipr, f"ip route get {cmd.src}", dst=str(cmd.src))
+    return values, rin, back

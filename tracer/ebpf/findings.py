@@ -38,7 +38,9 @@ def amend(result: PacketResult, findings: list[Finding], ctx: Any) -> list[Findi
     drop = probe_drop(result)
     out = list(findings)
     via, src = ctx.via, ctx.src or result.spec.src
-    queue = _silent_listener(result, ctx.listeners)
+    # a kernel verdict of another cause (no route back: the SYN is consumed without an answer too)
+    other = result.kernel is not None and result.kernel.reason not in ACCEPT_QUEUE
+    queue = None if other else _silent_listener(result, ctx.listeners)
     if queue is not None:
         out = [f for f in out if f.code != "stack-drop"]
         out.append(queue)

@@ -12,7 +12,9 @@ from tracer import __version__, diagnose, owners
 from tracer import outcome as run_outcome
 from tracer.model import Finding, PacketResult, Step, Verdict
 
-SCHEMA_VERSION = 2  # 2: the outcome "no-listener" (version 1 called that case "blocked")
+# 2: the outcome "no-listener" (version 1 called that case "blocked"); 3: kernel verdicts: `verdict`
+# drop with `decided_by` {kind: "kernel", ...} where version 2 said unknown/accept, rule deciders {kind: "rule"}
+SCHEMA_VERSION = 3
 OUTCOMES = ("reached", "blocked", "no-listener", "reply-dropped", "unknown")
 
 
@@ -27,6 +29,8 @@ def packet_outcome(r: PacketResult, findings: Sequence[Finding]) -> str:
         return "reached"
     if r.verdict is Verdict.ACCEPT and any(f.code == "no-listener" for f in findings):
         return "no-listener"
+    if r.kernel is not None:
+        return "blocked"  # by the kernel: decided_by says which check
     if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
         return "unknown"
     return "blocked"

@@ -1,0 +1,165 @@
+"""Kernel verdicts on the real kernel: the kernel, not a rule, drops the probe (reverse-path
+filter, forwarding off on a DNAT router, no route back, a full accept queue), each run once with
+the eBPF drop-reason probe and once without it (the verdict then comes from the namespace's
+counter deltas, route lookups and sysctls); and a listener bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import structlog
+
+from tracer import system
+from tracer.driver import Run
+from tracer.lab import BACKEND4, SERVER4, Lab, published_port
+from tracer.model import ProbeRequest, Proto
+from tracer.outcome import ProbeReport
+from tracer.render import jsondoc, timeline
+
+log = structlog.get_logger("test")
+CUSTOMER = ipaddress.ip_address("203.0.113.5")
+SCHEMA = __import__("json").loads((Path(__file__).parents[2] / "schema" / "report.schema.json").read_text())
+
+
+@pytest.fixture(params=["on", "off"])
+def ebpf(request: pytest.FixtureRequest) -> str:
+    """eBPF on (bcc, BTF and headers installed by scripts/setup: missing ones fail in CI) or off."""
+    if request.param == "on":
+        from tracer.ebpf import headers, loader
+
+        missing = [] if os.path.exists(loader.BTF_PATH) and headers.find().kind != "none" else ["BTF or headers"]
+        try:
+            import bcc  # noqa: F401
+        except ImportError:
+            missing.append("bcc (python3-bpfcc)")
+        if missing:
+            msg = "eBPF prerequisites missing: " + ", ".join(missing)
+            if os.environ.get("CI") == "true":
+                pytest.fail(msg, pytrace=False)
+            pytest.skip(msg)
+    return str(request.param)
+
+
+def probe(lab: Lab, ebpf: str, **kw: Any) -> ProbeReport:
+    kw.setdefault("netns", lab.server)
+    kw.setdefault("timeout", 0.6)
+    if "via" not in kw:
+        kw.setdefault("from_netns", lab.client)
+        kw.setdefault("dst", SERVER4)
+    report = Run(ProbeRequest(ebpf=ebpf, **kw), log).execute()
+    assert report.cleanup_ok and report.ruleset_unchanged is True
+    assert report.ebpf == ("loaded" if ebpf == "on" else "")
+    return report
+
+
+def kernel_drop(report: ProbeReport, cause: str, setting: str, ebpf: str, evidence: str) -> dict[str, Any]:
+    """The JSON document's verdict and decided_by, the summary line and the conclusion agree."""
+    doc = jsondoc.document(report)
+    jsonschema.validate(doc, SCHEMA)
+    [p] = doc["packets"]
+    d = p["decided_by"]
+    assert p["verdict"] == "drop" and d["kind"] == "kernel", (p["verdict"], d, p["kernel_checked"])
+    assert d["cause"] == cause and d["setting"] == setting, d
+    said = " ".join(d["evidence"])
+    assert ("eBPF: " in said) == (ebpf == "on"), said  # eBPF's view is evidence only when it watched
+    assert evidence in said, said
+    line = timeline.summary(report)
+    assert f"dropped by the kernel: {cause}, {setting}" in line and "no verdict traced" not in line
+    assert "dropped by the kernel" in " ".join(report.conclusions)
+    assert not report.reached and doc["outcome"] == "blocked"
+    return d
+
+
+def test_rp_filter(router_lab: Lab, ebpf: str) -> None:
+    lab = router_lab
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", str(BACKEND4), "dev", "eth1")
+    with system.netns(lab.server):  # per-namespace sysctls of the lab's server
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "1")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    report = probe(lab, ebpf, dport=22, via="eth0", src=CUSTOMER, dst=SERVER4)
+    d = kernel_drop(report, "reverse-path filter", "net.ipv4.conf.eth0.rp_filter=1", ebpf,
+                    "eBPF: drop reason IP_RPFILTER" if ebpf == "on" else "counter TcpExtIPReversePathFilter +1")
+    assert d["reason"] == "IP_RPFILTER"
+    rp = [f for f in report.findings if f.code == "rp-filter"]
+    assert rp and "net.ipv4.conf.eth0.rp_filter=2" in " ".join(rp[0].commands)
+    assert not [f for f in report.findings if f.code in ("stack-drop", "kernel-drop")]
+
+
+def test_forwarding_off_on_a_dnat_router(router_lab: Lab, ebpf: str) -> None:
+    lab = router_lab
+    assert lab.backend is not None
+    lab.iptables_restore(lab.server, published_port(forward_policy="ACCEPT"))
+    lab.listen(lab.backend, Proto.TCP, 80)
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.ip_forward", "0")
+    report = probe(lab, ebpf, dport=8080)
+    d = kernel_drop(report, "forwarding disabled", "net.ipv4.ip_forward=0", ebpf,
+                    "eBPF: drop reason IP_INADDRERRORS" if ebpf == "on" else "counter IpInAddrErrors +1")
+    assert d["function"] == "ip_error"
+    [f] = [f for f in report.findings if f.code == "forwarding-off"]
+    assert f.commands == ("sysctl -w net.ipv4.conf.eth0.forwarding=1",)
+    assert str(BACKEND4) in f.message
+
+
+def test_no_route_back(lab: Lab, ebpf: str) -> None:
+    lab.listen(lab.server, Proto.TCP, 8080)
+    stranger = ipaddress.ip_address("198.51.100.77")  # the server has no route to it
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "0")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "0")
+    report = probe(lab, ebpf, dport=8080, src=stranger)
+    d = kernel_drop(report, "no route back for the reply", f"no route to {stranger}", ebpf, "counter IpOutNoRoutes +1")
+    assert "route lookup `ip route get 198.51.100.77" in " ".join(d["evidence"])
+    assert [f for f in report.findings if f.code == "no-route-back"]
+    assert not [f for f in report.findings if f.code == "accept-queue-full"]
+
+
+def test_listen_queue_overflow(lab: Lab, ebpf: str) -> None:
+    with system.netns(lab.server):
+        srv = socket.socket()
+    clients = []
+    try:
+        srv.bind(("0.0.0.0", 8080))
+        srv.listen(0)  # one connection fills the queue; nobody accepts
+        for _ in range(2):
+            with system.netns(lab.client):
+                c = socket.socket()
+            c.setblocking(False)
+            clients.append(c)
+            try:
+                c.connect((str(SERVER4), 8080))
+            except BlockingIOError:
+                pass
+        time.sleep(0.3)
+        report = probe(lab, ebpf, dport=8080)
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+    d = kernel_drop(report, "listen queue overflow", d_setting(report), ebpf, "counter TcpExtListenOverflows +1")
+    assert d["setting"].startswith("listen backlog of 0.0.0.0:8080 (capped by net.core.somaxconn=")
+    assert [f for f in report.findings if f.code == "accept-queue-full"]
+
+
+def d_setting(report: ProbeReport) -> str:
+    k = report.results[0].kernel
+    assert k is not None and k.setting is not None, report.results[0].kernel_checked
+    return k.setting
+
+
+def test_listener_on_loopback_names_the_process(lab: Lab) -> None:
+    lab.listen(lab.server, Proto.TCP, 8080, addr="127.0.0.1")
+    report = probe(lab, "off", dport=8080)
+    [f] = [f for f in report.findings if f.code == "listener-address"]
+    assert "127.0.0.1:8080 (loopback only)" in f.message
+    assert f"pid {os.getpid()} (" in f.message  # the lab's socket is this process's
+    assert "0.0.0.0" in (f.fix or "")
+    assert not report.reached
+    assert report.results[0].kernel is None  # the kernel answered with a RST: no kernel drop
