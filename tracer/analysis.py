@@ -84,10 +84,13 @@ def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
 def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: list[PacketResult],
                     ctx: diagnose.Context, ebpf_loaded: bool) -> Steps[list[PacketResult]]:
     """Each result with the kernel's drop of its probe, when no rule dropped it and nothing came
-    back (tracer/kernverdict.py): the sysctls and route lookups are asked only then."""
+    back (tracer/kernverdict.py): the sysctls and route lookups are asked only then, and for a
+    drop by a reverse-path rule (its finding tells the route back)."""
     out = []
     for r, x in zip(results, exchanges):
-        if not kernverdict.needs_check(r):
+        by_rule = r.decided_by is not None and r.decided_by.rule is not None \
+            and kernverdict.rpfilter_rule(r.decided_by.rule.display)  # explained by the route back
+        if not kernverdict.needs_check(r) and not by_rule:
             out.append(r)
             continue
         h = diagnose.seen(r)
@@ -97,7 +100,7 @@ def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: 
         facts = kernverdict.Facts(x.counters or {}, x.counters is not None, values, rin, back, iif, ebpf_loaded,
                                   ctx.listeners)
         found, checked = kernverdict.decide(r, facts, h.dst, h.dport)
-        out.append(dataclasses.replace(r, kernel=found, kernel_checked=checked))
+        out.append(dataclasses.replace(r, kernel=found, kernel_checked=checked, route_back=back))
     return out
 
 

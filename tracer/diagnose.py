@@ -5,8 +5,8 @@ below yields at most one finding, the first of its checks that applies, because 
 of the group would contradict it or offer a fix the earlier one rules out:
 
 * rp-filter before stack-drop: both explain a probe that vanished after PREROUTING.
-* conntrack-invalid, untracked, policy, shadowed-rule, blocked-by-rule all explain the deciding
-  rule: an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would let stray
+* conntrack-invalid, untracked, rp-filter-rule, policy, shadowed-rule, blocked-by-rule all explain
+  the deciding rule (rp-filter-rule: a reverse-path check as a rule is no source ban): an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would let stray
   or untracked packets in), and shadowed-rule (a catch-all) excludes blocked-by-rule.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.forwarded,),
     (checks.mixed_backends,),
     (checks.accept_overridden,),
-    (decider.conntrack_invalid, decider.untracked, decider.policy, decider.shadowed_rule, decider.blocked_by_rule),
+    (decider.conntrack_invalid, decider.untracked, decider.reverse_path_rule, decider.policy, decider.shadowed_rule,
+     decider.blocked_by_rule),
     (checks.reply_dropped,),
     (checks.reply_missing,),
     (checks.no_listener,),
@@ -116,6 +117,12 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         rule = f"rule {ref.rule.number}" if ref.rule else "policy"
         return (f"{subject}: conntrack found the probe INVALID and {where(ref)} {rule} {verb(result.verdict)} it; "
                 f"a stray [{spec.flags}] packet says nothing about whether the port is open (probe with --flags S).")
+    if "rp-filter-rule" in codes and ref.rule is not None:
+        back = result.route_back
+        how = (f"the route back to {spec.src} leaves by {back.dev}" if back is not None and back.dev
+               else f"no route back to {spec.src}" if back is not None and back.error else "the route back")
+        return (f"{subject} is blocked by a reverse-path check, not a ban of {spec.src}: {where(ref)} rule "
+                f"{ref.rule.number} {verb(result.verdict)} it ({how}).")
     if "shadowed-rule" in codes:
         return f"{subject} is blocked: {ref.chain} rule {ref.rule.number if ref.rule else '?'} {verb(result.verdict)} it before the rule meant to accept it."
     if ref.rule is None:

@@ -16,10 +16,21 @@ Sample counter lines (/proc/net/snmp pairs a header line with a value line per g
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from tracer.model import EventKind, IPAddress, KernelDrop, Listener, PacketResult, Proto, TraceEvent, Verdict
+from tracer.model import (  # noqa: F401  (RouteLookup: re-exported, the system layer builds it)
+    EventKind,
+    IPAddress,
+    KernelDrop,
+    Listener,
+    PacketResult,
+    Proto,
+    RouteLookup,
+    TraceEvent,
+    Verdict,
+)
 from tracer.sockets import serves
 
 COUNTER_FILES = ("snmp", "netstat", "snmp6", "stat/nf_conntrack")
@@ -105,19 +116,6 @@ def deltas(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int
 
 
 # --- what the system layer is asked, and answers ---------------------------------------------------
-@dataclass(frozen=True)
-class RouteLookup:
-    """One route lookup as the kernel made it (tracer/drive/host.py: RTM_GETROUTE via pyroute2)."""
-
-    query: str  # `ip route get 192.0.2.1 from 203.0.113.5 iif eth0`
-    error: Optional[str] = None  # errno name (EXDEV, EHOSTUNREACH, ENETUNREACH, EINVAL); None: a route
-    dev: Optional[str] = None  # the interface it leaves by
-    kind: str = ""  # unicast, local, ...
-
-    def said(self) -> str:
-        return f"`{self.query}`: " + (self.error or f"{self.kind or 'route'}" + (f" dev {self.dev}" if self.dev else ""))
-
-
 def sysctls_wanted(family: int, iif: Optional[str]) -> tuple[str, ...]:
     """The settings behind the kernel's checks of a probe arriving on `iif`."""
     keys = ["net.core.somaxconn", "net.netfilter.nf_conntrack_max", "net.netfilter.nf_conntrack_count"]
@@ -142,6 +140,20 @@ class Facts:
     iif: Optional[str] = None
     ebpf: bool = False  # the eBPF programs watched the probe
     listeners: tuple[Listener, ...] = ()
+
+
+# Reverse-path checks written as rules: xt_rpfilter inverted (drop what fails), nft's fib
+# expression asking for the output interface of the source (`. iif`: strict, via the arrival one)
+_RPFILTER_RULE = re.compile(r"-m rpfilter\b.*--invert|\bfib saddr\b[^;]*?\boif (?:missing|0)\b")
+
+
+def rpfilter_rule(text: str) -> bool:
+    return bool(_RPFILTER_RULE.search(text))
+
+
+def rpfilter_loose(text: str) -> bool:
+    """--loose / nft without `. iif`: any route back will do, not only by the arrival interface."""
+    return "--loose" in text or ("fib saddr" in text and ". iif" not in text)
 
 
 def needs_check(r: PacketResult) -> bool:

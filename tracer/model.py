@@ -357,6 +357,19 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class RouteLookup:
+    """One route lookup as the kernel made it (RTM_GETROUTE; tracer/kernverdict.py)."""
+
+    query: str  # `ip route get 192.0.2.1 from 203.0.113.5 iif eth0`
+    error: Optional[str] = None  # errno name (EXDEV, EHOSTUNREACH, ENETUNREACH, EINVAL); None: a route
+    dev: Optional[str] = None  # the interface it leaves by
+    kind: str = ""  # unicast, local, ...
+
+    def said(self) -> str:
+        return f"`{self.query}`: " + (self.error or f"{self.kind or 'route'}" + (f" dev {self.dev}" if self.dev else ""))
+
+
+@dataclass(frozen=True)
 class KernelDrop:
     """The kernel, not a rule, dropped the probe (tracer/kernverdict.py): which check, where, and
     the setting behind it, with the evidence the run used to say so."""
@@ -391,6 +404,7 @@ class PacketResult:
     # The kernel dropped it, not a rule (tracer/kernverdict.py); `verdict` stays the firewall's own
     kernel: Optional[KernelDrop] = None
     kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
+    route_back: Optional[RouteLookup] = None  # the kernel's route back to the source, when it was asked
 
     @property
     def reply_dropped(self) -> bool:

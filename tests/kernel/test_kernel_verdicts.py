@@ -163,3 +163,29 @@ def test_listener_on_loopback_names_the_process(lab: Lab) -> None:
     assert "0.0.0.0" in (f.fix or "")
     assert not report.reached
     assert report.results[0].kernel is None  # the kernel answered with a RST: no kernel drop
+
+
+@pytest.mark.parametrize("rules", ["iptables", "nft"])
+def test_reverse_path_rule_is_explained_by_the_route_back(router_lab: Lab, rules: str) -> None:
+    """`-m rpfilter --invert -j DROP` and nft's `fib saddr . iif oif missing drop` (the kernel
+    selftests' rpath.sh rulesets): the route back, never a ban of the source with a whitelist."""
+    lab = router_lab
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", str(BACKEND4), "dev", "eth1")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "0")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "0")
+    if rules == "iptables":
+        lab.iptables_restore(lab.server, "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                                         "-A PREROUTING -m rpfilter --invert -j DROP\nCOMMIT\n")
+    else:
+        lab.nft(lab.server, "table inet t {\n chain pre {\n  type filter hook prerouting priority raw;\n"
+                            "  fib saddr . iif oif missing counter drop\n }\n}\n")
+    report = probe(lab, "off", dport=22, via="eth0", src=CUSTOMER, dst=SERVER4)
+    [r] = report.results
+    assert r.verdict.value == "drop" and r.decided_by is not None and r.kernel is None
+    assert jsondoc.document(report)["packets"][0]["decided_by"]["kind"] == "rule"
+    [f] = [f for f in report.findings if f.code == "rp-filter-rule"]
+    assert "not a ban of 203.0.113.5" in f.message and "leaves by eth1, not eth0" in f.message
+    assert not [x for x in report.findings if x.code == "blocked-by-rule"]
+    assert not any("203.0.113.5" in c for x in report.findings for c in x.commands)  # no whitelist
+    assert "reverse-path check" in report.conclusions[0]
