@@ -95,7 +95,10 @@ def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: 
             continue
         h = diagnose.seen(r)
         local = sending.mode is Mode.LOCAL
-        iif = None if local else (sending.via or kernverdict.by_iif(r.steps))
+        # the arrival interface: simulated ingress says it; else the trace (fwtrace's own trace
+        # rule sees the probe at the start of prerouting even where no chain of the ruleset did)
+        iif = None if local else (sending.via or kernverdict.by_iif(r.steps)
+                                  or next((e.iif for e in x.events if e.iif and e.source != "ebpf"), None))
         values, rin, back = yield KernelChecks(r.spec.src, h.dst, iif, kernverdict.sysctls_wanted(r.spec.family, iif))
         facts = kernverdict.Facts(x.counters or {}, x.counters is not None, values, rin, back, iif, ebpf_loaded,
                                   ctx.listeners)

@@ -205,3 +205,14 @@ def test_listener_on_another_address_names_the_process() -> None:
     # a socket on all addresses serves it: nothing said
     anyone = (Listener(Proto.TCP, ipaddress.ip_address("0.0.0.0"), 8080),)
     assert not [f for f in diagnose.diagnose(r, Context(Ruleset(), anyone, local=False)) if f.code == "listener-address"]
+
+
+def test_reverse_path_rules_are_recognised() -> None:
+    assert kv.rpfilter_rule("-A PREROUTING -m rpfilter --invert -j DROP")
+    assert kv.rpfilter_rule("fib saddr . iif oif missing counter packets 0 bytes 0 drop")
+    assert kv.rpfilter_rule("meta nfproto ipv4 fib saddr . mark . iif oif missing drop")  # firewalld's
+    assert kv.rpfilter_rule("fib saddr oif 0 drop") and kv.rpfilter_loose("fib saddr oif 0 drop")
+    assert not kv.rpfilter_loose("-A PREROUTING -m rpfilter --invert -j DROP")
+    assert not kv.rpfilter_rule("-A PREROUTING -m rpfilter -j ACCEPT")  # accepts what passes: no drop of it
+    assert not kv.rpfilter_rule("ip saddr 203.0.113.5 drop")
+    assert not kv.rpfilter_rule("fib daddr type local accept")
