@@ -6,8 +6,9 @@ of the group would contradict it or offer a fix the earlier one rules out:
 
 * rp-filter before stack-drop: both explain a probe that vanished after PREROUTING.
 * conntrack-invalid, untracked, rp-filter-rule, policy, shadowed-rule, blocked-by-rule all explain
-  the deciding rule (rp-filter-rule: a reverse-path check as a rule is no source ban): an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would let stray
-  or untracked packets in), and shadowed-rule (a catch-all) excludes blocked-by-rule.
+  the deciding rule: an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would
+  let stray or untracked packets in), a reverse-path check written as a rule is no source ban (its
+  fix is the route back, not a whitelist), and shadowed-rule (a catch-all) excludes blocked-by-rule.
 """
 from __future__ import annotations
 
@@ -45,13 +46,15 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.reply_missing,),
     (checks.no_listener,),
     (kernel_findings.listener_address,),
+    (kernel_findings.reply_elsewhere,),
 )
 
 # "Reached": the service's answer came back through the firewall. A SYN-ACK for a SYN, a UDP
 # reply, an echo reply; for a stray ACK/FIN (no SYN) the RST of a listening port; for UDP,
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
-NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address") \
+NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address",
+               "reply-elsewhere") \
     + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
@@ -110,6 +113,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return f"The firewall lets {subject} through, but no service listens there."
     if result.reply_dropped and result.reply_decided_by is not None:
         return f"{subject} is not reachable: {_reply_story(result)}."
+    if result.verdict is Verdict.ACCEPT and "reply-elsewhere" in codes:
+        return (f"{subject} is not reachable from the probe's side: the {result.reply.kind} leaves by another "
+                "interface than the one the probe arrived on (see reply-elsewhere).")
     if result.verdict is Verdict.ACCEPT:
         return _accepted(result, findings, subject)
     assert ref is not None

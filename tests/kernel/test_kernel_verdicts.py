@@ -189,3 +189,19 @@ def test_reverse_path_rule_is_explained_by_the_route_back(router_lab: Lab, rules
     assert not [x for x in report.findings if x.code == "blocked-by-rule"]
     assert not any("203.0.113.5" in c for x in report.findings for c in x.commands)  # no whitelist
     assert "reverse-path check" in report.conclusions[0]
+
+
+def test_reply_leaving_by_another_interface_is_no_reply_the_client_got(router_lab: Lab) -> None:
+    """Loose rp_filter lets the probe in; its SYN-ACK leaves by eth1 (the route back), not eth0."""
+    lab = router_lab
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", str(BACKEND4), "dev", "eth1")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "2")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "2")
+    lab.listen(lab.server, Proto.TCP, 8080)
+    report = probe(lab, "off", dport=8080, via="eth0", src=CUSTOMER, dst=SERVER4)
+    [r] = report.results
+    assert r.reply.kind == "syn-ack" and r.kernel is None
+    [f] = [f for f in report.findings if f.code == "reply-elsewhere"]
+    assert "leaves by eth1" in f.message and "not by eth0" in f.message
+    assert not report.reached and "another interface" in report.conclusions[0]

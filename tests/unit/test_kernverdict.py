@@ -216,3 +216,12 @@ def test_reverse_path_rules_are_recognised() -> None:
     assert not kv.rpfilter_rule("-A PREROUTING -m rpfilter -j ACCEPT")  # accepts what passes: no drop of it
     assert not kv.rpfilter_rule("ip saddr 203.0.113.5 drop")
     assert not kv.rpfilter_rule("fib daddr type local accept")
+
+
+def test_a_reply_leaving_by_another_interface_did_not_reach() -> None:
+    r = PacketResult(SPEC, Verdict.ACCEPT, None, Reply("syn-ack"), (), ("prerouting", "input"))
+    ctx = Context(Ruleset(), (), local=False, mode="ingress", via="eth0", src=SRC, route_dev="eth1")
+    fs = diagnose.diagnose(r, ctx)
+    assert [f.code for f in fs] == ["reply-elsewhere"] and not diagnose.reached(r, fs)
+    same = Context(Ruleset(), (), local=False, mode="ingress", via="eth0", src=SRC, route_dev="eth0")
+    assert diagnose.reached(r, diagnose.diagnose(r, same))

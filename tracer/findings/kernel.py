@@ -150,3 +150,23 @@ def listener_address(p: Probe) -> Optional[Finding]:
         f"make {whom or 'the service'} listen on {h.dst} or on all addresses (0.0.0.0 / [::]) in its configuration "
         f"(its bind/listen address), and restart it",
     )
+
+
+def reply_elsewhere(p: Probe) -> Optional[Finding]:
+    """Simulated ingress: the reply was caught leaving by another interface than the one the probe
+    arrived on (the route back to the source leaves elsewhere). A client behind the arrival
+    interface never gets that reply."""
+    r, ctx = p.result, p.ctx
+    if ctx.mode != "ingress" or not ctx.via or not ctx.route_dev or ctx.route_dev == ctx.via:
+        return None
+    if r.verdict is not Verdict.ACCEPT or r.reply.none or not r.reply.captured or r.reply_dropped:
+        return None
+    src, reply = r.spec.src, r.reply.kind
+    return Finding(
+        "reply-elsewhere",
+        f"The {reply} to {src} leaves by {ctx.route_dev} (the route back to {src}), not by {ctx.via}, where the "
+        f"probe arrived: a client reached through {ctx.via} does not get it, unless the path behind {ctx.route_dev} "
+        "leads to it too (asymmetric routing, which a stateful firewall or a strict reverse-path check on the "
+        "way drops).",
+        f"route {src} back via {ctx.via}: `ip route add {src} via GATEWAY dev {ctx.via}`",
+    )
