@@ -203,6 +203,11 @@ class ProbeRequest:
     local: bool = False  # send from the target namespace itself (OUTPUT -> lo -> INPUT)
     print_bpf: bool = False  # print the generated tc programs on stderr
     ebpf: str = "off"  # "auto" (the CLI's default): load the eBPF probes when a first pass leaves a fate unexplained; "on"; "off"
+    both: bool = False  # --proto both: every packet sent as TCP (proto, flags) and as UDP, to the same port
+
+    @property
+    def protos(self) -> tuple["Proto", ...]:
+        return (Proto.TCP, Proto.UDP) if self.both else (self.proto,)
 
     @property
     def mode(self) -> "Mode":

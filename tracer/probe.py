@@ -354,11 +354,12 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
     specs = []
     base = req.sport if req.sport is not None else rng.randrange(33000, 60000)
-    for i in range(req.count):
-        sport = base if req.sport is not None else base + i
-        ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
-        dport = req.dport if req.proto is not Proto.ICMP else i + 1  # echo sequence number
-        specs.append(PacketSpec(req.proto, src, dst, sport, dport, req.flags, ident))
+    for proto in req.protos:  # --proto both: the TCP probes, then the UDP ones
+        for i in range(req.count):
+            sport = base if req.sport is not None else base + i
+            ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+            dport = req.dport if proto is not Proto.ICMP else i + 1  # echo sequence number
+            specs.append(PacketSpec(proto, src, dst, sport, dport, req.flags, ident))
     return specs
 
 

@@ -205,3 +205,27 @@ def test_reply_leaving_by_another_interface_is_no_reply_the_client_got(router_la
     [f] = [f for f in report.findings if f.code == "reply-elsewhere"]
     assert "leaves by eth1" in f.message and "not by eth0" in f.message
     assert not report.reached and "another interface" in report.conclusions[0]
+
+
+@pytest.mark.parametrize("mode", ["from-netns", "ingress"])
+def test_proto_both_on_a_dns_like_service(lab: Lab, mode: str) -> None:
+    """--proto both: TCP and UDP to port 53 in one run; the firewall lets UDP in and drops TCP,
+    as a resolver whose zone transfers / large answers over TCP are blocked."""
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 53 -j DROP\n"
+                                     "-A INPUT -p udp -m udp --dport 53 -j ACCEPT\nCOMMIT\n")
+    lab.listen(lab.server, Proto.TCP, 53)
+    lab.listen(lab.server, Proto.UDP, 53)
+    kw: dict[str, Any] = {}
+    if mode == "ingress":
+        lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", "192.0.2.2", "dev", "eth0")
+        kw = dict(via="eth0", src=CUSTOMER, dst=SERVER4)
+    report = probe(lab, "off", dport=53, proto=Proto.TCP, both=True, **kw)
+    tcp, udp = report.results
+    assert (tcp.spec.proto, udp.spec.proto) == (Proto.TCP, Proto.UDP)
+    assert tcp.verdict.value == "drop" and tcp.decided_by is not None and tcp.decided_by.rule is not None
+    assert tcp.decided_by.rule.number == 1 and tcp.kernel is None
+    assert udp.verdict.value == "accept" and udp.reply.kind == "udp"
+    assert not report.reached and "1 of 2 reached" in report.conclusions[0]
+    doc = jsondoc.document(report)
+    jsonschema.validate(doc, SCHEMA)
+    assert [p["outcome"] for p in doc["packets"]] == ["blocked", "reached"]

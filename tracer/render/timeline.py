@@ -305,7 +305,9 @@ def replay_command(report: Any) -> str:
     argv = ["fwtrace", "probe"]
     if req.proto is not Proto.ICMP:
         argv += ["--dport", str(req.dport)]
-    if req.proto is not Proto.TCP:
+    if getattr(req, "both", False):
+        argv += ["--proto", "both"] + (["--flags", req.flags] if req.flags != "S" else [])
+    elif req.proto is not Proto.TCP:
         argv += ["--proto", req.proto.value]
     elif req.flags != "S":
         argv += ["--flags", req.flags]
