@@ -161,6 +161,9 @@ def test_the_report_says_the_kernel_dropped_it() -> None:
     [verdict] = [row for row in rows if row.label == "verdict"]
     assert verdict.body.startswith("DROP by the kernel: reverse-path filter, net.ipv4.conf.eth0.rp_filter=1 (IP_RPFILTER")
     assert verdict.style == "bad"
+    from tracer.render import svg
+
+    assert "DROP by the kernel: reverse-path filter" in svg.render(r)
     codes = [f.code for f in rep.findings]
     assert "rp-filter" in codes and "stack-drop" not in codes
     [rp] = [f for f in rep.findings if f.code == "rp-filter"]
