@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Optional
 
-from tracer import compare, correlate, diagnose, kernverdict
+from tracer import compare, correlate, diagnose, kernverdict, tcpwrap
 from tracer.commands import (
+    ConnectCheck,
     Describe,
     FilterView,
     Finished,
     KernelChecks,
     Listeners,
     MetChains,
+    ProcessFacts,
     RpFilter,
     Steps,
     TakeSnapshot,
@@ -21,10 +23,11 @@ from tracer.ebpf import timeline as ebpf_timeline
 from tracer.ebpf.commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.kernsteps import kernplan_json
-from tracer.model import EventKind, Mode, PacketResult, ProbeRequest, Verdict
+from tracer.model import AfterAccept, EventKind, Mode, PacketResult, ProbeRequest, Proto, Verdict
 from tracer.nftsets import parse_sets
 from tracer.outcome import Evidence, ProbeReport, build_report
 from tracer.snapshot import ChainKey, Snapshot
+from tracer.sockets import serves
 from tracer.trace import plan
 from tracer.undo import verify as verify_
 
@@ -107,6 +110,38 @@ def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: 
     return out
 
 
+def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult],
+                 ctx: diagnose.Context) -> Steps[list[PacketResult]]:
+    """A SYN the service answered: does it keep a real connection open? One connection from the
+    sender (from-netns, local; not simulated ingress, whose source is made up, nor a --src the
+    sender does not own), a short wait; for a service that closes it at once, its process,
+    whether it uses libwrap, and the hosts.allow/hosts.deny line that decides the client."""
+    out = []
+    for r in results:
+        spec = r.spec
+        if spec.proto is not Proto.TCP or spec.flags != "S" or r.reply.kind != "syn-ack" or r.reply_dropped \
+                or sending.mode is Mode.INGRESS or req.src is not None:
+            out.append(r)
+            continue
+        seen: str = yield ConnectCheck(req.from_netns if sending.mode is Mode.FROM_NETNS else None, spec.dst, spec.dport)
+        if seen not in ("closed", "reset"):
+            out.append(dataclasses.replace(r, after_accept=AfterAccept(seen or "not checked")))
+            continue
+        h = diagnose.seen(r)
+        sock = next((s for s in ctx.listeners if s.proto is Proto.TCP and s.port == h.dport and serves(s, h.dst)
+                     and s.process), None)
+        pid = int(sock.process.split()[1]) if sock is not None and sock.process else None
+        if pid is None:
+            out.append(dataclasses.replace(r, after_accept=AfterAccept(seen)))
+            continue
+        names, libwrap, allow, deny = yield ProcessFacts(pid)
+        decision = tcpwrap.decide(allow, deny, tuple(names), spec.src) if libwrap else None
+        out.append(dataclasses.replace(r, after_accept=AfterAccept(
+            seen, sock.process if sock else None, libwrap, decision.said() if decision else None,
+            (not decision.granted) if decision else None, names[0] if names else None)))
+    return out
+
+
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
@@ -142,6 +177,7 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
                            fallback=sending.fallback, unobserved=sending.tplan.unobserved)
     results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
+    results = yield from after_accept(req, sending, results, ctx)
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,

@@ -203,6 +203,25 @@ class Listeners(Command):
 
 
 @dataclass(frozen=True)
+class ConnectCheck(Command):
+    """A real TCP connection from namespace `netns` (None: the target) to dst:dport, then a short
+    wait: "closed" (FIN before any data), "reset", "data", "open" (nothing), or "failed: why" -> str."""
+
+    netns: Optional[str]
+    dst: IPAddress
+    dport: int
+    wait: float = 0.5
+
+
+@dataclass(frozen=True)
+class ProcessFacts(Command):
+    """Of process `pid`: (its names: comm and argv[0] basename, libwrap mapped?, hosts.allow text,
+    hosts.deny text as the process sees them, /proc/PID/root/etc) -> tuple."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class ReadCounters(Command):
     """The target's SNMP and conntrack counter files (kernverdict.COUNTER_FILES) -> dict[str, str]
     (the files that exist)."""

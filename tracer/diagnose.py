@@ -18,6 +18,7 @@ from tracer import kernverdict, nearfix
 from tracer.ebpf import findings as ebpf_findings
 from tracer.findings import checks, decider
 from tracer.findings import kernel as kernel_findings
+from tracer.findings import service
 from tracer.findings.context import (
     Context,
     Probe,
@@ -47,6 +48,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.no_listener,),
     (kernel_findings.listener_address,),
     (kernel_findings.reply_elsewhere,),
+    (service.closed_after_accept,),
 )
 
 # "Reached": the service's answer came back through the firewall. A SYN-ACK for a SYN, a UDP
@@ -54,7 +56,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
 NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address",
-               "reply-elsewhere") \
+               "reply-elsewhere", "closed-after-accept") \
     + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
@@ -113,6 +115,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return f"The firewall lets {subject} through, but no service listens there."
     if result.reply_dropped and result.reply_decided_by is not None:
         return f"{subject} is not reachable: {_reply_story(result)}."
+    if result.verdict is Verdict.ACCEPT and "closed-after-accept" in codes:
+        return (f"{subject} is open, but the service closes the connection at once: it refuses {spec.src} itself "
+                "(see closed-after-accept).")
     if result.verdict is Verdict.ACCEPT and "reply-elsewhere" in codes:
         return (f"{subject} is not reachable from the probe's side: the {result.reply.kind} leaves by another "
                 "interface than the one the probe arrived on (see reply-elsewhere).")

@@ -375,6 +375,23 @@ class RouteLookup:
 
 
 @dataclass(frozen=True)
+class AfterAccept:
+    """What a real connection to a service that answered the SYN saw (from-netns and local probes):
+    the service closing it at once, and who holds the socket (tracer/findings/service.py)."""
+
+    seen: str  # "closed" (FIN before any data), "reset", "data", "open" (nothing within the wait)
+    process: Optional[str] = None  # "pid 812 (sshd)"
+    libwrap: Optional[bool] = None  # the process has libwrap mapped (/proc/PID/maps); None: not known
+    decision: Optional[str] = None  # the hosts.allow/hosts.deny line that decides the client, in words
+    denied: Optional[bool] = None  # True: TCP wrappers deny this client
+    daemon: Optional[str] = None  # the name the process goes by in hosts.allow/deny (argv[0])
+
+    def to_json(self) -> dict[str, object]:
+        return {"seen": self.seen, "process": self.process, "libwrap": self.libwrap, "decision": self.decision,
+                "denied": self.denied, "daemon": self.daemon}
+
+
+@dataclass(frozen=True)
 class KernelDrop:
     """The kernel, not a rule, dropped the probe (tracer/kernverdict.py): which check, where, and
     the setting behind it, with the evidence the run used to say so."""
@@ -410,6 +427,7 @@ class PacketResult:
     kernel: Optional[KernelDrop] = None
     kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
     route_back: Optional[RouteLookup] = None  # the kernel's route back to the source, when it was asked
+    after_accept: Optional[AfterAccept] = None  # a real connection after a SYN-ACK, when one was made
 
     @property
     def reply_dropped(self) -> bool:
@@ -430,6 +448,7 @@ class PacketResult:
             "firewall_verdict": self.verdict.value,
             "decided_by": self.kernel.to_json() if self.kernel else self.decided_by.to_json() if self.decided_by else None,
             "kernel_checked": list(self.kernel_checked),
+            "after_accept": self.after_accept.to_json() if self.after_accept else None,
             "reply": self.reply.kind,
             "reply_summary": self.reply.summary,
             "path": list(self.path),

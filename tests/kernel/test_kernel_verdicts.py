@@ -229,3 +229,62 @@ def test_proto_both_on_a_dns_like_service(lab: Lab, mode: str) -> None:
     doc = jsondoc.document(report)
     jsonschema.validate(doc, SCHEMA)
     assert [p["outcome"] for p in doc["packets"]] == ["blocked", "reached"]
+
+
+WRAPPED_SERVER = r'''
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"wrapdemo", 0, 0, 0)  # PR_SET_NAME: the name hosts.deny knows it by
+wrap = ctypes.CDLL("libwrap.so.0")  # the real TCP wrappers library, as sshd/vsftpd link it
+wrap.hosts_ctl.argtypes = [ctypes.c_char_p] * 4
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    if wrap.hosts_ctl(b"wrapdemo", b"unknown", peer[0].encode(), b"unknown"):
+        c.sendall(b"hello\n")
+    c.close()
+'''
+
+
+def wrapped_server(lab: Lab, tmp_path: Path, deny: str, port: int) -> Any:
+    """The server in the lab's server namespace and in a mount namespace of its own, whose /etc is
+    a copy with this hosts.deny (the machine's /etc is never touched)."""
+    import subprocess
+    import sys
+
+    etc = tmp_path / "etc"
+    subprocess.run(["cp", "-a", "/etc", str(etc)], check=False, capture_output=True)
+    (etc / "hosts.allow").write_text("")
+    (etc / "hosts.deny").write_text(deny)
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'mount --bind {etc} /etc && exec ip netns exec {lab.server} {sys.executable} -c "$0" {port}', WRAPPED_SERVER],
+        stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("deny", ["wrapdemo: 192.0.2.2\n", "wrapdemo: 198.51.100.0/24\n"])
+def test_closed_after_accept_names_the_hosts_deny_line(lab: Lab, tmp_path: Path, deny: str) -> None:
+    proc = wrapped_server(lab, tmp_path, deny, 2222)
+    try:
+        report = probe(lab, "off", dport=2222)
+    finally:
+        proc.kill()
+        proc.wait()
+    [r] = report.results
+    assert r.reply.kind == "syn-ack" and r.after_accept is not None
+    if "192.0.2.2" in deny:  # the client is denied: the server closes at once
+        assert r.after_accept.seen == "closed" and r.after_accept.libwrap is True and r.after_accept.denied
+        [f] = [f for f in report.findings if f.code == "closed-after-accept"]
+        assert f"pid {proc.pid} (wrapdemo)" in f.message
+        assert "/etc/hosts.deny line 1 `wrapdemo: 192.0.2.2`" in f.message
+        assert f.fix is not None and "`wrapdemo: 192.0.2.2` to /etc/hosts.allow" in f.fix
+        assert not report.reached and "closes the connection at once" in report.conclusions[0]
+    else:  # another network is denied: the client gets its greeting
+        assert r.after_accept.seen == "data"
+        assert not [f for f in report.findings if f.code == "closed-after-accept"] and report.reached
+    jsonschema.validate(jsondoc.document(report), SCHEMA)

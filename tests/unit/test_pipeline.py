@@ -45,7 +45,8 @@ class Script:
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "",
-            "ReadCounters": {}, "KernelChecks": ({}, None, None), **answers,
+            "ReadCounters": {}, "KernelChecks": ({}, None, None), "ConnectCheck": "open",
+            "ProcessFacts": ((), None, "", ""), **answers,
         }
         self.asked: list[c.Command] = []
 

@@ -161,3 +161,61 @@ def kernel_checks(run: Run, cmd: c.KernelChecks) -> Any:
         if back.error == "EINVAL":  # `from` a non-local address (DNAT's backend): the plain lookup
             back = lookup(ipr, f"ip route get {cmd.src}", dst=str(cmd.src))
     return values, rin, back
+
+
+def connect_check(run: Run, cmd: c.ConnectCheck) -> str:
+    import socket
+
+    fam = socket.AF_INET6 if cmd.dst.version == 6 else socket.AF_INET
+    with system.netns(cmd.netns):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.settimeout(cmd.wait + 0.5)
+        try:
+            s.connect((str(cmd.dst), cmd.dport))
+        except OSError as e:
+            return f"failed: {e.strerror or e}"
+        s.settimeout(cmd.wait)
+        try:
+            data = s.recv(1)
+        except socket.timeout:
+            return "open"
+        except ConnectionResetError:
+            return "reset"
+        except OSError as e:
+            return f"failed: {e.strerror or e}"
+        return "data" if data else "closed"
+    finally:
+        s.close()
+
+
+def process_facts(run: Run, cmd: c.ProcessFacts) -> tuple[tuple[str, ...], Optional[bool], str, str]:
+    """The process's names, whether libwrap is mapped into it, and the TCP wrappers files as its
+    own root sees them (a container's /etc, not the host's)."""
+    import os
+
+    base = f"/proc/{cmd.pid}"
+    names: list[str] = []
+    try:
+        with open(f"{base}/comm") as f:
+            names.append(f.read().strip())
+        with open(f"{base}/cmdline", "rb") as fb:
+            argv0 = fb.read().split(b"\0")[0].decode(errors="replace")
+        if argv0:
+            names.append(os.path.basename(argv0))
+    except OSError:
+        pass
+    try:
+        with open(f"{base}/maps") as f:
+            libwrap: Optional[bool] = any("libwrap.so" in line for line in f)
+    except OSError:
+        libwrap = None
+
+    def read(name: str) -> str:
+        try:
+            with open(f"{base}/root/etc/{name}") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    return tuple(dict.fromkeys(names)), libwrap, read("hosts.allow"), read("hosts.deny")
