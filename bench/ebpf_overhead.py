@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tracer.lab import SEED_RULESET, Lab  # noqa: E402
+from tracer.cli.lab import SEED_RULESET, Lab  # noqa: E402
 from tracer.model import Proto  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,11 +38,11 @@ def once(argv: list[str]) -> float:
 
 def build_once(cold: bool) -> float:
     """loader.build() in a fresh interpreter; `cold`: under a key no cached object has (removed after)."""
-    force = ("import os; from tracer.ebpf import objcache; k = os.urandom(8).hex();"
+    force = ("import os; from tracer.system import ebpf_objcache as objcache; k = os.urandom(8).hex();"
              "objcache.key = lambda *a: 'bench-' + k;") if cold else ""
     tidy = ("import glob; [os.unlink(p) for p in glob.glob('/var/cache/fwtrace/bpf/bench-' + k + '.json')];") if cold else ""
     out = subprocess.run([sys.executable, "-c", "import time, sys; sys.path.insert(0, '.');" + force +
-                          "from tracer.ebpf import loader; t = time.perf_counter(); l = loader.build(hooks=False);"
+                          "from tracer.system import ebpf_loader as loader; t = time.perf_counter(); l = loader.build(hooks=False);"
                           "print(time.perf_counter() - t); l.bpf.close();" + tidy],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     return float(out.stdout.split()[-1])

@@ -30,9 +30,9 @@ from typing import Optional
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracer import system
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import PacketSpec, Proto
-from tracer.trace import plan
+from tracer.plan import plan
 
 FWTRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".venv", "bin", "fwtrace")
 PORT = 5001

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import Proto
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tracer import system
-from tracer.lab import Lab
+from tracer.cli.lab import Lab
 from tracer.model import Proto
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -87,17 +87,17 @@ def probe_once(lab: Lab, src: str) -> tuple[float, float, int, int]:
 
 def proof_costs(lab: Lab, runs: int) -> dict[str, float]:
     """Median milliseconds of each cleanup proof in the lab's server namespace."""
-    from tracer import listing
-    from tracer.snapshot import XTABLES_NAMES
-    from tracer.trace.collect import ruleset_generation
-    from tracer.undo import proof
+    from tracer.system import listing
+    from tracer.ruleset.snapshot import XTABLES_NAMES
+    from tracer.system.collect import ruleset_generation
+    from tracer.plan import proof
 
     def generation() -> None:
         for _ in range(3):
             ruleset_generation()
 
     def content(log_family: str | None) -> None:
-        """What tracer/undo/verify.py has the driver list: before the first change and after the undo."""
+        """What tracer/plan/verify.py has the driver list: before the first change and after the undo."""
         tables: tuple[tuple[str, str], ...] = ()
         if log_family is not None:
             names = [k.split()[1:3] for k in listing.nft_tables()]

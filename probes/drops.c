@@ -1,6 +1,6 @@
 // fwtrace: the kernel's own view of the probe packets, from tracepoints.
 //
-// Rendered by tracer/ebpf/render.py, which puts #defines in front of this text:
+// Rendered by tracer/plan/ebpf_programs.py, which puts #defines in front of this text:
 //   SKB_HEAD_OFF, SKB_NH_OFF, SKB_DEV_OFF, DEV_IFINDEX_OFF, DEV_NET_OFF, NET_INUM_OFF  byte offsets from the running kernel's
 //       BTF (the headers bcc compiles against may be another kernel's: never use their layouts)
 //   HAVE_KFREE_SKB, HAVE_CONSUME_SKB, HAVE_TCP_SEND_RESET, HAVE_ICMP_SEND, HAVE_SOCK_STATE  tracepoints this kernel has

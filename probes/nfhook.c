@@ -1,7 +1,7 @@
 // fwtrace: which netfilter hook returned which verdict for the probe packets: nf_hook_slow()
 // entry and return, through kprobe/kretprobe (USE_KPROBE) or fentry/fexit (USE_FENTRY).
 //
-// Rendered by tracer/ebpf/render.py: the offsets (SKB_*, DEV_IFINDEX_OFF, HOOK_STATE_*) come from
+// Rendered by tracer/plan/ebpf_programs.py: the offsets (SKB_*, DEV_IFINDEX_OFF, HOOK_STATE_*) come from
 // the running kernel's BTF; nothing here relies on the layouts in the headers bcc compiles with.
 // This file is loaded only where the kernel allows kprobes or fentry (`fwtrace doctor` says).
 //

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-# Journals of this test session in a directory of its own (tracer.undo.journal reads this at import,
+# Journals of this test session in a directory of its own (tracer.system.journal reads this at import,
 # and fwtrace subprocesses inherit it): other sessions sharing the machine -- other worktrees'
 # suites running SIGKILL tests -- neither see nor replay each other's journals.
 os.environ.setdefault("FWTRACE_RUN_DIR", f"/run/fwtrace-tests/{os.getpid()}")

@@ -1,4 +1,4 @@
-"""Frozen values shared by the pure core: rulesets, probe packets, trace events, verdicts.
+"""Frozen values shared by the pure core: rulesets (tracer/rules.py), probe packets, trace events, verdicts.
 
 Everything here is built once at the edge (argparse output, parsed command output, netlink
 bytes) and never mutated; the system layer only moves these values around.
@@ -8,8 +8,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
+from tracer.rules import Backend, Chain, Rule, Ruleset, Table  # noqa: F401  (re-exported: part of the model)
 from tracer.verdict import Action, RuleVerdict  # noqa: F401  (re-exported: part of the model)
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -26,114 +27,6 @@ class Verdict(str, enum.Enum):
     DROP = "drop"
     REJECT = "reject"
     UNKNOWN = "unknown"
-
-
-class Backend(str, enum.Enum):
-    NFT = "nftables"  # native nft tables
-    IPTABLES_NFT = "iptables-nft"  # x_tables syntax on top of nf_tables
-    IPTABLES_LEGACY = "iptables-legacy"  # x_tables proper (issue: kernel-log evidence)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rulesets
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule as the kernel holds it.
-
-    `number` is the 1-based position in its chain (what `iptables -L --line-numbers` shows);
-    `text` is the rule as `nft -a list ruleset` prints it, without counters and handle comment;
-    `ipt` is the rule as `iptables -S` prints it when the table is managed by iptables.
-    """
-
-    family: str
-    table: str
-    chain: str
-    number: int
-    handle: Optional[int]
-    text: str
-    ipt: Optional[str] = None
-
-    @property
-    def display(self) -> str:
-        return self.ipt if self.ipt is not None else self.text
-
-
-@dataclass(frozen=True)
-class Chain:
-    family: str
-    table: str
-    name: str
-    hook: Optional[str] = None  # None for a regular (user-defined) chain
-    priority: Optional[str] = None  # as nft prints it: "filter", "-350", "dstnat"
-    policy: Optional[str] = None  # "accept" / "drop" for base chains
-    rules: tuple[Rule, ...] = ()
-
-    @property
-    def is_base(self) -> bool:
-        return self.hook is not None
-
-
-@dataclass(frozen=True)
-class Table:
-    family: str
-    name: str
-    chains: tuple[Chain, ...] = ()
-    backend: Backend = Backend.NFT
-
-    def chain(self, name: str) -> Optional[Chain]:
-        for c in self.chains:
-            if c.name == name:
-                return c
-        return None
-
-
-@dataclass(frozen=True)
-class Ruleset:
-    tables: tuple[Table, ...] = ()
-
-    # iptables-legacy tables live beside nf_tables tables of the same family and name on mixed
-    # hosts (x_tables "filter" and iptables-nft's "ip filter" both hook INPUT): every lookup
-    # says which world it means, and nf_tables is the default.
-    def table(self, family: str, name: str, legacy: bool = False) -> Optional[Table]:
-        for t in self.tables:
-            if t.family == family and t.name == name and (t.backend is Backend.IPTABLES_LEGACY) == legacy:
-                return t
-        return None
-
-    def chain(self, family: str, table: str, name: str, legacy: bool = False) -> Optional[Chain]:
-        t = self.table(family, table, legacy)
-        return t.chain(name) if t else None
-
-    def rule_by_handle(self, family: str, table: str, chain: str, handle: int) -> Optional[Rule]:
-        c = self.chain(family, table, chain)
-        if c is None:
-            return None
-        for r in c.rules:
-            if r.handle == handle:
-                return r
-        return None
-
-    def rule_by_number(self, family: str, table: str, chain: str, number: int, legacy: bool = False) -> Optional[Rule]:
-        c = self.chain(family, table, chain, legacy)
-        if c is None or not 1 <= number <= len(c.rules):
-            return None
-        return c.rules[number - 1]
-
-    @property
-    def has_legacy(self) -> bool:
-        return any(t.backend is Backend.IPTABLES_LEGACY for t in self.tables)
-
-    @property
-    def has_nft(self) -> bool:
-        return any(t.backend is not Backend.IPTABLES_LEGACY and any(c.rules or c.is_base for c in t.chains)
-                   for t in self.tables)
-
-    def rules(self) -> Iterator[Rule]:
-        for t in self.tables:
-            for c in t.chains:
-                yield from c.rules
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +256,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class RouteLookup:
-    """One route lookup as the kernel made it (RTM_GETROUTE; tracer/kernverdict.py)."""
+    """One route lookup as the kernel made it (RTM_GETROUTE; tracer/diagnose/kernverdict.py)."""
 
     query: str  # `ip route get 192.0.2.1 from 203.0.113.5 iif eth0`
     error: Optional[str] = None  # errno name (EXDEV, EHOSTUNREACH, ENETUNREACH, EINVAL); None: a route
@@ -377,7 +270,7 @@ class RouteLookup:
 @dataclass(frozen=True)
 class AfterAccept:
     """What a real connection to a service that answered the SYN saw (from-netns and local probes):
-    the service closing it at once, and who holds the socket (tracer/findings/service.py)."""
+    the service closing it at once, and who holds the socket (tracer/diagnose/service.py)."""
 
     seen: str  # "closed" (FIN before any data), "reset", "data", "open" (nothing within the wait)
     process: Optional[str] = None  # "pid 812 (sshd)"
@@ -393,7 +286,7 @@ class AfterAccept:
 
 @dataclass(frozen=True)
 class KernelDrop:
-    """The kernel, not a rule, dropped the probe (tracer/kernverdict.py): which check, where, and
+    """The kernel, not a rule, dropped the probe (tracer/diagnose/kernverdict.py): which check, where, and
     the setting behind it, with the evidence the run used to say so."""
 
     reason: str  # the kernel's drop reason name (IP_RPFILTER), eBPF's or the one the evidence implies
@@ -423,7 +316,7 @@ class PacketResult:
     reply_verdict: Verdict = Verdict.UNKNOWN
     reply_decided_by: Optional[RuleRef] = None
     reply_hooks: tuple[HookOutcome, ...] = ()
-    # The kernel dropped it, not a rule (tracer/kernverdict.py); `verdict` stays the firewall's own
+    # The kernel dropped it, not a rule (tracer/diagnose/kernverdict.py); `verdict` stays the firewall's own
     kernel: Optional[KernelDrop] = None
     kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
     route_back: Optional[RouteLookup] = None  # the kernel's route back to the source, when it was asked

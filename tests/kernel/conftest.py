@@ -7,10 +7,10 @@ from typing import Callable, Iterator
 import pytest
 
 from tracer import system
-from tracer.lab import Lab
+from tracer.cli.lab import Lab
 
 # Global, or the initial namespace's own: tests run against lab namespaces only, and the
-# kernel-log path (tracer/trace/kernplan.py) sets nf_log_all_netns and may bind nf_log loggers.
+# kernel-log path (tracer/plan/kernplan.py) sets nf_log_all_netns and may bind nf_log loggers.
 GLOBAL_SYSCTLS = ("net.netfilter.nf_log_all_netns", "net.netfilter.nf_log.2", "net.netfilter.nf_log.10",
                   "net.netfilter.nf_conntrack_log_invalid")
 # Several engineers' test runs may share the machine: each run names its namespaces after its

@@ -20,11 +20,11 @@ import structlog
 
 from tracer import cli, system
 from tracer.errors import ExitStatus
-from tracer.lab import Lab
+from tracer.cli.lab import Lab
 from tracer.model import ProbeRequest
-from tracer.driver import KILL_ENV, SIGINT_ENV, Run
-from tracer.undo import journal
-from tracer.undo.cleanup import SKIP_UNDO_ENV
+from tracer.pipeline.driver import KILL_ENV, SIGINT_ENV, Run
+from tracer.system import journal
+from tracer.system.cleanup import SKIP_UNDO_ENV
 
 log = structlog.get_logger("test")
 
@@ -97,7 +97,7 @@ def test_log_leaves_every_listing_as_it_was(lab: Lab, capsys: Any, scenario: str
 def test_a_log_rule_in_a_missing_chain_would_be_caught(lab: Lab, capsys: Any, monkeypatch: Any) -> None:
     """The proof can fail: with the old plan (a rule in every chain iptables-nft-save prints),
     iptables-nft creates FORWARD and OUTPUT and keeps them, and the report says so."""
-    from tracer import kernsteps
+    from tracer.plan import kernsteps
 
     lab.run(lab.server, ["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"])
     old_plan = kernsteps.kernel_plan

@@ -14,10 +14,10 @@ from typing import Any, Iterator
 import pytest
 
 from tracer import system
-from tracer.inject.raw import build
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.system.raw import build
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import PacketSpec, Proto
-from tracer.undo.journal import RUN_DIR
+from tracer.system.journal import RUN_DIR
 
 
 def start_probe(lab: Lab, *args: str) -> subprocess.Popen[str]:

@@ -20,12 +20,14 @@ from typing import Any
 import pytest
 import structlog
 
-from tracer import compare, system
-from tracer.driver import Run
-from tracer.ebpf import decode, loader
-from tracer.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.ruleset import compare
+from tracer import system
+from tracer.pipeline.driver import Run
+from tracer.collect import ebpf_decode as decode
+from tracer.system import ebpf_loader as loader
+from tracer.cli.lab import BACKEND4, CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import EventKind, PacketSpec, ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 CUSTOMER = ipaddress.ip_address("203.0.113.5")
@@ -41,7 +43,7 @@ def ebpf_prerequisites() -> None:
         missing.append("bcc (python3-bpfcc)")
     if not os.path.exists(loader.BTF_PATH):
         missing.append("BTF")
-    from tracer.ebpf import headers
+    from tracer.system import ebpf_headers as headers
 
     if headers.find().kind == "none":
         missing.append("kernel headers (linux-headers-amd64)")
@@ -170,7 +172,7 @@ def test_netdev_ingress_drop_names_the_hook(lab: Lab) -> None:
 
 def _noise(lab: Lab, src: str, sport: int, stop: threading.Event) -> None:
     """SYNs to the probed port from the same source port, but another source address."""
-    from tracer.inject.raw import Injector, build
+    from tracer.system.raw import Injector, build
 
     with system.netns(lab.client):
         inj = Injector()
@@ -252,7 +254,7 @@ def test_hook_verdict_path_is_reported_not_crashed(lab: Lab) -> None:
 
 def test_btf_offsets_match_bpftool() -> None:
     """The pure BTF parser against bpftool's reading of the same kernel."""
-    from tracer.ebpf import render
+    from tracer.plan import ebpf_programs as render
 
     if system.run(["which", "bpftool"], check=False).returncode != 0:
         if os.environ.get("CI") == "true":
@@ -270,7 +272,7 @@ def test_btf_offsets_match_bpftool() -> None:
 
 
 def test_ipv6_no_listener_and_udp_port_unreachable(lab: Lab) -> None:
-    from tracer.lab import SERVER6
+    from tracer.cli.lab import SERVER6
 
     report = probe(lab, dport=9, dst=SERVER6)
     [drop] = kernel_events(report, EventKind.DROP)
@@ -299,7 +301,8 @@ def test_hook_program_passes_the_verifier_here() -> None:
     the attach needs kprobes. Keeps the VM tier's path from rotting where it cannot run."""
     from bcc import BPF
 
-    from tracer.ebpf import headers, render
+    from tracer.system import ebpf_headers as headers
+    from tracer.plan import ebpf_programs as render
 
     found = headers.find()
     if found.kind != "matching":

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 
 from tracer import system
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, Lab
 from tracer.model import Proto
 
 FWTRACE = [sys.executable, "-m", "tracer"]  # the code of this checkout, whatever the venv installed

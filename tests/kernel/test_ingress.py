@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from tracer import cli, system
-from tracer.lab import (
+from tracer.cli.lab import (
     BACKEND4,
     CLIENT4,
     CLIENT6,
@@ -32,8 +32,8 @@ from tracer.lab import (
 )
 from tracer.model import ProbeRequest, Proto
 from tracer.packet import parse_headers
-from tracer.driver import KILL_ENV, Run
-from tracer.outcome import ProbeReport
+from tracer.pipeline.driver import KILL_ENV, Run
+from tracer.report.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 a = ipaddress.ip_address
@@ -282,7 +282,7 @@ def test_sigkill_then_cleanup_removes_port_and_filters(lab: Lab) -> None:
 
 
 def kernel_has_tcx(lab: Lab) -> bool:
-    from tracer.inject import tcbpf
+    from tracer.system import tcbpf
 
     with system.netns(lab.server):
         return tcbpf.tcx_count(socket.if_nametoindex("eth0"), "egress") is not None
@@ -293,7 +293,7 @@ def test_filter_at_pref_1_goes_through_tcx_or_falls_back(lab: Lab, monkeypatch: 
     with a classid ends the walk, and no other kind can share its preference): on 6.6+ the
     reply catcher goes through tcx (which runs first); before 6.6 (Debian 12's 6.1, in
     scripts/vm-test), fall back to a local probe -- the reply of a made-up source would leave."""
-    from tracer.inject import simulate
+    from tracer.system import simulate
 
     routed(lab)
     admin_egress_filter(lab, pref=1)
@@ -317,8 +317,8 @@ def test_filter_at_pref_1_goes_through_tcx_or_falls_back(lab: Lab, monkeypatch: 
 
 
 def test_kernel_refusal_midway_undoes_the_port_and_falls_back(lab: Lab, sniff: Sniffer, monkeypatch: Any) -> None:
-    from tracer.inject import simulate
-    from tracer.inject.tcbpf import IngressUnavailable
+    from tracer.system import simulate
+    from tracer.system.tcbpf import IngressUnavailable
 
     def refuse(insns: Any, name: str) -> int:
         raise IngressUnavailable("bpf(BPF_PROG_LOAD) failed: Operation not permitted")
@@ -336,7 +336,8 @@ def test_kernel_refusal_midway_undoes_the_port_and_falls_back(lab: Lab, sniff: S
 def test_tcx_program_in_front_of_tc_is_overtaken(lab: Lab, sniff: Sniffer) -> None:
     """A tcx program (Cilium and friends, 6.6+) runs before every clsact filter, and TCX_PASS ends
     the walk: a classic reply catcher would never see the reply. fwtrace goes through tcx then."""
-    from tracer.inject import bpfasm, tcbpf
+    from tracer.inject import bpfasm
+    from tracer.system import tcbpf
 
     routed(lab)
     lab.listen(lab.server, Proto.TCP, 8080)
@@ -390,7 +391,7 @@ def test_dnat_forward_with_replies_from_a_backend_caught(router_lab: Lab, sniff:
 def test_clsact_added_by_someone_else_meanwhile_is_left_alone(lab: Lab, monkeypatch: Any) -> None:
     """Between fwtrace's look at eth0 and its `tc qdisc add`, another program adds a clsact with a
     filter: the add fails, and the journaled undo of it must not delete the other program's qdisc."""
-    from tracer.inject import simulate
+    from tracer.system import simulate
 
     real = simulate.plan_port
 

@@ -17,10 +17,10 @@ import pytest
 import structlog
 
 from tracer import system
-from tracer.driver import Run
-from tracer.lab import BACKEND4, SERVER4, Lab, published_port
+from tracer.pipeline.driver import Run
+from tracer.cli.lab import BACKEND4, SERVER4, Lab, published_port
 from tracer.model import ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 from tracer.render import jsondoc, timeline
 
 log = structlog.get_logger("test")
@@ -32,7 +32,7 @@ SCHEMA = __import__("json").loads((Path(__file__).parents[2] / "schema" / "repor
 def ebpf(request: pytest.FixtureRequest) -> str:
     """eBPF on (bcc, BTF and headers installed by scripts/setup: missing ones fail in CI) or off."""
     if request.param == "on":
-        from tracer.ebpf import headers, loader
+        from tracer.system import ebpf_headers as headers, ebpf_loader as loader
 
         missing = [] if os.path.exists(loader.BTF_PATH) and headers.find().kind != "none" else ["BTF or headers"]
         try:

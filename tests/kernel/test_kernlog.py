@@ -17,12 +17,13 @@ from typing import Any, Iterator
 import pytest
 import structlog
 
-from tracer import cli, snapshot, system
-from tracer.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
+from tracer import cli, system
+from tracer.ruleset import snapshot
+from tracer.cli.lab import CLIENT4, SEED_RULESET, SERVER4, SERVER6, Lab
 from tracer.model import EventKind, ProbeRequest, Proto, Ruleset
-from tracer.driver import Run
-from tracer.outcome import ProbeReport
-from tracer.trace import kernplan
+from tracer.pipeline.driver import Run
+from tracer.report.outcome import ProbeReport
+from tracer.plan import kernplan
 
 log = structlog.get_logger("test")
 
@@ -159,7 +160,7 @@ def test_unbound_nf_log_backend_is_bound_for_the_run(lab: Lab) -> None:
 def test_concurrent_run_keeps_the_global_switch(lab: Lab) -> None:
     # Another fwtrace run (registered like a live one) relies on nf_log_all_netns: this run must
     # neither turn it off at its end nor lose it; the last one to finish restores it.
-    from tracer.undo import shared
+    from tracer.system import shared
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     before = system.sysctl_get(kernplan.ALL_NETNS)
@@ -375,7 +376,7 @@ def test_sigkill_then_cleanup_restores_global_sysctl_and_legacy_rules(lab: Lab, 
     import subprocess
     import sys
 
-    from tracer.driver import KILL_ENV
+    from tracer.pipeline.driver import KILL_ENV
 
     lab.iptables_restore(lab.server, MULTIPORT, legacy=True)
     start = state(lab)

@@ -15,8 +15,8 @@ import pytest
 import structlog
 
 from tracer import system
-from tracer.driver import Run
-from tracer.lab import (
+from tracer.pipeline.driver import Run
+from tracer.cli.lab import (
     BACKEND4,
     CLIENT4,
     SEED_RULESET,
@@ -26,8 +26,8 @@ from tracer.lab import (
     published_port,
 )
 from tracer.model import Finding, ProbeRequest, Proto
-from tracer.outcome import ProbeReport
-from tracer.provefix import ProofStep, prove, runner
+from tracer.report.outcome import ProbeReport
+from tracer.pipeline.provefix import ProofStep, prove, runner
 
 log = structlog.get_logger("test")
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -228,7 +228,7 @@ def test_sigkill_while_the_narrowed_fix_is_in_then_cleanup_removes_it(lab: Lab, 
     import subprocess
     import sys
 
-    from tracer.driver import KILL_ENV
+    from tracer.pipeline.driver import KILL_ENV
 
     monkeypatch.setenv("FWTRACE_RUN_DIR", str(tmp_path))  # this test's own journals
     if backend == "nft":
@@ -306,7 +306,7 @@ def test_docker_published_port_opened_in_input_belongs_in_docker_user(router_lab
 
 def test_netlink_chain_dump_finds_the_hooked_tables(lab: Lab) -> None:
     """The NFT_MSG_GETCHAIN dump near misses use, against what nft itself lists."""
-    from tracer import listing
+    from tracer.system import listing
 
     lab.nft(lab.server, (DATA / "nft-list-firewalld.txt").read_text())
     lab.iptables_restore(lab.server, published_port())

@@ -8,10 +8,10 @@ from typing import Any
 
 import structlog
 
-from tracer.lab import BACKEND4, CLIENT4, SERVER4, Lab
+from tracer.cli.lab import BACKEND4, CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.driver import Run
-from tracer.outcome import ProbeReport
+from tracer.pipeline.driver import Run
+from tracer.report.outcome import ProbeReport
 from tracer.render import jsondoc, terminal
 
 log = structlog.get_logger("test")

@@ -12,8 +12,9 @@ from typing import Any
 
 import structlog
 
-from tracer import cli, compare, system
-from tracer.lab import (
+from tracer import cli, system
+from tracer.ruleset import compare
+from tracer.cli.lab import (
     BACKEND4,
     CLIENT4,
     SEED_RULESET,
@@ -23,8 +24,8 @@ from tracer.lab import (
     published_port,
 )
 from tracer.model import ProbeRequest, Proto
-from tracer.driver import Run
-from tracer.outcome import ProbeReport
+from tracer.pipeline.driver import Run
+from tracer.report.outcome import ProbeReport
 from tracer.render import jsondoc, timeline
 
 log = structlog.get_logger("test")

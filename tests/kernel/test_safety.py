@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tracer.lab import Lab
-from tracer.driver import KILL_ENV
+from tracer.cli.lab import Lab
+from tracer.pipeline.driver import KILL_ENV
 
 # No counters: `nft list ruleset` must then be byte-identical before and after.
 RULESET = """table inet filter {

@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 import structlog
 
-from tracer import listing, nlrules, sparse, system
-from tracer.driver import Run
-from tracer.lab import CLIENT4, SERVER4, Lab
+from tracer.system import listing, nlrules, sparse
+from tracer import system
+from tracer.pipeline.driver import Run
+from tracer.cli.lab import CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 N = sparse.SPARSE_FROM + 200

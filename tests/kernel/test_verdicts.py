@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import structlog
 
-from tracer import compare
-from tracer.driver import Run
-from tracer.lab import CLIENT4, SERVER4, Lab
+from tracer.ruleset import compare
+from tracer.pipeline.driver import Run
+from tracer.cli.lab import CLIENT4, SERVER4, Lab
 from tracer.model import ProbeRequest, Proto
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 
 log = structlog.get_logger("test")
 CUSTOMER = ipaddress.ip_address("203.0.113.5")

@@ -1,7 +1,7 @@
-"""Base-chain semantics (tracer.basechains): every base chain's outcome, and the verdict."""
+"""Base-chain semantics (tracer.correlate.basechains): every base chain's outcome, and the verdict."""
 from __future__ import annotations
 
-from tracer import basechains
+from tracer.correlate import basechains
 from tracer.model import (
     Backend,
     Chain,

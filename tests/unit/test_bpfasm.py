@@ -126,7 +126,7 @@ def scapy_reply(kind: str, spec: PacketSpec) -> bytes:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, IPv6
 
-    from tracer.inject.raw import build
+    from tracer.system.raw import build
 
     v4 = spec.family == 4
     l3 = IP(src=str(spec.dst), dst=str(spec.src)) if v4 else IPv6(src=str(spec.dst), dst=str(spec.src))
@@ -183,7 +183,7 @@ def test_reply_program_covers_the_port_range_of_all_probes() -> None:
 
 
 def test_inject_program_passes_frames_for_the_via_mac_only() -> None:
-    from tracer.inject.raw import build
+    from tracer.system.raw import build
 
     prog = inject_program(3, MAC)
     assert run(prog, frame(MAC, OTHER_MAC, build(SYN))) == (bpfasm.TC_ACT_REDIRECT, (3, bpfasm.F_INGRESS))

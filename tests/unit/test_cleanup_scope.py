@@ -1,9 +1,9 @@
 """`fwtrace cleanup --netns NS` picks the journals of the runs that probed NS (pure part)."""
 from __future__ import annotations
 
-from tracer.undo.cleanup import probed
-from tracer.undo.journal import JournalDoc
-from tracer.undo.records import from_json, in_netns, nft_undo, to_json
+from tracer.system.cleanup import probed
+from tracer.system.journal import JournalDoc
+from tracer.plan.records import from_json, in_netns, nft_undo, to_json
 
 
 def doc(netns: str | None, entries_ns: list[str | None]) -> JournalDoc:

@@ -205,7 +205,7 @@ def test_doctor_options() -> None:
 def test_proto_both_is_tcp_and_udp_in_one_run(capsys: Any) -> None:
     import random
 
-    from tracer.probe import build_specs
+    from tracer.pipeline.probe import build_specs
 
     parser = cli.build_parser()
     req = cli.probe_request(parser.parse_args(["probe", "--dport", "53", "--proto", "both", "--count", "2"]))

@@ -1,4 +1,4 @@
-from tracer.compare import leftover, normalize
+from tracer.ruleset.compare import leftover, normalize
 
 BEFORE = """table ip filter {
 	chain INPUT {

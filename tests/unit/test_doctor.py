@@ -1,9 +1,9 @@
 """`fwtrace doctor`'s pure part: rendering the facts and what fwtrace will therefore do."""
 from __future__ import annotations
 
-from tracer.doctor import Facts, backends, plan
-from tracer.doctor import render as render_doctor
-from tracer.doctor import verdict as doctor_verdict
+from tracer.pipeline.doctor import Facts, backends, plan
+from tracer.pipeline.doctor import render as render_doctor
+from tracer.pipeline.doctor import verdict as doctor_verdict
 
 # --- doctor ----------------------------------------------------------------------------------
 

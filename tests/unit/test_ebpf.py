@@ -11,8 +11,11 @@ import struct
 import pytest
 
 from tracer.diagnose import Context, diagnose
-from tracer.ebpf import btf, decode, findings, keys, policy, reasons, render, timeline
-from tracer.ebpf.text import ebpf_line
+from tracer.collect import btf, ebpf_decode as decode, ebpf_reasons as reasons
+from tracer.diagnose import ebpf_findings as findings
+from tracer.plan import ebpf_keys as keys, ebpf_policy as policy, ebpf_programs as render
+from tracer.correlate import ebpf_timeline as timeline
+from tracer.render.ebpf_text import ebpf_line
 from tracer.render import jsondoc
 from tracer.model import (
     EventKind,
@@ -306,6 +309,29 @@ def test_accept_queue_full_from_a_silently_consumed_syn() -> None:
     assert diagnose(answered, ctx(listeners=listening)) == []
 
 
+def test_kernel_findings_name_the_port_after_redirect() -> None:
+    """The eBPF findings judge the port the socket lookup used, as the netfilter checks do (issue
+    19: they were given the port as sent, before a REDIRECT or DNAT rewrote it)."""
+    from tracer.model import Rule
+
+    spec = PacketSpec(Proto.TCP, ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1"), 40000, 8080, "S", 9)
+    redirect = Rule("ip", "nat", "PREROUTING", 1, 5, "tcp dport 8080 redirect to :80",
+                    "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 80")
+    nat = Step(TraceEvent(1, EventKind.RULE, "ip", "nat", "PREROUTING", handle=5, verdict="accept"), redirect)
+    took = TraceEvent(decode.TRACE_ID_BASE, EventKind.CONSUME, "ip", "", "", source="ebpf", location="tcp_rcv_state_process")
+    r = PacketResult(spec, Verdict.ACCEPT, None, Reply("none"), (nat, Step(took)), ("prerouting", "input"))
+    on_80 = (Listener(Proto.TCP, ipaddress.ip_address("0.0.0.0"), 80),)
+    [f] = [f for f in diagnose(r, ctx(listeners=on_80)) if f.code == "accept-queue-full"]
+    assert "tcp port 80 " in f.message and "sport = :80'" in (f.fix or "")
+    on_8080 = (Listener(Proto.TCP, ipaddress.ip_address("0.0.0.0"), 8080),)
+    assert not [f for f in diagnose(r, ctx(listeners=on_8080)) if f.code == "accept-queue-full"]
+    no_socket = TraceEvent(decode.TRACE_ID_BASE, EventKind.DROP, "ip", "", "", source="ebpf", reason="NO_SOCKET",
+                           location="tcp_v4_rcv")
+    dropped = PacketResult(spec, Verdict.ACCEPT, None, Reply("none"), (nat, Step(no_socket)), ("prerouting", "input"))
+    [f] = [f for f in diagnose(dropped, ctx()) if f.code == "no-listener"]
+    assert "port 80 at 192.0.2.1" in f.message and f.fix == "start the service on port 80"
+
+
 def test_auto_policy() -> None:
     spec = PacketSpec(Proto.TCP, ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1"), 40000, 22, "S", 9)
     res = lambda v, reply: PacketResult(spec, v, None, Reply(reply))  # noqa: E731
@@ -336,10 +362,10 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
     import random
 
     from tests.unit.test_pipeline import Script
-    from tracer.commands import drive
-    from tracer.ebpf.commands import EbpfOutcome
+    from tracer.plan.commands import drive
+    from tracer.plan.ebpf_commands import EbpfOutcome
     from tracer.model import ProbeRequest
-    from tracer.probe import probe
+    from tracer.pipeline.probe import probe
 
     raw = open(os.path.join(DATA, "reject", "ebpf-records.bin"), "rb").read()
     script = Script(OpenEbpf="loaded", CollectEbpf=EbpfOutcome("loaded", ("a note",), (raw[:RECORD],), {"netns": 1}))
@@ -357,7 +383,7 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
 
 
 def test_bundle_replay_puts_the_kernel_events_back() -> None:
-    from tracer.evidence import read_bundle, replay
+    from tracer.pipeline.evidence import read_bundle, replay
 
     bundles = os.path.join(DATA, "..", "bundles")
     [rp] = replay(read_bundle(os.path.join(bundles, "ebpf-rp-filter")))

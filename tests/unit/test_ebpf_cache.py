@@ -1,4 +1,4 @@
-"""The compiled-object cache (tracer/ebpf/objcache.py) and the header tree bcc compiles with."""
+"""The compiled-object cache (tracer/system/ebpf_objcache.py) and the header tree bcc compiles with."""
 from __future__ import annotations
 
 import struct
@@ -7,7 +7,7 @@ import pytest
 
 
 def test_relocate_points_map_references_at_the_new_fds() -> None:
-    from tracer.ebpf import objcache
+    from tracer.system import ebpf_objcache as objcache
 
     ld_map = struct.pack("<BBhi", 0x18, (1 << 4) | 1, 0, 7) + struct.pack("<BBhi", 0, 0, 0, 0)  # r1 = map fd 7
     ld_const = struct.pack("<BBhi", 0x18, 2, 0, 7) + struct.pack("<BBhi", 0, 0, 0, 0)  # r2 = 7 (a number)
@@ -22,7 +22,7 @@ def test_relocate_points_map_references_at_the_new_fds() -> None:
 
 
 def test_cached_object_round_trip_and_key() -> None:
-    from tracer.ebpf import objcache
+    from tracer.system import ebpf_objcache as objcache
 
     obj = objcache.Object((objcache.Program("tracepoint__skb__kfree_skb", b"\x95" + bytes(7)),),
                           (objcache.MapShape("events", 7, 27, 0, 0, 262144, 0),), "GPL")
@@ -35,7 +35,7 @@ def test_cached_object_round_trip_and_key() -> None:
 
 
 def test_debian_header_pair() -> None:
-    from tracer.ebpf.headers import pick_debian
+    from tracer.system.ebpf_headers import pick_debian
 
     names = ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common", "linux-headers-6.1.0-9-common",
              "linux-headers-6.1.0-9-amd64", "linux-headers-6.1.0-60-common", "linux-kbuild-6.1", "python3.11"]

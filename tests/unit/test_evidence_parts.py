@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracer import counters
-from tracer.redact import Redactor
+from tracer.collect import counters
+from tracer.report.redact import Redactor
 from tracer.render.progress import Progress
 
 DATA = Path(__file__).parent.parent / "data"
@@ -75,7 +75,7 @@ def test_huge_rulesets_keep_the_tables_on_the_path() -> None:
 def test_on_path_keeps_what_the_probe_met() -> None:
     from .test_render import report
 
-    from tracer import bundle
+    from tracer.pipeline import bundle
 
     rep = report("seed-shadowed")
     nft = (DATA / "nft-list-counters-seed.txt").read_text() + "table inet other {\n\tchain c {\n\t}\n}\n"

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracer import diagnose
-from tracer.match import PacketFacts, rule_action, rule_matches
-from tracer.match.scope import is_catch_all
+from tracer.ruleset.match import PacketFacts, rule_action, rule_matches
+from tracer.ruleset.match.scope import is_catch_all
 from tracer.model import (
     Backend,
     Chain,

@@ -150,7 +150,7 @@ def test_local_probe_wording_for_local_and_fallback() -> None:
 
 
 def test_pick_address_prefers_the_via_interface() -> None:
-    from tracer.probe import pick_address
+    from tracer.pipeline.probe import pick_address
 
     addrs = ('[{"ifname":"lo","flags":["UP"],"addr_info":[{"local":"127.0.0.1","scope":"host"}]},'
              '{"ifname":"eth0","flags":["UP"],"addr_info":[{"local":"192.0.2.1","scope":"global"},'

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.undo.journal import Journal, JournalDoc
-from tracer.undo.records import (
+from tracer.system.journal import Journal, JournalDoc
+from tracer.plan.records import (
     ReleaseShared,
     RemoveClsact,
     RestoreSysctl,

@@ -1,5 +1,5 @@
-"""The kernel-log and conntrack parsers (tracer/trace/kernlog.py) on real captures, and the pure plan
-(tracer/trace/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
+"""The kernel-log and conntrack parsers (tracer/collect/kernlog.py) on real captures, and the pure plan
+(tracer/plan/kernplan.py). Captures: scripts/capture-kmsg-data -> tests/data/kmsg-*.txt, conntrack-L-*.txt.
 """
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer import correlate, snapshot
+from tracer import correlate
+from tracer.ruleset import snapshot
 from tracer.model import Backend, EventKind, PacketSpec, Proto, Ruleset
-from tracer.trace import conntrack, kernlog, kernplan, nflog
+from tracer.collect import conntrack, kernlog, nflog
+from tracer.plan import kernplan
 
 DATA = Path(__file__).parent.parent / "data"
 C4, S4 = ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1")

@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 
 from tracer import diagnose
-from tracer import kernverdict as kv
-from tracer.findings.context import Context
+from tracer.diagnose import kernverdict as kv
+from tracer.diagnose.context import Context
 from tracer.model import (
     EventKind,
     Listener,
@@ -26,7 +26,7 @@ from tracer.model import (
     TraceEvent,
     Verdict,
 )
-from tracer.outcome import build_report
+from tracer.report.outcome import build_report
 from tracer.render import jsondoc, timeline
 
 DATA = Path(__file__).parent.parent / "data" / "counters"

@@ -8,7 +8,7 @@ import sys
 
 CHILD = """
 import json, sys
-from tracer import logs
+from tracer.cli import logs
 log = logs.configure_logging({fmt!r}, {verbose})
 log.debug("probe.step", n=1)
 log.info("probe.change", what="add table")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer.match import PacketFacts, ipt_spec, rule_action, rule_matches
+from tracer.ruleset.match import PacketFacts, ipt_spec, rule_action, rule_matches
 from tracer.model import PacketSpec, Proto, Rule, Ruleset
 from tracer.ruleset import (
     attach_iptables,

@@ -1,4 +1,4 @@
-"""Honest modes (tracer.modes) and the one conclusion of a run (diagnose.overall)."""
+"""Honest modes (tracer.plan.modes) and the one conclusion of a run (diagnose.overall)."""
 from __future__ import annotations
 
 import ipaddress
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tracer import cli, diagnose, modes
+from tracer import cli, diagnose
+from tracer.plan import modes
 from tracer.errors import UsageError
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracer.diagnose import Context, diagnose
-from tracer.match import PacketFacts, rule_matches
-from tracer.match.conditions import conditions
-from tracer.match.facts import _and
+from tracer.ruleset.match import PacketFacts, rule_matches
+from tracer.ruleset.match.conditions import conditions
+from tracer.ruleset.match.facts import _and
 from tracer.model import (
     Backend,
     EventKind,
@@ -29,10 +29,10 @@ from tracer.model import (
     TraceEvent,
     Verdict,
 )
-from tracer.nearfix import near_miss_findings
-from tracer.nearmiss import near_misses
+from tracer.diagnose.nearfix import near_miss_findings
+from tracer.diagnose.nearmiss import near_misses
 from tracer.ruleset import parse_iptables_save, parse_nft_ruleset
-from tracer.trace.kernplan import legacy_tables
+from tracer.plan.kernplan import legacy_tables
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 a = ipaddress.ip_address
@@ -318,7 +318,7 @@ def test_firewalld_older_layout_with_goto_dispatch() -> None:
 
 
 def test_filter_tables_from_nft_list_chains() -> None:
-    from tracer.snapshot import filter_tables
+    from tracer.ruleset.snapshot import filter_tables
 
     text = ("table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n"
             "\tchain KUBE-FW {\n\t}\n}\ntable ip nat {\n\tchain PREROUTING {\n\t\ttype nat hook prerouting priority dstnat;"
@@ -369,7 +369,7 @@ def _nla(t: int, payload: bytes) -> bytes:
 def test_chain_dump_parsed_into_hooked_tables() -> None:
     import struct
 
-    from tracer.trace.nfchains import (
+    from tracer.collect.nfchains import (
         NFT_MSG_NEWCHAIN,
         getchain_dump_request,
         parse_chain_dump,
@@ -436,7 +436,7 @@ table inet fw { # handle 1
 
 
 def test_named_set_membership_is_the_failed_condition() -> None:
-    from tracer.nftsets import parse_sets
+    from tracer.ruleset.nftsets import parse_sets
 
     rs = parse_nft_ruleset(NFT_SETS)
     sets = parse_sets(NFT_SETS)

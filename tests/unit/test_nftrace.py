@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tracer.model import EventKind, TraceEvent
 from tracer.packet import parse_headers
-from tracer.trace.nftrace import parse_messages, without_policy_returns
+from tracer.collect.nftrace import parse_messages, without_policy_returns
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 

@@ -1,4 +1,4 @@
-"""The run's step sequence (tracer/probe.py) driven by a script instead of the system: no root.
+"""The run's step sequence (tracer/pipeline/probe.py) driven by a script instead of the system: no root.
 
 Each test answers the pipeline's commands from `Script` and checks what it asked for, in order:
 the sequence of a local run, the simulated-ingress fallback, an interrupted run, and the waiting
@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from tracer import commands as c
-from tracer.commands import drive
-from tracer.evidence import read_bundle, spec_from_json
+from tracer.plan import commands as c
+from tracer.plan.commands import drive
+from tracer.pipeline.evidence import read_bundle, spec_from_json
 from tracer.inject.ingress import Route
 from tracer.model import Mode, ProbeRequest, Ruleset
-from tracer.outcome import exit_status
+from tracer.report.outcome import exit_status
 from tracer.packet import parse_headers
-from tracer.probe import DRAIN, REJECT_GRACE, Waiter, probe
-from tracer.snapshot import Snapshot
-from tracer.trace import plan
-from tracer.trace.nftrace import parse_messages
+from tracer.pipeline.probe import DRAIN, REJECT_GRACE, Waiter, probe
+from tracer.ruleset.snapshot import Snapshot
+from tracer.plan import plan
+from tracer.collect.nftrace import parse_messages
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 SERVER = ipaddress.ip_address("192.0.2.1")
@@ -83,7 +83,7 @@ def test_from_netns_enters_the_client_namespace_once() -> None:
     opened = [cmd for cmd in script.asked if isinstance(cmd, c.OpenInjector)]
     assert opened == [c.OpenInjector("cli", SERVER)]  # the socket and the source address, together
     assert report.mode is Mode.FROM_NETNS and str(report.results[0].spec.src) == "192.0.2.2"
-    # (the target's addresses are read once, for the checks of tracer.modes; none in the client)
+    # (the target's addresses are read once, for the checks of tracer.plan.modes; none in the client)
     assert [cmd for cmd in script.asked if isinstance(cmd, c.ListAddresses)] == [c.ListAddresses()]
     assert "RouteBack" not in script.names()
 
@@ -189,7 +189,7 @@ def test_log_rules_only_into_chains_the_proof_listed() -> None:
 
 
 def test_a_difference_after_the_undo_fails_the_cleanup_with_its_name() -> None:
-    from tracer.undo.records import RestoreSysctl
+    from tracer.plan.records import RestoreSysctl
 
     key = "net.netfilter.nf_conntrack_log_invalid"
     listings = iter([{"table inet fwtrace_0badc0de": "absent"},

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tracer.model import PacketSpec, Proto
-from tracer.trace.plan import (
+from tracer.plan.plan import (
     hook_of_chain,
     match_probe,
     match_replies,
@@ -79,7 +79,7 @@ def test_each_entry_has_its_own_chains_so_trace_events_name_their_role() -> None
 
 
 def test_floors_put_fwtrace_below_every_chain() -> None:
-    from tracer.trace.plan import floors
+    from tracer.plan.plan import floors
 
     text = """table inet early {
 \tchain pre {

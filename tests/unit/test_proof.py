@@ -1,11 +1,11 @@
-"""The cleanup proof by content (tracer/undo/proof.py), on listings captured from the real tools
+"""The cleanup proof by content (tracer/plan/proof.py), on listings captured from the real tools
 (scripts/capture-test-data: an `iptables-nft -I FORWARD` / `-D` pair in a namespace whose filter
 table held only INPUT)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.undo import proof
+from tracer.plan import proof
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -122,7 +122,7 @@ def test_another_runs_marked_rules_are_skipped_and_do_not_shift_positions() -> N
 
 def test_table_list_over_netlink() -> None:
     """An NFT_MSG_GETTABLE dump captured after the FORWARD chain was made (scripts/capture-test-data)."""
-    from tracer.undo import tables
+    from tracer.collect import tables
 
     raw = (DATA / "nft-gettable.nlmsg").read_bytes()
     got, done = tables.parse_tables(raw)

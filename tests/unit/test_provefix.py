@@ -18,10 +18,10 @@ from tracer.model import (
     RuleRef,
     Verdict,
 )
-from tracer.narrow import marker, narrow
-from tracer.outcome import ProbeReport
-from tracer.provefix import first_fix, prove, render
-from tracer.undo.records import RemoveCommented, from_json, to_json
+from tracer.plan.narrow import marker, narrow
+from tracer.report.outcome import ProbeReport
+from tracer.pipeline.provefix import first_fix, prove, render
+from tracer.plan.records import RemoveCommented, from_json, to_json
 
 a = ipaddress.ip_address
 SRC = a("203.0.113.5")
@@ -135,13 +135,13 @@ def test_narrowed_iptables_command_is_shell_safe() -> None:
 
 
 def test_pipeline_puts_the_narrowed_rules_in_after_its_table_and_counts_their_commits() -> None:
-    """tracer/probe.py with --prove-fix's rules: journaled Changes after the trace table, then the
+    """tracer/pipeline/probe.py with --prove-fix's rules: journaled Changes after the trace table, then the
     checkpoint the tests hook into; the generation proof expects their add and delete."""
-    from tracer import commands as c
-    from tracer.commands import drive
+    from tracer.plan import commands as c
+    from tracer.plan.commands import drive
     from tracer.model import Ruleset
-    from tracer.probe import EXTRA_IN, probe
-    from tracer.snapshot import Snapshot
+    from tracer.pipeline.probe import EXTRA_IN, probe
+    from tracer.ruleset.snapshot import Snapshot
 
     from .test_pipeline import Script
 

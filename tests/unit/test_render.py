@@ -15,11 +15,11 @@ import jsonschema
 import pytest
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay_report
+from tracer.pipeline.evidence import read_bundle, replay_report
 from tracer.model import Mode, ProbeRequest
-from tracer.outcome import ProbeReport
+from tracer.report.outcome import ProbeReport
 from tracer.render import html, jsondoc, markdown, pcapng, svg, terminal, timeline
-from tracer.snapshot import assemble
+from tracer.ruleset.snapshot import assemble
 
 DATA = Path(__file__).parent.parent / "data"
 BUNDLES = sorted(p.name for p in (DATA / "bundles").iterdir())
@@ -168,7 +168,7 @@ def test_pcapng_parses_with_scapy_and_carries_comments(tmp_path: Path) -> None:
     ("filter", "cali-fw-eth0", "", "calico", ""),
 ])
 def test_owner_of(table: str, chain: str, text: str, owner: str, detail: str) -> None:
-    from tracer.owners import owner_of
+    from tracer.diagnose.owners import owner_of
 
     o = owner_of(table, chain, text)
     assert o is not None and (o.key, o.detail) == (owner, detail)
@@ -177,6 +177,6 @@ def test_owner_of(table: str, chain: str, text: str, owner: str, detail: str) ->
 @pytest.mark.parametrize("table, chain", [("filter", "INPUT"), ("filter", "fail2ban"), ("filter", "MY-DOCKS"),
                                           ("nat", "POSTROUTING"), ("filter", "INPUT_RULES")])
 def test_no_owner(table: str, chain: str) -> None:
-    from tracer.owners import owner_of
+    from tracer.diagnose.owners import owner_of
 
     assert owner_of(table, chain) is None

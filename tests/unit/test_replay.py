@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tracer import diagnose
-from tracer.evidence import read_bundle, replay
-from tracer.snapshot import assemble
+from tracer.pipeline.evidence import read_bundle, replay
+from tracer.ruleset.snapshot import assemble
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 NAMES = sorted(p.name for p in BUNDLES.iterdir())

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tracer import diagnose
 from tracer.errors import ExitStatus
-from tracer.evidence import read_bundle, replay, replay_report
+from tracer.pipeline.evidence import read_bundle, replay, replay_report
 from tracer.model import ProbeRequest
-from tracer.outcome import ProbeReport, build_report, exit_status
+from tracer.report.outcome import ProbeReport, build_report, exit_status
 from tracer.render import markdown, terminal
-from tracer.snapshot import assemble
+from tracer.ruleset.snapshot import assemble
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"
 

@@ -1,9 +1,9 @@
-"""The catch-all classifier (tracer.match.scope) over iptables matches and nft expressions."""
+"""The catch-all classifier (tracer.ruleset.match.scope) over iptables matches and nft expressions."""
 from __future__ import annotations
 
 import pytest
 
-from tracer.match.scope import is_catch_all, narrowings
+from tracer.ruleset.match.scope import is_catch_all, narrowings
 from tracer.model import Rule
 
 

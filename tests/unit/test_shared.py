@@ -1,9 +1,9 @@
-"""The shared global switch (tracer/undo/shared.py): first run sets it, last run restores it."""
+"""The shared global switch (tracer/system/shared.py): first run sets it, last run restores it."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.undo import shared
+from tracer.system import shared
 
 KEY = "net.netfilter.nf_log_all_netns"
 

@@ -5,7 +5,7 @@ import ipaddress
 from pathlib import Path
 
 from tracer.model import Listener, Proto
-from tracer.sockets import parse_proc_net, serves
+from tracer.collect.sockets import parse_proc_net, serves
 
 DATA = Path(__file__).parent.parent / "data"
 a = ipaddress.ip_address

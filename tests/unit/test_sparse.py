@@ -1,7 +1,7 @@
-"""The pure parts of sparse reading (tracer/sparse.py): chain headers, renumbering, joining."""
+"""The pure parts of sparse reading (tracer/system/sparse.py): chain headers, renumbering, joining."""
 from __future__ import annotations
 
-from tracer import sparse
+from tracer.system import sparse
 from tracer.model import Backend, Chain, Rule, Ruleset, Table
 
 HEADERS = """table ip filter {

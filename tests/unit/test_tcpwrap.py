@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from tracer import diagnose, tcpwrap
-from tracer.findings.context import Context
+from tracer import diagnose
+from tracer.diagnose import tcpwrap
+from tracer.diagnose.context import Context
 from tracer.model import AfterAccept, PacketResult, PacketSpec, Proto, Reply, Ruleset, Verdict
 
 C = ipaddress.ip_address("192.0.2.2")

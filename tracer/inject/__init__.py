@@ -1,1 +1,2 @@
-"""Injection: sending the probe packets (raw sockets, simulated ingress through tc/BPF)."""
+"""Injection planned (pure): the simulated-ingress port and its tc programs; the sending itself is
+tracer/system/ (raw sockets, the simulated-ingress port's tc/BPF)."""

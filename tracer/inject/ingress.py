@@ -287,7 +287,7 @@ def rp_filter_drops(rp_all: Optional[int], rp_dev: Optional[int], via: str, back
 
 
 # ---------------------------------------------------------------------------------------------
-# where a cls_bpf filter is attached (tracer.inject.tcbpf.attach_filter)
+# where a cls_bpf filter is attached (tracer.system.tcbpf.attach_filter)
 
 PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_{IN,E}GRESS)
 ETH_P_ALL = 0x0003

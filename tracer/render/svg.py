@@ -189,11 +189,11 @@ def render(r: Optional[PacketResult], title: str = "") -> str:
 
 def for_report(report: Any) -> str:
     """The map of the first packet that did not get through (else the first)."""
-    from tracer.render import jsondoc
+    from tracer.report import classify
 
     results = list(report.results)
     if not results:
         return render(None)
-    r = next((x for x in results if jsondoc.packet_outcome(x, report.findings) != "reached"),
+    r = next((x for x in results if classify.packet_outcome(x, report.findings) != "reached"),
              results[0])
     return render(r, f"fwtrace run {report.run_id}: {r.spec.summary()}")

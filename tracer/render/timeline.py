@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tracer import diagnose, kernverdict, owners
 from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
 from tracer.packet import parse_headers
-from tracer.render import jsondoc
+from tracer.report import classify
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def steps(r: PacketResult) -> Section:
             rows.append(Row("", f"{' '.join(jumped[:3])}: no rule matched, back to the caller", "dim"))
         jumped = None
         if key != current and ev.kind is not EventKind.CONNTRACK:
-            owner = owners.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
+            owner = classify.owner_of(ev.table, ev.chain, step.rule.display if step.rule else "")
             iif = f"  (in {ev.iif})" if ev.iif and ev.packet else ""
             rows.append(Row("chain", _where(*key) + (f"  [{owner.describe()}]" if owner else "") + iif, "chain"))
             current = key
@@ -126,7 +125,7 @@ def steps(r: PacketResult) -> Section:
 
 def _ebpf_row(step: Step) -> Row:
     """The kernel's own view (eBPF: drops with their reason, replies the stack sends)."""
-    from tracer.ebpf.text import ebpf_line
+    from tracer.render.ebpf_text import ebpf_line
 
     ev = step.event
     body = ebpf_line(ev).split("kernel (eBPF)", 1)[-1].strip() + (f"  (in {ev.iif})" if ev.iif else "")
@@ -193,7 +192,7 @@ def findings(report: Any) -> Section:
     """Each finding with its fix; the first fix with commands in its owner's terms when a firewall
     manager owns the deciding rule, the raw command under it."""
     rows: Section = []
-    owned = next((f for f in (jsondoc.owner_fix(report, r) for r in report.results) if f is not None), None)
+    owned = next((f for f in (classify.owner_fix(report, r) for r in report.results) if f is not None), None)
     for f in report.findings:
         rows.append(Row("finding", f"[{f.code}] {f.message}", "finding"))
         if owned is not None and f.commands:
@@ -209,18 +208,18 @@ def findings(report: Any) -> Section:
 
 def summary(report: Any) -> str:
     """One line to paste into a ticket: outcome, what, where from, and who decided."""
-    out = jsondoc.outcome(report).upper()
+    out = classify.outcome(report).upper()
     results = list(report.results)
     if not results:
         return f"{out}: no probe was sent (fwtrace run {report.run_id})"
-    bad = [r for r in results if jsondoc.packet_outcome(r, report.findings) != "reached"]
+    bad = [r for r in results if classify.packet_outcome(r, report.findings) != "reached"]
     r = bad[0] if bad and out != "REACHED" else results[0]
     s = r.spec
     what = f"{s.proto.value}/{s.dport}" if s.proto is not Proto.ICMP else "ping"
     d = r.decided_by
     dropped = r.reply_dropped
     rd = getattr(r, "reply_decided_by", None)
-    step = jsondoc.reply_drop(r)
+    step = classify.reply_drop(r)
     if dropped and rd is not None:
         by = f"DROP by {rd.table} {rd.chain} " + (f"rule {rd.rule.number}" if rd.rule else "policy")
     elif dropped and step is not None:
@@ -230,7 +229,7 @@ def summary(report: Any) -> str:
     elif dropped:
         by = "the reply was dropped on its way out"
     elif r.kernel is not None:
-        by = kernverdict.summary(r.kernel)
+        by = f"dropped by the kernel: {r.kernel.cause}" + (f", {r.kernel.setting}" if r.kernel.setting else "")
     elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:

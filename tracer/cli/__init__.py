@@ -1,0 +1,336 @@
+"""The `fwtrace` command: parse arguments into frozen values, dispatch, turn errors into messages."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+from tracer import __version__
+from tracer.cli import cliargs, logs
+from tracer.system import console
+from tracer.cli.cliargs import check_evidence_path, probe_request  # (also for the tests, as cli.probe_request)
+from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
+from tracer.model import Proto
+
+EPILOG_PROBE = """\
+examples:
+  fwtrace probe --dport 8080 --src 203.0.113.5
+        why can't customer 203.0.113.5 reach port 8080 of this machine? The probe is received on
+        the interface of the route back to 203.0.113.5 (or --via IFACE) as if it came from there;
+        its reply is caught before it leaves the machine.
+  fwtrace probe --dport 8080 --netns srv --from-netns client
+        probe from a real second host: namespace client, on a link to the host in namespace srv
+  fwtrace probe --dport 8080 --local
+        send from the machine itself (OUTPUT -> lo -> INPUT); rules on eth0 are not exercised
+  fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
+  fwtrace probe --dport 53 --proto both --dst 192.0.2.1   (DNS: tcp and udp in one run)
+  fwtrace probe --proto icmp --dst 2001:db8::1 --json
+  fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
+  fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
+  fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
+  fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
+  fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
+                                         a full accept queue, a netfilter drop outside the traced chains)
+
+"reached" means the service's answer came back out through the firewall: a SYN-ACK for a SYN,
+a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence and no ICMP
+error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
+POSTROUTING) is not reached. With --count N every packet must have reached.
+
+  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
+        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
+        rulesets before and after with counters, environment; other addresses made placeholders
+
+exit status:
+  0    the probe reached the service
+  1    blocked, no listener, or unanswered (or the reply was dropped)
+  2    usage error (bad option or value)
+  3    environment problem (not root, missing tool, unknown namespace)
+  4    internal error (a bug: rerun with --traceback and report it)
+  5    cleanup incomplete (the report names what is left and the command that removes it)
+  130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
+"""
+PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (--dport is required for tcp and udp)
+       fwtrace probe --proto icmp [options]"""
+# Options that take a number: a negative value would otherwise be read as an option of its own
+# (argparse knows -6) and refused as "expected one argument" instead of by its range check.
+NUMERIC_OPTIONS = ("--dport", "--sport", "--count", "--timeout")
+
+EPILOG_CLEANUP = """\
+With --netns NS: replays the journals of the dead runs that probed NS only, then removes
+fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
+whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
+Runs still alive are never touched.
+"""
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so errors reach the one place that reports them."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fwtrace", description="Why is my port closed? Trace probe packets through netfilter.")
+    _global_options(p)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    # One function per subcommand, called in the order --help lists them.
+    _add_probe(sub)
+    _add_demo(sub)
+    _add_doctor(sub)
+    _add_cleanup(sub)
+    return p
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"fwtrace {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: log fwtrace's own changes and their undos on stderr; -vv: also every raw trace event "
+                   "(default: warnings and errors only)")
+    p.add_argument("--no-color", action="store_true", help="no colour in the report (also: NO_COLOR set in the environment)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console", help="format of fwtrace's own log on stderr")
+    p.add_argument("--traceback", action="store_true", help="show the Python traceback of unexpected errors")
+
+
+def _add_probe(sub: Any) -> None:
+    pr = sub.add_parser("probe", help="send probe packets and explain their verdict", epilog=EPILOG_PROBE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter, usage=PROBE_USAGE)
+    # --help lists the options in the order they are added: keep these calls in this order.
+    _probe_packet_options(pr)
+    _probe_sending_options(pr)
+    _probe_run_options(pr)
+    _probe_output_options(pr)
+
+
+def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
+    """What the probe packets are."""
+    pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port: REQUIRED for tcp and udp")
+    pr.add_argument("--proto", choices=[x.value for x in Proto] + ["both"], default="tcp",
+                    help="protocol (default tcp; icmp sends an echo request; both: tcp and udp to the same port in one "
+                    "run, as DNS needs)")
+    pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
+    pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
+                    "on, else the target namespace's first global address)")
+    pr.add_argument("--src", type=cliargs.address, help="source address (default: 203.0.113.5 / 2001:db8:ffff::5 for a simulated "
+                    "remote client; the sender's own address with --local or --from-netns)")
+    pr.add_argument("--sport", type=cliargs.port, help="source port (default: random per run)")
+    pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets (default 1)")
+
+
+def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
+    """Which host is probed, and from where the probes come."""
+    pr.add_argument("--netns", help="network namespace of the host under diagnosis (default: the current one)")
+    pr.add_argument("--via", metavar="IFACE", help="simulated ingress: the interface the probe arrives on "
+                    "(default: the one the route back to --src leaves by)")
+    pr.add_argument("--local", action="store_true", help="send from the target namespace itself instead of "
+                    "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
+    pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
+                    "(default: simulate one arriving on --via)")
+
+
+def _probe_run_options(pr: argparse.ArgumentParser) -> None:
+    """How the run watches the kernel and waits."""
+    pr.add_argument("--print-bpf", action="store_true", help="print the generated BPF programs on stderr (the tc programs "
+                    "of simulated ingress, the eBPF probes as rendered for this kernel)")
+    pr.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
+                    help="the kernel's own drop reasons and replies through eBPF (bcc): auto (default) probes again with "
+                    "them when the first pass leaves a packet's fate unexplained; on: from the start; off: never")
+    pr.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply per packet (default 1)")
+    pr.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
+
+
+def _probe_output_options(pr: argparse.ArgumentParser) -> None:
+    """What the run writes, and what it does besides probing (logging rules, the fix proof, evidence)."""
+    pr.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    pr.add_argument("--log", nargs="?", const="nflog", choices=("nflog", "kmsg"), default="",
+                    help="also log the probes with temporary rate-limited rules at the top of every iptables chain "
+                    "of their family: NFLOG read over netlink (default; nothing in dmesg) or `--log kmsg`: LOG "
+                    "rules, as dmesg shows them (in a namespace this sets the global nf_log_all_netns for the run)")
+    pr.add_argument("--prove-fix", action="store_true", help="when blocked, try the first fix, narrowed to the "
+                    "probe's own source address and port (no other packet's verdict can change), probe again and "
+                    "remove it; if another block follows, try its fix on top (up to 3 steps)")
+    pr.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="write an evidence bundle for a ticket into DIR, or "
+                    "as one FILE.tar.gz to attach: report.md/.html/.json, probe.pcapng, path.svg, the rulesets before "
+                    "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
+                    "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
+                    "overwritten")
+    pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
+                    "probe's by stable placeholders")
+    pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                    help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
+
+
+def _add_demo(sub: Any) -> None:
+    de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
+    de.add_argument("--json", action="store_true", help="print the probe's JSON document instead of the text report")
+    de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_doctor(sub: Any) -> None:
+    dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
+                        "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
+    dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
+    dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
+
+
+def _add_cleanup(sub: Any) -> None:
+    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
+                        epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
+                    "tables there (default: every dead run's changes, and stale tables of the current namespace)")
+
+
+def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
+    req = probe_request(ns)  # validated before anything heavier is imported or touched
+    check_evidence_path(ns.evidence)
+    # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
+    threading.Thread(target=_import_scapy, daemon=True).start()
+
+    from tracer.report import outcome as run_outcome
+    from tracer.pipeline.driver import Run
+    from tracer.render import jsondoc, terminal
+
+    bundle: Any = None
+    if ns.evidence:
+        from tracer.pipeline import bundle as bundle_mod
+
+        bundle = bundle_mod.Collector(req, list(sys.argv if ns.argv is None else ns.argv))
+        bundle.before()
+    from tracer.render.progress import around
+
+    what = f"{'tcp+udp' if req.both else req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
+    with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
+        run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=ns.evidence is not None)
+        try:
+            report = run.execute()
+        except KeyboardInterrupt as e:
+            raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
+    steps: tuple[Any, ...] = ()
+    if ns.prove_fix:
+        from tracer.pipeline import provefix
+
+        report, steps = provefix.prove(report, log, provefix.runner(log))
+    if ns.json:
+        doc = jsondoc.document(report)
+        out = json.dumps(provefix.to_json(doc, steps) if ns.prove_fix else doc, indent=2) + "\n"
+    else:
+        out = terminal.for_stream(report, sys.stdout, ns.no_color)
+        if ns.prove_fix:
+            out += provefix.render(steps, report.reached)
+    written = console.write_out(out)
+    if bundle is not None:
+        where = bundle.write(report, ns.evidence, redact=ns.redact)
+        log.info("evidence written", path=where)
+    status = int(run_outcome.exit_status(report))
+    if not report.cleanup_ok:
+        console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(report.leftover))
+    elif written is not None:
+        raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
+    return status
+
+
+def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
+    from tracer.cli import lab
+
+    return lab.demo(log, as_json=ns.json, color=False if ns.no_color else None)
+
+
+def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
+    from tracer.pipeline import doctor
+
+    facts = doctor.gather(load=not ns.no_load)
+    sys.stdout.write(doctor.dumps(facts) + "\n" if ns.json else doctor.render(facts))
+    return ExitStatus.OK if doctor.verdict(facts) else ExitStatus.ENVIRONMENT
+
+
+def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
+    from tracer.system import cleanup
+
+    removed = cleanup.clean_stale(ns.netns, log)
+    scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
+    if console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
+                  + (": " + "; ".join(removed) if removed else "") + "\n") is not None:
+        return ExitStatus.ENVIRONMENT
+    return ExitStatus.OK
+
+
+def _import_scapy() -> None:
+    from tracer.system.raw import preload_scapy
+
+    preload_scapy()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "probe": cmd_probe,
+    "demo": cmd_demo,
+    "cleanup": cmd_cleanup,
+    "doctor": cmd_doctor,
+}
+
+
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    name = getattr(e, "signame", None) or "SIGINT"
+    errors = getattr(e, "undo_errors", None)
+    netns = getattr(e, "netns", None)
+    if not getattr(e, "run", False):
+        return f"fwtrace: interrupted ({name})"
+    if errors is None:
+        return f"fwtrace: interrupted ({name}) before the run changed anything"
+    if not errors:
+        return f"fwtrace: interrupted ({name}); every change of the run was undone"
+    return (f"fwtrace: interrupted ({name}); could not undo: {'; '.join(errors)} "
+            f"(hint: run `fwtrace cleanup{f' --netns {netns}' if netns else ''}`)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    console.std_streams()
+    parser = build_parser()
+    ns: Optional[argparse.Namespace] = None
+    try:
+        with console.interrupts():
+            try:
+                args = list(sys.argv[1:] if argv is None else argv)
+                ns = parser.parse_args(_join_negative_numbers(args))
+                ns.argv = None if argv is None else ["fwtrace", *args]
+                if ns.command is None:
+                    parser.print_help()
+                    return ExitStatus.USAGE
+                log = logs.configure_logging(ns.log_format, ns.verbose)
+                return int(COMMANDS[ns.command](ns, log))
+            except FwtraceError as e:
+                console.say(f"fwtrace: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""))
+                return int(e.status)
+            except KeyboardInterrupt as e:
+                console.say(_interrupted_line(e))
+                return int(ExitStatus.INTERRUPTED)
+            except Exception as e:
+                if ns is not None and ns.traceback:
+                    raise
+                console.say(f"fwtrace: internal error: {type(e).__name__}: {e} (rerun with --traceback and report it)")
+                return int(ExitStatus.INTERNAL)
+    except KeyboardInterrupt as e:  # arrived while the first one was reported: still one line
+        console.say(_interrupted_line(e))
+        return int(ExitStatus.INTERRUPTED)
+    finally:
+        console.settle_streams()
+
+
+def _join_negative_numbers(args: list[str]) -> list[str]:
+    """`--dport -1` -> `--dport=-1`, so the value reaches its range check (see NUMERIC_OPTIONS)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        nxt = args[i + 1] if i + 1 < len(args) else ""
+        if args[i] in NUMERIC_OPTIONS and nxt[:1] == "-" and (nxt[1:2].isdigit() or nxt[1:2] == "."):
+            out.append(f"{args[i]}={nxt}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+def run() -> None:
+    sys.exit(main())

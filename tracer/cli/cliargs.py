@@ -1,0 +1,123 @@
+"""The values of fwtrace's arguments: the argparse types with their range checks, and the checks
+that turn a parsed `fwtrace probe` into a ProbeRequest (tracer/cli/__init__.py builds the parser)."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tempfile
+from typing import Any, Callable, Optional
+
+from tracer.plan import modes
+from tracer.errors import UsageError
+from tracer.model import ProbeRequest, Proto
+
+TCP_FLAG_LETTERS = set("FSRPAUEC")
+
+
+def bounded(convert: Callable[[str], Any], lo: float, hi: float, noun: str, name: str, low_open: bool = False) -> Any:
+    """An argparse type: `convert` the text, then check lo <= value <= hi (lo < value if low_open)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            allowed = f"more than {lo:g}, at most {hi:g}" if low_open else f"{lo:g}-{hi:g}"
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r} (allowed: {allowed})") from None
+        if not ((lo < value) if low_open else (lo <= value)) or value > hi:
+            raise argparse.ArgumentTypeError(f"{name} out of range ({lo:g}-{hi:g}): {text}")
+        return value
+
+    return parse
+
+
+port = bounded(lambda t: int(t, 10), 1, 65535, "a port number", "port")
+count = bounded(int, 1, 100, "a number", "count")
+_timeout_value = bounded(float, 0, 60, "a number of seconds", "timeout", low_open=True)
+
+
+def timeout(text: str) -> Any:
+    try:
+        return _timeout_value(text)
+    except argparse.ArgumentTypeError as e:
+        if str(e).startswith("not "):
+            raise
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: the timeout is more than 0 and at most 60 "
+                                         "seconds") from None
+
+
+def address(text: str) -> Any:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 address: {text!r}") from None
+
+
+def probe_request(ns: argparse.Namespace) -> ProbeRequest:
+    both = ns.proto == modes.BOTH
+    proto = Proto.TCP if both else Proto(ns.proto)
+    modes.check_request(ns)  # requests whose answer could not be true (issue 11)
+    if ns.from_netns is not None and ns.from_netns == ns.netns:
+        ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
+    if proto is not Proto.ICMP and ns.dport is None:
+        raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
+    if ns.flags is not None:
+        if proto is not Proto.TCP:
+            raise UsageError(f"--flags only applies to tcp, not {proto.value}", "drop --flags or use --proto tcp")
+        bad = set(ns.flags.upper()) - TCP_FLAG_LETTERS
+        if not ns.flags or bad:
+            raise UsageError(f"unknown TCP flag letters in --flags {ns.flags!r}", "use letters of FSRPAUEC, e.g. S or SA")
+    if ns.sport is not None and proto is Proto.ICMP:
+        raise UsageError("--sport does not apply to icmp", "drop --sport")
+    if ns.src is not None and ns.dst is not None and ns.src.version != ns.dst.version:
+        raise UsageError(f"--src {ns.src} and --dst {ns.dst} are of different address families", "give both as IPv4 or both as IPv6")
+    if ns.local and ns.from_netns is not None:
+        raise UsageError("--local and --from-netns exclude each other", "drop one of them")
+    if ns.via is not None and (ns.local or ns.from_netns is not None):
+        raise UsageError(f"--via only applies to simulated ingress, not with {'--local' if ns.local else '--from-netns'}",
+                         "drop --via")
+    if ns.via is not None and (not ns.via or "/" in ns.via or len(ns.via) > 15):
+        raise UsageError(f"not an interface name: {ns.via!r}", "see `ip link`")
+    if ns.ipv6 and ns.dst is not None and ns.dst.version != 6:
+        raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
+    if ns.ipv6 and ns.src is not None and ns.src.version != 6:
+        raise UsageError(f"-6 given but --src {ns.src} is IPv4", "drop -6 or give an IPv6 --src")
+    if both and ns.log:
+        raise UsageError("--log takes one protocol: its rules match the probes' ports of one protocol",
+                         "run --proto tcp and --proto udp one after the other with --log, or drop --log")
+    if ns.redact and not ns.evidence:
+        raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
+    return ProbeRequest(
+        dport=ns.dport or 0, proto=proto, both=both, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
+        sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
+        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
+        ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
+    )
+
+
+def check_evidence_path(path: Optional[str]) -> None:
+    """--evidence must be writable and overwrite nothing: a new or empty directory, or a new
+    .tar.gz file. Checked by really creating (and removing) a file there, since root passes
+    every access(2) test, even for /proc."""
+    if path is None:
+        return
+    hint = "give a new or empty directory, or a new FILE.tar.gz"
+    if not path:
+        raise UsageError("--evidence needs a path", hint)
+    is_dir = os.path.isdir(path)
+    if path.endswith(".tar.gz") or not is_dir:
+        if os.path.lexists(path):
+            raise UsageError(f"--evidence {path} exists and is not a directory; fwtrace never overwrites", hint)
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            raise UsageError(f"--evidence {path}: directory {where} does not exist", hint)
+    else:
+        if os.listdir(path):
+            raise UsageError(f"--evidence {path} is a directory that is not empty; fwtrace never overwrites", hint)
+        where = path
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fwtrace-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--evidence {path}: cannot write in {where}: {e.strerror}", hint) from None

@@ -1,0 +1,167 @@
+"""Handlers that read facts of the host around the ruleset: addresses, routes, sysctls, kernel
+modules, listening sockets, conntrack entries."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Optional
+
+from tracer.plan import commands as c
+from tracer import system
+from tracer.errors import EnvironmentProblem
+from tracer.model import Listener, PacketSpec, Proto
+from tracer.collect.sockets import parse_proc_net
+
+if TYPE_CHECKING:
+    from tracer.pipeline.drive import RunState
+
+
+def list_addresses(run: RunState, cmd: c.ListAddresses) -> str:
+    with system.netns(cmd.netns):
+        return system.run(["ip", "-j", "addr", "show"]).stdout
+
+
+def route_back(run: RunState, cmd: c.RouteBack) -> Any:
+    from tracer.system import simulate
+
+    return simulate.route_to(cmd.to, cmd.local)
+
+
+def read_sysctl(run: RunState, cmd: c.ReadSysctl) -> Optional[str]:
+    with system.netns(system.HOME_NETNS if cmd.home else None):
+        return system.sysctl_get(cmd.key)
+
+
+def load_module(run: RunState, cmd: c.LoadModule) -> bool:
+    return system.load_module(cmd.name, cmd.keep)
+
+
+def in_initial_netns(run: RunState, cmd: c.InInitialNetns) -> bool:
+    return system.in_initial_netns()
+
+
+def rp_filter(run: RunState, cmd: c.RpFilter) -> bool:
+    from tracer.inject import ingress
+    from tracer.system import simulate
+
+    rp_all, rp_dev = simulate.rp_filter(cmd.via)
+    return ingress.rp_filter_drops(rp_all, rp_dev, cmd.via, cmd.back)
+
+
+def listeners(run: RunState, cmd: c.Listeners) -> tuple[Listener, ...]:
+    out: list[Listener] = []
+    for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
+        out.extend(parse_proc_net(system.proc_net(name), proto))
+    wanted = {s.inode for s in out if s.port in cmd.ports and s.inode}
+    if not wanted:
+        return tuple(out)
+    owners = socket_owners(wanted)
+    return tuple(dataclasses.replace(s, process=owners[s.inode]) if s.inode in owners else s for s in out)
+
+
+def socket_owners(inodes: set[int]) -> dict[int, str]:
+    """inode -> "pid N (comm)" for the processes holding those sockets (the first found each),
+    from /proc/PID/fd: what `ss -p` reads too."""
+    import os
+
+    from tracer.collect.sockets import socket_inode
+
+    found: dict[int, str] = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                ino = socket_inode(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if ino in inodes and ino not in found:
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                found[ino] = f"pid {pid} ({comm})"
+        if len(found) == len(inodes):
+            break
+    return found
+
+
+def conntrack(run: RunState, cmd: c.Conntrack) -> str:
+    return conntrack_entry(cmd.spec)
+
+
+def conntrack_entry(spec: PacketSpec) -> str:
+    """The probe flow's conntrack entry in the calling thread's namespace, or "none"."""
+    from tracer.collect import conntrack as ct
+
+    argv = ["conntrack", "-L", "-f", "ipv6" if spec.family == 6 else "ipv4",
+            "-p", spec.proto.value if spec.proto is not Proto.ICMP else ("icmp" if spec.family == 4 else "icmpv6"),
+            "-s", str(spec.src)]
+    if spec.proto is not Proto.ICMP:
+        argv += ["--sport", str(spec.sport)]
+    try:
+        out = system.run(argv, check=False).stdout
+    except EnvironmentProblem:
+        return "unknown (conntrack tool not installed)"
+    for e in ct.parse_conntrack(out):
+        if e.orig.src == spec.src and e.orig.sport == spec.sport:
+            return e.describe()
+    return "none"
+
+
+def read_counters(run: Run, cmd: c.ReadCounters) -> dict[str, str]:
+    from tracer.diagnose.kernverdict import COUNTER_FILES
+
+    out = {}
+    for name in COUNTER_FILES:
+        text = system.proc_net(name)
+        if text:
+            out[name] = text
+    return out
+
+
+def kernel_checks(run: Run, cmd: c.KernelChecks) -> Any:
+    from tracer.system import hostfacts
+
+    values = {k: system.sysctl_get(k) for k in cmd.keys}
+    return (values,) + hostfacts.route_lookups(cmd.src, cmd.dst, cmd.iif)
+
+
+def connect_check(run: Run, cmd: c.ConnectCheck) -> str:
+    from tracer.system import hostfacts
+
+    return hostfacts.connect_check(cmd.netns, cmd.dst, cmd.dport, cmd.wait)
+
+
+def process_facts(run: Run, cmd: c.ProcessFacts) -> tuple[tuple[str, ...], Optional[bool], str, str]:
+    """The process's names, whether libwrap is mapped into it, and the TCP wrappers files as its
+    own root sees them (a container's /etc, not the host's)."""
+    import os
+
+    base = f"/proc/{cmd.pid}"
+    names: list[str] = []
+    try:
+        with open(f"{base}/comm") as f:
+            names.append(f.read().strip())
+        with open(f"{base}/cmdline", "rb") as fb:
+            argv0 = fb.read().split(b"\0")[0].decode(errors="replace")
+        if argv0:
+            names.append(os.path.basename(argv0))
+    except OSError:
+        pass
+    try:
+        with open(f"{base}/maps") as f:
+            libwrap: Optional[bool] = any("libwrap.so" in line for line in f)
+    except OSError:
+        libwrap = None
+
+    def read(name: str) -> str:
+        try:
+            with open(f"{base}/root/etc/{name}") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    return tuple(dict.fromkeys(names)), libwrap, read("hosts.allow"), read("hosts.deny")

@@ -1,0 +1,334 @@
+"""One probe run as a pipeline of small steps: decide, instrument, send, wait, undo, explain.
+
+Sans-io in the manner of mitmproxy's layers: each step is a generator that yields the commands it
+needs (tracer/plan/commands.py: read this, make that change and journal its undo, send, wait) and
+receives their results; it never touches the system itself. tracer/pipeline/driver.py carries the commands
+out in the target namespace; the unit tests answer them from a script, so the sequence, the
+simulated-ingress fallback and the waiting rules are tested without root.
+
+    pipeline: snapshot -> address -> packets -> Begin -> injection (port, or fallback to local)
+              -> instrument -> exchange per probe -> Finish (undo all, also when interrupted)
+              -> verify cleanup -> analyse -> outcome.build_report
+
+    with --ebpf on (tracer/plan/ebpf_commands.py): StartEbpf first (the programs load beside the rest),
+    OpenEbpf before the trace table, WatchEbpf before each Send, CollectEbpf after Finish.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import random
+from typing import TYPE_CHECKING, Optional
+
+from tracer.pipeline import analysis
+from tracer import correlate
+from tracer.diagnose import kernverdict
+from tracer.plan import kernsteps, modes
+from tracer.plan.commands import (
+    Begin,
+    BuildPackets,
+    Captured,
+    Change,
+    Checkpoint,
+    Conntrack,
+    Finish,
+    Finished,
+    Generation,
+    ListAddresses,
+    ListBaseChains,
+    OpenInjector,
+    OpenKernelSources,
+    OpenPort,
+    Polled,
+    ReadCounters,
+    ReadSysctl,
+    Reset,
+    RouteBack,
+    RunArgv,
+    SaveLegacy,
+    Send,
+    Steps,
+    TakeSnapshot,
+    Wait,
+)
+from tracer.plan.ebpf_commands import (
+    CollectEbpf,
+    EbpfOutcome,
+    OpenEbpf,
+    StartEbpf,
+    WatchEbpf,
+)
+from tracer.errors import UsageError
+from tracer.model import (
+    Action,
+    EventKind,
+    IPAddress,
+    Mode,
+    PacketSpec,
+    ProbeRequest,
+    Proto,
+    TraceEvent,
+)
+from tracer.report.outcome import ProbeReport
+from tracer.ruleset.snapshot import Snapshot
+from tracer.plan import plan
+from tracer.plan import verify
+from tracer.plan.records import nft_undo
+from tracer.pipeline.state import Armed, Exchange, Sending, Target  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from tracer.inject.ingress import Route
+    from tracer.plan.narrow import Narrowed
+
+# After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
+# synchronously while the packet is processed, so a short drain is enough.
+DRAIN = 0.03
+# A REJECT sends its reply right after the drop event; give it this long to arrive.
+REJECT_GRACE = 0.25
+
+
+# --- the run --------------------------------------------------------------------------------------
+def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_snapshot: bool = False,
+          extra: tuple["Narrowed", ...] = ()) -> Steps[ProbeReport]:
+    """The whole run, step by step."""
+    if req.ebpf == "on":
+        yield StartEbpf(req.print_bpf)  # bcc and the kernel take a while: beside the rest of the set-up
+    full: Optional[Snapshot] = (yield TakeSnapshot()) if full_snapshot else None
+    yield Checkpoint("snapshot")
+    target = yield from address(req)
+    sending = yield from packets(req, run_id, pid, rng, target, req.mode)
+    # Kernel-log work only when it can tell something: legacy rules (seen only through TRACE in
+    # the kernel log) or --log. x_tables has no per-chain listing nor a generation, so its tables
+    # are saved whole now and again after the run.
+    legacy_saved: dict[str, str] = full.legacy_text if full else (yield SaveLegacy())
+    yield Begin()
+    try:
+        if sending.mode is Mode.INGRESS:
+            sending = yield from open_port(req, run_id, pid, rng, sending)
+        armed = yield from instrument(req, run_id, sending, legacy_saved, extra)
+        exchanges = []
+        for spec, data in zip(sending.specs, sending.datas):
+            exchanges.append((yield from exchange(req, sending, armed, spec, data)))
+    finally:
+        finished: Finished = yield Finish()
+    ebpf: EbpfOutcome = (yield CollectEbpf()) if req.ebpf == "on" else EbpfOutcome()
+    after = yield Generation()
+    armed = dataclasses.replace(armed, generations=armed.generations + (after,))
+    return (yield from analysis.analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished,
+                                        ebpf))
+
+
+def address(req: ProbeRequest) -> Steps[Target]:
+    """The probe's addresses. Local and from-netns open their injector here: the sending
+    namespace is entered once, for the socket and the source address it would use."""
+    if req.mode is Mode.INGRESS:
+        return (yield from ingress_target(req))
+    dst = yield from destination(req)
+    found = yield OpenInjector(req.from_netns, None if req.src else dst)
+    return Target(req.src or found, dst)
+
+
+def ingress_target(req: ProbeRequest) -> Steps[Target]:
+    """Source, destination, the interface it arrives on and the route back, of a simulated ingress."""
+    from tracer.inject import ingress
+
+    version = req.dst.version if req.dst else (req.src.version if req.src else 6 if req.ipv6 else 4)
+    src = req.src or ingress.default_source(version)
+    if req.via is not None or req.dst is not None:
+        dst = yield from destination(req, req.via)
+        back = yield RouteBack(src, dst if req.dst is None else req.dst)
+        return _checked(Target(src, dst, req.via or _arrives_on(back), back))
+    back = yield RouteBack(src, None)
+    via = _arrives_on(back)
+    if via is None:
+        return _checked(Target(src, src, None, back))
+    # Without --dst: an address of the interface it arrives on, as a client there would use; the
+    # route back is then asked again from that address (source-based policy routing).
+    dst = yield from destination(req, via)
+    return Target(src, dst, via, (yield RouteBack(src, dst)) or back)
+
+
+def _arrives_on(back: Optional["Route"]) -> Optional[str]:
+    return back.dev if back is not None and back.kind == "unicast" and back.dev != "lo" else None
+
+
+def _checked(target: Target) -> Target:
+    if target.via is None:
+        raise UsageError(f"the target namespace has no route back to {target.src}, so no interface it would arrive on",
+                         "name the interface with --via (e.g. --via eth0), or add the route")
+    return target
+
+
+def destination(req: ProbeRequest, via: Optional[str] = None) -> Steps[IPAddress]:
+    if req.dst is not None:
+        return req.dst
+    version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
+    text = yield ListAddresses()
+    sender = (yield ListAddresses(req.from_netns)) if req.mode is Mode.FROM_NETNS else ""
+    # --from-netns: the target's address on a subnet the sender shares, not the first (docker0)
+    addr = (pick_address(text, version, via) if via else None) or modes.reachable_dst(text, sender, version) \
+        or pick_address(text, version)
+    if addr is None:
+        if req.mode is Mode.LOCAL:
+            return ipaddress.ip_address("127.0.0.1" if version == 4 else "::1")
+        raise UsageError(f"the target namespace has no global IPv{version} address to probe", "give the address with --dst")
+    return addr
+
+
+def packets(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, target: Target, mode: Mode) -> Steps[Sending]:
+    """The probe packets and the trace plan that matches exactly them."""
+    if target.src.version != target.dst.version:
+        raise UsageError(f"--src {target.src} and --dst {target.dst} are of different address families",
+                         "give both as IPv4 or both as IPv6")
+    modes.check_addresses(target.src, target.dst, (yield ListAddresses()), mode is Mode.INGRESS)
+    specs = tuple(build_specs(req, target.src, target.dst, rng))
+    # Below every chain of the ruleset on each hook, and on each device's ingress (issue 11).
+    tplan = plan.trace_plan(run_id, list(specs), pid, plan.floors((yield ListBaseChains())))
+    datas = yield BuildPackets(specs)  # built before anything is changed: bad input fails here
+    return Sending(mode, target, specs, tuple(datas), tplan)
+
+
+def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, sending: Sending) -> Steps[Sending]:
+    """The simulated-ingress port, or the fallback to a local probe when it cannot be built."""
+    target = sending.target
+    assert target.via is not None
+    reason = yield OpenPort(sending.specs, target.via, target.back)
+    if not reason:
+        return sending
+    # From a local address: a spoofed source's replies would leave the machine now that nothing
+    # catches them.
+    src = yield OpenInjector(None, target.dst)
+    local = yield from packets(req, run_id, pid, rng, dataclasses.replace(target, src=src), Mode.LOCAL)
+    caveat = f"simulated ingress on {target.via} is not possible here ({reason}); the probe was sent locally instead"
+    return dataclasses.replace(local, target=dataclasses.replace(local.target, via=None, back=target.back),
+                               caveats=(caveat,), fallback=f"{target.via}: {reason}")
+
+
+EXTRA_IN = "prove-fix-rules-in"  # the checkpoint after --prove-fix's narrowed rules went in
+
+
+def instrument(req: ProbeRequest, run_id: str, sending: Sending, legacy_saved: dict[str, str],
+               extra: tuple["Narrowed", ...] = ()) -> Steps[Armed]:
+    """fwtrace's trace table, and the kernel-log rules and switches when the run needs them; with
+    --prove-fix, the narrowed fix rules (tracer/pipeline/provefix.py) after the table, so they are traced."""
+    tplan = sending.tplan
+    # The cleanup proof lists what the run may touch first; with --log its listing also says
+    # which chains nf_tables really holds (a --log rule into a missing one would create it). The
+    # tables --prove-fix's rules go into are listed in full too.
+    start = yield from verify.before(tplan.table, sending.specs[0].nfproto if req.log else None, legacy_saved,
+                                     tuple(x.table for x in extra if x.table is not None))
+    kplan = yield from kernsteps.kernel_plan(run_id, sending.specs, req.log, legacy_saved, start.nft_chains)
+    if kplan is not None:
+        yield OpenKernelSources(kplan)  # before any rule of the plan exists: nothing it logs is missed
+    if req.ebpf == "on":
+        yield OpenEbpf()  # after the injection port exists: its interface names are known
+    before = yield Generation()
+    yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
+                atomic=True)
+    added = yield Generation()
+    tcp_loose = yield ReadSysctl("net.netfilter.nf_conntrack_tcp_loose")
+    armed = Armed(kplan, (before, added), frozenset(), tcp_loose, proof=start)
+    # The fix rules go in before the kernel-log rules: their positions (`-I INPUT 7`) count the
+    # user's rules only, as the fix was written.
+    for x in extra:
+        yield Change(x.undo, RunArgv(x.argv))
+    if extra:
+        yield Checkpoint(EXTRA_IN)
+    extra_commits = sum(x.nft_commits for x in extra)  # each one's add and delete
+    armed = dataclasses.replace(armed, own_commits=extra_commits)
+    if kplan is not None:
+        own, notes, commits = yield from kernsteps.kernel_setup(run_id, kplan)
+        armed = dataclasses.replace(armed, own=own, notes=notes, own_commits=commits + extra_commits)
+    return armed
+
+
+class Waiter:
+    """The waiting rules of one probe: until its timeout, or shortly after the answer is known
+    (DRAIN after a reply, REJECT_GRACE after a drop for the REJECT's reply to arrive)."""
+
+    def __init__(self, spec: PacketSpec, roles: plan.Roles, deadline: float) -> None:
+        self.spec = spec
+        self.roles = roles
+        self.deadline = deadline
+        self.settle: Optional[float] = None  # once known, stop at this time
+        self.events: list[TraceEvent] = []
+        self.reply: Optional[Captured] = None
+
+    @property
+    def until(self) -> float:
+        return min(self.deadline, self.settle) if self.settle is not None else self.deadline
+
+    def feed(self, polled: Polled) -> None:
+        self.events.extend(polled.events)
+        if self.reply is None:
+            self.reply = next((c for c in polled.captures if correlate.is_reply(c.headers, self.spec)), None)
+        if self.reply is not None:
+            self.settle = min(self.settle or self.deadline, polled.at + DRAIN)
+        elif self.settle is None and dropped(self.events, self.spec, self.roles):
+            self.settle = polled.at + REJECT_GRACE
+
+
+def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
+    probe_events, _ = correlate.split_events(events, spec, roles)
+    # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
+    return any((e.action is not None and e.action.action is Action.DROP) or e.kind is EventKind.DROP
+               for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
+
+
+def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:
+    """Send one probe; wait for its reply and trace (or the timeout)."""
+    roles = plan.roles(sending.tplan)
+    before = kernverdict.parse_counters((yield ReadCounters()) or {})
+    if req.ebpf == "on":
+        yield WatchEbpf(spec)
+    sent = yield Send(spec, data)
+    waiter = Waiter(spec, roles, sent + req.timeout)
+    while True:
+        polled = yield Wait(waiter.until, replies=waiter.reply is None)
+        if polled is None:
+            break
+        waiter.feed(polled)
+    after = kernverdict.parse_counters((yield ReadCounters()) or {})
+    moved = kernverdict.deltas(before, after) if before and after else None
+    events = tuple(correlate.without_handles(waiter.events, armed.own))
+    conntrack = None
+    if armed.kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
+        conntrack = yield Conntrack(spec)  # now, while the flow's entry is fresh
+    reply = waiter.reply
+    if sending.mode is Mode.INGRESS and correlate.reply_kind(spec, list(events), reply.headers if reply else None,
+                                                             roles) == "syn-ack":
+        yield Reset(spec)
+    return Exchange(spec, events, reply, conntrack, moved)
+
+
+def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
+    specs = []
+    base = req.sport if req.sport is not None else rng.randrange(33000, 60000)
+    for proto in req.protos:  # --proto both: the TCP probes, then the UDP ones
+        for i in range(req.count):
+            sport = base if req.sport is not None else base + i
+            ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+            dport = req.dport if proto is not Proto.ICMP else i + 1  # echo sequence number
+            specs.append(PacketSpec(proto, src, dst, sport, dport, req.flags, ident))
+    return specs
+
+
+def pick_address(addr_json: str, version: int, ifname: Optional[str] = None) -> Optional[IPAddress]:
+    """The first global address of an up interface (of `ifname` if given) in `ip -j addr` output."""
+    try:
+        links = json.loads(addr_json)
+    except ValueError:
+        return None
+    for link in links:
+        if "UP" not in link.get("flags", []) or link.get("ifname") == "lo":
+            continue
+        if ifname is not None and link.get("ifname") != ifname:
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("scope") != "global":
+                continue
+            ip = ipaddress.ip_address(a["local"])
+            if ip.version == version:
+                return ip
+    return None

@@ -1,0 +1,1 @@
+"""The finished report: the findings and results put together, the run's outcome, redaction."""
