@@ -104,6 +104,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     service = seen(result)
     if spec.proto is not Proto.ICMP and service.dport != spec.dport:  # REDIRECT / DNAT to another port
         subject += f" (redirected to port {service.dport})"
+    if "closed-after-accept" in codes:  # the SYN-ACK came back: it got through, whatever the trace saw
+        return (f"{subject} is open, but the service closes the connection at once: it refuses {spec.src} itself "
+                "(see closed-after-accept).")
     if "rp-filter" in codes:
         return f"{subject} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
@@ -116,9 +119,6 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return f"The firewall lets {subject} through, but no service listens there."
     if result.reply_dropped and result.reply_decided_by is not None:
         return f"{subject} is not reachable: {_reply_story(result)}."
-    if result.verdict is Verdict.ACCEPT and "closed-after-accept" in codes:
-        return (f"{subject} is open, but the service closes the connection at once: it refuses {spec.src} itself "
-                "(see closed-after-accept).")
     if result.verdict is Verdict.ACCEPT and "reply-elsewhere" in codes:
         return (f"{subject} is not reachable from the probe's side: the {result.reply.kind} leaves by another "
                 "interface than the one the probe arrived on (see reply-elsewhere).")
