@@ -96,6 +96,11 @@ class ProbeRequest:
     local: bool = False  # send from the target namespace itself (OUTPUT -> lo -> INPUT)
     print_bpf: bool = False  # print the generated tc programs on stderr
     ebpf: str = "off"  # "auto" (the CLI's default): load the eBPF probes when a first pass leaves a fate unexplained; "on"; "off"
+    both: bool = False  # --proto both: every packet sent as TCP (proto, flags) and as UDP, to the same port
+
+    @property
+    def protos(self) -> tuple["Proto", ...]:
+        return (Proto.TCP, Proto.UDP) if self.both else (self.proto,)
 
     @property
     def mode(self) -> "Mode":
@@ -195,6 +200,7 @@ class RuleRef:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "kind": "rule",
             "family": self.family,
             "table": self.table,
             "chain": self.chain,
@@ -254,6 +260,52 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class RouteLookup:
+    """One route lookup as the kernel made it (RTM_GETROUTE; tracer/diagnose/kernverdict.py)."""
+
+    query: str  # `ip route get 192.0.2.1 from 203.0.113.5 iif eth0`
+    error: Optional[str] = None  # errno name (EXDEV, EHOSTUNREACH, ENETUNREACH, EINVAL); None: a route
+    dev: Optional[str] = None  # the interface it leaves by
+    kind: str = ""  # unicast, local, ...
+
+    def said(self) -> str:
+        return f"`{self.query}`: " + (self.error or f"{self.kind or 'route'}" + (f" dev {self.dev}" if self.dev else ""))
+
+
+@dataclass(frozen=True)
+class AfterAccept:
+    """What a real connection to a service that answered the SYN saw (from-netns and local probes):
+    the service closing it at once, and who holds the socket (tracer/diagnose/service.py)."""
+
+    seen: str  # "closed" (FIN before any data), "reset", "data", "open" (nothing within the wait)
+    process: Optional[str] = None  # "pid 812 (sshd)"
+    libwrap: Optional[bool] = None  # the process has libwrap mapped (/proc/PID/maps); None: not known
+    decision: Optional[str] = None  # the hosts.allow/hosts.deny line that decides the client, in words
+    denied: Optional[bool] = None  # True: TCP wrappers deny this client
+    daemon: Optional[str] = None  # the name the process goes by in hosts.allow/deny (argv[0])
+
+    def to_json(self) -> dict[str, object]:
+        return {"seen": self.seen, "process": self.process, "libwrap": self.libwrap, "decision": self.decision,
+                "denied": self.denied, "daemon": self.daemon}
+
+
+@dataclass(frozen=True)
+class KernelDrop:
+    """The kernel, not a rule, dropped the probe (tracer/diagnose/kernverdict.py): which check, where, and
+    the setting behind it, with the evidence the run used to say so."""
+
+    reason: str  # the kernel's drop reason name (IP_RPFILTER), eBPF's or the one the evidence implies
+    cause: str  # in words: "reverse-path filter"
+    function: Optional[str] = None  # the kernel function that dropped it (eBPF), or that counts the counter
+    setting: Optional[str] = None  # "net.ipv4.conf.eth0.rp_filter=1", "no route to 203.0.113.5"
+    evidence: tuple[str, ...] = ()  # what said so: eBPF, counter deltas, route lookups, sysctls
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": "kernel", "reason": self.reason, "cause": self.cause, "function": self.function,
+                "setting": self.setting, "evidence": list(self.evidence)}
+
+
+@dataclass(frozen=True)
 class PacketResult:
     spec: PacketSpec
     verdict: Verdict
@@ -269,10 +321,20 @@ class PacketResult:
     reply_verdict: Verdict = Verdict.UNKNOWN
     reply_decided_by: Optional[RuleRef] = None
     reply_hooks: tuple[HookOutcome, ...] = ()
+    # The kernel dropped it, not a rule (tracer/diagnose/kernverdict.py); `verdict` stays the firewall's own
+    kernel: Optional[KernelDrop] = None
+    kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
+    route_back: Optional[RouteLookup] = None  # the kernel's route back to the source, when it was asked
+    after_accept: Optional[AfterAccept] = None  # a real connection after a SYN-ACK, when one was made
 
     @property
     def reply_dropped(self) -> bool:
         return self.reply_verdict in (Verdict.DROP, Verdict.REJECT)
+
+    @property
+    def final_verdict(self) -> Verdict:
+        """The probe's fate: the firewall's verdict, or DROP when the kernel dropped it."""
+        return Verdict.DROP if self.kernel is not None else self.verdict
 
     def to_json(self) -> dict[str, object]:
         spec = self.spec
@@ -280,8 +342,11 @@ class PacketResult:
             "summary": spec.summary(),
             "probe": {"proto": spec.proto.value, "src": str(spec.src), "dst": str(spec.dst), "sport": spec.sport,
                       "dport": spec.dport, "flags": spec.flags, "ident": spec.ident},
-            "verdict": self.verdict.value,
-            "decided_by": self.decided_by.to_json() if self.decided_by else None,
+            "verdict": self.final_verdict.value,
+            "firewall_verdict": self.verdict.value,
+            "decided_by": self.kernel.to_json() if self.kernel else self.decided_by.to_json() if self.decided_by else None,
+            "kernel_checked": list(self.kernel_checked),
+            "after_accept": self.after_accept.to_json() if self.after_accept else None,
             "reply": self.reply.kind,
             "reply_summary": self.reply.summary,
             "path": list(self.path),
@@ -357,3 +422,5 @@ class Listener:
     addr: IPAddress
     port: int
     v6only: bool = field(default=False, compare=False)
+    inode: int = field(default=0, compare=False)  # the socket's inode (/proc/net/tcp), to find its process
+    process: Optional[str] = field(default=None, compare=False)  # "pid 812 (sshd)", when looked up

@@ -151,7 +151,7 @@ def test_full_accept_queue_is_named(lab: Lab) -> None:
     f = finding(report, "accept-queue-full")
     assert "tcp_" in f.message and "accept queue" in f.message
     assert not report.reached
-    assert "accept queue is full" in " ".join(report.conclusions)
+    assert "listen queue overflow" in " ".join(report.conclusions)
 
 
 def test_netdev_ingress_drop_names_the_hook(lab: Lab) -> None:

@@ -118,7 +118,7 @@ def test_legacy_multiport_drop(lab: Lab, capsys: Any) -> None:
     assert status == 1
     [p] = doc["packets"]
     assert p["verdict"] == "drop" and p["reply"] == "none"
-    assert p["decided_by"] == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 2,
+    assert p["decided_by"] == {"kind": "rule", "family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 2,
                                "handle": None, "rule": MULTIPORT_RULE, "backend": "iptables-legacy"}
     # raw PREROUTING holds one rule of the user's: TRACE says policy:2. The trace bit came from
     # fwtrace's own nft chain, so no TRACE rule of fwtrace's sits in the chain to subtract.
@@ -214,7 +214,8 @@ def test_mixed_backends_legacy_drops(lab: Lab) -> None:
     assert r.verdict.value == "drop" and r.reply.kind == "none"
     d = r.decided_by
     assert d is not None and d.rule is not None and d.legacy
-    assert d.to_json() == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 2, "handle": None,
+    assert d.to_json() == {"kind": "rule", "family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 2,
+                           "handle": None,
                            "rule": MULTIPORT_RULE, "backend": "iptables-legacy"}
     seen = [(s.event.source, s.event.table, s.event.chain, s.event.verdict) for s in r.steps]
     # One timeline in hook order: raw (-300), then nft's input (-10), then x_tables filter (0).

@@ -134,7 +134,7 @@ def test_open_port_answers_syn_ack_via_cli(lab: Lab, capsys: Any) -> None:
     assert status == 0
     [p] = doc["packets"]
     assert p["verdict"] == "accept" and p["reply"] == "syn-ack"
-    assert p["decided_by"] == {"family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 1,
+    assert p["decided_by"] == {"kind": "rule", "family": "ip", "table": "filter", "chain": "INPUT", "rule_number": 1,
                                "handle": p["decided_by"]["handle"], "rule": "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT",
                                "backend": "iptables-nft"}
     assert isinstance(p["decided_by"]["handle"], int)
@@ -266,9 +266,12 @@ def test_packet_dropped_outside_netfilter_is_not_called_accepted(router_lab: Lab
         system.sysctl_set("net.ipv4.conf.all.arp_announce", "2")
     report = probe(lab, dport=8080, src=ipaddress.ip_address("203.0.113.5"), timeout=0.3)
     [r] = report.results
-    assert r.verdict.value == "unknown" and r.decided_by is None
+    assert r.verdict.value == "unknown" and r.decided_by is None  # the firewall's own verdict
     assert r.path == ("prerouting",)
-    assert "stack-drop" in codes(report)
+    # the kernel's: from the counters, the route lookup with the arrival interface the trace saw
+    assert r.kernel is not None and r.kernel.cause == "reverse-path filter"
+    assert r.kernel.setting == "net.ipv4.conf.eth0.rp_filter=1" and r.final_verdict.value == "drop"
+    assert "rp-filter" in codes(report) and "stack-drop" not in codes(report)
 
 
 def test_reject_without_route_back_says_why_no_reply(lab: Lab) -> None:

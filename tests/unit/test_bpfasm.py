@@ -195,3 +195,13 @@ def test_generic_program_with_no_patterns_returns_default() -> None:
     prog = redirect_program([], 1, 0, bpfasm.TC_ACT_OK)
     assert run(prog, b"x" * 64) == (bpfasm.TC_ACT_OK, None)
     assert struct.calcsize("<BBhi") == 8
+
+
+def test_reply_program_of_proto_both_catches_each_protocols_replies() -> None:
+    """--proto both: the TCP and the UDP probe share a source port; each protocol's replies match."""
+    tcp = PacketSpec(Proto.TCP, SYN.src, SYN.dst, 40000, 53, "S", 1)
+    udp = PacketSpec(Proto.UDP, SYN.src, SYN.dst, 40000, 53, "S", 2)
+    prog = reply_program([tcp, udp], 9)
+    for s in (tcp, udp):
+        assert run(prog, eth(scapy_reply("direct", s)))[0] == bpfasm.TC_ACT_REDIRECT, s.proto
+    assert len(reply_patterns([tcp, udp])) == 4

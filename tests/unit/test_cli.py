@@ -5,12 +5,14 @@ command is touched (a probe that got further would fail differently, or need roo
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 
 from tracer import cli
 from tracer.errors import ExitStatus
+from tracer.model import Proto
 
 
 @pytest.mark.parametrize(
@@ -246,3 +248,18 @@ def test_signal_handler_only_sets_the_flag_and_check_raises_once() -> None:
         assert e.value.signame == "SIGTERM"  # the first one
         console.check()  # once: the undo on the way out goes on
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_proto_both_is_tcp_and_udp_in_one_run(capsys: Any) -> None:
+    import random
+
+    from tracer.pipeline.probe import build_specs
+
+    parser = cli.build_parser()
+    req = cli.probe_request(parser.parse_args(["probe", "--dport", "53", "--proto", "both", "--count", "2"]))
+    assert req.both and req.protos == (Proto.TCP, Proto.UDP)
+    specs = build_specs(req, ipaddress.ip_address("203.0.113.5"), ipaddress.ip_address("192.0.2.1"), random.Random(1))
+    assert [(s.proto, s.dport) for s in specs] == [(Proto.TCP, 53)] * 2 + [(Proto.UDP, 53)] * 2
+    assert cli.main(["probe", "--dport", "53", "--proto", "both", "--log"]) == ExitStatus.USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--log takes one protocol" in err[0] and "hint:" in err[0]

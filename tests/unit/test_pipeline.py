@@ -48,7 +48,8 @@ class Script:
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
             "StatefulFacts": c.StatefulTexts((), "", ""),
-            **answers,
+            "ReadCounters": {}, "KernelChecks": ({}, None, None), "ConnectCheck": "open",
+            "ProcessFacts": ((), None, "", ""), **answers,
         }
         self.asked: list[c.Command] = []
 
@@ -70,8 +71,8 @@ def test_local_run_sequence() -> None:
     report = run(ProbeRequest(dport=8080, local=True), script)
     assert script.names() == [
         "Checkpoint", "ListAddresses", "OpenInjector", "ListAddresses", "ListBaseChains", "BuildPackets", "SaveLegacy",
-        "Begin", "StatefulFacts", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "Send", "Wait", "Finish",
-        "Generation", "ProofListing", "MetChains", "Listeners"]
+        "Begin", "StatefulFacts", "ProofListing", "Generation", "Change", "Generation", "ReadSysctl", "ReadCounters", "Send", "Wait",
+        "ReadCounters", "Finish", "Generation", "ProofListing", "MetChains", "Listeners", "KernelChecks"]
     add = next(cmd for cmd in script.asked if isinstance(cmd, c.Change))
     assert add.atomic and add.action == c.RunArgv(("nft", "-f", "-"), report.evidence.batch)
     assert add.undo.netns is None  # the driver gives it the run's namespace

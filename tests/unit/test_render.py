@@ -93,7 +93,7 @@ def test_colour_on_a_terminal_and_never_when_refused(monkeypatch: Any) -> None:
 def test_json_document_matches_the_schema(name: str) -> None:
     doc = jsondoc.document(report(name))
     jsonschema.validate(doc, SCHEMA)
-    assert doc["schema_version"] == 2 and doc["outcome"] in jsondoc.OUTCOMES
+    assert doc["schema_version"] == 3 and doc["outcome"] in jsondoc.OUTCOMES
     assert doc["exit_status"] == (0 if doc["outcome"] == "reached" else 1)
 
 

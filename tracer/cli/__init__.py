@@ -25,6 +25,7 @@ examples:
   fwtrace probe --dport 8080 --local
         send from the machine itself (OUTPUT -> lo -> INPUT); rules on eth0 are not exercised
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
+  fwtrace probe --dport 53 --proto both --dst 192.0.2.1   (DNS: tcp and udp in one run)
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
   fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
@@ -55,7 +56,7 @@ exit status:
   5    cleanup incomplete (the report names what is left and the command that removes it)
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
-PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp] [options]   (--dport is required for tcp and udp)
+PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (--dport is required for tcp and udp)
        fwtrace probe --proto icmp [options]"""
 # Options that take a number: a negative value would otherwise be read as an option of its own
 # (argparse knows -6) and refused as "expected one argument" instead of by its range check.
@@ -116,7 +117,9 @@ def _add_probe(sub: Any) -> None:
 def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
     """What the probe packets are."""
     pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port, 1-65535: REQUIRED for tcp and udp")
-    pr.add_argument("--proto", choices=[x.value for x in Proto], default="tcp", help="protocol (default tcp; icmp sends an echo request)")
+    pr.add_argument("--proto", choices=[x.value for x in Proto] + ["both"], default="tcp",
+                    help="protocol (default tcp; icmp sends an echo request; both: tcp and udp to the same port in one "
+                    "run, as DNS needs)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
                     "on, else the target namespace's first global address)")
@@ -405,7 +408,7 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
         bundle.before()
     from tracer.render.progress import around
 
-    what = f"{req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
+    what = f"{'tcp+udp' if req.both else req.proto.value}/{req.dport}" if req.proto is not Proto.ICMP else "ping"
     with around(log, not ns.verbose and ns.log_format == "console", req.count, what, req.timeout) as plog:
         run = Run(req, plog, log_events=ns.verbose >= 2, full_snapshot=held is not None)
         try:

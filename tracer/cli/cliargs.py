@@ -73,7 +73,8 @@ def address(text: str) -> Any:
 
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
-    proto = Proto(ns.proto)
+    both = ns.proto == modes.BOTH
+    proto = Proto.TCP if both else Proto(ns.proto)
     modes.check_request(ns)  # requests whose answer could not be true
     if ns.from_netns is not None and ns.from_netns == ns.netns:
         ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
@@ -100,10 +101,13 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
         raise UsageError(f"-6 given but --dst {ns.dst} is IPv4", "drop -6 or give an IPv6 --dst")
     if ns.ipv6 and ns.src is not None and ns.src.version != 6:
         raise UsageError(f"-6 given but --src {ns.src} is IPv4", "drop -6 or give an IPv6 --src")
+    if both and ns.log:
+        raise UsageError("--log takes one protocol: its rules match the probes' ports of one protocol",
+                         "run --proto tcp and --proto udp one after the other with --log, or drop --log")
     if ns.redact and not ns.evidence:
         raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
     return ProbeRequest(
-        dport=ns.dport or 0, proto=proto, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
+        dport=ns.dport or 0, proto=proto, both=both, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
         via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
         ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),

@@ -35,7 +35,8 @@ def parse_proc_net(text: str, proto: Proto) -> list[Listener]:
             continue
         hexaddr, hexport = f[1].rsplit(":", 1)
         try:
-            out.append(Listener(proto, _addr(hexaddr), int(hexport, 16)))
+            inode = int(f[9]) if len(f) > 9 and f[9].isdigit() else 0
+            out.append(Listener(proto, _addr(hexaddr), int(hexport, 16), inode=inode))
         except ValueError:
             continue
     return out
@@ -50,3 +51,11 @@ def serves(listener: Listener, addr: IPAddress) -> bool:
         mapped = getattr(la, "ipv4_mapped", None)
         return mapped == addr
     return la == addr
+
+
+def socket_inode(link: str) -> int:
+    """The inode of a /proc/PID/fd link to a socket (`socket:[12345]`), else 0."""
+    if link.startswith("socket:[") and link.endswith("]"):
+        num = link[len("socket:["):-1]
+        return int(num) if num.isdigit() else 0
+    return 0

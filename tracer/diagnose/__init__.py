@@ -5,9 +5,10 @@ below yields at most one finding, the first of its checks that applies, because 
 of the group would contradict it or offer a fix the earlier one rules out:
 
 * rp-filter before stack-drop: both explain a probe that vanished after PREROUTING.
-* conntrack-invalid, untracked, policy, shadowed-rule, blocked-by-rule all explain the deciding
-  rule: an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would let stray
-  or untracked packets in), and shadowed-rule (a catch-all) excludes blocked-by-rule.
+* conntrack-invalid, untracked, rp-filter-rule, policy, shadowed-rule, blocked-by-rule all explain
+  the deciding rule: an INVALID or UNTRACKED probe is not a case for moving an ACCEPT (that would
+  let stray or untracked packets in), a reverse-path check written as a rule is no source ban (its
+  fix is the route back, not a whitelist), and shadowed-rule (a catch-all) excludes blocked-by-rule.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Callable, Optional
 
 from tracer.diagnose import nearfix
 from tracer.diagnose import ebpf_findings
-from tracer.diagnose import checks, decider, safe
+from tracer.diagnose import checks, decider, kernverdict, safe, service
+from tracer.diagnose import kernel as kernel_findings
 from tracer.diagnose.context import (
     Context,
     Probe,
@@ -40,17 +42,23 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (checks.forwarded,),
     (checks.mixed_backends,),
     (checks.accept_overridden,),
-    (decider.conntrack_invalid, decider.untracked, decider.policy, decider.shadowed_rule, decider.blocked_by_rule),
+    (decider.conntrack_invalid, decider.untracked, decider.reverse_path_rule, decider.policy, decider.shadowed_rule,
+     decider.blocked_by_rule),
     (checks.reply_dropped,),
     (checks.reply_missing,),
     (checks.no_listener,),
+    (kernel_findings.listener_address,),
+    (kernel_findings.reply_elsewhere,),
+    (service.closed_after_accept,),
 )
 
 # "Reached": the service's answer came back through the firewall. A SYN-ACK for a SYN, a UDP
 # reply, an echo reply; for a stray ACK/FIN (no SYN) the RST of a listening port; for UDP,
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
-NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains") + ebpf_findings.NOT_REACHED
+NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address",
+               "reply-elsewhere", "closed-after-accept") \
+    + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
@@ -70,13 +78,15 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     # Each finding's intent, and its fixes scoped, safest first, in the owner's terms (safe.py).
     findings = safe.finish(p, findings, blk)
     # Last, the kernel's drop reasons (eBPF), when the run had them: they confirm, complete or
-    # replace the findings above (a named cause replaces stack-drop).
-    return ebpf_findings.amend(p, findings)
+    # replace the findings above (a named cause replaces stack-drop); then the kernel verdict
+    # (tracer/diagnose/kernverdict.py: eBPF, counters, routes, sysctls) is explained, or what was checked said.
+    return kernel_findings.amend(result, ebpf_findings.amend(p, findings), p)
 
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
     """Did the probe get through to a service, and its answer back out through the firewall?"""
-    if result.verdict is not Verdict.ACCEPT or result.reply_dropped or any(f.code in NOT_REACHED for f in findings):
+    if result.verdict is not Verdict.ACCEPT or result.kernel is not None or result.reply_dropped \
+            or any(f.code in NOT_REACHED for f in findings):
         return False
     spec = result.spec
     if not result.reply.captured:
@@ -89,6 +99,10 @@ def reached(result: PacketResult, findings: list[Finding]) -> bool:
 def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     spec, ref = result.spec, result.decided_by
     codes = {f.code for f in findings}
+    subject = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
+    dropped = kernel_findings.conclusion(result, subject)
+    if dropped is not None:
+        return dropped
     by_kernel = ebpf_findings.conclusion(result, findings)
     if by_kernel is not None:
         return by_kernel
@@ -96,6 +110,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     service = seen(result)
     if spec.proto is not Proto.ICMP and service.dport != spec.dport:  # REDIRECT / DNAT to another port
         subject += f" (redirected to port {service.dport})"
+    if "closed-after-accept" in codes:  # the SYN-ACK came back: it got through, whatever the trace saw
+        return (f"{subject} is open, but the service closes the connection at once: it refuses {spec.src} itself "
+                "(see closed-after-accept).")
     if "rp-filter" in codes:
         return f"{subject} is blocked before the firewall: the kernel's reverse-path filter dropped the probe after PREROUTING."
     if result.verdict is Verdict.UNKNOWN and "stack-drop" in codes:
@@ -108,6 +125,9 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return f"The firewall lets {subject} through, but no service listens there."
     if result.reply_dropped and result.reply_decided_by is not None:
         return f"{subject} is not reachable: {_reply_story(result)}."
+    if result.verdict is Verdict.ACCEPT and "reply-elsewhere" in codes:
+        return (f"{subject} is not reachable from the probe's side: the {result.reply.kind} leaves by another "
+                "interface than the one the probe arrived on (see reply-elsewhere).")
     if result.verdict is Verdict.ACCEPT:
         return _accepted(result, findings, subject)
     assert ref is not None
@@ -115,6 +135,12 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         rule = f"rule {ref.rule.number}" if ref.rule else "policy"
         return (f"{subject}: conntrack found the probe INVALID and {where(ref)} {rule} {verb(result.verdict)} it; "
                 f"a stray [{spec.flags}] packet says nothing about whether the port is open (probe with --flags S).")
+    if "rp-filter-rule" in codes and ref.rule is not None:
+        back = result.route_back
+        how = (f"the route back to {spec.src} leaves by {back.dev}" if back is not None and back.dev
+               else f"no route back to {spec.src}" if back is not None and back.error else "the route back")
+        return (f"{subject} is blocked by a reverse-path check, not a ban of {spec.src}: {where(ref)} rule "
+                f"{ref.rule.number} {verb(result.verdict)} it ({how}).")
     if "shadowed-rule" in codes:
         return f"{subject} is blocked: {ref.chain} rule {ref.rule.number if ref.rule else '?'} {verb(result.verdict)} it before the rule meant to accept it."
     if ref.rule is None:

@@ -195,8 +195,8 @@ def no_listener(p: Probe) -> Optional[Finding]:
     msg = (f"The firewall accepted the packet, but nothing listens on {spec.proto.value} port {h.dport} "
            f"at {h.dst}: the kernel answered with {r.reply.kind}.")
     if elsewhere:
-        msg += f" A listener exists on {elsewhere} only."
-        fix = f"bind the service to {h.dst} or to all addresses (0.0.0.0 / [::]) instead of {elsewhere}"
+        msg += f" A listener exists on {elsewhere} only (see listener-address)."
+        fix = None  # listener-address says how, naming the process
     else:
         fix = f"start the service on port {h.dport} (check with `ss -lnp{'t' if spec.proto is Proto.TCP else 'u'} 'sport = :{h.dport}'`)"
     return Finding("no-listener", msg, fix)

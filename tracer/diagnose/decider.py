@@ -11,6 +11,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from tracer.diagnose import kernverdict
 from tracer.diagnose.context import Probe, backend_of, verb, what, where
 from tracer.diagnose.fixes import accept_rule, ipt_cmd, table_opt, whitelist_rule
 from tracer.ruleset.match import PacketFacts, ipt_spec, rule_action, rule_matches
@@ -79,6 +80,35 @@ def untracked(p: Probe) -> Optional[Finding]:
 def _new_less(p: Probe) -> PacketFacts:
     """The probe's facts without a conntrack state: an UNTRACKED packet is not NEW."""
     return dataclasses.replace(p.facts, ct_state=None)
+
+
+def reverse_path_rule(p: Probe) -> Optional[Finding]:
+    """A reverse-path check written as a rule (`-m rpfilter --invert -j DROP`, nft `fib saddr . iif
+    oif missing drop`) decided: explained by the route back, never as a ban of the source (the
+    rule names no address; whitelisting the client would only hide a routing problem)."""
+    ref = _blocked_rule(p)
+    if ref is None or ref.rule is None or not kernverdict.rpfilter_rule(ref.rule.display):
+        return None
+    r, src = p.result, p.result.spec.src
+    iif = p.ctx.via or p.iif or "the arrival interface"
+    back = r.route_back
+    loose = kernverdict.rpfilter_loose(ref.rule.display)
+    if back is not None and back.error:
+        route = f"this host has no route back to {src} at all ({back.said()})"
+    elif back is not None and back.dev:
+        route = (f"the route back to {src} leaves by {back.dev}" + (f", not {iif}" if back.dev != iif else "")
+                 + f" ({back.said()})")
+    elif p.ctx.route_dev:
+        route = f"the route back to {src} leaves by {p.ctx.route_dev}, not {iif}"
+    else:
+        route = f"the route back to {src} was not looked up"
+    check = "has any route back" if loose else f"would be routed back out of {iif}, the interface it came in on"
+    msg = (f"{where(ref)} rule {ref.rule.number} `{ref.rule.display}` {verb(r.verdict)} the packet: it is a "
+           f"reverse-path check, not a ban of {src}: it drops packets unless their source {check}, and {route}.")
+    fix = (f"route {src} back via {iif} (`ip route add {src} via GATEWAY dev {iif}`); if the routing is asymmetric "
+           "on purpose, make the check loose for this interface (`-m rpfilter --loose`, nft `fib saddr oif missing`)"
+           if not loose else f"add a route back to {src} (`ip route add {src} via GATEWAY`), or a default route")
+    return Finding("rp-filter-rule", msg, fix)
 
 
 def policy(p: Probe) -> Optional[Finding]:

@@ -43,7 +43,9 @@ def amend(p: Probe, findings: list[Finding]) -> list[Finding]:
     drop = probe_drop(result)
     out = list(findings)
     via, src = ctx.via, ctx.src or result.spec.src
-    queue = _silent_listener(result, ctx.listeners, h)
+    # a kernel verdict of another cause (no route back: the SYN is consumed without an answer too)
+    other = result.kernel is not None and result.kernel.reason not in ACCEPT_QUEUE
+    queue = None if other else _silent_listener(result, ctx.listeners, h)
     if queue is not None:
         out = [f for f in out if f.code != "stack-drop"]
         out.append(queue)

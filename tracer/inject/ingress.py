@@ -191,6 +191,9 @@ def reply_patterns(specs: list[PacketSpec], l2: int = ETH_HLEN) -> list[Pattern]
     that address's traffic the host carries. Kernel-made replies carry no IP options, so fixed
     offsets hold; ICMP errors quote the probe, which fwtrace built without options either.
     """
+    protos = list(dict.fromkeys(s.proto for s in specs))
+    if len(protos) > 1:  # --proto both: each protocol's flows by their own ports
+        return [p for proto in protos for p in reply_patterns([s for s in specs if s.proto is proto], l2)]
     spec = specs[0]
     lo, hi = _range(specs)
     out: list[Pattern] = []

@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset import compare
 from tracer import correlate, diagnose
+from tracer.diagnose import kernverdict, tcpwrap
 from tracer.plan.commands import (
+    ConnectCheck,
     Describe,
     FilterView,
     Finished,
+    KernelChecks,
     Listeners,
     MetChains,
+    ProcessFacts,
     RpFilter,
     Steps,
     TakeSnapshot,
@@ -21,10 +25,11 @@ from tracer.correlate import ebpf_timeline
 from tracer.plan.ebpf_commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.plan.kernsteps import kernplan_json
-from tracer.model import EventKind, Mode, PacketResult, ProbeRequest, Verdict
+from tracer.model import AfterAccept, EventKind, Mode, PacketResult, ProbeRequest, Proto, Verdict
 from tracer.ruleset.nftsets import parse_sets
 from tracer.report.outcome import Evidence, ProbeReport, build_report
 from tracer.ruleset.snapshot import ChainKey, Snapshot
+from tracer.collect.sockets import serves
 from tracer.plan import plan
 from tracer.plan import verify as verify_
 
@@ -81,6 +86,64 @@ def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
     return results
 
 
+def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: list[PacketResult],
+                    ctx: diagnose.Context, ebpf_loaded: bool) -> Steps[list[PacketResult]]:
+    """Each result with the kernel's drop of its probe, when no rule dropped it and nothing came
+    back (tracer/diagnose/kernverdict.py): the sysctls and route lookups are asked only then, and for a
+    drop by a reverse-path rule (its finding tells the route back)."""
+    out = []
+    for r, x in zip(results, exchanges):
+        by_rule = r.decided_by is not None and r.decided_by.rule is not None \
+            and kernverdict.rpfilter_rule(r.decided_by.rule.display)  # explained by the route back
+        if not kernverdict.needs_check(r) and not by_rule:
+            out.append(r)
+            continue
+        h = diagnose.seen(r)
+        local = sending.mode is Mode.LOCAL
+        # the arrival interface: simulated ingress says it; else the trace (fwtrace's own trace
+        # rule sees the probe at the start of prerouting even where no chain of the ruleset did)
+        iif = None if local else (sending.via or kernverdict.by_iif(r.steps)
+                                  or next((e.iif for e in x.events if e.iif and e.source != "ebpf"), None))
+        values, rin, back = yield KernelChecks(r.spec.src, h.dst, iif, kernverdict.sysctls_wanted(r.spec.family, iif))
+        facts = kernverdict.Facts(x.counters or {}, x.counters is not None, values, rin, back, iif, ebpf_loaded,
+                                  ctx.listeners)
+        found, checked = kernverdict.decide(r, facts, h.dst, h.dport)
+        out.append(dataclasses.replace(r, kernel=found, kernel_checked=checked, route_back=back))
+    return out
+
+
+def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult],
+                 ctx: diagnose.Context) -> Steps[list[PacketResult]]:
+    """A SYN the service answered: does it keep a real connection open? One connection from the
+    sender (from-netns, local; not simulated ingress, whose source is made up, nor a --src the
+    sender does not own), a short wait; for a service that closes it at once, its process,
+    whether it uses libwrap, and the hosts.allow/hosts.deny line that decides the client."""
+    out = []
+    for r in results:
+        spec = r.spec
+        if spec.proto is not Proto.TCP or spec.flags != "S" or r.reply.kind != "syn-ack" or r.reply_dropped \
+                or sending.mode is Mode.INGRESS or req.src is not None:
+            out.append(r)
+            continue
+        seen: str = yield ConnectCheck(req.from_netns if sending.mode is Mode.FROM_NETNS else None, spec.dst, spec.dport)
+        if seen not in ("closed", "reset"):
+            out.append(dataclasses.replace(r, after_accept=AfterAccept(seen or "not checked")))
+            continue
+        h = diagnose.seen(r)
+        sock = next((s for s in ctx.listeners if s.proto is Proto.TCP and s.port == h.dport and serves(s, h.dst)
+                     and s.process), None)
+        pid = int(sock.process.split()[1]) if sock is not None and sock.process else None
+        if pid is None:
+            out.append(dataclasses.replace(r, after_accept=AfterAccept(seen)))
+            continue
+        names, libwrap, allow, deny = yield ProcessFacts(pid)
+        decision = tcpwrap.decide(allow, deny, tuple(names), spec.src) if libwrap else None
+        out.append(dataclasses.replace(r, after_accept=AfterAccept(
+            seen, sock.process if sock else None, libwrap, decision.said() if decision else None,
+            (not decision.granted) if decision else None, names[0] if names else None)))
+    return out
+
+
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
@@ -107,7 +170,8 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     # costs one listing of the tables on the input and forward hooks, an accepted one nothing.
     blocked = any(r.verdict.value in ("drop", "reject") for r in results)
     near: Optional[Snapshot] = (full or (yield FilterView(legacy_saved))) if blocked else None
-    ctx = diagnose.Context(snap.ruleset, (yield Listeners()), local=mode is Mode.LOCAL,
+    ports = tuple(sorted({diagnose.seen(r).dport for r in results} | {r.spec.dport for r in results}))
+    ctx = diagnose.Context(snap.ruleset, (yield Listeners(ports)), local=mode is Mode.LOCAL,
                            full_ruleset=near.ruleset if near is not None else None,
                            full_sets=parse_sets(near.nft_text) if near is not None else None,
                            set_text=near.nft_text if near is not None else None,
@@ -115,6 +179,8 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
                            fallback=sending.fallback, unobserved=sending.tplan.unobserved)
+    results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
+    results = yield from after_accept(req, sending, results, ctx)
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,

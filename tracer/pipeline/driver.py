@@ -191,6 +191,10 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.RpFilter: host.rp_filter,
     c.Listeners: host.listeners,
     c.Conntrack: host.conntrack,
+    c.ReadCounters: host.read_counters,
+    c.ConnectCheck: host.connect_check,
+    c.ProcessFacts: host.process_facts,
+    c.KernelChecks: host.kernel_checks,
     # changes, their undo, the cleanup proof's listings
     c.Change: undo.change,
     c.Finish: undo.finish,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.pipeline import analysis
 from tracer import correlate
+from tracer.diagnose import kernverdict
 from tracer.plan import kernsteps, modes, stateful
 from tracer.plan.commands import (
     Begin,
@@ -44,6 +45,7 @@ from tracer.plan.commands import (
     OpenKernelSources,
     OpenPort,
     Polled,
+    ReadCounters,
     ReadSysctl,
     Reset,
     RouteBack,
@@ -366,6 +368,7 @@ def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bo
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:
     """Send one probe; wait for its reply and trace (or the timeout)."""
     roles = plan.roles(sending.tplan)
+    before = kernverdict.parse_counters((yield ReadCounters()) or {})
     if req.ebpf == "on":
         yield WatchEbpf(spec)
     sent = yield Send(spec, data)
@@ -375,6 +378,8 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
         if polled is None:
             break
         waiter.feed(polled)
+    after = kernverdict.parse_counters((yield ReadCounters()) or {})
+    moved = kernverdict.deltas(before, after) if before and after else None
     events = tuple(correlate.without_handles(waiter.events, armed.own))
     conntrack = None
     if armed.kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
@@ -383,17 +388,18 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
     if sending.mode is Mode.INGRESS and correlate.reply_kind(spec, list(events), reply.headers if reply else None,
                                                              roles) == "syn-ack":
         yield Reset(spec)
-    return Exchange(spec, events, reply, conntrack)
+    return Exchange(spec, events, reply, conntrack, moved)
 
 
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
     specs = []
     base = req.sport if req.sport is not None else rng.randrange(33000, 60000)
-    for i in range(req.count):
-        sport = base if req.sport is not None else base + i
-        ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
-        dport = req.dport if req.proto is not Proto.ICMP else i + 1  # echo sequence number
-        specs.append(PacketSpec(req.proto, src, dst, sport, dport, req.flags, ident))
+    for proto in req.protos:  # --proto both: the TCP probes, then the UDP ones
+        for i in range(req.count):
+            sport = base if req.sport is not None else base + i
+            ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+            dport = req.dport if proto is not Proto.ICMP else i + 1  # echo sequence number
+            specs.append(PacketSpec(proto, src, dst, sport, dport, req.flags, ident))
     return specs
 
 

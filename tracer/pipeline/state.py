@@ -66,3 +66,4 @@ class Exchange:
     events: tuple[TraceEvent, ...]
     reply: Optional[Captured]
     conntrack: Optional[str] = None
+    counters: Optional[dict[str, int]] = None  # watched SNMP counters that moved (diagnose/kernverdict.py); None: not read

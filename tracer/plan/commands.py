@@ -228,7 +228,47 @@ class RpFilter(Command):
 
 @dataclass(frozen=True)
 class Listeners(Command):
-    """The sockets listening in the target -> tuple[Listener, ...]."""
+    """The sockets listening in the target -> tuple[Listener, ...]; those on `ports` with the
+    process that holds them (pid, command)."""
+
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectCheck(Command):
+    """A real TCP connection from namespace `netns` (None: the target) to dst:dport, then a short
+    wait: "closed" (FIN before any data), "reset", "data", "open" (nothing), or "failed: why" -> str."""
+
+    netns: Optional[str]
+    dst: IPAddress
+    dport: int
+    wait: float = 0.5
+
+
+@dataclass(frozen=True)
+class ProcessFacts(Command):
+    """Of process `pid`: (its names: comm and argv[0] basename, libwrap mapped?, hosts.allow text,
+    hosts.deny text as the process sees them, /proc/PID/root/etc) -> tuple."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class ReadCounters(Command):
+    """The target's SNMP and conntrack counter files (kernverdict.COUNTER_FILES) -> dict[str, str]
+    (the files that exist)."""
+
+
+@dataclass(frozen=True)
+class KernelChecks(Command):
+    """The sysctls `keys`, the kernel's input route lookup of a packet from `src` to `dst` arriving
+    on `iif` (None: not asked) and the lookup back to `src` -> (dict[str, Optional[str]],
+    Optional[kernverdict.RouteLookup], Optional[kernverdict.RouteLookup])."""
+
+    src: IPAddress
+    dst: IPAddress
+    iif: Optional[str]
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,12 @@ def broadcasts(addr_json: str) -> set[IPAddress]:
     return {i.network.broadcast_address for _, i in interfaces(addr_json) if i.version == 4 and i.network.prefixlen < 31}
 
 
+BOTH = "both"  # --proto both: TCP and UDP to the same port in one run
+
+
 def check_request(ns: Any) -> None:
     """Requests that would print a claim the run cannot check: refused with a hint."""
-    proto = Proto(ns.proto)
+    proto = Proto.TCP if ns.proto == BOTH else Proto(ns.proto)
     if proto is Proto.ICMP and ns.dport is not None:
         raise UsageError("--dport does not apply to --proto icmp (an echo request has no port)",
                          "drop --dport, or probe the port with --proto tcp or udp")

@@ -20,7 +20,9 @@ from tracer.report.classify import (  # noqa: F401  re-exported: the classificat
     reply_drop,
 )
 
-SCHEMA_VERSION = 2  # 2: the outcome "no-listener" (version 1 called that case "blocked")
+# 2: the outcome "no-listener" (version 1 called that case "blocked"); 3: kernel verdicts: `verdict`
+# drop with `decided_by` {kind: "kernel", ...} where version 2 said unknown/accept, rule deciders {kind: "rule"}
+SCHEMA_VERSION = 3
 
 
 def document(report: Any) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def way(path: tuple[str, ...]) -> list[str]:
 def decider_hook(r: PacketResult) -> Optional[str]:
     """The hook where the verdict fell: where a dropped packet's path ends; for an accept, the
     hook its chain name says (INPUT, filter_INPUT, ufw-user-input), else the path's end."""
+    if getattr(r, "kernel", None) is not None:  # the kernel dropped it after the last hook it met
+        return r.path[-1] if r.path else None
     # Results that carry every base chain's outcome (hooks) say where the decision fell.
     for h in getattr(r, "hooks", ()):
         if r.decided_by is not None and (h.ref.family, h.ref.table, h.ref.chain) == \
@@ -139,7 +141,7 @@ def render(r: Optional[PacketResult], title: str = "") -> str:
     nodes = way(r.path) if r is not None else []
     met = set(nodes)
     decided = decider_hook(r) if r is not None else None
-    bad = r is not None and r.verdict in (Verdict.DROP, Verdict.REJECT)
+    bad = r is not None and r.final_verdict in (Verdict.DROP, Verdict.REJECT)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
            f'aria-label="netfilter packet flow with the probe\'s path">',
            f"<title>{escape(title or 'netfilter packet flow')}</title>",
@@ -169,9 +171,11 @@ def render(r: Optional[PacketResult], title: str = "") -> str:
                f'<text x="{W - 4}" y="262" class="small" style="text-anchor:end">network</text>')
     if r is not None and decided is not None:
         x, y, w, h = BOX[decided]
-        word = r.verdict.value.upper()
+        word = r.final_verdict.value.upper()
         where = f"{r.decided_by.table} {r.decided_by.chain}" if r.decided_by else ""
         num = f" rule {r.decided_by.rule.number}" if r.decided_by and r.decided_by.rule else " policy" if r.decided_by else ""
+        if r.kernel is not None:
+            where, num = f"by the kernel: {r.kernel.cause}", ""
         ty = y - 12 if y < 100 else y + h + 22  # above a top-row box: the probe's line comes from below
         out.append(f'<text id="decision" x="{x}" y="{ty}" class="{"verdict-bad" if bad else "verdict-good"}">'
                    f'{"✗" if bad else "✓"} {escape(word)} {escape(where + num)}</text>')

@@ -133,6 +133,11 @@ def _ebpf_row(step: Step) -> Row:
 
 
 def verdict_text(r: PacketResult) -> str:
+    k = r.kernel
+    if k is not None:
+        at = f" ({k.reason}" + (f" in {k.function}" if k.function else "") + ")"
+        fw = f"; the firewall's own verdict: {r.verdict.value}" if r.verdict is not Verdict.UNKNOWN else ""
+        return f"DROP by the kernel: {k.cause}" + (f", {k.setting}" if k.setting else "") + at + fw
     d = r.decided_by
     if d is None:
         return r.verdict.value.upper()
@@ -142,7 +147,7 @@ def verdict_text(r: PacketResult) -> str:
 
 
 def packet(i: int, r: PacketResult) -> Section:
-    bad = r.verdict in (Verdict.DROP, Verdict.REJECT)
+    bad = r.final_verdict in (Verdict.DROP, Verdict.REJECT)
     rows = [Row(f"packet {i}", r.spec.summary(), "packet")]
     if r.path:
         rows.append(Row("path", " -> ".join(r.path), "dim"))
@@ -246,13 +251,15 @@ def summary(report: Any) -> str:
         by = f"DROP by {ev.table} {ev.chain} {what_rule}"  # the outcome word says it was the reply
     elif dropped:
         by = "the reply was dropped on its way out"
+    elif r.kernel is not None:
+        by = f"dropped by the kernel: {r.kernel.cause}" + (f", {r.kernel.setting}" if r.kernel.setting else "")
     elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:
         by = f"{r.verdict.value.upper()} by {d.table} {d.chain} rule {d.rule.number}"
     else:
         by = f"policy {(d.policy or r.verdict.value).upper()} of {d.table} {d.chain}"
-    if r.verdict is Verdict.ACCEPT and not dropped:
+    if r.verdict is Verdict.ACCEPT and not dropped and r.kernel is None:
         by += f" ({r.reply.kind})"
     many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
     return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
@@ -320,7 +327,9 @@ def replay_command(report: Any) -> str:
     argv = ["fwtrace", "probe"]
     if req.proto is not Proto.ICMP:
         argv += ["--dport", str(req.dport)]
-    if req.proto is not Proto.TCP:
+    if getattr(req, "both", False):
+        argv += ["--proto", "both"] + (["--flags", req.flags] if req.flags != "S" else [])
+    elif req.proto is not Proto.TCP:
         argv += ["--proto", req.proto.value]
     elif req.flags != "S":
         argv += ["--flags", req.flags]

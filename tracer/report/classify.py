@@ -26,6 +26,8 @@ def packet_outcome(r: PacketResult, findings: Sequence[Finding]) -> str:
         return "reached"
     if r.verdict is Verdict.ACCEPT and any(f.code == "no-listener" for f in findings):
         return "no-listener"
+    if r.kernel is not None:
+        return "blocked"  # by the kernel: decided_by says which check
     if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
         return "unknown"
     return "blocked"

@@ -2,6 +2,7 @@
 modules, listening sockets, conntrack entries."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -59,7 +60,41 @@ def listeners(run: RunState, cmd: c.Listeners) -> tuple[Listener, ...]:
     out: list[Listener] = []
     for name, proto in (("tcp", Proto.TCP), ("tcp6", Proto.TCP), ("udp", Proto.UDP), ("udp6", Proto.UDP)):
         out.extend(parse_proc_net(system.proc_net(name), proto))
-    return tuple(out)
+    wanted = {s.inode for s in out if s.port in cmd.ports and s.inode}
+    if not wanted:
+        return tuple(out)
+    owners = socket_owners(wanted)
+    return tuple(dataclasses.replace(s, process=owners[s.inode]) if s.inode in owners else s for s in out)
+
+
+def socket_owners(inodes: set[int]) -> dict[int, str]:
+    """inode -> "pid N (comm)" for the processes holding those sockets (the first found each),
+    from /proc/PID/fd: what `ss -p` reads too."""
+    import os
+
+    from tracer.collect.sockets import socket_inode
+
+    found: dict[int, str] = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                ino = socket_inode(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if ino in inodes and ino not in found:
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                found[ino] = f"pid {pid} ({comm})"
+        if len(found) == len(inodes):
+            break
+    return found
 
 
 def conntrack(run: RunState, cmd: c.Conntrack) -> str:
@@ -95,3 +130,59 @@ def stateful_facts(run: Run, cmd: c.StatefulFacts) -> c.StatefulTexts:
 
 def notice(run: Run, cmd: c.Notice) -> None:
     run.log.warning(cmd.text)
+
+
+def read_counters(run: Run, cmd: c.ReadCounters) -> dict[str, str]:
+    from tracer.diagnose.kernverdict import COUNTER_FILES
+
+    out = {}
+    for name in COUNTER_FILES:
+        text = system.proc_net(name)
+        if text:
+            out[name] = text
+    return out
+
+
+def kernel_checks(run: Run, cmd: c.KernelChecks) -> Any:
+    from tracer.system import hostfacts
+
+    values = {k: system.sysctl_get(k) for k in cmd.keys}
+    return (values,) + hostfacts.route_lookups(cmd.src, cmd.dst, cmd.iif)
+
+
+def connect_check(run: Run, cmd: c.ConnectCheck) -> str:
+    from tracer.system import hostfacts
+
+    return hostfacts.connect_check(cmd.netns, cmd.dst, cmd.dport, cmd.wait)
+
+
+def process_facts(run: Run, cmd: c.ProcessFacts) -> tuple[tuple[str, ...], Optional[bool], str, str]:
+    """The process's names, whether libwrap is mapped into it, and the TCP wrappers files as its
+    own root sees them (a container's /etc, not the host's)."""
+    import os
+
+    base = f"/proc/{cmd.pid}"
+    names: list[str] = []
+    try:
+        with open(f"{base}/comm") as f:
+            names.append(f.read().strip())
+        with open(f"{base}/cmdline", "rb") as fb:
+            argv0 = fb.read().split(b"\0")[0].decode(errors="replace")
+        if argv0:
+            names.append(os.path.basename(argv0))
+    except OSError:
+        pass
+    try:
+        with open(f"{base}/maps") as f:
+            libwrap: Optional[bool] = any("libwrap.so" in line for line in f)
+    except OSError:
+        libwrap = None
+
+    def read(name: str) -> str:
+        try:
+            with open(f"{base}/root/etc/{name}") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    return tuple(dict.fromkeys(names)), libwrap, read("hosts.allow"), read("hosts.deny")
