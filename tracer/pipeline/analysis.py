@@ -3,6 +3,7 @@ the probes met, correlate, explain, and put the report together (tracer/outcome.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset import compare
@@ -30,7 +31,7 @@ from tracer.ruleset.nftsets import parse_sets
 from tracer.report.outcome import Evidence, ProbeReport, build_report
 from tracer.ruleset.snapshot import ChainKey, Snapshot
 from tracer.collect.sockets import serves
-from tracer.plan import plan
+from tracer.plan import plan, stateful
 from tracer.plan import verify as verify_
 
 if TYPE_CHECKING:
@@ -112,8 +113,25 @@ def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: 
     return out
 
 
+def _texts(*parts: object) -> list[str]:
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, dict):
+            out += _texts(*part.values())
+    return out
+
+
+def uses_state(texts: list[str]) -> bool:
+    """The ruleset has a match that keeps per-client state (xt_recent, dynamic sets and meters,
+    limits, connlimit): a connection made after the run's undo would put the client in it."""
+    t = "\n".join(texts)
+    return bool(stateful.spent(texts)) or "-m recent" in t or re.search(r"\b(add|update) @|\bmeter\b", t) is not None
+
+
 def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult],
-                 ctx: diagnose.Context) -> Steps[list[PacketResult]]:
+                 ctx: diagnose.Context, stateful_rules: bool = False) -> Steps[list[PacketResult]]:
     """A SYN the service answered: does it keep a real connection open? One connection from the
     sender (from-netns, local; not simulated ingress, whose source is made up, nor a --src the
     sender does not own), a short wait; for a service that closes it at once, its process,
@@ -124,6 +142,9 @@ def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult
         if spec.proto is not Proto.TCP or spec.flags != "S" or r.reply.kind != "syn-ack" or r.reply_dropped \
                 or sending.mode is Mode.INGRESS or req.src is not None:
             out.append(r)
+            continue
+        if stateful_rules:  # the connection would use up (and leave) the client's rate-limit or list state
+            out.append(dataclasses.replace(r, after_accept=AfterAccept("not checked")))
             continue
         seen: str = yield ConnectCheck(req.from_netns if sending.mode is Mode.FROM_NETNS else None, spec.dst, spec.dport)
         if seen not in ("closed", "reset"):
@@ -180,7 +201,8 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
                            fallback=sending.fallback, unobserved=sending.tplan.unobserved)
     results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
-    results = yield from after_accept(req, sending, results, ctx)
+    results = yield from after_accept(req, sending, results, ctx,
+                                      uses_state(_texts(snap.nft_text, snap.ipt_text, legacy_saved)))
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,

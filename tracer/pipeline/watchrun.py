@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable, Optional
 
 from tracer import system
+from tracer.system import console
 from tracer.model import ProbeRequest
 from tracer.pipeline import driver, watch
 from tracer.pipeline.drive import undo
@@ -48,4 +49,8 @@ class WatchRun(driver.Run):
         return summary
 
     def carry_out(self, cmd: c.Command) -> Any:
+        # The probe's safe point for a signal (driver.Run.carry_out): between two commands, until
+        # the undo began; the watch's own waits return at once on a signal (system.wait_readable).
+        if self.finished is None:
+            console.check()
         return HANDLERS[type(cmd)](self, cmd)
