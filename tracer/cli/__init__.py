@@ -13,6 +13,10 @@ from tracer.system import console
 from tracer.cli.cliargs import check_evidence_path, probe_request  # (also for the tests, as cli.probe_request)
 from tracer.errors import EnvironmentProblem, ExitStatus, FwtraceError, Interrupted, UsageError
 from tracer.model import Proto
+# Subcommands in modules of their own (issue 19: no module over 400 lines); re-exported here as before.
+from tracer.cli.admin import EPILOG_CLEANUP, _add_cleanup, _add_demo, _add_doctor, cmd_cleanup, cmd_demo, cmd_doctor  # noqa: F401
+from tracer.cli.shadowcmd import EPILOG_REPLAY, EPILOG_WHATIF, _add_replay, _add_whatif, cmd_replay, cmd_whatif  # noqa: F401
+from tracer.cli.watchcmd import EPILOG_WATCH, _add_watch, cmd_watch  # noqa: F401
 
 EPILOG_PROBE = """\
 examples:
@@ -61,15 +65,6 @@ PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (
 # Options that take a number: a negative value would otherwise be read as an option of its own
 # (argparse knows -6) and refused as "expected one argument" instead of by its range check.
 NUMERIC_OPTIONS = ("--dport", "--sport", "--count", "--timeout", "--duration", "--max-packets")
-
-EPILOG_CLEANUP = """\
-With --netns NS: replays the journals of the dead runs that probed NS only, then removes
-fwtrace tables of dead runs in NS. Without --netns: replays the journals of ALL dead runs,
-whatever namespace they probed, then removes fwtrace tables of dead runs in the current namespace.
-Runs still alive are never touched. Exit status 0 when everything was undone; 5 when an undo
-failed (its journal is kept for the next try, and one line names it); 3 not root.
-Also deletes the shadow namespaces (fwtrace-shadow<pid>-...) of dead what-if/replay runs.
-"""
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so errors reach the one place that reports them."""
@@ -173,210 +168,6 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
                     help="no colour in the report (also when NO_COLOR is set, or stdout is not a terminal)")
 
 
-EPILOG_WATCH = """\
-examples:
-  fwtrace watch --src 203.0.113.5 --dport 8080 --duration 30s
-        do customer 203.0.113.5's packets to port 8080 even arrive, and what does the firewall do
-        with them? One row per flow, updated as verdicts arrive; Ctrl-C ends early and summarises.
-  fwtrace watch --netns srv --dport 53 --proto udp --max-packets 100 --json
-
-Temporary instrumentation matching only the filter, rate-limited in the kernel (a flood cannot
-flood fwtrace: beyond the budget packets are counted, not traced), journaled and removed at the
-end with the same cleanup proof as probe. A capture on the receive side (AF_PACKET with a BPF
-filter, before tc and netfilter) tells "arrived on eth0 but never reached netfilter" from
-"nothing arrived" (outside this host's reach), and a wrong filter from both.
-The duration is capped at 1h; --all is needed to watch without --src, --dport or --proto.
-
-exit status:
-  0    every flow seen got through netfilter
-  1    a flow was blocked, or nothing of the filter arrived
-  2    usage error (bad option or value, unknown interface)
-  3    environment problem (not root, missing tool, unknown namespace)
-  5    cleanup incomplete
-  130  interrupted before the watch began collecting (changes undone)
-"""
-
-
-def _add_watch(sub: Any) -> None:
-    wa = sub.add_parser("watch", help="trace the real client's traffic for a bounded time: per-flow verdicts, "
-                        "or proof that nothing arrived", epilog=EPILOG_WATCH,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    wa.add_argument("--netns", metavar="NS", help="watch in this network namespace (default: the current one)")
-    wa.add_argument("--src", type=cliargs.network, metavar="ADDR|PREFIX", help="the client's address or prefix")
-    wa.add_argument("--dport", type=cliargs.port, metavar="PORT", help="the service's port (tcp and udp)")
-    wa.add_argument("--proto", choices=[p.value for p in Proto], help="only this protocol")
-    wa.add_argument("--iface", metavar="IF", help="capture arrivals on this interface only (default: all)")
-    wa.add_argument("--duration", type=cliargs.duration, default=30.0, metavar="30s",
-                    help="how long to watch: 30s, 2m (more than 0, at most 1h; default 30s)")
-    wa.add_argument("--max-packets", type=cliargs.max_packets, metavar="N", help="stop after N packets of the filter")
-    wa.add_argument("--packets", action="store_true", help="list every traced packet of a flow, not only the roll-up")
-    wa.add_argument("--all", action="store_true", help="allow a filter that matches everything (rate-limited still)")
-    wa.add_argument("--json", action="store_true", help="ndjson: one object per flow event, then a summary object")
-    wa.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="also write the watched packets (pcapng, trace id "
-                    "per packet in a comment) and the flows table with timelines")
-
-
-def cmd_watch(ns: argparse.Namespace, log: Any) -> int:
-    req = cliargs.watch_request(ns)
-    check_evidence_path(ns.evidence)
-    from tracer.pipeline.watchrun import WatchRun
-    from tracer.render import watchview
-    from tracer.report import watch as wreport
-
-    view = watchview.View(sys.stdout, ns.json, sys.stdout.isatty(), False if ns.no_color else None)
-    run = WatchRun(req, log, on_show=view.show)
-    try:
-        summary = run.execute_watch()
-    except KeyboardInterrupt as e:
-        view.stop()
-        raise Interrupted(getattr(e, "signame", "SIGINT"), run.undo_errors, req.netns, run=True) from None
-    finally:
-        view.stop()
-    written = console.write_out(watchview.summary_json(summary) if ns.json else watchview.summary_text(summary))
-    if ns.evidence:
-        from tracer.system import bundle_io
-
-        files = watchview.evidence_files(summary, list(sys.argv if ns.argv is None else ns.argv))
-        if ns.evidence.endswith(".tar.gz"):
-            bundle_io.write_tar(ns.evidence, files, f"fwtrace-watch-{summary.run_id}")
-        else:
-            bundle_io.write_dir(ns.evidence, files)
-        log.info("evidence written", path=ns.evidence)
-    if not summary.cleanup_ok:
-        console.say("fwtrace: error: cleanup incomplete, not as before the run: " + "; ".join(summary.leftover))
-    elif written is not None:
-        raise EnvironmentProblem(f"could not write the summary to stdout: {written}", "check where stdout goes")
-    return int(wreport.exit_status(summary))
-
-
-def _add_demo(sub: Any) -> None:
-    de = sub.add_parser("demo", help="build a two-namespace lab with the classic shadowed-rule firewall, probe it as a simulated customer, apply the fix, probe from a real second host, tear it down")
-    de.add_argument("--json", action="store_true", help="print one JSON document instead of the text: {demo, exit_status "
-                    "(the demo's own), probes[] (each probe's document, as `fwtrace probe --json` prints it, with its "
-                    "command), applied[] (the fix commands run in the lab between them)}")
-    de.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-def _add_doctor(sub: Any) -> None:
-    dr = sub.add_parser("doctor", help="say what this machine supports (nftrace, nf_log, BTF, tracefs, kprobes, fentry, "
-                        "bcc and headers, drop reasons) and what fwtrace will therefore do; exit 0 when probing works")
-    dr.add_argument("--json", action="store_true", help="print the facts as one JSON document")
-    dr.add_argument("--no-load", action="store_true", help="do not compile and load the eBPF programs to prove they work")
-
-
-def _add_cleanup(sub: Any) -> None:
-    cl = sub.add_parser("cleanup", help="remove instrumentation left by fwtrace runs whose process is gone",
-                        epilog=EPILOG_CLEANUP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cl.add_argument("--netns", help="undo only the dead runs that probed this namespace, and remove stale fwtrace "
-                    "tables there (default: every dead run's changes, and stale tables of the current namespace)")
-
-
-EPILOG_WHATIF = """\
-examples:
-  fwtrace what-if --dport 8443 -- iptables -I INPUT 1 -p tcp --dport 8443 -j ACCEPT
-        who else gets in on 8443 if I run this? (a banned range? another zone?)
-  fwtrace what-if --dport 22 --src 198.51.100.7 -- iptables -D INPUT 3
-  fwtrace what-if --netns srv --from-netns cli --dport 8080 -- nft add rule inet filter input tcp dport 8080 accept
-  fwtrace what-if --bundle ticket-4711.tar.gz --dport 8080 -- iptables -I INPUT 1 -p tcp --dport 8080 -j ACCEPT
-        the same on a ticket's firewall, rebuilt from its evidence bundle on this machine
-
-The command runs in a shadow: a throwaway namespace with a copy of the target's rulesets (nft,
-iptables-nft, iptables-legacy), ipsets, xt_recent entries, addresses, routes, the sysctls that
-decide packets and a stand-in listener on each listening port. The shadow is probed before and
-after (simulated ingress) from the client (--src, or --from-netns's address), one address of
-every source range, set and xt_recent list the ruleset names, and an internet address, on --dport
-and the ports the command names, and from the client on the other listening ports. The host is
-only read. ufw/firewall-cmd commands are refused (give the iptables/nft commands they produce).
-
-exit status:
-  0    the command ran in the shadow; the table says who gains and who loses
-  2    not a firewall command (iptables, ip6tables, nft, ipset, sysctl -w net.*), or a bad option
-  3    the shadow cannot be built (not root, no namespaces, the ruleset does not load)
-  6    the command failed inside the shadow (it would fail on the host too)
-"""
-
-EPILOG_REPLAY = """\
-examples:
-  fwtrace replay ticket-4711.tar.gz
-  fwtrace replay tests/data/bundles/seed-shadowed --json
-
-Rebuilds the firewall of an evidence bundle (`fwtrace probe --evidence`) in a shadow namespace on
-this machine (no access to the original host, no ufw/firewalld needed) and runs the bundle's probe
-again; says whether verdict, deciding rule and reply match, and what the bundle did not carry.
-
-exit status:
-  0    verdict, deciding rule and reply match the bundle's
-  1    they differ (the lines marked DIFF)
-  3    the shadow cannot be built
-  7    not an fwtrace bundle, or one from a newer fwtrace
-"""
-
-
-def _add_whatif(sub: Any) -> None:
-    wi = sub.add_parser("what-if", help="run an iptables/nft/ipset/sysctl command in a shadow copy of the firewall and "
-                        "show who gains and who loses access (the host is not changed)", epilog=EPILOG_WHATIF,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        usage="fwtrace what-if --dport PORT [--proto tcp|udp] [target options] [--json] -- CMD...")
-    wi.add_argument("--dport", type=cliargs.port, metavar="PORT", required=True, help="the port the probes go to (also: the ports the command names)")
-    wi.add_argument("--proto", choices=("tcp", "udp"), default="tcp", help="protocol (default tcp)")
-    wi.add_argument("--dst", type=cliargs.address, help="the target's address to probe (default: its first global address)")
-    wi.add_argument("--src", type=cliargs.address, help="the client (default: --from-netns's address, else 203.0.113.5)")
-    wi.add_argument("--netns", help="the namespace whose firewall is copied (default: the current one; only read)")
-    wi.add_argument("--from-netns", help="the client's namespace: its address is the client (only read)")
-    wi.add_argument("-6", "--ipv6", action="store_true", help="pick IPv6 addresses when --dst is not given")
-    wi.add_argument("--bundle", metavar="BUNDLE.tar.gz|DIR", help="copy the firewall of an evidence bundle (a ticket's) "
-                    "instead of --netns: what-if on another machine's firewall")
-    wi.add_argument("--timeout", type=cliargs.timeout, default=0.5, help="seconds to wait for a reply per probe (default 0.5)")
-    wi.add_argument("--json", action="store_true", help="print one JSON document ({\"whatif\": {\"changes\": [...]}})")
-    wi.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command, after --")
-
-
-def _add_replay(sub: Any) -> None:
-    rp = sub.add_parser("replay", help="rebuild an evidence bundle's firewall in a shadow namespace and run its probe again",
-                        epilog=EPILOG_REPLAY, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rp.add_argument("bundle", metavar="BUNDLE.tar.gz|DIR", help="what `fwtrace probe --evidence` wrote")
-    rp.add_argument("--timeout", type=cliargs.timeout, default=1.0, help="seconds to wait for a reply (default 1)")
-    rp.add_argument("--json", action="store_true", help="print one JSON document")
-
-
-def cmd_whatif(ns: argparse.Namespace, log: Any) -> int:
-    from tracer.model import ProbeRequest
-    from tracer.plan import shadow as shadow_plan
-
-    argv = list(ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd)
-    shadow_plan.check_command(argv)  # before anything is read or built
-    from tracer import system
-
-    system.require_root()
-    from tracer.pipeline import whatif
-
-    req = ProbeRequest(dport=ns.dport, proto=Proto(ns.proto), dst=ns.dst, src=ns.src, netns=ns.netns,
-                       from_netns=ns.from_netns, ipv6=ns.ipv6, timeout=ns.timeout)
-    if ns.netns is not None:
-        system.netns_path(ns.netns)  # unknown namespace: exit 3 before the shadow is built
-    if ns.bundle is not None:
-        whatif.check_bundle(whatif.read_bundle(ns.bundle), ns.bundle)  # exit 7 before the shadow is built
-    result = whatif.what_if(req, argv, log, bundle=ns.bundle)
-    out = json.dumps({"whatif": result.to_json()}, indent=2) + "\n" if ns.json else shadow_plan.render(result)
-    if console.write_out(out) is not None:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.LEFTOVER if result.shadow_left else ExitStatus.OK
-
-
-def cmd_replay(ns: argparse.Namespace, log: Any) -> int:
-    from tracer import system
-    from tracer.pipeline import whatif
-
-    files = whatif.read_bundle(ns.bundle)
-    whatif.check_bundle(files, ns.bundle)  # a bad bundle: exit 7 before root is asked for
-    system.require_root()
-    result = whatif.replay(ns.bundle, log, timeout=ns.timeout)
-    out = json.dumps({"replay": result.to_json()}, indent=2) + "\n" if ns.json else whatif.render_replay(result)
-    if console.write_out(out) is not None:
-        return ExitStatus.ENVIRONMENT
-    return ExitStatus.OK if result.matches else ExitStatus.BLOCKED
-
-
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
     req = probe_request(ns)  # validated before anything heavier is imported or touched
     check_evidence_path(ns.evidence)
@@ -452,35 +243,6 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
     elif written is not None:
         raise EnvironmentProblem(f"could not write the report to stdout: {written}", "check where stdout goes")
     return status
-
-
-def cmd_demo(ns: argparse.Namespace, log: Any) -> int:
-    from tracer.cli import lab
-
-    return lab.demo(log, as_json=ns.json, color=False if ns.no_color else None)
-
-
-def cmd_doctor(ns: argparse.Namespace, log: Any) -> int:
-    from tracer.pipeline import doctor
-
-    facts = doctor.gather(load=not ns.no_load)
-    sys.stdout.write(doctor.dumps(facts) + "\n" if ns.json else doctor.render(facts))
-    return ExitStatus.OK if doctor.verdict(facts) else ExitStatus.ENVIRONMENT
-
-
-def cmd_cleanup(ns: argparse.Namespace, log: Any) -> int:
-    from tracer.system import cleanup
-
-    kept: list[str] = []
-    removed = cleanup.clean_stale(ns.netns, log, kept)
-    scope = f"that probed {ns.netns}" if ns.netns else "(all namespaces)"
-    written = console.write_out(f"undid {len(removed)} change(s) left by dead fwtrace runs {scope}"
-                                + (": " + "; ".join(removed) if removed else "") + "\n")
-    if kept:  # never 0 with a journal left: the next run would warn about it again
-        console.say("fwtrace: error: cleanup incomplete: " + " | ".join(kept)
-                    + " (hint: undo what it names by hand, then delete the journal)")
-        return ExitStatus.LEFTOVER
-    return ExitStatus.ENVIRONMENT if written is not None else ExitStatus.OK
 
 
 def _import_scapy(ipv6: bool) -> None:

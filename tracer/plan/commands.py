@@ -14,6 +14,7 @@ from tracer.packet import Headers
 from tracer.ruleset.snapshot import ChainKey
 from tracer.plan.proof import Scope
 from tracer.plan.records import Undo
+from tracer.plan.commands_actions import AcquireShared, Action, ProbesSent, RunArgv, SetSysctl  # noqa: F401  (issue 19: no module over 400 lines)
 
 if TYPE_CHECKING:  # the default nft-only path never loads the kernel-log and ingress modules
     from tracer.inject.ingress import Route
@@ -279,35 +280,6 @@ class Conntrack(Command):
 
 
 # --- changing -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunArgv:
-    argv: tuple[str, ...]
-    input: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class ProbesSent:
-    """No command: the change is what the probes themselves leave in stateful matches (its undo
-    removes that, tracer/plan/stateful.py); journaled before the first probe is sent."""
-
-
-@dataclass(frozen=True)
-class SetSysctl:
-    key: str
-    value: str
-
-
-@dataclass(frozen=True)
-class AcquireShared:
-    """Turn a machine-wide switch on for this run (tracer/system/shared.py); its result is the
-    original value when this run is the first user, else None."""
-
-    key: str
-    value: str
-    run_id: str
-
-
-Action = Union[RunArgv, SetSysctl, AcquireShared, ProbesSent]
 
 
 @dataclass(frozen=True)
