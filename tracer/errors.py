@@ -12,6 +12,9 @@ class ExitStatus(enum.IntEnum):
     ENVIRONMENT = 3  # not root, missing tool, unknown namespace, kernel cannot do it
     INTERNAL = 4  # a bug: an unexpected exception
     LEFTOVER = 5  # cleanup incomplete: something fwtrace changed is not as before the run (named in the report)
+    SSH_UNREACHABLE = 6  # --from ssh://: the client host cannot be reached (or ssh failed otherwise)
+    SSH_AUTH = 7  # --from ssh://: authentication or host-key verification failed
+    REMOTE_PYTHON = 8  # --from ssh://: no python3 on the client host
     INTERRUPTED = 130
 
 

@@ -28,6 +28,7 @@ from tracer.plan.commands import (
     Begin,
     BuildPackets,
     Captured,
+    ClientSaw,
     Change,
     Checkpoint,
     Conntrack,
@@ -39,8 +40,10 @@ from tracer.plan.commands import (
     OpenInjector,
     OpenKernelSources,
     OpenPort,
+    OpenRemote,
     Polled,
     ReadSysctl,
+    RemoteRoute,
     Reset,
     RouteBack,
     RunArgv,
@@ -110,6 +113,8 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
     finally:
         finished: Finished = yield Finish()
+    if sending.mode is Mode.FROM_SSH:
+        sending = learned(sending, exchanges)
     ebpf: EbpfOutcome = (yield CollectEbpf()) if req.ebpf == "on" else EbpfOutcome()
     after = yield Generation()
     armed = dataclasses.replace(armed, generations=armed.generations + (after,))
@@ -122,6 +127,11 @@ def address(req: ProbeRequest) -> Steps[Target]:
     namespace is entered once, for the socket and the source address it would use."""
     if req.mode is Mode.INGRESS:
         return (yield from ingress_target(req))
+    if req.mode is Mode.FROM_SSH:
+        assert req.from_ssh is not None
+        client_addrs = yield OpenRemote(req.from_ssh, req.timeout)
+        dst = yield from destination(req, sender=client_addrs)
+        return Target(req.src or (yield RemoteRoute(dst)), dst)
     dst = yield from destination(req)
     found = yield OpenInjector(req.from_netns, None if req.src else dst)
     return Target(req.src or found, dst)
@@ -158,12 +168,13 @@ def _checked(target: Target) -> Target:
     return target
 
 
-def destination(req: ProbeRequest, via: Optional[str] = None) -> Steps[IPAddress]:
+def destination(req: ProbeRequest, via: Optional[str] = None, sender: str = "") -> Steps[IPAddress]:
     if req.dst is not None:
         return req.dst
     version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
     text = yield ListAddresses()
-    sender = (yield ListAddresses(req.from_netns)) if req.mode is Mode.FROM_NETNS else ""
+    if req.mode is Mode.FROM_NETNS:
+        sender = yield ListAddresses(req.from_netns)
     # --from-netns: the target's address on a subnet the sender shares, not the first (docker0)
     addr = (pick_address(text, version, via) if via else None) or modes.reachable_dst(text, sender, version) \
         or pick_address(text, version)
@@ -291,10 +302,37 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
     if armed.kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
         conntrack = yield Conntrack(spec)  # now, while the flow's entry is fresh
     reply = waiter.reply
+    client = (yield ClientSaw(spec)) if sending.mode is Mode.FROM_SSH else None
+    if client is not None:
+        spec = _seen_as(spec, events, roles)
     if sending.mode is Mode.INGRESS and correlate.reply_kind(spec, list(events), reply.headers if reply else None,
                                                              roles) == "syn-ack":
         yield Reset(spec)
-    return Exchange(spec, events, reply, conntrack)
+    return Exchange(spec, events, reply, conntrack, client)
+
+
+def _seen_as(spec: PacketSpec, events: tuple[TraceEvent, ...], roles: plan.Roles) -> PacketSpec:
+    """--from ssh://: the client's kernel chose the probe's IPv4 id / IPv6 flow label, so the
+    trace matched it by addresses, ports (and the SYN flag); the first traced copy of it says
+    which it is, and the rest of the analysis knows the probe by it as usual."""
+    from tracer.packet import parse_headers
+
+    mine = plan.match_probe(spec)
+    for e in events:
+        entry = roles.get((e.table, e.chain))
+        if e.kind is EventKind.RULE and entry is not None and entry.match == mine and e.packet:
+            h = parse_headers(e.packet)
+            if h is not None:
+                return dataclasses.replace(spec, ident=h.ident)
+    return spec
+
+
+def learned(sending: Sending, exchanges: list[Exchange]) -> Sending:
+    """The probes as the client's kernel sent them (their ids learnt from the trace)."""
+    idents = frozenset(x.spec.ident for x in exchanges)
+    tplan = dataclasses.replace(sending.tplan, entries=tuple(
+        dataclasses.replace(e, idents=e.idents | idents) for e in sending.tplan.entries))
+    return dataclasses.replace(sending, specs=tuple(x.spec for x in exchanges), tplan=tplan)
 
 
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
@@ -302,7 +340,8 @@ def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.R
     base = req.sport if req.sport is not None else rng.randrange(33000, 60000)
     for i in range(req.count):
         sport = base if req.sport is not None else base + i
-        ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+        # --from ssh://: 0, the client's kernel picks it (plan.match_probe then matches without it)
+        ident = 0 if req.mode is Mode.FROM_SSH else rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
         dport = req.dport if req.proto is not Proto.ICMP else i + 1  # echo sequence number
         specs.append(PacketSpec(req.proto, src, dst, sport, dport, req.flags, ident))
     return specs

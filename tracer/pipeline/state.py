@@ -62,3 +62,4 @@ class Exchange:
     events: tuple[TraceEvent, ...]
     reply: Optional[Captured]
     conntrack: Optional[str] = None
+    client: Optional[tuple[str, str]] = None  # --from ssh://: what the client's socket saw (kind, text)

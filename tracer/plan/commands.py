@@ -270,6 +270,30 @@ class OpenInjector(Command):
 
 
 @dataclass(frozen=True)
+class OpenRemote(Command):
+    """--from ssh://: start the client side on the client host over SSH -> its `ip -j addr`
+    listing ("" when it has no `ip`). Its Send requests the probe there (plain sockets)."""
+
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class RemoteRoute(Command):
+    """--from ssh://: the source address the client host would use towards `towards`
+    (EnvironmentProblem when it has no route)."""
+
+    towards: IPAddress
+
+
+@dataclass(frozen=True)
+class ClientSaw(Command):
+    """--from ssh://: what the client host's socket saw of this probe -> (kind, text), once known."""
+
+    spec: PacketSpec
+
+
+@dataclass(frozen=True)
 class OpenKernelSources(Command):
     """Open /dev/kmsg and the NFLOG socket the plan reads, before its rules exist -> None."""
 
