@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,7 +45,8 @@ class SshFarm:
                        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
                        "PidFile none\nPrintMotd no\nSubsystem sftp internal-sftp\n" + extra)
         proc = subprocess.Popen(["ip", "netns", "exec", netns, SSHD, "-D", "-e", "-f", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=open(self.dir / f"sshd{n}.log", "wb"))
+                                stdout=subprocess.DEVNULL, stderr=open(self.dir / f"sshd{n}.log", "wb"),
+                                start_new_session=True)  # its own group: its sessions' processes end with it
         self.procs.append(proc)
         host = f"[{addr}]:{port}" if port != 22 else addr
         with self.known.open("a") as f:
@@ -70,7 +72,10 @@ class SshFarm:
 
     def close(self, keep: Optional[bool] = None) -> None:
         for p in self.procs:
-            p.terminate()
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in self.procs:
             try:
                 p.wait(timeout=5)

@@ -139,7 +139,7 @@ decided_by:
   description: The rule (or chain policy) that decided the first packet, in the ruleset's own words.
   returned: when fwtrace ran
   type: str
-  sample: "-A INPUT -p tcp -m tcp --dport 8080 -j REJECT --reject-with icmp-port-unreachable"
+  sample: "-A INPUT -p tcp -m tcp --dport 8080 -j REJECT --reject-with icmp-port-unreachable (a policy: ip filter INPUT policy DROP)"
 finding:
   description: The first finding's code, or an empty string.
   returned: when fwtrace ran
@@ -154,7 +154,7 @@ cmd:
   returned: always
   type: list
   elements: str
-rc:
+exit_status:
   description: fwtrace's exit status (0 reached, 1 blocked, 5 cleanup incomplete, ...).
   returned: when fwtrace ran
   type: int
@@ -214,8 +214,9 @@ def summary(report):
     pkts = report.get('packets') or [{}]
     decided = pkts[0].get('decided_by') or {}
     findings = report.get('findings') or [{}]
-    rule = decided.get('rule') or ('%s %s %s policy' % (decided.get('family'), decided.get('table'), decided.get('chain'))
-                                   if decided else '')
+    rule = decided.get('rule') or ''
+    if decided and decided.get('rule_number') is None:  # a chain's policy: say whose
+        rule = '%s %s %s %s' % (decided.get('family'), decided.get('table'), decided.get('chain'), rule or 'policy')
     return dict(outcome=report.get('outcome', 'unknown'), verdict=pkts[0].get('verdict', ''), decided_by=rule,
                 finding=findings[0].get('code', ''))
 
@@ -256,9 +257,10 @@ def main():
     except ValueError:
         report = None
     if report is None or rc not in (0, 1, 5):
-        module.fail_json(msg=first_line(err) or first_line(out) or 'fwtrace exited with status %d' % rc, rc=rc, cmd=cmd,
+        module.fail_json(msg=first_line(err) or first_line(out) or 'fwtrace exited with status %d' % rc, exit_status=rc, cmd=cmd,
                          stderr=err)
-    result = dict(cmd=cmd, rc=rc, report=report, **summary(report))
+    # (not `rc`: Ansible fails a task whose result has a non-zero rc, and blocked is data)
+    result = dict(cmd=cmd, exit_status=rc, report=report, **summary(report))
     if module.params['evidence']:
         result['evidence'] = module.params['evidence']
     cleanup = report.get('cleanup') or {}
