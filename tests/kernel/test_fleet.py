@@ -51,6 +51,9 @@ def test_two_host_probe_reject_and_accept(lab: Lab, farm: SshFarm) -> None:
     p = fwtrace(lab.server, "probe", "--dport", "8080", "--from", f"ssh://root@{CLIENT4}", "--json", env=env)
     assert p.returncode == 1, p.stderr
     doc = json.loads(p.stdout)
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads((ROOT / "schema" / "report.schema.json").read_text()))
     assert doc["mode"] == "from-ssh" and doc["from_ssh"] == f"ssh://root@{CLIENT4}"
     [pkt] = doc["packets"]
     assert pkt["verdict"] == "reject" and pkt["probe"]["src"] == str(CLIENT4) and pkt["probe"]["dst"] == str(SERVER4)
@@ -191,3 +194,8 @@ def test_module_bad_argument_and_check_mode(fleet: dict[str, str], farm: SshFarm
     p = ansible(fleet["ctl"], "ansible", "-i", str(inv), "web2", "-m", "fwtrace.fwtrace.probe",
                 "-a", f"dport=8080 executable={ANSIBLE_BIN / 'fwtrace'}", "--check", "-o", cwd=tmp_path)
     assert p.returncode == 0 and "inet fwtrace_<run id>" in p.stdout and '"changed": false' in p.stdout, p.stdout
+    # info: read-only facts (doctor, the host's own ruleset, its listeners)
+    p = ansible(fleet["ctl"], "ansible", "-i", str(inv), "web2", "-m", "fwtrace.fwtrace.info",
+                "-a", f"executable={ANSIBLE_BIN / 'fwtrace'}", "--check", "-o", cwd=tmp_path)
+    assert p.returncode == 0 and "reject with tcp reset" in p.stdout and '"changed": false' in p.stdout, p.stdout
+    assert "198.51.100.1:22" in p.stdout  # its sshd, among the listeners
