@@ -14,6 +14,9 @@ class ExitStatus(enum.IntEnum):
     LEFTOVER = 5  # cleanup incomplete: something fwtrace changed is not as before the run (named in the report)
     SHADOW_COMMAND = 6  # what-if: the command failed inside the shadow
     BAD_BUNDLE = 7  # replay: not an fwtrace bundle, or one from a newer fwtrace
+    SSH_UNREACHABLE = 8  # --from ssh://: the client host cannot be reached (or ssh failed otherwise)
+    SSH_AUTH = 9  # --from ssh://: authentication or host-key verification failed
+    REMOTE_PYTHON = 10  # --from ssh://: no python3 on the client host
     INTERRUPTED = 130
 
 

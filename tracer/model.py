@@ -72,6 +72,7 @@ class Mode(str, enum.Enum):
     INGRESS = "ingress"  # simulated: received on an interface as if from a remote client
     LOCAL = "local"  # from the target namespace itself (OUTPUT -> lo -> INPUT)
     FROM_NETNS = "from-netns"  # from a second namespace, a real host on a link
+    FROM_SSH = "from-ssh"  # from a real client host over SSH, with plain sockets there
 
     def __str__(self) -> str:
         return self.value
@@ -90,6 +91,7 @@ class ProbeRequest:
     count: int = 1
     netns: Optional[str] = None
     from_netns: Optional[str] = None
+    from_ssh: Optional[str] = None  # ssh://[user@]host[:port]: the client side runs there
     timeout: float = 1.0
     ipv6: bool = False
     log: str = ""  # "nflog" / "kmsg": also log the probes with temporary NFLOG / LOG rules
@@ -108,6 +110,8 @@ class ProbeRequest:
         """How the command line asked the probe to be sent (a run may fall back to local)."""
         if self.from_netns is not None:
             return Mode.FROM_NETNS
+        if self.from_ssh is not None:
+            return Mode.FROM_SSH
         return Mode.LOCAL if self.local else Mode.INGRESS
 
 

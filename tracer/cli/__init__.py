@@ -133,6 +133,9 @@ def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
                     "simulating a remote client (the packet takes OUTPUT -> lo -> INPUT)")
     pr.add_argument("--from-netns", help="send from this namespace, a real remote client on a link "
                     "(default: simulate one arriving on --via)")
+    pr.add_argument("--from", dest="from_url", metavar="ssh://[USER@]HOST[:PORT]",
+                    help="send from a real client host over SSH (BatchMode; only python3 needed there, no root: a "
+                    "plain TCP connect or UDP datagram); extra ssh options from $FWTRACE_SSH_OPTIONS")
 
 
 def _probe_run_options(pr: argparse.ArgumentParser) -> None:

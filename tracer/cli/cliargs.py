@@ -104,14 +104,45 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     if both and ns.log:
         raise UsageError("--log takes one protocol: its rules match the probes' ports of one protocol",
                          "run --proto tcp and --proto udp one after the other with --log, or drop --log")
+    from_ssh = _from_ssh(ns, proto)
     if ns.redact and not ns.evidence:
         raise UsageError("--redact applies to the evidence bundle only", "add --evidence DIR or drop --redact")
     return ProbeRequest(
         dport=ns.dport or 0, proto=proto, both=both, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
-        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf=ns.ebpf,
+        via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf="off" if from_ssh else ns.ebpf,
+        from_ssh=from_ssh,
         ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
+
+
+def _from_ssh(ns: argparse.Namespace, proto: Proto) -> Optional[str]:
+    """--from ssh://...: what a plain socket on the client host can send, and nothing it cannot."""
+    url = getattr(ns, "from_url", None)
+    if url is None:
+        return None
+    if not url.startswith("ssh://"):
+        raise UsageError(f"--from {url!r}: only ssh:// is supported", "e.g. --from ssh://admin@10.0.0.7")
+    from tracer.plan.sshurl import parse
+
+    parse(url)
+    for given, name in ((ns.local, "--local"), (ns.from_netns is not None, "--from-netns"), (ns.via is not None, "--via"),
+                        (ns.src is not None, "--src")):
+        if given:
+            raise UsageError(f"--from ssh:// sends from the client's own address and route: {name} does not apply",
+                             f"drop {name}")
+    if proto is Proto.ICMP:
+        raise UsageError("--from ssh:// sends with a plain socket on the client: tcp or udp only", "use --proto tcp or udp")
+    if ns.flags is not None and ns.flags.upper() != "S":
+        raise UsageError(f"--from ssh:// sends a real connect (a SYN): --flags {ns.flags} needs raw sockets",
+                         "drop --flags, or probe with --from-netns / simulated ingress")
+    if ns.log:
+        raise UsageError("--log does not apply with --from ssh:// (the kernel-log rules match the probe's IP id, "
+                         "which the client's kernel picks)", "drop --log")
+    if ns.ebpf == "on":
+        raise UsageError("--ebpf on does not apply with --from ssh:// (its keys match the probe's IP id, which the "
+                         "client's kernel picks)", "drop --ebpf")
+    return str(url)
 
 
 def check_evidence_path(path: Optional[str]) -> None:

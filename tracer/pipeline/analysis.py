@@ -26,7 +26,7 @@ from tracer.correlate import ebpf_timeline
 from tracer.plan.ebpf_commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.plan.kernsteps import kernplan_json
-from tracer.model import AfterAccept, EventKind, Mode, PacketResult, ProbeRequest, Proto, Verdict
+from tracer.model import AfterAccept, EventKind, Mode, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, Verdict
 from tracer.ruleset.nftsets import parse_sets
 from tracer.report.outcome import Evidence, ProbeReport, build_report
 from tracer.ruleset.snapshot import ChainKey, Snapshot
@@ -83,6 +83,8 @@ def _results(run_id: str, sending: Sending, exchanges: tuple[Exchange, ...],
         events, kernel_events = ebpf_timeline.split(x.events)  # eBPF events join after correlation
         r = correlate.packet_result(x.spec, events, snap.ruleset, x.reply.headers if x.reply else None, said, roles)
         r = ebpf_timeline.attach(r, kernel_events, own_ports)
+        if x.client is not None and (r.reply.none or not r.reply.captured) and x.client[0] != "timeout":
+            r = dataclasses.replace(r, reply=client_reply(x.spec, *x.client))
         results.append(dataclasses.replace(r, conntrack=x.conntrack) if x.conntrack is not None else r)
     return results
 
@@ -165,6 +167,21 @@ def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult
     return out
 
 
+def client_reply(spec: PacketSpec, kind: str, text: str) -> Reply:
+    """--from ssh://: the reply as the client host's socket saw it (no packet was captured:
+    what the socket API tells is all there is; `text` says what it cannot tell apart)."""
+    said = f"seen by the client's socket: {text}"
+    if kind == "syn-ack":
+        return Reply("syn-ack", said)
+    if kind == "refused":
+        return Reply("rst" if spec.proto is Proto.TCP else "icmp 3/3 port-unreachable", said)
+    if kind == "icmp":
+        return Reply("icmp error (unreachable or prohibited)", said)
+    if kind == "reply":
+        return Reply("udp", said)
+    return Reply("none", said if kind != "timeout" else "")
+
+
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
             ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
@@ -213,4 +230,5 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
         instrumentation=tuple(sending.tplan.rules) + (tuple(kplan.rules) if kplan is not None else ()),
         lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
         notes=armed.notes + ebpf.notes, own_commits=armed.own_commits, legacy_unchanged=verdict.legacy_unchanged,
-        unchanged=not verdict.found, checked=verdict.checked, ebpf=ebpf.status)
+        unchanged=not verdict.found, checked=verdict.checked, ebpf=ebpf.status,
+        client=tuple((x.spec.sport, x.client[0], x.client[1]) for x in exchanges if x.client is not None))

@@ -29,6 +29,7 @@ from tracer.plan.commands import (
     Begin,
     BuildPackets,
     Captured,
+    ClientSaw,
     Change,
     Checkpoint,
     Conntrack,
@@ -44,9 +45,11 @@ from tracer.plan.commands import (
     OpenInjector,
     OpenKernelSources,
     OpenPort,
+    OpenRemote,
     Polled,
     ReadCounters,
     ReadSysctl,
+    RemoteRoute,
     Reset,
     RouteBack,
     RunArgv,
@@ -80,7 +83,8 @@ from tracer.plan import plan
 from tracer.plan import verify
 from tracer.plan.records import ForgetProbes, RunCommand, nft_undo
 from tracer.pipeline.state import Armed, Exchange, Sending, Target  # noqa: F401  (re-exported)
-from tracer.pipeline.probe_specs import build_specs, pick_address  # noqa: F401  (issue 19: no module over 400 lines)
+from tracer.pipeline.probe_specs import (  # noqa: F401  (issue 19: no module over 400 lines)
+    _seen_as, build_specs, dropped, learned, pick_address)
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
@@ -128,6 +132,8 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
     finally:
         finished: Finished = yield Finish()
+    if sending.mode is Mode.FROM_SSH:
+        sending = learned(sending, exchanges)
     ebpf: EbpfOutcome = (yield CollectEbpf()) if req.ebpf == "on" else EbpfOutcome()
     after = yield Generation()
     armed = dataclasses.replace(armed, generations=armed.generations + (after,))
@@ -140,6 +146,11 @@ def address(req: ProbeRequest) -> Steps[Target]:
     namespace is entered once, for the socket and the source address it would use."""
     if req.mode is Mode.INGRESS:
         return (yield from ingress_target(req))
+    if req.mode is Mode.FROM_SSH:
+        assert req.from_ssh is not None
+        client_addrs = yield OpenRemote(req.from_ssh, req.timeout)
+        dst = yield from destination(req, sender=client_addrs)
+        return Target(req.src or (yield RemoteRoute(dst)), dst)
     dst = yield from destination(req)
     if req.mode is Mode.FROM_NETNS:
         text = yield ListAddresses()
@@ -224,12 +235,13 @@ def _checked(target: Target) -> Target:
     return target
 
 
-def destination(req: ProbeRequest, via: Optional[str] = None) -> Steps[IPAddress]:
+def destination(req: ProbeRequest, via: Optional[str] = None, sender: str = "") -> Steps[IPAddress]:
     if req.dst is not None:
         return req.dst
     version = 6 if req.ipv6 or (req.src is not None and req.src.version == 6) else 4
     text = yield ListAddresses()
-    sender = (yield ListAddresses(req.from_netns)) if req.mode is Mode.FROM_NETNS else ""
+    if req.mode is Mode.FROM_NETNS:
+        sender = yield ListAddresses(req.from_netns)
     # --from-netns: the target's address on a subnet the sender shares, not the first (docker0)
     addr = (pick_address(text, version, via) if via else None) or modes.reachable_dst(text, sender, version) \
         or pick_address(text, version)
@@ -359,13 +371,6 @@ class Waiter:
             self.settle = polled.at + REJECT_GRACE
 
 
-def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
-    probe_events, _ = correlate.split_events(events, spec, roles)
-    # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
-    return any((e.action is not None and e.action.action is Action.DROP) or e.kind is EventKind.DROP
-               for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))
-
-
 def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec, data: bytes) -> Steps[Exchange]:
     """Send one probe; wait for its reply and trace (or the timeout)."""
     roles = plan.roles(sending.tplan)
@@ -386,7 +391,10 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
     if armed.kplan is not None or (spec.proto is Proto.TCP and "S" not in spec.flags):
         conntrack = yield Conntrack(spec)  # now, while the flow's entry is fresh
     reply = waiter.reply
+    client = (yield ClientSaw(spec)) if sending.mode is Mode.FROM_SSH else None
+    if client is not None:
+        spec = _seen_as(spec, events, roles)
     if sending.mode is Mode.INGRESS and correlate.reply_kind(spec, list(events), reply.headers if reply else None,
                                                              roles) == "syn-ack":
         yield Reset(spec)
-    return Exchange(spec, events, reply, conntrack, moved)
+    return Exchange(spec, events, reply, conntrack, moved, client)

@@ -2,12 +2,18 @@
 whole from tracer/pipeline/probe.py). Pure: no I/O."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import random
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from tracer.model import IPAddress, PacketSpec, ProbeRequest, Proto
+from tracer import correlate
+from tracer.model import Action, EventKind, IPAddress, Mode, PacketSpec, ProbeRequest, Proto, TraceEvent
+from tracer.plan import plan
+
+if TYPE_CHECKING:
+    from tracer.pipeline.state import Exchange, Sending
 
 
 def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.Random) -> list[PacketSpec]:
@@ -16,7 +22,8 @@ def build_specs(req: ProbeRequest, src: IPAddress, dst: IPAddress, rng: random.R
     for proto in req.protos:  # --proto both: the TCP probes, then the UDP ones
         for i in range(req.count):
             sport = base if req.sport is not None else base + i
-            ident = rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
+            # --from ssh://: 0, the client's kernel picks it (plan.match_probe then matches without it)
+            ident = 0 if req.mode is Mode.FROM_SSH else rng.randrange(1, 0xFFFF if dst.version == 4 else 0xFFFFF)
             dport = req.dport if proto is not Proto.ICMP else i + 1  # echo sequence number
             specs.append(PacketSpec(proto, src, dst, sport, dport, req.flags, ident))
     return specs
@@ -40,3 +47,34 @@ def pick_address(addr_json: str, version: int, ifname: Optional[str] = None) -> 
             if ip.version == version:
                 return ip
     return None
+
+
+def _seen_as(spec: PacketSpec, events: tuple[TraceEvent, ...], roles: plan.Roles) -> PacketSpec:
+    """--from ssh://: the client's kernel chose the probe's IPv4 id / IPv6 flow label, so the
+    trace matched it by addresses, ports (and the SYN flag); the first traced copy of it says
+    which it is, and the rest of the analysis knows the probe by it as usual."""
+    from tracer.packet import parse_headers
+
+    mine = plan.match_probe(spec)
+    for e in events:
+        entry = roles.get((e.table, e.chain))
+        if e.kind is EventKind.RULE and entry is not None and entry.match == mine and e.packet:
+            h = parse_headers(e.packet)
+            if h is not None:
+                return dataclasses.replace(spec, ident=h.ident)
+    return spec
+
+
+def learned(sending: Sending, exchanges: list[Exchange]) -> Sending:
+    """The probes as the client's kernel sent them (their ids learnt from the trace)."""
+    idents = frozenset(x.spec.ident for x in exchanges)
+    tplan = dataclasses.replace(sending.tplan, entries=tuple(
+        dataclasses.replace(e, idents=e.idents | idents) for e in sending.tplan.entries))
+    return dataclasses.replace(sending, specs=tuple(x.spec for x in exchanges), tplan=tplan)
+
+
+def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
+    probe_events, _ = correlate.split_events(events, spec, roles)
+    # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)
+    return any((e.action is not None and e.action.action is Action.DROP) or e.kind is EventKind.DROP
+               for e in probe_events if not e.table.startswith(plan.TABLE_PREFIX))

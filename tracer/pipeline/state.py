@@ -67,3 +67,4 @@ class Exchange:
     reply: Optional[Captured]
     conntrack: Optional[str] = None
     counters: Optional[dict[str, int]] = None  # watched SNMP counters that moved (diagnose/kernverdict.py); None: not read
+    client: Optional[tuple[str, str]] = None  # --from ssh://: what the client's socket saw (kind, text)

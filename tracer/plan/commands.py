@@ -14,7 +14,7 @@ from tracer.packet import Headers
 from tracer.ruleset.snapshot import ChainKey
 from tracer.plan.proof import Scope
 from tracer.plan.records import Undo
-from tracer.plan.commands_actions import AcquireShared, Action, ProbesSent, RunArgv, SetSysctl  # noqa: F401  (issue 19: no module over 400 lines)
+from tracer.plan.commands_actions import AcquireShared, Action, Finished, ProbesSent, RunArgv, SetSysctl  # noqa: F401  (issue 19: no module over 400 lines)
 
 if TYPE_CHECKING:  # the default nft-only path never loads the kernel-log and ingress modules
     from tracer.inject.ingress import Route
@@ -320,6 +320,30 @@ class OpenInjector(Command):
 
 
 @dataclass(frozen=True)
+class OpenRemote(Command):
+    """--from ssh://: start the client side on the client host over SSH -> its `ip -j addr`
+    listing ("" when it has no `ip`). Its Send requests the probe there (plain sockets)."""
+
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class RemoteRoute(Command):
+    """--from ssh://: the source address the client host would use towards `towards`
+    (EnvironmentProblem when it has no route)."""
+
+    towards: IPAddress
+
+
+@dataclass(frozen=True)
+class ClientSaw(Command):
+    """--from ssh://: what the client host's socket saw of this probe -> (kind, text), once known."""
+
+    spec: PacketSpec
+
+
+@dataclass(frozen=True)
 class OpenKernelSources(Command):
     """Open /dev/kmsg and the NFLOG socket the plan reads, before its rules exist -> None."""
 
@@ -367,14 +391,3 @@ class Reset(Command):
 class Finish(Command):
     """Undo every change (newest first), close every source -> Finished. Also sent on the way
     out of an interrupted run."""
-
-
-@dataclass(frozen=True)
-class Finished:
-    errors: tuple[str, ...] = ()  # undos that failed
-    trace: bytes = b""  # the raw nfnetlink trace datagrams
-    lost: bool = False  # the kernel dropped trace events
-    kmsg: tuple[bytes, ...] = ()
-    nflog: bytes = b""
-    port_left: tuple[str, ...] = ()  # what of the injection port differs from before (links, tc state)
-    undos: tuple[Undo, ...] = ()  # every change the run journaled, in order (the sysctls' old values)

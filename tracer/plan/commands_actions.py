@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from tracer.plan.records import Undo
+
 
 @dataclass(frozen=True)
 class RunArgv:
@@ -35,3 +37,14 @@ class AcquireShared:
 
 
 Action = Union[RunArgv, SetSysctl, AcquireShared, ProbesSent]
+
+
+@dataclass(frozen=True)
+class Finished:
+    errors: tuple[str, ...] = ()  # undos that failed
+    trace: bytes = b""  # the raw nfnetlink trace datagrams
+    lost: bool = False  # the kernel dropped trace events
+    kmsg: tuple[bytes, ...] = ()
+    nflog: bytes = b""
+    port_left: tuple[str, ...] = ()  # what of the injection port differs from before (links, tc state)
+    undos: tuple[Undo, ...] = ()  # every change the run journaled, in order (the sysctls' old values)

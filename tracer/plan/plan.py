@@ -158,6 +158,11 @@ def match_probe(spec: PacketSpec) -> str:
         kind = "icmp" if spec.family == 4 else "icmpv6"
         return f"{_l3(spec, False)} {ident} {kind} type echo-request {kind} id {spec.sport}"
     p = spec.proto.value
+    if spec.ident == 0:
+        # ident 0: sent by another host's socket (--from ssh://), whose kernel picks the id; a
+        # TCP probe is then its SYN (not the handshake's ACK, nor the RST that ends it)
+        syn = " tcp flags & (syn | ack) == syn" if spec.proto is Proto.TCP else ""
+        return f"{_l3(spec, False)} {p} sport {spec.sport} {p} dport {spec.dport}{syn}"
     return f"{_l3(spec, False)} {ident} {p} sport {spec.sport} {p} dport {spec.dport}"
 
 

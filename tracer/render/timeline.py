@@ -181,6 +181,8 @@ def header(report: Any) -> str:
     mode = report.mode or req.mode
     if mode == "from-netns":
         how = f"sent from namespace {req.from_netns}"
+    elif mode == "from-ssh":
+        how = f"sent from the client host {_ssh_host(str(req.from_ssh))} over SSH"
     elif mode == "ingress":
         src = report.results[0].spec.src if report.results else req.src
         how = f"simulated as received on {report.via} from {src} (replies caught before leaving)"
@@ -312,12 +314,30 @@ def sections(report: Any) -> list[Section]:
     out: list[Section] = []
     if report.caveats:
         out.append([Row("caveat", c, "warn") for c in report.caveats])
-    out += [packet(i, r) for i, r in enumerate(report.results, 1)]
+    out += [_with_client(report, packet(i, r), r) for i, r in enumerate(report.results, 1)]
     f = findings(report)
     if f:
         out.append(f)
     out.append(tail(report))
     return out
+
+
+def _with_client(report: Any, rows: Section, r: PacketResult) -> Section:
+    """--from ssh://: both ends of the exchange: sent from the client host, seen by the target
+    (the trace rows), and what the client's socket saw come back."""
+    saw = next((x for x in getattr(report, "client", ()) if x[0] == r.spec.sport), None)
+    if report.request.from_ssh is None:
+        return rows
+    sent = Row("sent", f"by the client host {_ssh_host(report.request.from_ssh)} (its own address and route, a plain "
+                       "socket), seen by the target as traced below", "dim")
+    if saw is None:
+        return [rows[0], sent] + rows[1:] + [Row("client saw", "(not known: the client's answer did not come back)", "warn")]
+    _, kind, text = saw
+    return [rows[0], sent] + rows[1:] + [Row("client saw", f"{kind}: {text}", "good" if kind in ("syn-ack", "reply") else "warn")]
+
+
+def _ssh_host(url: str) -> str:
+    return url[len("ssh://"):].rstrip("/") if url.startswith("ssh://") else url
 
 
 def replay_command(report: Any) -> str:
@@ -346,6 +366,8 @@ def replay_command(report: Any) -> str:
     mode = report.mode or req.mode
     if mode == "from-netns":
         argv += ["--from-netns", str(req.from_netns)]
+    elif mode == "from-ssh":
+        argv += ["--from", str(req.from_ssh)]
     elif mode == "local":
         argv += ["--local"]
     elif report.via:
@@ -361,7 +383,10 @@ def measured(report: Any) -> list[tuple[str, str]]:
     how = {"ingress": f"simulated ingress: the probe was made to arrive on {report.via} as if from the network; "
                       "its replies were caught before leaving the machine",
            "local": "sent from the target namespace itself (OUTPUT -> lo -> INPUT)",
-           "from-netns": f"sent from namespace {report.request.from_netns}, a host on a link"}.get(mode, mode)
+           "from-netns": f"sent from namespace {report.request.from_netns}, a host on a link",
+           "from-ssh": f"sent from the client host {_ssh_host(str(report.request.from_ssh))} over SSH, with a plain "
+                       "socket there (its real address and route); what its socket saw is reported beside the trace"
+           }.get(mode, mode)
     sources = sorted({s.event.source for r in report.results for s in r.steps}) or ["nftrace"]
     return [
         ("run", report.run_id),

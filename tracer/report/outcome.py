@@ -58,6 +58,9 @@ class ProbeReport:
     checked: tuple[str, ...] = ()  # what the content proof compared
     ebpf: str = ""  # "" not used, "loaded", "unavailable: why"
     refused: tuple[str, ...] = ()  # fix commands their own tool refused (tracer/pipeline/fixcheck.py): never printed
+    # --from ssh://: what the client host's sockets saw of each probe: (sport, kind, text), kind one
+    # of syn-ack, refused, icmp, reply, timeout, local, error, unknown
+    client: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -100,7 +103,8 @@ class ProbeReport:
                         "ruleset_unchanged": self.ruleset_unchanged, "generations": list(self.generations),
                         "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged,
                         "checked": list(self.checked)},
-        }
+        } | ({"from_ssh": req.from_ssh, "client_saw": [{"sport": p, "saw": k, "text": t} for p, k, t in self.client]}
+             if req.from_ssh is not None else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -125,7 +129,8 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  lost_events: bool = False, evidence: Optional[Evidence] = None, mode: Optional[Mode] = None,
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
                  own_commits: int = 0, legacy_unchanged: Optional[bool] = None,
-                 unchanged: Optional[bool] = None, checked: Sequence[str] = (), ebpf: str = "") -> ProbeReport:
+                 unchanged: Optional[bool] = None, checked: Sequence[str] = (), ebpf: str = "",
+                 client: Sequence[tuple[int, str, str]] = ()) -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
     return ProbeReport(
@@ -133,7 +138,7 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
-        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf,
+        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf, client=tuple(client),
     )
 
 

@@ -39,6 +39,42 @@ def open_injector(run: RunState, cmd: c.OpenInjector) -> Any:
     return src
 
 
+def open_remote(run: RunState, cmd: c.OpenRemote) -> str:
+    """--from ssh://: the SSH session to the client host, its sender running there."""
+    from tracer.system.ssh import RemoteClient, RemoteSender
+
+    client = RemoteClient(cmd.url, run.log)
+    sender = RemoteSender(client, cmd.timeout)
+    run.stack.callback(sender.close)
+    run.inj = sender
+    run.log.info("client side started over ssh", host=client.dest.name, python=client.hello.get("python"),
+                 uid=client.hello.get("uid"))
+    return str(client.request({"op": "addrs"}).get("text", ""))
+
+
+def remote_route(run: RunState, cmd: c.RemoteRoute) -> Any:
+    import ipaddress
+
+    from tracer.system.ssh import RemoteSender
+
+    sender = run.sender
+    assert isinstance(sender, RemoteSender)
+    answer = sender.client.request({"op": "route", "dst": str(cmd.towards)})
+    if "src" not in answer:
+        raise EnvironmentProblem(f"ssh {sender.client.dest.name}: {answer.get('error', 'no route')}",
+                                 "check `ip route get` on the client, or give --dst")
+    return ipaddress.ip_address(answer["src"])
+
+
+def client_saw(run: RunState, cmd: c.ClientSaw) -> tuple[str, str]:
+    from tracer.system.ssh import RemoteSender
+
+    sender = run.sender
+    assert isinstance(sender, RemoteSender)
+    answer = sender.client_saw(cmd.spec)
+    return str(answer.get("saw", "unknown")), str(answer.get("text", ""))
+
+
 def open_port(run: RunState, cmd: c.OpenPort) -> str:
     """"" with the injection port open, or why not when the kernel or the interfaces cannot."""
     from tracer.system import simulate
