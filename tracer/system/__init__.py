@@ -46,6 +46,17 @@ class Completed:
     returncode: int
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (os.kill(pid, 0); a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def require_tools(*names: str) -> None:
     """Fail before anything is touched when a command the run needs is missing."""
     missing = [n for n in names if shutil.which(n) is None]

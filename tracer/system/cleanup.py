@@ -94,7 +94,7 @@ def _remove_clsact(dev: str) -> Optional[str]:
 
 def stale_tables(ruleset_text: str, alive: Optional[Callable[[int], bool]] = None) -> list[str]:
     """fwtrace tables whose recorded pid is not running (pure; `alive(pid)` is injected)."""
-    check = alive or _pid_alive
+    check = alive or system.pid_alive
     stale = []
     blocks = _TABLE_RE.split(ruleset_text)
     # split gives [before, name1, body1, name2, body2, ...]
@@ -103,16 +103,6 @@ def stale_tables(ruleset_text: str, alive: Optional[Callable[[int], bool]] = Non
         if m is None or not check(int(m.group(2))):
             stale.append(name)
     return stale
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_journals() -> list[str]:

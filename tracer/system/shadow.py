@@ -33,16 +33,9 @@ def stale(names: list[str], alive: Any = None) -> list[str]:
     the liveness check: os.kill(pid, 0))."""
     import re
 
-    def is_alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    from tracer import system
 
-    check = alive or is_alive
+    check = alive or system.pid_alive
     out = []
     for n in names:
         m = re.fullmatch(PREFIX + r"(\d+)-[0-9a-f]+-(srv|cli)", n)
