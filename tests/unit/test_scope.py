@@ -33,6 +33,11 @@ CATCH_ALL = [
 ]
 
 TARGETED = [
+    # the kernel selftests' port-shadowing mitigation (nft_nat.sh): one client source port dropped
+    (ipt("-A FORWARD -p udp -m udp --sport 1405 -j DROP"), "sport"),
+    (ipt("-A INPUT -p tcp -m multiport --sports 5555,5556 -j DROP"), "sport"),
+    (nft("udp sport 1405 drop"), "sport"),
+    (nft("meta l4proto tcp th sport != 1024-65535 drop"), "sport"),
     (ipt("-A INPUT -s 203.0.113.0/24 -j DROP"), "source"),
     (ipt("-A INPUT ! -s 10.0.0.0/8 -p tcp --dport 22 -j DROP"), "source"),
     (ipt("-A INPUT -d 192.0.2.1/32 -j DROP"), "destination"),

@@ -24,7 +24,7 @@ class Narrowing:
     """One criterion that makes a rule match only some clients or some moments."""
 
     kind: str  # source, destination, set, recent, limit, hashlimit, connlimit, time, string, mark,
-    #            interface, ct-state, unknown
+    #            interface, ct-state, sport, unknown
     text: str  # the criterion as the rule writes it: `-s 203.0.113.0/24`, `ip saddr @blocked`
     name: Optional[str] = None  # set / recent list / hashlimit name
     value: Optional[str] = None  # address spec, rate, count, interface, states
@@ -87,6 +87,9 @@ def _ipt_option(o: _IptOption, iif: Optional[str], oif: Optional[str]) -> Option
     text = _opt_text(o)
     if o.name in ("-s", "--source", "--src"):
         return Narrowing("source", text, value=a, negated=o.negated)
+    if o.name in ("--sport", "--source-port", "--sports", "--source-ports"):
+        # the client's port (kernel selftests' port-shadowing mitigation drops one): not the service
+        return Narrowing("sport", text, value=a, negated=o.negated)
     if o.name in ("-d", "--destination", "--dst"):
         return Narrowing("destination", text, value=a, negated=o.negated)
     if o.name in ("-i", "--in-interface", "-o", "--out-interface"):
@@ -220,6 +223,8 @@ def _nft_expr(toks: list[str], i: int, iif: Optional[str], oif: Optional[str]) -
 def _classify(key: str, field: str, op: str, value: str, text: str, iif: Optional[str],
               oif: Optional[str]) -> Optional[Narrowing]:
     negated = op in _NEGATIONS
+    if key in _L4 and field == "sport":  # the client's port: a block of some flows (port shadowing), not the service
+        return Narrowing("sport", text, value=value, negated=negated)
     if key in _L4 or key in _SERVICE_KEYS or (key, field) in (("ip", "protocol"), ("ip6", "nexthdr"), ("ip", "version")):
         return None
     if key in ("ip", "ip6") and field in ("saddr", "daddr"):
