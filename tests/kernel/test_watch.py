@@ -133,8 +133,10 @@ def test_accepted_flow(served: Lab) -> None:
         c.kill(), c.wait()
     s = summary(docs)
     assert rc == 0, (err, s)
-    assert s["flows"] and all(f["verdict"] == "accept" for f in s["flows"]), s
-    assert s["flows"][0]["conntrack"]  # read while the flow was fresh
+    # a connection cut at the window's edge may have no traced verdict (unknown); none is blocked
+    assert s["flows"] and all(f["verdict"] in ("accept", "unknown") for f in s["flows"]), s
+    first = next(f for f in s["flows"] if f["verdict"] == "accept")
+    assert first["conntrack"]  # read while the flow was fresh
 
 
 def test_client_banned_by_source(served: Lab) -> None:

@@ -27,7 +27,7 @@ filter, before tc and netfilter) tells "arrived on eth0 but never reached netfil
 The duration is capped at 1h; --all is needed to watch without --src, --dport or --proto.
 
 exit status:
-  0    every flow seen got through netfilter
+  0    no flow seen was blocked (a flow cut at the window's edge: unknown, neither)
   1    a flow was blocked, or nothing of the filter arrived
   2    usage error (bad option or value, unknown interface)
   3    environment problem (not root, missing tool, unknown namespace)

@@ -132,10 +132,11 @@ class WatchSummary:
 
 
 def exit_status(s: WatchSummary) -> ExitStatus:
-    """0: every flow seen got through netfilter; 1: a flow was blocked, or nothing (of the filter)
-    arrived; 5: the cleanup is incomplete."""
+    """0: no flow seen was blocked; 1: a flow was blocked, or nothing (of the filter) arrived;
+    5: the cleanup is incomplete. A flow whose verdict the window did not see (cut at its edge:
+    verdict unknown) is neither: blocked is a claim only a traced drop or reject makes."""
     if not s.cleanup_ok:
         return ExitStatus.LEFTOVER
-    if s.outcome != "flows" or any(r.verdict != "accept" for r in s.rows):
+    if s.outcome != "flows" or any(r.verdict in ("drop", "reject") for r in s.rows):
         return ExitStatus.BLOCKED
     return ExitStatus.OK
