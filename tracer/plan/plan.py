@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from tracer.model import PacketSpec, Proto
 from tracer.ruleset.hooks import priority_value
@@ -190,6 +190,27 @@ def table_comment(run_id: str, pid: int) -> str:
 COMMENT_RE = re.compile(r'comment "fwtrace run ([0-9a-f]{8}) pid (\d+);')
 
 
+def table_batch(table: str, run_id: str, pid: int, where: Floors, count: int, rules: Callable[[str], str],
+                hooks: tuple[tuple[str, str], ...] = _HOOKS) -> str:
+    """The nft batch of a tracing table: per hook a base chain (one per device on ingress, only where
+    the ruleset has ingress chains: nothing to observe elsewhere) holding `rules(prefix)`, which jump
+    to `count` regular chains `PREFIX0..` that set the trace flag; the end chains; the run's comment."""
+    chains = []
+    for prefix, hook in hooks:
+        body = rules(prefix)
+        # Ingress chains (one per device that has ingress chains of the ruleset, Linux 5.10+ for
+        # the inet family) only where the ruleset has some: nothing to observe elsewhere.
+        bases = [(f"ingress_{n}", f'device "{dev}" ', where.priority(hook, dev)) for n, dev in enumerate(sorted(where.ingress))] \
+            if hook == "ingress" else [(prefix, "", where.priority(hook))]
+        for name, device, prio in bases:
+            chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} {device}priority {prio}; policy accept;\n{body}\t}}\n")
+        if bases:
+            chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(count))
+    for name, hook in END_CHAINS.items():
+        chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
+    return f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
+
+
 def trace_plan(run_id: str, specs: list[PacketSpec], pid: int, where: Floors = Floors()) -> TracePlan:
     if not RUN_ID_RE.match(run_id):
         raise ValueError(f"bad run id {run_id!r}")
@@ -203,18 +224,6 @@ def trace_plan(run_id: str, specs: list[PacketSpec], pid: int, where: Floors = F
     # the flag: the chain named in the first trace event then says which probe (or reply) it is,
     # with no need to learn rule handles (nft --echo --handle costs a full ruleset cache fetch:
     # a second on 50k rules), and other packets pay for one base chain per hook, not one per rule.
-    chains = []
-    for prefix, hook in _HOOKS:
-        jumps = "".join(f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries))
-        # Ingress chains (one per device that has ingress chains of the ruleset, Linux 5.10+ for
-        # the inet family) only where the ruleset has some: nothing to observe elsewhere.
-        bases = [(f"ingress_{n}", f'device "{dev}" ', where.priority(hook, dev)) for n, dev in enumerate(sorted(where.ingress))] \
-            if hook == "ingress" else [(prefix, "", where.priority(hook))]
-        for name, device, prio in bases:
-            chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} {device}priority {prio}; policy accept;\n{jumps}\t}}\n")
-        if bases:
-            chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
-    for name, hook in END_CHAINS.items():
-        chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
-    batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
+    batch = table_batch(table, run_id, pid, where, len(entries), lambda prefix: "".join(
+        f"\t\t{m} jump {prefix}{i}\n" for i, m in enumerate(entries)))
     return TracePlan(run_id, table, tuple(entries.values()), batch, f"delete table inet {table}\n", where.unobserved)

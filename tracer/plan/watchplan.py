@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from tracer.model import Proto
-from tracer.plan.plan import END_CHAINS, END_PRIORITY, RUN_ID_RE, Entry, Floors, TracePlan, table_comment, table_name
+from tracer.plan.plan import RUN_ID_RE, Entry, Floors, TracePlan, table_batch, table_name
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -110,19 +110,9 @@ def watch_plan(run_id: str, f: WatchFilter, pid: int, where: Floors = Floors(), 
     table = table_name(run_id)
     entries = (Entry(match_forward(f), "probe", frozenset()), Entry(match_reply(f), "reply", frozenset()))
     limit = f"limit rate over {rate}/second burst {burst} packets"
-    chains = []
-    for prefix, hook in _HOOKS:
-        rules = "".join(f"\t\t{e.match} {limit} counter return\n\t\t{e.match} counter jump {prefix}{i}\n"
-                        for i, e in enumerate(entries))
-        bases = [(f"ingress_{n}", f'device "{dev}" ', where.priority(hook, dev)) for n, dev in enumerate(sorted(where.ingress))] \
-            if hook == "ingress" else [(prefix, "", where.priority(hook))]
-        for name, device, prio in bases:
-            chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} {device}priority {prio}; policy accept;\n{rules}\t}}\n")
-        if bases:
-            chains.extend(f"\tchain {prefix}{i} {{\n\t\tmeta nftrace set 1\n\t}}\n" for i in range(len(entries)))
-    for name, hook in END_CHAINS.items():
-        chains.append(f"\tchain {name} {{\n\t\ttype filter hook {hook} priority {END_PRIORITY}; policy accept;\n\t}}\n")
-    batch = f"table inet {table} {{\n\tcomment \"{table_comment(run_id, pid)}\"\n{''.join(chains)}}}\n"
+    batch = table_batch(table, run_id, pid, where, len(entries), lambda prefix: "".join(
+        f"\t\t{e.match} {limit} counter return\n\t\t{e.match} counter jump {prefix}{i}\n"
+        for i, e in enumerate(entries)), _HOOKS)
     return TracePlan(run_id, table, entries, batch, f"delete table inet {table}\n", where.unobserved)
 
 
