@@ -71,7 +71,8 @@ def test_listeners_from_proc_net() -> None:
 
 
 @pytest.mark.parametrize("argv", [["ls"], ["bash", "-c", "iptables -F"], ["sysctl", "-w", "kernel.panic=1"],
-                                  ["sysctl", "-p"], ["ufw", "allow", "22"], ["firewall-cmd", "--add-port=1/tcp"], []])
+                                  ["sysctl", "-p"], ["ufw", "allow", "OpenSSH"], ["firewall-cmd", "--add-masquerade"],
+                                  ["firewall-offline-cmd", "--add-port=1/tcp"], []])
 def test_refused_commands(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         plan.check_command(argv)
@@ -79,7 +80,8 @@ def test_refused_commands(argv: list[str]) -> None:
 
 def test_accepted_commands_and_their_ports() -> None:
     for argv in (["iptables", "-I", "INPUT", "1", "-j", "ACCEPT"], ["/usr/sbin/nft", "flush", "ruleset"],
-                 ["ipset", "add", "x", "192.0.2.9"], ["sysctl", "-w", "net.ipv4.ip_forward=1"]):
+                 ["ipset", "add", "x", "192.0.2.9"], ["sysctl", "-w", "net.ipv4.ip_forward=1"],
+                 ["ufw", "allow", "22"], ["firewall-cmd", "--add-port=1/tcp"]):  # owners' commands: translated
         assert plan.check_command(argv)
     assert plan.command_ports(["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "8443", "-j", "ACCEPT"]) == [8443]
     assert plan.command_ports(["nft", "add", "rule", "inet", "f", "input", "tcp", "dport", "{", "80,", "443", "}", "accept"]) == [80, 443]

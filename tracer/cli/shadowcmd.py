@@ -17,6 +17,8 @@ examples:
         who else gets in on 8443 if I run this? (a banned range? another zone?)
   fwtrace what-if --dport 22 --src 198.51.100.7 -- iptables -D INPUT 3
   fwtrace what-if --netns srv --from-netns cli --dport 8080 -- nft add rule inet filter input tcp dport 8080 accept
+  fwtrace what-if --dport 8443 -- ufw allow from 198.51.100.7 to any port 8443 proto tcp
+  fwtrace what-if --dport 8443 -- firewall-cmd --zone=public --add-port=8443/tcp
   fwtrace what-if --bundle ticket-4711.tar.gz --dport 8080 -- iptables -I INPUT 1 -p tcp --dport 8080 -j ACCEPT
         the same on a ticket's firewall, rebuilt from its evidence bundle on this machine
 
@@ -26,11 +28,15 @@ decide packets and a stand-in listener on each listening port. The shadow is pro
 after (simulated ingress) from the client (--src, or --from-netns's address), one address of
 every source range, set and xt_recent list the ruleset names, and an internet address, on --dport
 and the ports the command names, and from the client on the other listening ports. The host is
-only read. ufw/firewall-cmd commands are refused (give the iptables/nft commands they produce).
+only read. For `ufw allow|deny|reject|limit ...` and `firewall-cmd [--zone=Z] --add-port=...`,
+--remove-port, --add-source, --add-service, --add-rich-rule (the target must have ufw's chains or
+firewalld's `inet firewalld` table) no owner tool runs: the rules it would write are applied in the
+shadow, and printed ("applied the rules `ufw allow 8443/tcp` would write: ...").
 
 exit status:
   0    the command ran in the shadow; the table says who gains and who loses
-  2    not a firewall command (iptables, ip6tables, nft, ipset, sysctl -w net.*), or a bad option
+  2    not a firewall command (iptables, ip6tables, nft, ipset, sysctl -w net.*, ufw, firewall-cmd), a bad
+       or untranslated option, or an owner's command on a target that owner does not manage
   3    the shadow cannot be built (not root, no namespaces, the ruleset does not load)
   6    the command failed inside the shadow (it would fail on the host too)
 """
@@ -53,7 +59,7 @@ exit status:
 
 
 def _add_whatif(sub: Any) -> None:
-    wi = sub.add_parser("what-if", help="run an iptables/nft/ipset/sysctl command in a shadow copy of the firewall and "
+    wi = sub.add_parser("what-if", help="run an iptables/nft/ipset/sysctl (or ufw/firewall-cmd) command in a shadow copy of the firewall and "
                         "show who gains and who loses access (the host is not changed)", epilog=EPILOG_WHATIF,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         usage="fwtrace what-if --dport PORT [--proto tcp|udp] [target options] [--json] -- CMD...")

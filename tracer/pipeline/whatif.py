@@ -18,10 +18,12 @@ from tracer import __version__
 from tracer.errors import ExitStatus, FwtraceError, UsageError
 from tracer.model import ProbeRequest, Proto
 from tracer.pipeline.driver import Run
+from tracer.plan import ownercmd
 from tracer.plan import shadow as plan
+from tracer.plan.ownerrules import Target, Translation
 from tracer.render.jsondoc import SCHEMA_VERSION
 from tracer.system import bundle_io
-from tracer.system.shadow import Shadow, capture, fingerprint
+from tracer.system.shadow import Shadow, capture, fingerprint, firewalld_services
 
 DEFAULT_CLIENT4, DEFAULT_CLIENT6 = "203.0.113.5", "2001:db8:ffff::5"
 MAX_EXPOSED = 8  # the client on at most this many other listening ports
@@ -98,7 +100,8 @@ def plan_probes(req: ProbeRequest, state: plan.State, argv: list[str], client: s
 def what_if(req: ProbeRequest, argv: list[str], log: Any, bundle: Optional[str] = None) -> plan.WhatIf:
     """`bundle`: the shadow is built from an evidence bundle's snapshot instead of a live target
     (a ticket's firewall, on the engineer's machine)."""
-    plan.check_command(argv)
+    tool = plan.check_command(argv)
+    intent = ownercmd.parse(argv) if tool in plan.OWNER_TOOLS else None
     host_before = fingerprint(req.netns) if bundle is None else None
     if bundle is None:
         state = capture(req.netns)
@@ -106,11 +109,14 @@ def what_if(req: ProbeRequest, argv: list[str], log: Any, bundle: Optional[str] 
         files = read_bundle(bundle)
         state, missing = state_of_bundle(files, check_bundle(files, bundle))
         state = replace(state, not_copied=(*(f"not in the bundle: {m}" for m in missing), *state.not_copied))
+    translated = None
+    if intent is not None:  # before anything is built: a target without the owner's layout is refused
+        translated = ownercmd.translate(intent, owner_target(state, bundle is None))
     dst = _dst(req, state)
     if dst is None:
         raise UsageError("the target has no address to probe", "give --dst")
     client = _client(req, dst)
-    probes = plan_probes(req, state, argv, client)
+    probes = plan_probes(req, state, list(translated.rules) if translated else argv, client)
     base = ProbeRequest(dport=req.dport, proto=req.proto, dst=dst, timeout=req.timeout, ebpf="off")
     with Shadow(state, log) as sh:
         def round_() -> tuple[str, ...]:
@@ -122,11 +128,10 @@ def what_if(req: ProbeRequest, argv: list[str], log: Any, bundle: Optional[str] 
             return tuple(out)
 
         before = round_()
-        c = sh.run(list(argv))
-        if c.returncode != 0:
-            first = (c.stderr.strip().splitlines() or [c.stdout.strip() or "(no output)"])[0]
-            raise CommandFailed(f"the command failed in the shadow (exit {c.returncode}): {first}",
-                                "it would fail on the host too; fix the command and try again")
+        if translated is None:
+            _run(sh, list(argv))
+        else:
+            translated = apply(sh, translated)
         after = round_()
         notes = tuple(sh.notes)
         names = sh.namespaces
@@ -136,7 +141,50 @@ def what_if(req: ProbeRequest, argv: list[str], log: Any, bundle: Optional[str] 
     left = [n for n in names if n in netns_list()]
     unchanged = fingerprint(req.netns) == host_before if bundle is None else None
     return plan.WhatIf(tuple(argv), tuple(probes), before, after, notes, state.depends,
-                       plan.changes(probes, before, after), tuple(left), unchanged)
+                       plan.changes(probes, before, after), tuple(left), unchanged, translated)
+
+
+def _run(sh: Shadow, argv: list[str], input: Optional[str] = None, what: str = "the command") -> None:
+    c = sh.run(argv, input=input)
+    if c.returncode != 0:
+        first = (c.stderr.strip().splitlines() or [c.stdout.strip() or "(no output)"])[0]
+        raise CommandFailed(f"{what} failed in the shadow (exit {c.returncode}): {first}",
+                            "it would fail on the host too; fix the command and try again")
+
+
+def owner_target(state: plan.State, live: bool) -> Target:
+    """The owner's layout as the target lists it; a live target's firewalld service files."""
+    def holding(fam: str, chain: str) -> tuple[str, str]:
+        for texts, tool in ((dict(state.ipt), "nft"), (dict(state.legacy), "legacy")):
+            if f":{chain} " in texts.get(fam, ""):
+                return texts[fam], f"{'iptables' if fam == 'ip' else 'ip6tables'}-{tool}"
+        return "", f"{'iptables' if fam == 'ip' else 'ip6tables'}-nft"
+
+    (ipt4, tool4), (ipt6, tool6) = holding("ip", "ufw-user-input"), holding("ip6", "ufw6-user-input")
+    services = firewalld_services(state.nft) if live else {}
+    return Target(ipt4, ipt6, tool4, tool6, state.nft, services)
+
+
+def apply(sh: Shadow, tr: Translation) -> Translation:
+    """The translated steps, in the shadow; a delete of a rule that is not there is noted, as the
+    owner's tool says it (and exits 0)."""
+    notes = list(tr.notes)
+    for step in tr.steps:
+        if step.check and sh.run(list(step.check)).returncode != 0:
+            notes.append(step.absent)
+            continue
+        if step.nft_delete is not None:
+            chain, expr = step.nft_delete
+            listed = sh.run(["nft", "-a", "list", "chain", "inet", "firewalld", chain]).stdout
+            handle = next((m.group(2) for line in listed.splitlines()
+                           if (m := re.fullmatch(r"\s*(.*?) # handle (\d+)", line)) and m.group(1) == expr), None)
+            if handle is None:
+                notes.append(step.absent)
+                continue
+            _run(sh, ["nft", "delete", "rule", "inet", "firewalld", chain, "handle", handle], what=f"`{step.rule}`")
+            continue
+        _run(sh, list(step.argv), step.input, what=f"`{step.rule}`")
+    return replace(tr, notes=tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------

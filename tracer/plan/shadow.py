@@ -203,7 +203,7 @@ def dependencies(rules: str) -> tuple[list[str], list[str]]:
 FIREWALL_TOOLS = {"iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy",
                   "iptables-restore", "ip6tables-restore", "iptables-nft-restore", "ip6tables-nft-restore",
                   "iptables-legacy-restore", "ip6tables-legacy-restore", "nft", "ipset", "sysctl"}
-OWNER_TOOLS = {"ufw": "ufw", "firewall-cmd": "firewalld", "firewall-offline-cmd": "firewalld"}
+OWNER_TOOLS = {"ufw": "ufw", "firewall-cmd": "firewalld"}  # translated: tracer/plan/ownercmd.py
 
 
 def check_command(argv: list[str]) -> str:
@@ -212,8 +212,13 @@ def check_command(argv: list[str]) -> str:
         raise UsageError("what-if needs a command after `--`", "e.g. fwtrace what-if --dport 8443 -- iptables -I INPUT 1 -p tcp --dport 8443 -j ACCEPT")
     tool = os.path.basename(argv[0])
     if tool in OWNER_TOOLS:
-        raise UsageError(f"what-if cannot run {tool} yet: it changes {OWNER_TOOLS[tool]}'s configuration and daemon, not only the kernel's rules",
-                         f"give the iptables/nft commands {tool} would produce (after running it on a test host: `nft list ruleset`)")
+        from tracer.plan import ownercmd
+
+        ownercmd.parse(argv)  # translated, not run: the shadow has no owner daemon or configuration
+        return tool
+    if tool == "firewall-offline-cmd":
+        raise UsageError(f"what-if cannot translate {tool}: it changes firewalld's saved configuration only",
+                         "give the firewall-cmd command (with --permanent) instead")
     if tool not in FIREWALL_TOOLS:
         raise UsageError(f"not a firewall command: {tool}", "what-if runs iptables, ip6tables, nft, ipset or sysctl commands")
     if tool == "sysctl":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from tracer.plan.ownerrules import Translation
+
 
 @dataclass(frozen=True)
 class Source:
@@ -53,9 +55,11 @@ class WhatIf:
     changes: tuple[Change, ...] = field(default=())
     shadow_left: tuple[str, ...] = ()  # shadow namespaces still there after its removal (none expected)
     host_unchanged: Optional[bool] = None  # the target listed the same before and after
+    translated: Optional[Translation] = None  # an owner's command: the rules it would write, applied instead
 
     def to_json(self) -> dict[str, object]:
-        return {"command": list(self.command), "changes": [c.to_json() for c in self.changes],
+        return {"command": list(self.command), "translated": self.translated.to_json() if self.translated else None,
+                "changes": [c.to_json() for c in self.changes],
                 "cleanup": {"shadow_removed": not self.shadow_left, "shadow_left": list(self.shadow_left),
                             "host_unchanged": self.host_unchanged},
                 "probed": [{"source": p.source.addr, "why_sampled": p.source.label, "port": p.port, "proto": p.proto,
@@ -71,6 +75,8 @@ def changes(probes: Iterable[Probe], before: Iterable[str], after: Iterable[str]
 def render(w: WhatIf) -> str:
     """The who-gains/who-loses table, and what the copy could not carry."""
     lines = [f"what-if: {' '.join(w.command)}   (run in a shadow copy; the host was not changed)", ""]
+    if w.translated is not None:
+        lines += w.translated.render() + [""]
     if not w.changes:
         lines.append(f"No change for the {len(w.probes)} probe(s) sampled (sources x ports below).")
     else:

@@ -125,6 +125,30 @@ def capture(netns: Optional[str]) -> plan.State:
     return plan.State(**{**state.__dict__, "not_copied": tuple(notes + nc), "depends": tuple(depends)})
 
 
+SERVICE_DIRS = ("/etc/firewalld/services", "/usr/lib/firewalld/services")  # firewalld's own order: /etc first
+
+
+def firewalld_services(nft: str) -> dict[str, str]:
+    """firewalld's service definitions on this machine (the target's filesystem: a --netns target
+    shares it), read only and only where the ruleset has firewalld's table."""
+    out: dict[str, str] = {}
+    if "table inet firewalld" not in nft:
+        return out
+    for d in reversed(SERVICE_DIRS):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".xml"):
+                try:
+                    with open(os.path.join(d, name)) as f:
+                        out[name[:-4]] = f.read()
+                except OSError:
+                    pass
+    return out
+
+
 def fingerprint(netns: Optional[str]) -> tuple[object, ...]:
     """What changes when anything of the target's firewall changes, cheaply: the nftables ruleset
     generation (every nft and iptables-nft commit bumps it, listing does not), the x_tables
