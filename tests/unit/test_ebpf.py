@@ -383,7 +383,8 @@ def test_pipeline_asks_for_the_ebpf_steps_in_order() -> None:
 
 
 def test_bundle_replay_puts_the_kernel_events_back() -> None:
-    from tracer.pipeline.evidence import read_bundle, replay
+    from tracer.pipeline.evidence import replay
+    from tracer.system.bundle_io import read_dir as read_bundle
 
     bundles = os.path.join(DATA, "..", "bundles")
     [rp] = replay(read_bundle(os.path.join(bundles, "ebpf-rp-filter")))

@@ -17,7 +17,8 @@ import pytest
 
 from tracer.plan import commands as c
 from tracer.plan.commands import drive
-from tracer.pipeline.evidence import read_bundle, spec_from_json
+from tracer.pipeline.evidence import spec_from_json
+from tracer.system.bundle_io import read_dir as read_bundle
 from tracer.inject.ingress import Route
 from tracer.model import Mode, ProbeRequest, Ruleset
 from tracer.report.outcome import exit_status

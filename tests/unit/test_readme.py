@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tracer import diagnose
-from tracer.pipeline.evidence import read_bundle, replay_report
+from tracer.pipeline.evidence import replay_report
+from tracer.system.bundle_io import read_dir as read_bundle
 from tracer.model import Finding, Mode, ProbeRequest, Proto
 from tracer.report.outcome import ProbeReport
 from tracer.render import terminal

@@ -15,7 +15,8 @@ import jsonschema
 import pytest
 
 from tracer import diagnose
-from tracer.pipeline.evidence import read_bundle, replay_report
+from tracer.pipeline.evidence import replay_report
+from tracer.system.bundle_io import read_dir as read_bundle
 from tracer.model import Mode, ProbeRequest
 from tracer.report.outcome import ProbeReport
 from tracer.render import html, jsondoc, markdown, pcapng, svg, terminal, timeline

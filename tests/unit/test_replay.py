@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tracer import diagnose
-from tracer.pipeline.evidence import read_bundle, replay
+from tracer.pipeline.evidence import replay
+from tracer.system.bundle_io import read_dir as read_bundle
 from tracer.ruleset.snapshot import assemble
 
 BUNDLES = Path(__file__).parent.parent / "data" / "bundles"

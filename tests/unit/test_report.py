@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tracer import diagnose
 from tracer.errors import ExitStatus
-from tracer.pipeline.evidence import read_bundle, replay, replay_report
+from tracer.pipeline.evidence import replay, replay_report
+from tracer.system.bundle_io import read_dir as read_bundle
 from tracer.model import ProbeRequest
 from tracer.report.outcome import ProbeReport, build_report, exit_status
 from tracer.render import markdown, terminal

@@ -1,4 +1,5 @@
-"""The evidence bundle: everything a probe saw, written to a directory for a ticket.
+"""The evidence bundle: everything a probe saw, written to a directory for a ticket. Pure: it works on
+the bundle's files as bytes by name; tracer/system/bundle_io.py reads and writes them.
 
 A bundle can be replayed offline (`replay`): the ruleset, the raw nfnetlink trace datagrams (and
 kernel-log records / NFLOG datagrams with the places of fwtrace's own LOG rules) and the captured
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from typing import Any, Mapping
 
 from tracer import correlate, diagnose
@@ -54,24 +54,6 @@ def bundle_files(report: ProbeReport, text: str) -> dict[str, bytes]:
         if reply:
             files[f"reply-{i}.ip"] = reply
     return files
-
-
-def write_bundle(directory: str, files: Mapping[str, bytes]) -> None:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    for name, content in files.items():
-        with open(os.path.join(directory, name), "wb") as f:
-            f.write(content)
-
-
-def read_bundle(directory: str) -> dict[str, bytes]:
-    """Every file of a bundle directory by its path inside it ("report.json", "before/...")."""
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = f.read()
-    return out
 
 
 def spec_from_json(d: Mapping[str, Any]) -> PacketSpec:
