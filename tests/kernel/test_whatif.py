@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from tracer import system
-from tracer.cli.lab import CLIENT4, SERVER4, Lab
+from tracer.cli.lab import BACKEND4, CLIENT4, SERVER4, Lab
 from tracer.errors import ExitStatus
 from tracer.model import ProbeRequest, Proto
 from tracer.pipeline import whatif
@@ -120,8 +120,9 @@ def test_whatif_json_from_the_command_line(zoned: Lab) -> None:
 # ---------------------------------------------------------------------------------------------
 # replay
 
-# What the captured bundles do not carry (they hold no environment/): the stray ACK needs
-# nf_conntrack_tcp_loose=0, the rp_filter drop its sysctl, the DNAT the backend and ip_forward.
+# What the captured bundles do not carry (they hold no environment/: no sysctls, addresses, routes or
+# listening sockets, and each replay says so): the stray ACK needs nf_conntrack_tcp_loose=0, the
+# rp_filter drop its sysctl and the route back by eth1, the DNAT the backend and ip_forward.
 NEEDS_MORE = {"legacy-stray-ack-invalid": "sysctls", "ebpf-rp-filter": "sysctls", "dnat-forward-drop": "DNAT"}
 
 
@@ -140,6 +141,9 @@ def test_every_kernel_scenario_bundle_replays(tmp_path: Path) -> None:
         doc = json.loads(p.stdout)["replay"]
         what = {c["what"]: c for c in doc["compared"]}
         assert set(what) == {"verdict", "deciding rule", "reply"}
+        assert not (bundle / "environment").exists()
+        assert any(m.startswith("interfaces and addresses (no environment/addresses.txt)") for m in doc["not_in_bundle"])
+        assert any(m.startswith("routes (no environment/routes.txt)") for m in doc["not_in_bundle"])
         if bundle.name in NEEDS_MORE:
             assert p.returncode == ExitStatus.BLOCKED and not doc["matches"], bundle.name
             assert any(NEEDS_MORE[bundle.name] in m for m in doc["not_in_bundle"]), doc["not_in_bundle"]
@@ -166,6 +170,35 @@ def test_full_bundle_round_trip_carries_the_sysctls(lab: Lab, tmp_path: Path) ->
     assert r.returncode == 0, r.stdout + r.stderr
     assert "MATCHES the bundle" in r.stdout and "--ctstate INVALID -j DROP" in r.stdout
     assert "not in the bundle: sysctls" not in r.stdout
+
+
+def test_full_bundle_round_trip_carries_interfaces_and_routes(router_lab: Lab, tmp_path: Path) -> None:
+    """rp_filter=1 and a route back to the customer's range by eth1: the probe arriving on eth0
+    is dropped by the kernel. The replay's shadow gets the bundle's eth0 and eth1 with their
+    addresses and the route (environment/addresses.txt, routes.txt), so the drop replays; the
+    stand-in link and default route alone would let it in."""
+    from tracer.system.bundle_io import read_tar
+
+    lab = router_lab
+    lab.ip(lab.server, "route", "add", "203.0.113.0/24", "via", str(BACKEND4), "dev", "eth1")
+    with system.netns(lab.server):
+        system.sysctl_set("net.ipv4.conf.all.rp_filter", "1")
+        system.sysctl_set("net.ipv4.conf.eth0.rp_filter", "1")
+    lab.listen(lab.server, Proto.TCP, 22)
+    out = tmp_path / "ticket.tar.gz"
+    p = subprocess.run([*FWTRACE, "probe", "--dport", "22", "--netns", lab.server, "--via", "eth0", "--src",
+                        "203.0.113.5", "--dst", str(SERVER4), "--timeout", "0.5", "--ebpf", "off", "--evidence",
+                        str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and out.exists(), p.stdout + p.stderr
+    files = read_tar(str(out))
+    state, missing = whatif.state_of_bundle(files, whatif.check_bundle(files, str(out)))
+    assert {lk.name for lk in state.links} >= {"lo", "eth0", "eth1"}
+    assert any(r.dst == "203.0.113.0/24" and r.gateway == str(BACKEND4) and r.dev == "eth1" for r in state.routes)
+    assert not any(m.startswith(("interfaces", "routes")) for m in missing), missing
+    r = subprocess.run([*FWTRACE, "replay", str(out), "--json"], capture_output=True, text=True, timeout=120)
+    doc = json.loads(r.stdout)["replay"]
+    assert r.returncode == 0 and doc["matches"], (doc["compared"], r.stderr)
+    assert {c["what"]: c for c in doc["compared"]}["verdict"]["bundle"] == "drop"
 
 
 def test_the_shadow_copies_sets_ipsets_recent_sysctls_and_listeners(lab: Lab) -> None:

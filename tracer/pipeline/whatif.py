@@ -20,6 +20,7 @@ from tracer.model import ProbeRequest, Proto
 from tracer.pipeline.driver import Run
 from tracer.plan import ownercmd
 from tracer.plan import shadow as plan
+from tracer.plan import shadow_env
 from tracer.plan.ownerrules import Target, Translation
 from tracer.render.jsondoc import SCHEMA_VERSION
 from tracer.system import bundle_io
@@ -257,9 +258,8 @@ def state_of_bundle(files: Mapping[str, bytes], doc: Mapping[str, Any]) -> tuple
     missing: list[str] = []
     p = doc["packets"][0]["probe"]
     dst = ipaddress.ip_address(p["dst"])
-    dev = doc.get("via") or "eth0"
-    plen = 24 if dst.version == 4 else 64
-    links = (plan.Link(dev, ((str(dst), plen),)),)
+    links, routes, env_notes = shadow_env.links_and_routes(text, dst, doc.get("via"), missing)
+    notes += env_notes
     sysctls = _sysctls(text.get("environment/sysctls.txt", ""))
     if not sysctls:
         missing.append("sysctls (the bundle has no environment/sysctls.txt): the shadow keeps a new namespace's defaults")
@@ -273,11 +273,10 @@ def state_of_bundle(files: Mapping[str, bytes], doc: Mapping[str, Any]) -> tuple
             listeners = (plan.Listener(p["proto"], "::", int(p["dport"])),) if p["proto"] in ("tcp", "udp") else ()
             missing.append(f"listening sockets (no environment/listening.txt): a stand-in listener on the probed port "
                            f"{p['proto']}/{p['dport']} is assumed (the bundle does not say otherwise)")
-    missing.append(f"interfaces and routes: one stand-in link {dev} with {dst}/{plen} (the probe's destination)")
     if any("-j DNAT" in t or " dnat " in t for t in (*ipt.values(), *legacy.values(), native)):
         missing.append("the hosts behind DNAT/forwarding are not in the bundle")
     nc, depends = plan.dependencies("\n".join([native, *ipt.values(), *legacy.values()]))
-    state = plan.State(native, tuple(sorted(ipt.items())), tuple(sorted(legacy.items())), "", (), links, (),
+    state = plan.State(native, tuple(sorted(ipt.items())), tuple(sorted(legacy.items())), "", (), links, routes,
                        sysctls, listeners, tuple(notes + nc), tuple(depends))
     return state, missing
 
@@ -316,7 +315,8 @@ def replay(path: str, log: Any, timeout: float = 1.0) -> Replay:
                        sport=None, count=len(packets), timeout=timeout, ebpf="off", log=str(doc.get("log") or ""))
     with Shadow(state, log) as sh:
         if doc.get("mode") == "from-netns":
-            sh.client(str(src), 24 if src.version == 4 else 64, state.links[0].name)
+            dev, plen = shadow_env.client_link(state.links, src, doc.get("via"))
+            sh.client(str(src), plen, dev)
             req = replace(req, from_netns=sh.outside)
         elif doc.get("mode") == "local":
             req = replace(req, local=True)
