@@ -48,7 +48,8 @@ def shadows() -> set[str]:
 
 
 def listing(lab: Lab) -> tuple[str, str]:
-    return (lab.run(lab.server, ["iptables-save"]).stdout.split("\n", 1)[1].rsplit("# Completed", 1)[0],
+    save = lab.run(lab.server, ["iptables-save"]).stdout  # without its time stamps (empty with no tables)
+    return ("".join(x for x in save.splitlines(True) if not x.startswith("#")),
             lab.run(lab.server, ["nft", "list", "ruleset"]).stdout)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.kernel.test_owners import FIREWALLD, UFW
-from tests.kernel.test_whatif import LOG, ZONED, shadows
+from tests.kernel.test_whatif import LOG, ZONED, listing, shadows
 from tracer.cli.lab import CLIENT4, SERVER4, Lab
 from tracer.errors import ExitStatus
 from tracer.model import ProbeRequest, Proto
@@ -31,38 +31,26 @@ FIREWALLD_ZONES = FIREWALLD.replace('\t\tiifname "eth0" goto filter_IN_public\n'
                                     '\t\tip saddr 100.64.0.0/10 goto filter_IN_public\n\t\tiifname "eth0" goto filter_IN_public\n')
 
 
-def listing(lab: Lab) -> tuple[str, str]:
-    save = lab.run(lab.server, ["iptables-save"]).stdout
-    return ("".join(x for x in save.splitlines(True) if not x.startswith("#")), lab.run(lab.server, ["nft", "list", "ruleset"]).stdout)
-
-
-def guarded(lab: Lab) -> Any:
+def loaded(lab: Lab, load: Any) -> Any:
+    """The lab server with an owner's layout and listeners on 8443 and 22; afterwards the host's
+    firewall is as before and no shadow is left."""
+    load()
+    lab.listen(lab.server, Proto.TCP, 8443)
+    lab.listen(lab.server, Proto.TCP, 22)
     before, names = listing(lab), shadows()
-
-    def check() -> None:
-        assert listing(lab) == before, "the host's firewall changed"
-        assert not shadows() - names, "a shadow namespace was left behind"
-    return check
+    yield lab
+    assert listing(lab) == before, "the host's firewall changed"
+    assert not shadows() - names, "a shadow namespace was left behind"
 
 
 @pytest.fixture
 def ufw(lab: Lab) -> Any:
-    lab.iptables_restore(lab.server, UFW_BANNED)
-    lab.listen(lab.server, Proto.TCP, 8443)
-    lab.listen(lab.server, Proto.TCP, 22)
-    check = guarded(lab)
-    yield lab
-    check()
+    yield from loaded(lab, lambda: lab.iptables_restore(lab.server, UFW_BANNED))
 
 
 @pytest.fixture
 def firewalld(lab: Lab) -> Any:
-    lab.nft(lab.server, FIREWALLD_ZONES)
-    lab.listen(lab.server, Proto.TCP, 8443)
-    lab.listen(lab.server, Proto.TCP, 22)
-    check = guarded(lab)
-    yield lab
-    check()
+    yield from loaded(lab, lambda: lab.nft(lab.server, FIREWALLD_ZONES))
 
 
 def run_whatif(lab: Lab, *cmd: str) -> Any:
