@@ -230,7 +230,7 @@ def translate(r: Rule, t: Target) -> tuple[list[Step], list[str]]:
             if version == fam or fam == 4:
                 raise UsageError(f"the target's firewall has no {chain} chain: ufw does not manage IPv{fam} there",
                                  "what-if a target where ufw is enabled for that family")
-            notes.append(f"no {chain} in the target (ufw's IPV6=no): the IPv6 rule ufw would keep is not applied")
+            notes.append(f"no {chain} in the target (as with ufw's IPV6=no): no IPv6 rule applied")
             continue
         lines = [f"{chain} {s}" for s in snippets(format_rule(r), prefix)]
         notes.append(f"user.rules{'6' if fam == 6 else ''}: {tuple_line(r, fam == 6)}")
