@@ -31,6 +31,8 @@ class FlowRow:
     conntrack: str = ""
     first: float = 0.0
     last: float = 0.0
+    ct_id: Optional[int] = None  # its conntrack entry's id, as the trace named it (Linux 6.16+)
+    answers: int = 0  # the service's answers traced (kept: at most 8), across NAT too
 
     def to_json(self) -> dict[str, object]:
         proto, src, sport, dst, dport = self.key
@@ -38,7 +40,8 @@ class FlowRow:
                 "verdict": self.verdict, "packets_traced": self.packets, "packets_captured": self.captured,
                 "interfaces": list(self.interfaces), "decided_by": self.decided_by or None,
                 "conclusion": self.conclusion or None, "findings": [f.to_json() for f in self.findings],
-                "timeline": list(self.timeline), "conntrack": self.conntrack or None}
+                "timeline": list(self.timeline), "conntrack": self.conntrack or None, "conntrack_id": self.ct_id,
+                "answers_traced": self.answers}
 
 
 @dataclass(frozen=True)
