@@ -128,6 +128,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         while p.poll() is None and time.monotonic() - t0 < total + 30:
             try:
                 samples.append(((time.monotonic() - t0) / 60, rss_kib(p.pid)))
+                print(f"{samples[-1][0]:.2f} min {samples[-1][1]} KiB", file=sys.stderr, flush=True)
             except OSError:
                 break
             time.sleep(args.every)

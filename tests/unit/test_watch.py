@@ -254,6 +254,11 @@ def test_flows_stay_bounded() -> None:
     busy.feed([ev(i, "pre0", ip4(C, S, "tcp", 8080)) for i in range(100)], 1.0)
     busy.trim()
     assert len(busy.flows[("tcp", C, 40000, S, 8080)].packets) == 8 and busy.packets_traced == 100
+    # a busy flow over a long watch: the trace ids followed stay bounded too (they hold their packets)
+    for i in range(5000):
+        busy.feed([ev(10_000 + i, "pre0", ip4(C, S, "tcp", 8080)), ev(10_000 + i, "in_end", kind=EventKind.POLICY)], 2.0)
+        busy.trim()
+    assert len(busy.current) <= 1024 and busy.packets_traced == 5100
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -364,3 +369,4 @@ def test_captures_queued_before_the_table_count_only_if_traced() -> None:
                                                                                  verdict="accept")))
     assert [(r.key[2], r.verdict, r.captured) for r in s.rows] == [(40000, "accept", 1)], s.rows
     assert s.accounting.packets_captured == 1 and s.outcome == "flows"
+    assert s.accounting.capture_before == 1 and s.accounting.to_json()["capture"]["before_table_left_out"] == 1

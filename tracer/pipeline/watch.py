@@ -99,6 +99,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     ifaces: tuple[str, ...] = ()
     wire: list[Seen] = []
     early: tuple[Seen, ...] = ()
+    before = 0
     armed: Optional[verify.Start] = None
     generations: list[int] = []
     try:
@@ -121,7 +122,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         except KeyboardInterrupt as e:
             stopped = getattr(e, "signame", None) or "SIGINT"
         end_at = yield Now()
-        _early(req, flows, near, early, wire)
+        before = _early(req, flows, near, early, wire)
         try:
             listing = yield ListChains(tuple(("inet", tplan.table, c) for c in watchplan.base_chains(tplan)))
             budget = watchplan.budget(listing)
@@ -140,6 +141,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     rows = yield from _diagnosed(req, flows, conntrack)
     summary = _summary(req, run_id, tplan, ifaces, end_at - start_at, stopped, rows, flows, near, lost or finished.lost,
                        budget, cap, left)
+    summary = dataclasses.replace(summary, accounting=dataclasses.replace(summary.accounting, capture_before=before))
     return dataclasses.replace(summary, wire=_wire(flows, rows, wire)) if req.evidence else summary
 
 
@@ -163,11 +165,12 @@ def _wire(flows: Flows, rows: tuple[FlowRow, ...], wire: list[Seen]) -> tuple[Wi
     return tuple(out)
 
 
-def _early(req: WatchRequest, flows: Flows, near: Counter[str], early: tuple[Seen, ...], wire: list[Seen]) -> None:
+def _early(req: WatchRequest, flows: Flows, near: Counter[str], early: tuple[Seen, ...], wire: list[Seen]) -> int:
     """The captures queued before the mark (MarkCapture): near misses count (they arrived); a
     packet of the filter counts only if its trace reached fwtrace (same flow and IP id / flow
-    label), i.e. it arrived once the table was in."""
+    label), i.e. it arrived once the table was in. Returns how many were left out."""
     traced = {(f.key, p.headers.ident) for f in flows.flows.values() for p in f.packets}
+    left = 0
     for s in early:
         if not matches(req.filter, s.headers):
             if len(near) < NEAR_KEYS or _near(req.filter, s.headers) in near:
@@ -176,6 +179,9 @@ def _early(req: WatchRequest, flows: Flows, near: Counter[str], early: tuple[See
             flows.captured(s.headers, s.ifname, s.at, s.otherhost)
             if req.evidence and len(wire) < WIRE_MAX:
                 wire.append(s)
+        else:
+            left += 1
+    return left
 
 
 def _collect(req: WatchRequest, flows: Flows, near: Counter[str], start: float, deadline: float,

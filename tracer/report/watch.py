@@ -70,6 +70,7 @@ class Accounting:
     flows_untracked: int = 0  # flows beyond the table's bound, counted only
     rate: int = 0
     burst: int = 0
+    capture_before: int = 0  # packets of the filter captured before the table was in (untraced): left out
 
     @property
     def budget_hit(self) -> Optional[bool]:
@@ -81,7 +82,8 @@ class Accounting:
                 "kernel_counted": self.kernel_arrived, "kernel_budget": {"rate_per_second": self.rate, "burst": self.burst,
                                                                          "hit": self.budget_hit,
                                                                          "untraced": self.budget_untraced},
-                "capture": {"passed_filter": self.capture_kernel, "dropped": self.capture_dropped},
+                "capture": {"passed_filter": self.capture_kernel, "dropped": self.capture_dropped,
+                            "before_table_left_out": self.capture_before},
                 "flows_untracked": self.flows_untracked}
 
     def text(self) -> str:
@@ -91,6 +93,8 @@ class Accounting:
         return (f"{self.packets_traced} packet(s) traced, {self.packets_captured} captured arriving; "
                 f"{self.events} trace event(s), {lost}; kernel-side budget ({self.rate}/s, burst {self.burst}) {budget}"
                 + (f"; the capture's buffer dropped {self.capture_dropped}" if self.capture_dropped else "")
+                + (f"; {self.capture_before} captured before the table was in, left out (they could not be traced)"
+                   if self.capture_before else "")
                 + (f"; {self.flows_untracked} flow(s) beyond the table's bound counted only" if self.flows_untracked else ""))
 
 
