@@ -157,6 +157,7 @@ class TraceEvent:
     # conntrack's view at this step (nftrace, Linux 6.16+): new, established, related, invalid,
     # untracked; None when the source does not say
     ct_state: Optional[str] = None
+    ct_id: Optional[int] = None  # the packet's conntrack entry's id at this step (nftrace, Linux 6.16+)
 
     @property
     def action(self) -> Optional["RuleVerdict"]:

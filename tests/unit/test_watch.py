@@ -12,7 +12,7 @@ import pytest
 from tracer.cli import build_parser, cliargs
 from tracer.correlate.flows import Flows, flow_events, key_text, reply_headers
 from tracer.errors import UsageError
-from tracer.model import EventKind, Proto, TraceEvent
+from tracer.model import EventKind, Proto, Ruleset, TraceEvent
 from tracer.packet import parse_headers
 from tracer.pipeline.watch import matches
 from tracer.plan import plan, watchplan
@@ -34,7 +34,9 @@ def test_plan_traces_only_the_filter_and_rate_limits_it() -> None:
         assert traced.endswith(("jump pre0", "jump pre1", "jump out0", "jump out1")) and "limit" not in traced
         assert over.split(" limit")[0] == traced.split(" counter")[0]  # the same match
     assert "ip saddr 192.0.2.2/32 meta l4proto tcp th dport 8080" in p.batch
-    assert "ip daddr 192.0.2.2/32 meta l4proto tcp th sport 8080" in p.batch
+    # the answers by their destination only: behind a port-forward the service answers from its own port
+    assert "ip daddr 192.0.2.2/32 meta l4proto tcp counter jump" in p.batch and "th sport" not in p.batch
+    assert "meta nfproto { ipv4, ipv6 } meta l4proto tcp th sport 8080" in watch_plan("0123abcd", f(None, proto=Proto.TCP), 7).batch
     # nothing in it decides any packet's fate: only return (the accept policy) and jumps to flag setters
     assert not any(v in p.batch for v in (" accept\n", " drop", " reject"))
     assert watchplan.base_chains(p) == ("pre", "out")
@@ -202,6 +204,47 @@ def test_a_packet_flagged_at_ingress_and_again_at_prerouting_is_one_packet() -> 
     assert flow.quick == "drop"
 
 
+def ctev(tid: int, ct_id: int, chain: str = "input") -> TraceEvent:
+    return TraceEvent(tid, EventKind.RULE, "inet", "filter", chain, 3, "accept", "eth0", ct_id=ct_id)
+
+
+def test_a_dnat_flows_answers_join_it_by_conntrack_id() -> None:
+    """A port-forward 8080 -> 10.0.0.5:80: the answers come from 10.0.0.5:80 (another 5-tuple)
+    and name the same conntrack entry as the client's packets once conntrack has seen them."""
+    from scapy.layers.inet import IP, TCP
+
+    flows = Flows(TABLE, dport=8080)
+    synack = bytes(IP(src="10.0.0.5", dst=C) / TCP(sport=80, dport=40000, flags="SA"))
+    other = bytes(IP(src=S, dst=C) / TCP(sport=22, dport=40001, flags="A"))  # an answer of a flow not watched
+    flows.feed([ev(1, "pre0", ip4(C, S, "tcp", 8080)), ctev(1, 77)], 1.0)
+    flows.feed([ev(2, "pre1", synack), ctev(2, 77, "forward"), ev(3, "out1", other), ctev(3, 5, "output")], 2.0)
+    [flow] = flows.flows.values()
+    assert flow.key == ("tcp", C, 40000, S, 8080) and flow.ct_id == 77
+    assert len(flow.replies) == 1 and flow.replies[0].headers.sport == 80
+    assert flows.aliases == {("tcp", C, 40000, "10.0.0.5", 80): flow.key}
+    # the next answer of that 5-tuple joins at once, before its trace names the entry
+    flows.feed([ev(4, "pre1", synack)], 3.0)
+    assert len(flow.replies) == 2 and len(flows.flows) == 1
+    assert [e.trace_id for e in flow_events(flow)] == [1, 1, 2, 2]
+
+
+def test_answers_before_their_entry_is_known_wait_and_join() -> None:
+    """An answer-only flow of the filter's port (a DNAT to another host keeping the port) merges
+    into the client's flow once the conntrack id ties them; waiting answers stay bounded."""
+    from scapy.layers.inet import IP, TCP
+
+    flows = Flows(TABLE, dport=8080)
+    back = bytes(IP(src="10.0.0.5", dst=C) / TCP(sport=8080, dport=40000, flags="SA"))
+    flows.feed([ev(1, "pre0", ip4(C, S, "tcp", 8080)), ev(2, "pre1", back)], 1.0)
+    assert len(flows.flows) == 2  # not yet known to be one
+    flows.feed([ctev(1, 9), ctev(2, 9, "forward")], 1.5)
+    [flow] = flows.flows.values()
+    assert flow.key == ("tcp", C, 40000, S, 8080) and len(flow.replies) == 1
+    for i in range(400):
+        flows.feed([ev(1000 + i, "out1", bytes(IP(src=S, dst=C) / TCP(sport=22, dport=1024 + i)))], 2.0)
+    assert len(flows.waiting) == 256 and len(flows.flows) == 1
+
+
 def test_flows_stay_bounded() -> None:
     flows = Flows(TABLE, max_flows=2)
     for port in (1, 2, 3):
@@ -211,6 +254,11 @@ def test_flows_stay_bounded() -> None:
     busy.feed([ev(i, "pre0", ip4(C, S, "tcp", 8080)) for i in range(100)], 1.0)
     busy.trim()
     assert len(busy.flows[("tcp", C, 40000, S, 8080)].packets) == 8 and busy.packets_traced == 100
+    # a busy flow over a long watch: the trace ids followed stay bounded too (they hold their packets)
+    for i in range(5000):
+        busy.feed([ev(10_000 + i, "pre0", ip4(C, S, "tcp", 8080)), ev(10_000 + i, "in_end", kind=EventKind.POLICY)], 2.0)
+        busy.trim()
+    assert len(busy.current) <= 1024 and busy.packets_traced == 5100
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -245,11 +293,13 @@ def test_capture_filter_everything() -> None:
 
 
 # --- the pipeline, answered from a script ---------------------------------------------------------
-def scripted(interrupt_at_poll: Optional[int], listing: str = "") -> tuple[Any, list[str]]:
+def scripted(interrupt_at_poll: Optional[int], listing: str = "", early: tuple[Any, ...] = (),
+             events: tuple[TraceEvent, ...] = ()) -> tuple[Any, list[str]]:
     from tracer.pipeline import watch as w
     from tracer.plan import commands as c
     from tracer.plan import watch_commands as wc
     from tracer.plan.commands import drive
+    from tracer.ruleset.snapshot import Snapshot
 
     seen: list[str] = []
     polls = [0]
@@ -267,10 +317,11 @@ def scripted(interrupt_at_poll: Optional[int], listing: str = "") -> tuple[Any, 
 
                 raise Interrupted("SIGTERM")
             clock[0] = max(clock[0] + 0.3, min(cmd.until, clock[0] + 0.3))
-            return wc.WatchPolled(clock[0])
+            return wc.WatchPolled(clock[0], events if polls[0] == 1 else ())
         return {c.ListBaseChains: "", c.Begin: None, wc.OpenCapture: ("eth0",), c.ProofListing: {},
                 c.Generation: 1, c.Change: None, c.ListChains: listing, wc.CaptureStats: (0, 0),
-                c.Finish: c.Finished(), wc.Show: None, c.ReadSysctl: None}[type(cmd)]
+                c.Finish: c.Finished(), wc.Show: None, c.ReadSysctl: None, wc.MarkCapture: early,
+                c.MetChains: Snapshot(Ruleset(), "", {}), c.Listeners: (), c.Conntrack: "none"}[type(cmd)]
 
     req = w.WatchRequest(f(proto=Proto.TCP), duration=1.0)
     return drive(w.watch(req, "0123abcd", 1), execute), seen
@@ -283,7 +334,7 @@ def test_pipeline_order_nothing_arrived_and_duration() -> None:
     s, seen = scripted(None, quiet)
     # the capture before the proof's listing, the listing before the table, the table before any poll;
     # the counters and the capture's counts before the undo, the proof after it
-    order = [seen.index(n) for n in ("OpenCapture", "ProofListing", "Change", "PollWatch", "ListChains", "CaptureStats",
+    order = [seen.index(n) for n in ("OpenCapture", "ProofListing", "Change", "MarkCapture", "PollWatch", "ListChains", "CaptureStats",
                                      "Finish")]
     assert order == sorted(order) and "ProofListing" in seen[seen.index("Finish"):]
     assert s.stopped_by == "duration" and s.outcome == "nothing-arrived" and s.interfaces == ("eth0",)
@@ -296,3 +347,26 @@ def test_pipeline_signal_mid_watch_still_undoes_and_summarises() -> None:
     assert s.stopped_by == "SIGTERM" and seen.count("Finish") == 1
     assert seen.index("Finish") > seen.index("Change")
     assert s.accounting.budget_hit is None  # no counters listed: "unknown", not "not hit"
+
+
+def test_captures_queued_before_the_table_count_only_if_traced() -> None:
+    """Packets the capture queued until the table was in (a loaded machine may take long to put
+    it in) arrived before it, or in the instant since: untraced, they are no sign of "never
+    reached netfilter" (false not-in-netfilter flows made test_accepted_flow flaky); traced, they
+    were captured too."""
+    from tracer.plan import watch_commands as wc
+
+    def seen(sport: int, ident: int) -> Any:
+        data = ip4(C, S, "tcp", 8080)
+        data = data[:4] + struct.pack(">H", ident) + data[6:20] + struct.pack(">H", sport) + data[22:]
+        h = parse_headers(data)
+        assert h is not None
+        return wc.Seen(h, data, "eth0", 99.0)
+
+    before, during = seen(40001, 7), seen(40000, 1)  # scapy's IP id is 1: `during` is the traced SYN
+    syn = ip4(C, S, "tcp", 8080)
+    s, _ = scripted(None, early=(before, during), events=(ev(1, "pre0", syn), ev(1, "in_end", kind=EventKind.POLICY,
+                                                                                 verdict="accept")))
+    assert [(r.key[2], r.verdict, r.captured) for r in s.rows] == [(40000, "accept", 1)], s.rows
+    assert s.accounting.packets_captured == 1 and s.outcome == "flows"
+    assert s.accounting.capture_before == 1 and s.accounting.to_json()["capture"]["before_table_left_out"] == 1

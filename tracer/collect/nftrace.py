@@ -118,6 +118,7 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
         verdict = _VERDICTS.get(struct.unpack(">I", fields[A_POLICY])[0], verdict)
     packet = None
     ct_state = _ct_state(fields)
+    ct_id = struct.unpack(">I", fields[A_CT_ID])[0] if len(fields.get(A_CT_ID, b"")) == 4 else None
     if A_NETWORK_HEADER in fields:
         packet = fields[A_NETWORK_HEADER] + fields.get(A_TRANSPORT_HEADER, b"")
     return TraceEvent(
@@ -132,6 +133,7 @@ def _trace_event(msg: bytes, ifnames: Mapping[int, str]) -> Optional[TraceEvent]
         oif=ifname(A_OIF),
         packet=packet,
         ct_state=ct_state,
+        ct_id=ct_id,
     )
 
 

@@ -4,7 +4,11 @@ Every traced packet's trace starts in the chain of fwtrace's that set its flag (
 entry 0 the client's packets, entry 1 the answers), with its headers; the events that follow with
 the same trace id are that packet's, whatever NAT does to its headers later. A flow is the client
 side's 5-tuple (protocol, source, source port / echo id, destination, port) as the client sent it;
-an answer joins the flow it answers (its 5-tuple reversed).
+an answer joins the flow it answers (its 5-tuple reversed) or, across NAT, the flow of the same
+conntrack entry: the trace names the entry's id (Linux 6.16+) once conntrack has seen the packet,
+so a DNATed flow's answers (from the backend's address and port: another 5-tuple) join the
+client's flow. Answers that are neither wait (bounded) for their entry, and are left out if
+it never comes: the watch's filter does not cover them.
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from tracer.plan.plan import DELIVERED, TABLE_PREFIX
 FlowKey = tuple[str, str, int, str, int]  # proto, src, sport, dst, dport (as the client sent it)
 _PROTO = {6: Proto.TCP, 17: Proto.UDP, 1: Proto.ICMP, 58: Proto.ICMP}
 _TCP_FLAGS = "FSRPAUEC"
+KEEP = 8  # packets kept per flow and direction (Flows.trim), and per waiting answer's 5-tuple
+FOLLOWED = 1024  # trace ids followed at once (Flows._follow)
+WAITING = 256  # answers' 5-tuples waiting for their flow (across NAT) at most
 
 
 def flow_key(h: Headers, reply: bool = False) -> Optional[FlowKey]:
@@ -49,6 +56,8 @@ class Packet:
     headers: Headers
     reply: bool
     events: list[TraceEvent] = field(default_factory=list)
+    key: Optional[FlowKey] = None  # the flow it is in (or waits for, an answer across NAT)
+    ct_id: Optional[int] = None  # its conntrack entry, once a trace event of it named one
 
     @property
     def quick(self) -> str:
@@ -84,6 +93,7 @@ class Flow:
     otherhost: int = 0  # ... addressed to another link-layer address (the kernel drops those before netfilter)
     interfaces: set[str] = field(default_factory=set)  # where the capture saw it arrive
     ifaces_traced: set[str] = field(default_factory=set)  # the input interfaces its trace names
+    ct_id: Optional[int] = None  # its conntrack entry's id (from the trace), None: not seen
 
     @property
     def quick(self) -> str:
@@ -104,8 +114,12 @@ class Flow:
 class Flows:
     """The flows of one watch, fed as events and captures arrive."""
 
-    def __init__(self, table: str, max_flows: int = 10_000) -> None:
+    def __init__(self, table: str, max_flows: int = 10_000, dport: Optional[int] = None) -> None:
         self.table = table
+        self.dport = dport  # the filter's port: an answer from another port is the filter's only across NAT
+        self.ct_flows: dict[int, FlowKey] = {}  # conntrack id -> the flow of its original direction
+        self.aliases: dict[FlowKey, FlowKey] = {}  # an answer's 5-tuple across NAT -> its flow
+        self.waiting: dict[FlowKey, list[Packet]] = {}  # answers not (yet) of any flow
         self.flows: dict[FlowKey, Flow] = {}
         self.current: dict[int, Packet] = {}  # trace id -> the packet it names now
         self.packets_traced = 0
@@ -134,23 +148,29 @@ class Flows:
                 h = parse_headers(ev.packet)
                 reply = ev.chain.endswith("1")
                 key = flow_key(h, reply) if h is not None else None
+                if key is not None and reply:
+                    key = self.aliases.get(key, key)
+                prev = self.current.get(ev.trace_id)
+                if prev is not None and h is not None and prev.reply == reply and prev.headers.ident == h.ident \
+                        and prev.key == key:
+                    prev.events.append(ev)  # the same packet flagged again: ingress, then prerouting
+                    continue
+                if key is not None and reply and key not in self.flows and self.dport is not None \
+                        and key[4] != self.dport:
+                    self._follow(ev.trace_id, self._wait(Packet(h, reply, [ev], key)))  # type: ignore[arg-type]
+                    continue
                 flow = self._flow(key, at) if key is not None else None
                 if h is None or flow is None:
                     self.current.pop(ev.trace_id, None)
                     self.unplaced += 1
                     continue
-                prev = self.current.get(ev.trace_id)
-                if prev is not None and prev.reply == reply and prev.headers.ident == h.ident \
-                        and flow_key(prev.headers, reply) == key:
-                    prev.events.append(ev)  # the same packet flagged again: ingress, then prerouting
-                    continue
-                pkt = Packet(h, reply, [ev])
+                pkt = Packet(h, reply, [ev], key)
                 (flow.replies if reply else flow.packets).append(pkt)
                 if not reply:
                     self.packets_traced += 1
                     if ev.iif:
                         flow.ifaces_traced.add(ev.iif)
-                self.current[ev.trace_id] = pkt
+                self._follow(ev.trace_id, pkt)
                 changed.add(key)
                 continue
             pkt = self.current.get(ev.trace_id)
@@ -158,10 +178,61 @@ class Flows:
                 self.unplaced += 1
                 continue
             pkt.events.append(ev)
-            key = flow_key(pkt.headers, pkt.reply)
-            if key is not None:
-                changed.add(key)
+            if ev.ct_id is not None and pkt.ct_id is None:
+                pkt.ct_id = ev.ct_id
+                self._conntrack(pkt, at)
+            if pkt.key is not None and pkt.key in self.flows:
+                changed.add(pkt.key)
         return changed
+
+    def _follow(self, trace_id: int, pkt: Packet) -> None:
+        """The trace id names this packet now. Only the newest FOLLOWED ids are kept: a packet's
+        events come together, and every id kept holds its packet (a busy flow's trimmed ones too),
+        which grew the watch by 1.4 MB a minute (bench/watch_bounds.py memory)."""
+        self.current.pop(trace_id, None)
+        self.current[trace_id] = pkt
+        if len(self.current) > FOLLOWED:
+            del self.current[next(iter(self.current))]
+
+    def _wait(self, pkt: Packet) -> Packet:
+        assert pkt.key is not None
+        queue = self.waiting.get(pkt.key)
+        if queue is None:
+            if len(self.waiting) >= WAITING:
+                self.unplaced += 1
+                return pkt  # followed (its events are its own) but kept nowhere
+            queue = self.waiting[pkt.key] = []
+        if len(queue) < KEEP:
+            queue.append(pkt)
+        return pkt
+
+    def _conntrack(self, pkt: Packet, at: float) -> None:
+        """The packet's trace named its conntrack entry: a packet of the client's remembers it for
+        its flow; an answer of another 5-tuple (NAT) joins the flow of that entry, and so does
+        every answer of its 5-tuple from now on."""
+        assert pkt.ct_id is not None and pkt.key is not None
+        if not pkt.reply:
+            flow = self.flows.get(pkt.key)
+            if flow is not None and len(self.ct_flows) < 2 * self.max_flows:
+                self.ct_flows.setdefault(pkt.ct_id, pkt.key)
+                flow.ct_id = flow.ct_id if flow.ct_id is not None else pkt.ct_id
+            return
+        target = self.ct_flows.get(pkt.ct_id)
+        if target is None or target == pkt.key or target not in self.flows:
+            return
+        old, flow = pkt.key, self.flows[target]
+        self.aliases[old] = target
+        moved = self.waiting.pop(old, [])
+        gone = self.flows.pop(old, None)
+        if gone is not None:  # an answer-only flow of that 5-tuple (the filter's port kept by the NAT)
+            moved += gone.replies
+            flow.first, flow.last = min(flow.first, gone.first), max(flow.last, gone.last)
+        if pkt not in moved:
+            moved.append(pkt)
+        for p in moved:
+            p.key = target
+        flow.replies.extend(moved[:max(0, KEEP - len(flow.replies))])
+        flow.last = max(flow.last, at)
 
     def captured(self, h: Headers, ifname: str, at: float, otherhost: bool = False) -> Optional[FlowKey]:
         """A packet of the filter seen by the receive-side capture (before tc and netfilter)."""
@@ -174,7 +245,7 @@ class Flows:
         flow.interfaces.add(ifname)
         return key
 
-    def trim(self, keep: int = 8) -> None:
+    def trim(self, keep: int = KEEP) -> None:
         """Bound memory on a busy flow: keep the first packets of each flow and its first
         answers (the decisive packet is among the kept when it is a drop: a dropped flow
         retransmits the same)."""

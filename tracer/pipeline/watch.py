@@ -38,7 +38,7 @@ from tracer.plan.commands import (
     Steps,
 )
 from tracer.plan.records import nft_undo
-from tracer.plan.watch_commands import CaptureStats, Now, OpenCapture, PollWatch, Seen, Show, WatchPolled
+from tracer.plan.watch_commands import CaptureStats, MarkCapture, Now, OpenCapture, PollWatch, Seen, Show, WatchPolled
 from tracer.plan.watchplan import WatchFilter
 from tracer.report.watch import UPSTREAM, Accounting, FlowRow, Live, WatchSummary, WirePacket
 from tracer.ruleset.nftsets import parse_sets
@@ -88,7 +88,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     tplan = watchplan.watch_plan(run_id, req.filter, pid, plan.floors((yield ListBaseChains())), req.rate, req.burst)
     program = watchplan.capture_filter(req.filter)
     yield Begin()
-    flows = Flows(tplan.table)
+    flows = Flows(tplan.table, dport=req.filter.dport)
     near: Counter[str] = Counter()
     lost = False
     stopped = "duration"
@@ -98,17 +98,23 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     start_at = end_at = 0.0
     ifaces: tuple[str, ...] = ()
     wire: list[Seen] = []
+    early: tuple[Seen, ...] = ()
+    before = 0
     armed: Optional[verify.Start] = None
     generations: list[int] = []
     try:
         # The capture first, then the proof's listing, then the table: nothing of the filter that
-        # arrives once the table is in can be missed by the capture.
+        # arrives once the table is in can be missed by the capture. What it queued until the
+        # table was in (the mark) counts only where a trace shows the packet was traced: the
+        # others arrived before the table (however long a loaded machine took to put it in) and
+        # could not be traced, which is no sign that they never reached netfilter.
         ifaces = yield OpenCapture(program, req.iface)
         armed = yield from verify.before(tplan.table, None, {})
         generations.append((yield Generation()))
         yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
                      atomic=True)
-        start_at = yield Now()  # captures from before are left out: their packets could not be traced
+        early = yield MarkCapture()
+        start_at = yield Now()
         generations.append((yield Generation()))
         deadline = start_at + req.duration
         try:
@@ -116,6 +122,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         except KeyboardInterrupt as e:
             stopped = getattr(e, "signame", None) or "SIGINT"
         end_at = yield Now()
+        before = _early(req, flows, near, early, wire)
         try:
             listing = yield ListChains(tuple(("inet", tplan.table, c) for c in watchplan.base_chains(tplan)))
             budget = watchplan.budget(listing)
@@ -134,6 +141,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     rows = yield from _diagnosed(req, flows, conntrack)
     summary = _summary(req, run_id, tplan, ifaces, end_at - start_at, stopped, rows, flows, near, lost or finished.lost,
                        budget, cap, left)
+    summary = dataclasses.replace(summary, accounting=dataclasses.replace(summary.accounting, capture_before=before))
     return dataclasses.replace(summary, wire=_wire(flows, rows, wire)) if req.evidence else summary
 
 
@@ -155,6 +163,25 @@ def _wire(flows: Flows, rows: tuple[FlowRow, ...], wire: list[Seen]) -> tuple[Wi
                    f"{verdicts.get(key, 'unknown')}; " + (f"nftrace id {tid:#x}" if tid is not None else "no trace of it reached fwtrace"))
         out.append(WirePacket(s.data, s.wall, comment))
     return tuple(out)
+
+
+def _early(req: WatchRequest, flows: Flows, near: Counter[str], early: tuple[Seen, ...], wire: list[Seen]) -> int:
+    """The captures queued before the mark (MarkCapture): near misses count (they arrived); a
+    packet of the filter counts only if its trace reached fwtrace (same flow and IP id / flow
+    label), i.e. it arrived once the table was in. Returns how many were left out."""
+    traced = {(f.key, p.headers.ident) for f in flows.flows.values() for p in f.packets}
+    left = 0
+    for s in early:
+        if not matches(req.filter, s.headers):
+            if len(near) < NEAR_KEYS or _near(req.filter, s.headers) in near:
+                near[_near(req.filter, s.headers)] += 1
+        elif (flows_.flow_key(s.headers), s.headers.ident) in traced:
+            flows.captured(s.headers, s.ifname, s.at, s.otherhost)
+            if req.evidence and len(wire) < WIRE_MAX:
+                wire.append(s)
+        else:
+            left += 1
+    return left
 
 
 def _collect(req: WatchRequest, flows: Flows, near: Counter[str], start: float, deadline: float,
@@ -216,7 +243,8 @@ def _quick_row(flow: Flow) -> FlowRow:
                  and (e.verdict or "").split(" ")[0] in ("drop", "reject"))
         decided = f"{e.family} {e.table} {e.chain} " + (f"handle {e.handle}" if e.handle is not None else "policy")
     return FlowRow(key_text(flow.key), flow.key, flow.quick, len(flow.packets), flow.captured,
-                   tuple(sorted(flow.interfaces | flow.ifaces_traced)), decided, first=flow.first, last=flow.last)
+                   tuple(sorted(flow.interfaces | flow.ifaces_traced)), decided, first=flow.first, last=flow.last,
+                   ct_id=flow.ct_id, answers=len(flow.replies))
 
 
 def _met(flow: Flow) -> set[tuple[str, str, str]]:

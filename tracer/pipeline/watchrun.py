@@ -21,6 +21,7 @@ HANDLERS: dict[type, Callable[[Any, Any], Any]] = {
     w.OpenCapture: handlers.open_capture,
     w.PollWatch: handlers.poll_watch,
     w.CaptureStats: handlers.capture_stats,
+    w.MarkCapture: handlers.mark_capture,
     w.Now: handlers.now,
     w.Show: handlers.show,
 }

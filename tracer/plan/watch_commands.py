@@ -41,6 +41,13 @@ class PollWatch(Command):
 
 
 @dataclass(frozen=True)
+class MarkCapture(Command):
+    """Read everything the capture queued so far -> tuple of Seen. Right after the table went in:
+    these arrived before it (never traced: not "never reached netfilter") or in the instant
+    since; the pipeline keeps only those a trace shows were traced."""
+
+
+@dataclass(frozen=True)
 class WatchPolled:
     at: float
     events: tuple[TraceEvent, ...] = ()

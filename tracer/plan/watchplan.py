@@ -82,8 +82,10 @@ def match_forward(f: WatchFilter) -> str:
 
 
 def match_reply(f: WatchFilter) -> str:
-    """The service's answers: back to src, from dport (ICMP errors quoting the client's packets
-    are matched by their destination only)."""
+    """The service's answers: back to src (from any port: behind a port-forward (DNAT) the
+    service answers from its own port, and the flows join it by its conntrack entry), or without
+    a source from dport (ICMP errors quoting the client's packets are matched by their
+    destination only)."""
     parts = []
     if f.src is not None:
         parts.append(f"{'ip' if f.src.version == 4 else 'ip6'} daddr {f.src}")
@@ -91,7 +93,7 @@ def match_reply(f: WatchFilter) -> str:
         parts.append("meta nfproto { ipv4, ipv6 }")
     if _l4(f):
         parts.append(_l4(f))
-    if f.dport is not None and f.proto is not Proto.ICMP:
+    if f.dport is not None and f.proto is not Proto.ICMP and f.src is None:
         parts.append(f"th sport {f.dport}")
     return " ".join(parts)
 

@@ -31,6 +31,8 @@ class FlowRow:
     conntrack: str = ""
     first: float = 0.0
     last: float = 0.0
+    ct_id: Optional[int] = None  # its conntrack entry's id, as the trace named it (Linux 6.16+)
+    answers: int = 0  # the service's answers traced (kept: at most 8), across NAT too
 
     def to_json(self) -> dict[str, object]:
         proto, src, sport, dst, dport = self.key
@@ -38,7 +40,8 @@ class FlowRow:
                 "verdict": self.verdict, "packets_traced": self.packets, "packets_captured": self.captured,
                 "interfaces": list(self.interfaces), "decided_by": self.decided_by or None,
                 "conclusion": self.conclusion or None, "findings": [f.to_json() for f in self.findings],
-                "timeline": list(self.timeline), "conntrack": self.conntrack or None}
+                "timeline": list(self.timeline), "conntrack": self.conntrack or None, "conntrack_id": self.ct_id,
+                "answers_traced": self.answers}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Accounting:
     flows_untracked: int = 0  # flows beyond the table's bound, counted only
     rate: int = 0
     burst: int = 0
+    capture_before: int = 0  # packets of the filter captured before the table was in (untraced): left out
 
     @property
     def budget_hit(self) -> Optional[bool]:
@@ -78,7 +82,8 @@ class Accounting:
                 "kernel_counted": self.kernel_arrived, "kernel_budget": {"rate_per_second": self.rate, "burst": self.burst,
                                                                          "hit": self.budget_hit,
                                                                          "untraced": self.budget_untraced},
-                "capture": {"passed_filter": self.capture_kernel, "dropped": self.capture_dropped},
+                "capture": {"passed_filter": self.capture_kernel, "dropped": self.capture_dropped,
+                            "before_table_left_out": self.capture_before},
                 "flows_untracked": self.flows_untracked}
 
     def text(self) -> str:
@@ -88,6 +93,8 @@ class Accounting:
         return (f"{self.packets_traced} packet(s) traced, {self.packets_captured} captured arriving; "
                 f"{self.events} trace event(s), {lost}; kernel-side budget ({self.rate}/s, burst {self.burst}) {budget}"
                 + (f"; the capture's buffer dropped {self.capture_dropped}" if self.capture_dropped else "")
+                + (f"; {self.capture_before} captured before the table was in, left out (they could not be traced)"
+                   if self.capture_before else "")
                 + (f"; {self.flows_untracked} flow(s) beyond the table's bound counted only" if self.flows_untracked else ""))
 
 

@@ -10,6 +10,8 @@ from tracer.errors import UsageError
 from tracer.pipeline.drive import checkpoint
 from tracer.plan import watch_commands as w
 
+MARK_READS = 16  # x the capture's MAX_READ: what a loaded moment can queue before the table is in
+
 if TYPE_CHECKING:
     from tracer.pipeline.drive import RunState
 
@@ -38,6 +40,17 @@ def poll_watch(run: "RunState", cmd: w.PollWatch) -> Optional[w.WatchPolled]:
         checkpoint("collect")
     seen = tuple(cap.poll())
     return w.WatchPolled(time.monotonic(), tuple(new), seen, any(s.lost for s in run.sources))
+
+
+def mark_capture(run: "RunState", cmd: w.MarkCapture) -> tuple[w.Seen, ...]:
+    cap = getattr(run, "capture")
+    out: list[w.Seen] = []
+    for _ in range(MARK_READS):
+        got = cap.poll()
+        out += got
+        if not got:
+            break
+    return tuple(out)
 
 
 def capture_stats(run: "RunState", cmd: w.CaptureStats) -> tuple[int, int]:
