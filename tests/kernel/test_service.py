@@ -15,13 +15,17 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 
 from tracer import cli, system
 from tracer.cli.lab import SERVER4, Lab
 from tracer.errors import ExitStatus
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "schema" / "report.schema.json").read_text())
 
 NAMED_SERVER = r'''
 import ctypes, socket, sys
@@ -46,7 +50,10 @@ def fwtrace(lab: Lab, capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[in
     status = cli.main(["probe", *argv, "--netns", lab.server, "--from-netns", lab.client, "--dst", str(SERVER4),
                        "--timeout", "0.6", "--ebpf", "off", "--json"])
     out, err = capfd.readouterr()
-    return status, json.loads(out) if out.strip() else None, err
+    doc = json.loads(out) if out.strip() else None
+    for one in (doc or {}).get("probes", []):
+        jsonschema.validate(one, SCHEMA)  # each port's document is a probe's own
+    return status, doc, err
 
 
 @pytest.fixture
