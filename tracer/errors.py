@@ -17,6 +17,7 @@ class ExitStatus(enum.IntEnum):
     SSH_UNREACHABLE = 8  # --from ssh://: the client host cannot be reached (or ssh failed otherwise)
     SSH_AUTH = 9  # --from ssh://: authentication or host-key verification failed
     REMOTE_PYTHON = 10  # --from ssh://: no python3 on the client host
+    SERVICE_UNKNOWN = 11  # probe --service: neither /etc/services (or /etc/rpc) nor a listening process knows the name
     INTERRUPTED = 130
 
 

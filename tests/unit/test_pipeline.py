@@ -50,7 +50,7 @@ class Script:
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
             "StatefulFacts": c.StatefulTexts((), "", ""),
             "ReadCounters": {}, "KernelChecks": ({}, None, None), "ConnectCheck": "open",
-            "ProcessFacts": ((), None, "", ""), **answers,
+            "ProcessFacts": ((), None, "", ""), "SelinuxFacts": (None, "", "", ""), **answers,
         }
         self.asked: list[c.Command] = []
 

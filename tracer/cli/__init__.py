@@ -17,6 +17,7 @@ from tracer.model import Proto
 from tracer.cli.admin import EPILOG_CLEANUP, _add_cleanup, _add_demo, _add_doctor, cmd_cleanup, cmd_demo, cmd_doctor  # noqa: F401
 from tracer.cli.shadowcmd import EPILOG_REPLAY, EPILOG_WHATIF, _add_replay, _add_whatif, cmd_replay, cmd_whatif  # noqa: F401
 from tracer.cli.watchcmd import EPILOG_WATCH, _add_watch, cmd_watch  # noqa: F401
+from tracer.cli.servicecmd import EPILOG as EPILOG_SERVICE
 
 EPILOG_PROBE = """\
 examples:
@@ -31,6 +32,7 @@ examples:
   fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
   fwtrace probe --dport 53 --proto both --dst 192.0.2.1   (DNS: tcp and udp in one run)
   fwtrace probe --proto icmp --dst 2001:db8::1 --json
+__SERVICE_EPILOG__
   fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
   fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
   fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
@@ -58,9 +60,13 @@ exit status:
        evidence bundle could not be written: the report is printed first, no partial bundle)
   4    internal error (a bug: rerun with --traceback and report it)
   5    cleanup incomplete (the report names what is left and the command that removes it)
+  11   --service: no such service (not in /etc/services or /etc/rpc, no process of that name listening);
+       with --service the status is the highest of its probes'
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
+EPILOG_PROBE = EPILOG_PROBE.replace("__SERVICE_EPILOG__\n", EPILOG_SERVICE)
 PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (--dport is required for tcp and udp)
+       fwtrace probe --service NAME|rpc:PROGRAM [--proto tcp|udp|both] [options]
        fwtrace probe --proto icmp [options]"""
 # Options that take a number: a negative value would otherwise be read as an option of its own
 # (argparse knows -6) and refused as "expected one argument" instead of by its range check.
@@ -112,9 +118,12 @@ def _add_probe(sub: Any) -> None:
 def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
     """What the probe packets are."""
     pr.add_argument("--dport", type=cliargs.port, metavar="PORT", help="destination port, 1-65535: REQUIRED for tcp and udp")
-    pr.add_argument("--proto", choices=[x.value for x in Proto] + ["both"], default="tcp",
-                    help="protocol (default tcp; icmp sends an echo request; both: tcp and udp to the same port in one "
-                    "run, as DNS needs)")
+    pr.add_argument("--service", metavar="NAME|rpc:PROGRAM", help="instead of --dport: the ports service NAME "
+                    "really listens on (its processes and /etc/services; a disagreement is warned about), or RPC "
+                    "program PROGRAM's ports as rpcbind (port 111) gives them, and 111 itself; each probed in turn")
+    pr.add_argument("--proto", choices=[x.value for x in Proto] + ["both"], default=None,
+                    help="protocol (default tcp, with --service both; icmp sends an echo request; both: tcp and udp to "
+                    "the same port in one run, as DNS needs)")
     pr.add_argument("--flags", help="TCP flags in letters, e.g. S, A, SA, F, R, PA (default S)")
     pr.add_argument("--dst", type=cliargs.address, help="destination address (default: an address of the interface the probe arrives "
                     "on, else the target namespace's first global address)")
@@ -172,6 +181,10 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
 
 
 def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
+    if ns.service is not None:
+        from tracer.cli import servicecmd
+
+        return servicecmd.run(ns, log, _probe)
     req = probe_request(ns)  # validated before anything heavier is imported or touched
     check_evidence_path(ns.evidence)
     held: Any = None
@@ -186,7 +199,7 @@ def cmd_probe(ns: argparse.Namespace, log: Any) -> int:
             held.release()  # not written (an error, an interrupt): the path as it was
 
 
-def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
+def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any, emit: Optional[Callable[[str], Any]] = None) -> int:
     # scapy's import is most of a probe's time; let it run while the snapshot waits for nft.
     threading.Thread(target=_import_scapy, args=(req.ipv6,), daemon=True).start()
 
@@ -228,7 +241,7 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
         out = terminal.for_stream(report, sys.stdout, ns.no_color)
         if ns.prove_fix:
             out += provefix.render(steps, report.reached)
-    written = console.write_out(out)  # the report first: a full disk for the bundle leaves it intact
+    written = (emit or console.write_out)(out)  # the report first: a full disk for the bundle leaves it intact
     evidence: Optional[EnvironmentProblem] = None
     if bundle is not None:
         try:

@@ -73,13 +73,15 @@ def address(text: str) -> Any:
 
 
 def probe_request(ns: argparse.Namespace) -> ProbeRequest:
+    if ns.proto is None:
+        ns.proto = Proto.TCP.value  # the default: None only so that --service can tell it was not given
     both = ns.proto == modes.BOTH
     proto = Proto.TCP if both else Proto(ns.proto)
     modes.check_request(ns)  # requests whose answer could not be true
     if ns.from_netns is not None and ns.from_netns == ns.netns:
         ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
     if proto is not Proto.ICMP and ns.dport is None:
-        raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080")
+        raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080, or --service NAME")
     if ns.flags is not None:
         if proto is not Proto.TCP:
             raise UsageError(f"--flags only applies to tcp, not {proto.value}", "drop --flags or use --proto tcp")

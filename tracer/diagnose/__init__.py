@@ -50,6 +50,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
     (kernel_findings.listener_address,),
     (kernel_findings.reply_elsewhere,),
     (service.closed_after_accept,),
+    (service.selinux,),
 )
 
 # "Reached": the service's answer came back through the firewall. A SYN-ACK for a SYN, a UDP
@@ -57,7 +58,7 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
 NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address",
-               "reply-elsewhere", "closed-after-accept") \
+               "reply-elsewhere", "closed-after-accept", "selinux") \
     + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
@@ -121,6 +122,8 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
         return "No traced chain saw the probe; a chain fwtrace cannot observe may have dropped it (see unobserved-chains)."
     if result.verdict is Verdict.UNKNOWN:
         return f"No trace of the probe was seen: it may not have reached {spec.dst} at all (routing, rp_filter, another host)."
+    if "selinux" in codes:
+        return f"The firewall lets {subject} through, but SELinux denied the service that port (see selinux)."
     if "no-listener" in codes:
         return f"The firewall lets {subject} through, but no service listens there."
     if result.reply_dropped and result.reply_decided_by is not None:

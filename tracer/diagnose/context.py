@@ -18,6 +18,7 @@ from tracer.model import (
     Verdict,
 )
 from tracer.packet import parse_headers
+from tracer.diagnose.selinux import Selinux
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Context:
     full_ruleset: Optional[Ruleset] = None
     full_sets: Optional[dict[tuple[str, str, str], tuple[str, ...]]] = None
     set_text: Optional[str] = None  # that listing's nft text: the sets' flags, timeouts and expiries
+    selinux: Optional[Selinux] = None  # SELinux enforcing: its port labels and AVC denials (None: absent, or not asked)
 
 
 @dataclass(frozen=True)

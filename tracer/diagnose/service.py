@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tracer.diagnose import selinux as selinux_
 from tracer.diagnose.context import Probe
-from tracer.model import Finding
+from tracer.model import Finding, Proto, Verdict
 
 
 def closed_after_accept(p: Probe) -> Optional[Finding]:
@@ -45,3 +46,11 @@ def closed_after_accept(p: Probe) -> Optional[Finding]:
         f"look for {client} in {name}'s own access rules (an allowlist or ACL in its configuration, a deny list, "
         "a connection limit)",
     )
+
+
+def selinux(p: Probe) -> Optional[Finding]:
+    """SELinux enforcing denied the service its port (tracer/diagnose/selinux.py); nothing where it is absent."""
+    r = p.result
+    if p.ctx.selinux is None or r.spec.proto is Proto.ICMP or r.verdict is not Verdict.ACCEPT:
+        return None
+    return selinux_.decide(p.ctx.selinux, r.spec.proto, p.seen.dport)

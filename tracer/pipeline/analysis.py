@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset import compare
 from tracer import correlate, diagnose
-from tracer.diagnose import kernverdict, tcpwrap
+from tracer.diagnose import kernverdict, selinux, tcpwrap
 from tracer.plan.commands import (
     ConnectCheck,
     Describe,
@@ -19,6 +19,7 @@ from tracer.plan.commands import (
     MetChains,
     ProcessFacts,
     RpFilter,
+    SelinuxFacts,
     Steps,
     TakeSnapshot,
 )
@@ -167,6 +168,13 @@ def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult
     return out
 
 
+def refused_unheard(r: PacketResult, ctx: diagnose.Context) -> bool:
+    """The firewall let it in and the kernel refused it for want of a socket on the port."""
+    refused = r.reply.kind == "rst" or r.reply.kind.endswith("port-unreachable")
+    return r.verdict is Verdict.ACCEPT and refused and r.spec.proto is not Proto.ICMP and \
+        not any(s.proto is r.spec.proto and s.port == diagnose.seen(r).dport for s in ctx.listeners)
+
+
 def client_reply(spec: PacketSpec, kind: str, text: str) -> Reply:
     """--from ssh://: the reply as the client host's socket saw it (no packet was captured:
     what the socket API tells is all there is; `text` says what it cannot tell apart)."""
@@ -217,6 +225,8 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
                            mode=mode, via=via, src=sending.specs[0].src if sending.specs else None,
                            route_dev=target.back.dev if target.back is not None else None, rp_filter_drops=rp,
                            fallback=sending.fallback, unobserved=sending.tplan.unobserved)
+    if any(refused_unheard(r, ctx) for r in results):  # SELinux may have kept the service off its port
+        ctx = dataclasses.replace(ctx, selinux=selinux.facts(*(yield SelinuxFacts())))
     results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
     results = yield from after_accept(req, sending, results, ctx,
                                       uses_state(_texts(snap.nft_text, snap.ipt_text, legacy_saved)))

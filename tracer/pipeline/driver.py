@@ -194,6 +194,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.ReadCounters: host.read_counters,
     c.ConnectCheck: host.connect_check,
     c.ProcessFacts: host.process_facts,
+    c.SelinuxFacts: host.selinux_facts,
     c.KernelChecks: host.kernel_checks,
     # changes, their undo, the cleanup proof's listings
     c.Change: undo.change,

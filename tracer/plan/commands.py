@@ -255,6 +255,11 @@ class ProcessFacts(Command):
 
 
 @dataclass(frozen=True)
+class SelinuxFacts(Command):
+    """(/sys/fs/selinux/enforce or None, `semanage port -l`, AVC lines, where they came from) -> tuple."""
+
+
+@dataclass(frozen=True)
 class ReadCounters(Command):
     """The target's SNMP and conntrack counter files (kernverdict.COUNTER_FILES) -> dict[str, str]
     (the files that exist)."""

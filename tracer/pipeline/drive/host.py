@@ -186,3 +186,38 @@ def process_facts(run: Run, cmd: c.ProcessFacts) -> tuple[tuple[str, ...], Optio
             return ""
 
     return tuple(dict.fromkeys(names)), libwrap, read("hosts.allow"), read("hosts.deny")
+
+
+AUDIT_LOG = "/var/log/audit/audit.log"
+
+
+def selinux_facts(run: Run, cmd: c.SelinuxFacts) -> tuple[Optional[str], str, str, str]:
+    """Where /sys/fs/selinux/enforce reads 1 (SELinux enforcing; it is one for the machine, not per
+    network namespace): `semanage port -l`, and the AVC denials from `ausearch -m AVC` or the end
+    of the audit log. Elsewhere nothing is run and nothing read but that file."""
+    try:
+        with open("/sys/fs/selinux/enforce") as f:
+            enforce: Optional[str] = f.read().strip()
+    except OSError:
+        return None, "", "", ""
+    if enforce != "1":
+        return enforce, "", "", ""
+
+    def out(argv: list[str]) -> str:
+        try:
+            return system.run(argv, check=False).stdout
+        except EnvironmentProblem:  # the tool is not installed
+            return ""
+
+    labels = out(["semanage", "port", "-l"])
+    avc = out(["ausearch", "-m", "AVC", "-ts", "today"])
+    if avc.strip() and "avc:" in avc:
+        return enforce, labels, avc, "ausearch -m AVC -ts today"
+    try:
+        with open(AUDIT_LOG, "rb") as fb:
+            fb.seek(0, os.SEEK_END)
+            fb.seek(max(0, fb.tell() - (1 << 20)))  # the last MiB: recent denials
+            tail = fb.read().decode(errors="replace")
+        return enforce, labels, "\n".join(x for x in tail.splitlines() if "avc:" in x), AUDIT_LOG
+    except OSError:
+        return enforce, labels, "", ""
