@@ -17,6 +17,7 @@ class ExitStatus(enum.IntEnum):
     SSH_UNREACHABLE = 8  # --from ssh://: the client host cannot be reached (or ssh failed otherwise)
     SSH_AUTH = 9  # --from ssh://: authentication or host-key verification failed
     REMOTE_PYTHON = 10  # --from ssh://: no python3 on the client host
+    APP_PROTOCOL = 11  # --app ftp: the service does not speak the protocol (the report says what came back)
     INTERRUPTED = 130
 
 

@@ -122,6 +122,10 @@ def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
                     "remote client; the sender's own address with --local or --from-netns)")
     pr.add_argument("--sport", type=cliargs.port, help="source port, 1-65535 (default: random per run)")
     pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets, 1-100 (default 1)")
+    pr.add_argument("--app", choices=("ftp",), help="ftp: also run a real FTP control session from the client (login, "
+                    "PASV, EPSV) and probe each passive data port it returns (--local or --from-netns; --dport default 21)")
+    pr.add_argument("--ftp-user", default="anonymous", help="--app ftp: the login (default anonymous)")
+    pr.add_argument("--ftp-password", default="fwtrace@", help="--app ftp: the password (default fwtrace@)")
 
 
 def _probe_sending_options(pr: argparse.ArgumentParser) -> None:
