@@ -126,3 +126,25 @@ def test_app_ftp_against_a_service_that_is_not_ftp(lab: Lab, capsys: Any) -> Non
     assert summary.endswith(f"; --app ftp: {line}"), out
     assert f"ftp an FTP control session to {SERVER4}:21 from namespace {lab.client}: {line}" in " ".join(out.split())
     assert "packet 1" in out and "syn-ack" in out  # the probe's other results still reported
+
+
+@pytest.mark.parametrize("related", [True, False])
+def test_iptables_ruleset_gets_its_fix_in_iptables(lab: Lab, ftp_server: Any, related: bool) -> None:
+    """An iptables ruleset: the helper through the raw table's CT target, and where the ruleset accepts
+    no RELATED at all, a RELATED rule limited to what the ftp helper relates."""
+    state = "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n" if related else ""
+    lab.iptables_restore(lab.server, f"*filter\n:INPUT DROP [0:0]\n{state}-A INPUT -i lo -j ACCEPT\n"
+                                     "-A INPUT -p tcp -m tcp --dport 21 -j ACCEPT\nCOMMIT\n")
+    report = probe(lab, ebpf="off", dport=21, app="ftp")
+    [f] = [f for f in report.findings if f.code == "helper-missing"]
+    expected = (f"iptables -t raw -A PREROUTING -p tcp -d {SERVER4} --dport 21 -j CT --helper ftp",)
+    if not related:
+        expected += ("iptables -I INPUT -m conntrack --ctstate RELATED -m helper --helper ftp -j ACCEPT",)
+        assert "no rule of the ruleset accepts RELATED at all" in f.message
+    assert f.commands == expected
+    for cmd in f.commands:
+        lab.run(lab.server, cmd.split())
+    again = probe(lab, ebpf="off", dport=21, app="ftp")
+    assert again.app is not None and again.app.helper == "ftp"
+    assert [r.verdict.value for r in again.results] == ["accept", "accept", "accept"] and again.reached
+    assert not [f for f in again.findings if f.code in ("helper-missing", "related-not-accepted")]

@@ -118,10 +118,12 @@ def findings(s: Optional[FtpSession], results: Sequence[PacketResult], control_p
     dst, src = r.spec.dst, r.spec.src
     related, assign = ruleset_facts(nft_text, ipt_texts)
     ports = ", ".join(str(q.port) for q, _ in blocked)
+    many = len(blocked) > 1
+    fate = "dropped" if r.final_verdict is Verdict.DROP else "rejected"
     head = (f"The FTP control connection to {dst}:{control_port} was accepted, but the passive data "
-            f"connection{'s' if len(blocked) > 1 else ''} to port {ports} ({', '.join(q.command for q, _ in blocked)}) "
-            f"{'were' if len(blocked) > 1 else 'was'} {r.final_verdict.value}ped"
-            f"{f' by {r.decided_by.text}' if r.decided_by else ''}: conntrack did not see {'them' if len(blocked) > 1 else 'it'} "
+            f"connection{'s' if many else ''} to port{'s' if many else ''} {ports} "
+            f"({', '.join(q.command for q, _ in blocked)}) {'were' if many else 'was'} {fate}"
+            f"{f' by {r.decided_by.text}' if r.decided_by else ''}: conntrack did not see {'them' if many else 'it'} "
             "as RELATED.")
     mod = {True: f"{MODULE} is loaded (or built in)", False: f"{MODULE} is not loaded",
            None: f"whether {MODULE} is loaded could not be read"}[s.module]
