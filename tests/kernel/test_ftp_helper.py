@@ -6,11 +6,13 @@ The kernel's nf_conntrack_ftp is built in here (no loadable modules): no test lo
 kernel with modules, the lab's `ct helper` object loads it on demand (global, left loaded)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 
 from tests.kernel.test_probe import probe
@@ -19,6 +21,8 @@ from tracer.cli.lab import SERVER4, Lab
 from tracer.errors import ExitStatus
 from tracer.model import Proto
 from tracer.render import jsondoc, timeline
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "schema" / "report.schema.json").read_text())
 
 FTP_SERVER = r'''
 import sys
@@ -77,6 +81,7 @@ def test_passive_with_the_helper_assigned_is_related_and_accepted(lab: Lab, ftp_
         assert any(s_.event.ct_state == "related" for s_ in r.steps if s_.event.ct_state)  # traced as RELATED
     assert report.reached and not [f for f in report.findings if f.code == "helper-missing"]
     doc = jsondoc.document(report)
+    jsonschema.validate(doc, SCHEMA)
     assert doc["app"]["control_accepted"] is True and doc["app"]["helper"]["assigned"] == "ftp"
 
 
@@ -95,6 +100,7 @@ def test_passive_without_a_helper_is_helper_missing_and_the_fix_assigns_it_for_p
                           f'nft insert rule inet filter input ip daddr {SERVER4} tcp dport 21 ct helper set "ftp-21"')
     assert "40000" not in " ".join(f.commands) and "no passive port is opened" in f.fixes[0].lets_in
     assert not report.reached
+    jsonschema.validate(jsondoc.document(report), SCHEMA)
     text = timeline.sections(report)
     assert any(row.label == "pasv" and "drop" in row.body for sec in text for row in sec)
     # the fix, applied as printed: the same session's data connections are now RELATED and accepted
@@ -114,18 +120,24 @@ def test_app_ftp_against_a_service_that_is_not_ftp(lab: Lab, capsys: Any) -> Non
                             stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        status = cli.main(["probe", "--netns", lab.server, "--from-netns", lab.client, "--dst", str(SERVER4),
-                           "--app", "ftp", "--dport", "21", "--ebpf", "off", "--no-color"])
+        argv = ["probe", "--netns", lab.server, "--from-netns", lab.client, "--dst", str(SERVER4),
+                "--app", "ftp", "--dport", "21", "--ebpf", "off", "--no-color"]
+        status = cli.main(argv)
+        out = capsys.readouterr().out
+        assert cli.main(argv + ["--json"]) == ExitStatus.APP_PROTOCOL
+        doc = json.loads(capsys.readouterr().out)
     finally:
         proc.kill()
         proc.wait()
-    out = capsys.readouterr().out
     assert status == ExitStatus.APP_PROTOCOL
     line = f"port 21 answered '{banner}' not an FTP 220 greeting"
     summary = " ".join(out.split("\n\n")[-1].split())  # the summary line, as the terminal folds it at 80 columns
     assert summary.endswith(f"; --app ftp: {line}"), out
     assert f"ftp an FTP control session to {SERVER4}:21 from namespace {lab.client}: {line}" in " ".join(out.split())
     assert "packet 1" in out and "syn-ack" in out  # the probe's other results still reported
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["exit_status"] == 11 and doc["app"]["control_accepted"] is True
+    assert doc["app"]["error"] == line and doc["packets"][0]["verdict"] == "accept"
 
 
 @pytest.mark.parametrize("related", [True, False])
