@@ -58,6 +58,7 @@ exit status:
        evidence bundle could not be written: the report is printed first, no partial bundle)
   4    internal error (a bug: rerun with --traceback and report it)
   5    cleanup incomplete (the report names what is left and the command that removes it)
+  11   --app ftp: the service answered but speaks no FTP (the report says what came back)
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
 PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (--dport is required for tcp and udp)
