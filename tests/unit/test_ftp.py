@@ -9,6 +9,7 @@ from tracer.diagnose import ftp
 from tracer.model import Backend, PacketResult, PacketSpec, Proto, Reply, RuleRef, Verdict
 
 SRV, CLI = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
+SERVER_ADDR = SRV
 
 
 def test_greeting() -> None:
@@ -133,3 +134,37 @@ def test_data_probes_are_traced_whatever_port_the_server_names() -> None:
     assert "dport" not in m and f"tcp sport {data[0].sport}" in m and f"ip id {data[0].ident}" in m
     assert plan.match_probe(control).endswith("tcp dport 21")
     assert appsteps.data_specs(ProbeRequest(dport=21), (control,), random.Random(1)) == ()
+
+
+def test_app_ftp_sequence_probes_each_data_port_while_the_session_is_open() -> None:
+    """Scripted (tests/unit/test_pipeline.py's Script): the session opens after the control probe,
+    each PASV/EPSV reply's port is built into a probe and sent before the next command, then QUIT."""
+    from tests.unit.test_pipeline import Script, run
+    from tracer.model import ProbeRequest
+
+    replies = iter(["227 Entering passive mode (192,0,2,1,156,64).", "229 Entering extended passive mode (|||40001|)."])
+    script = Script(OpenInjector=CLI, FtpOpen=("220 ready", None, "230 Login successful.", 41000),
+                    FtpHelper=("", "tcp ... sport=41000 dport=21", True, None), FtpCommand=lambda cmd: next(replies))
+    report = run(ProbeRequest(dport=21, from_netns="cli", dst=SERVER_ADDR, app="ftp"), script)
+    names = [n for n in script.names() if n in ("Send", "FtpOpen", "FtpHelper", "FtpCommand", "BuildPackets",
+                                                 "FtpClose", "Finish")]
+    assert names == ["BuildPackets", "Send", "FtpOpen", "FtpHelper", "FtpCommand", "BuildPackets", "Send",
+                     "FtpCommand", "BuildPackets", "Send", "FtpClose", "Finish"]
+    sent = [cmd.spec for cmd in script.asked if type(cmd).__name__ == "Send"]
+    assert [s.dport for s in sent] == [21, 40000, 40001]
+    # the trace plan had their rules from the start, matching them whatever port the server named
+    assert all(f"tcp sport {s.sport}" in report.evidence.batch for s in sent)
+    assert report.app is not None and [p.port for p in report.app.passive] == [40000, 40001]
+    assert [r.spec.dport for r in report.results] == [21, 40000, 40001]
+
+
+def test_app_ftp_no_greeting_sends_no_data_probe() -> None:
+    from tests.unit.test_pipeline import Script, run
+    from tracer.model import ProbeRequest
+    from tracer.report.outcome import exit_status
+
+    script = Script(OpenInjector=CLI, FtpOpen=("SSH-2.0-OpenSSH_9.2p1", None, "", 41000))
+    report = run(ProbeRequest(dport=21, from_netns="cli", dst=SERVER_ADDR, app="ftp"), script)
+    assert "FtpCommand" not in script.names() and "FtpClose" in script.names()
+    assert report.app is not None and report.app.error == "port 21 answered 'SSH-2.0-OpenSSH_9.2p1' not an FTP 220 greeting"
+    assert len(report.results) == 1 and int(exit_status(report)) == 11

@@ -40,11 +40,13 @@ class FtpControl:
         # ftplib's own connect() reads a reply before it can tell it is none (an SSH banner, whose
         # "SSH-" looks like a multi-line reply's "NNN-", would make it wait for ever): the greeting
         # is checked first, then the socket is handed to ftplib for the session.
+        if not first.startswith("220"):  # no FTP: no QUIT either (it would wait for a reply that never comes)
+            f.close()
+            sock.close()
+            return first, None, ""
         ftp = ftplib.FTP()
         ftp.sock, ftp.file, ftp.af, ftp.host, ftp.port, ftp.timeout = sock, f, fam, str(dst), port, wait
         self.ftp = ftp
-        if not first.startswith("220"):
-            return first, None, ""
         try:
             while first.startswith("220-"):  # a multi-line greeting ends at "220 "
                 line = f.readline(8192).rstrip("\r\n")
