@@ -18,6 +18,7 @@ class ExitStatus(enum.IntEnum):
     SSH_AUTH = 9  # --from ssh://: authentication or host-key verification failed
     REMOTE_PYTHON = 10  # --from ssh://: no python3 on the client host
     SERVICE_UNKNOWN = 11  # probe --service: neither /etc/services (or /etc/rpc) nor a listening process knows the name
+    APP_PROTOCOL = 12  # --app ftp: the service does not speak the protocol (the report says what came back)
     INTERRUPTED = 130
 
 

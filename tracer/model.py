@@ -100,6 +100,9 @@ class ProbeRequest:
     print_bpf: bool = False  # print the generated tc programs on stderr
     ebpf: str = "off"  # "auto" (the CLI's default): load the eBPF probes when a first pass leaves a fate unexplained; "on"; "off"
     both: bool = False  # --proto both: every packet sent as TCP (proto, flags) and as UDP, to the same port
+    app: str = ""  # "ftp": a real control session, and a traced probe of each passive data port (tracer/pipeline/appsteps.py)
+    app_user: str = "anonymous"
+    app_password: str = "fwtrace@"
 
     @property
     def protos(self) -> tuple["Proto", ...]:

@@ -62,6 +62,7 @@ exit status:
   5    cleanup incomplete (the report names what is left and the command that removes it)
   11   --service: no such service (not in /etc/services or /etc/rpc, no process of that name listening);
        with --service the status is the highest of its probes'
+  12   --app ftp: the service answered but speaks no FTP (the report says what came back)
   130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
 """
 EPILOG_PROBE = EPILOG_PROBE.replace("__SERVICE_EPILOG__\n", EPILOG_SERVICE)
@@ -131,6 +132,10 @@ def _probe_packet_options(pr: argparse.ArgumentParser) -> None:
                     "remote client; the sender's own address with --local or --from-netns)")
     pr.add_argument("--sport", type=cliargs.port, help="source port, 1-65535 (default: random per run)")
     pr.add_argument("--count", type=cliargs.count, default=1, help="number of probe packets, 1-100 (default 1)")
+    pr.add_argument("--app", choices=("ftp",), help="ftp: also run a real FTP control session from the client (login, "
+                    "PASV, EPSV) and probe each passive data port it returns (--local or --from-netns; --dport default 21)")
+    pr.add_argument("--ftp-user", default="anonymous", help="--app ftp: the login (default anonymous)")
+    pr.add_argument("--ftp-password", default="fwtrace@", help="--app ftp: the password (default fwtrace@)")
 
 
 def _probe_sending_options(pr: argparse.ArgumentParser) -> None:

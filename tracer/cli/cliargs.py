@@ -80,6 +80,7 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
     modes.check_request(ns)  # requests whose answer could not be true
     if ns.from_netns is not None and ns.from_netns == ns.netns:
         ns.from_netns, ns.local = None, True  # the sender is the target: a local probe, with its caveat
+    _check_app(ns, proto, both)
     if proto is not Proto.ICMP and ns.dport is None:
         raise UsageError(f"--dport is required for {proto.value}", "e.g. --dport 8080, or --service NAME")
     if ns.flags is not None:
@@ -113,9 +114,25 @@ def probe_request(ns: argparse.Namespace) -> ProbeRequest:
         dport=ns.dport or 0, proto=proto, both=both, flags=(ns.flags or "S").upper(), dst=ns.dst, src=ns.src,
         sport=ns.sport, count=ns.count, netns=ns.netns, from_netns=ns.from_netns, timeout=ns.timeout,
         via=ns.via, local=ns.local, print_bpf=ns.print_bpf, log=ns.log, ebpf="off" if from_ssh else ns.ebpf,
-        from_ssh=from_ssh,
+        from_ssh=from_ssh, app=getattr(ns, "app", None) or "", app_user=getattr(ns, "ftp_user", "anonymous"),
+        app_password=getattr(ns, "ftp_password", "fwtrace@"),
         ipv6=ns.ipv6 or (ns.dst is not None and ns.dst.version == 6) or (ns.src is not None and ns.src.version == 6),
     )
+
+
+def _check_app(ns: argparse.Namespace, proto: Proto, both: bool) -> None:
+    """--app ftp: a real control session needs a real client socket, and a TCP port to talk to."""
+    if not getattr(ns, "app", None):
+        return
+    if proto is not Proto.TCP or both or (ns.flags or "S").upper() != "S":
+        raise UsageError("--app ftp talks FTP over tcp: its control probe is a SYN", "drop --proto/--flags")
+    if not ns.local and ns.from_netns is None:
+        raise UsageError("--app ftp needs a real client socket: --local or --from-netns NS",
+                         "add --from-netns NS (a client namespace) or --local")
+    if ns.src is not None:
+        raise UsageError("--app ftp's control session uses the sender's own address: --src does not apply", "drop --src")
+    if ns.dport is None:
+        ns.dport = 21
 
 
 def _from_ssh(ns: argparse.Namespace, proto: Proto) -> Optional[str]:

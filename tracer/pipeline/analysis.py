@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset import compare
 from tracer import correlate, diagnose
-from tracer.diagnose import kernverdict, selinux, tcpwrap
+from tracer.diagnose import ftp, kernverdict, selinux, tcpwrap
 from tracer.plan.commands import (
     ConnectCheck,
     Describe,
@@ -27,7 +27,7 @@ from tracer.correlate import ebpf_timeline
 from tracer.plan.ebpf_commands import EbpfOutcome
 from tracer.inject.ingress import port_names
 from tracer.plan.kernsteps import kernplan_json
-from tracer.model import AfterAccept, EventKind, Mode, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, Verdict
+from tracer.model import AfterAccept, EventKind, Finding, Mode, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, Verdict
 from tracer.ruleset.nftsets import parse_sets
 from tracer.report.outcome import Evidence, ProbeReport, build_report
 from tracer.ruleset.snapshot import ChainKey, Snapshot
@@ -143,7 +143,7 @@ def after_accept(req: ProbeRequest, sending: Sending, results: list[PacketResult
     for r in results:
         spec = r.spec
         if spec.proto is not Proto.TCP or spec.flags != "S" or r.reply.kind != "syn-ack" or r.reply_dropped \
-                or sending.mode is Mode.INGRESS or req.src is not None:
+                or sending.mode is Mode.INGRESS or req.src is not None or spec.dport != req.dport:  # (--app's data ports)
             out.append(r)
             continue
         if stateful_rules:  # the connection would use up (and leave) the client's rate-limit or list state
@@ -192,7 +192,7 @@ def client_reply(spec: PacketSpec, kind: str, text: str) -> Reply:
 
 def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_saved: dict[str, str], sending: Sending,
             armed: Armed, exchanges: tuple[Exchange, ...], finished: Finished,
-            ebpf: EbpfOutcome = EbpfOutcome()) -> Steps[ProbeReport]:
+            ebpf: EbpfOutcome = EbpfOutcome(), app: Optional[ftp.FtpSession] = None) -> Steps[ProbeReport]:
     """Read the chains the probes met, correlate, explain: the report."""
     left, diff, verdict = yield from verify(req, full, armed, finished)
     # The rules are read now, chain by chain, for the chains the probes met: handles do not
@@ -230,6 +230,11 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
     results = yield from after_accept(req, sending, results, ctx,
                                       uses_state(_texts(snap.nft_text, snap.ipt_text, legacy_saved)))
+    app_findings: tuple[Finding, ...] = ()
+    if app is not None and app.passive:  # --app ftp: the helper's state needs the rules beyond the met chains
+        rules = full or (yield TakeSnapshot())
+        app_findings = ftp.findings(app, results, req.dport, mode is Mode.LOCAL, rules.nft_text,
+                                    list(rules.ipt_text.values()) + list(legacy_saved.values()))
     kplan = armed.kplan
     evidence = Evidence(
         full.nft_text if full else snap.nft_text, full.ipt_text if full else snap.ipt_text, sending.tplan.batch,
@@ -241,4 +246,5 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
         lost_events=finished.lost, evidence=evidence, mode=mode, via=via, caveats=sending.caveats,
         notes=armed.notes + ebpf.notes, own_commits=armed.own_commits, legacy_unchanged=verdict.legacy_unchanged,
         unchanged=not verdict.found, checked=verdict.checked, ebpf=ebpf.status,
-        client=tuple((x.spec.sport, x.client[0], x.client[1]) for x in exchanges if x.client is not None))
+        client=tuple((x.spec.sport, x.client[0], x.client[1]) for x in exchanges if x.client is not None),
+        app=app, app_findings=app_findings)

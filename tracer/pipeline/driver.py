@@ -21,7 +21,7 @@ from tracer import system
 from tracer.system import console
 from tracer.plan.commands import drive
 from tracer.pipeline.drive import KILL_ENV, SIGINT_ENV, checkpoint  # noqa: F401  (the tests set these, by these names)
-from tracer.pipeline.drive import ebpf, host, inject, ruleset, sources, undo
+from tracer.pipeline.drive import app, ebpf, host, inject, ruleset, sources, undo
 from tracer.plan import ebpf_commands as ec
 from tracer.errors import CommandError
 from tracer.model import ProbeRequest
@@ -64,6 +64,7 @@ class Run:
         self.stack = contextlib.ExitStack()
         self.undo_errors: Optional[list[str]] = None  # set once the undo ran (the interrupt message says it)
         self.ebpf: Any = None  # tracer.system.ebpf_phase.EbpfPhase, when the run loads the eBPF programs
+        self.app: Any = None  # --app ftp: the open control session (tracer/system/ftpclient.py)
 
     def execute(self) -> ProbeReport:
         system.require_root()
@@ -223,4 +224,5 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     ec.CollectEbpf: ebpf.collect,
     # fault injection for the tests
     c.Checkpoint: _checkpoint,
+    **app.HANDLERS,  # --app ftp (tracer/plan/app_commands.py)
 }

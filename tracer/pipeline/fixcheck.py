@@ -44,6 +44,9 @@ def plan(command: str) -> Optional[Check]:
         elif "--table" in argv[1:-1]:
             table = argv[argv.index("--table") + 1]
         return Check(command, tool, (f"{tool}-save", "-t", table), (f"{tool}-restore",), tuple(argv))
+    if tool == "nft" and len(argv) >= 6 and argv[1] == "add" and argv[2:4] == ["ct", "helper"]:  # a helper object
+        family, table = (argv[4], argv[5]) if argv[4] in _NFT_FAMILIES else ("ip", argv[4])
+        return Check(command, "nft", ("nft", "list", "table", family, table), ("nft", "-f", "-"), tuple(argv))
     if tool == "nft" and len(argv) >= 4 and argv[2] in ("rule", "element", "chain", "set", "map"):
         verb = argv[1]
         if verb not in ("add", "insert", "replace", "delete", "create"):

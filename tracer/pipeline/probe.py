@@ -21,7 +21,7 @@ import json
 import random
 from typing import TYPE_CHECKING, Optional
 
-from tracer.pipeline import analysis
+from tracer.pipeline import analysis, appsteps
 from tracer import correlate
 from tracer.diagnose import kernverdict
 from tracer.plan import kernsteps, modes, stateful
@@ -59,13 +59,7 @@ from tracer.plan.commands import (
     TakeSnapshot,
     Wait,
 )
-from tracer.plan.ebpf_commands import (
-    CollectEbpf,
-    EbpfOutcome,
-    OpenEbpf,
-    StartEbpf,
-    WatchEbpf,
-)
+from tracer.plan.ebpf_commands import CollectEbpf, EbpfOutcome, OpenEbpf, StartEbpf, WatchEbpf
 from tracer.errors import UsageError
 from tracer.model import (
     Action,
@@ -130,6 +124,8 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
         exchanges = []
         for spec, data in zip(sending.specs, sending.datas):
             exchanges.append((yield from exchange(req, sending, armed, spec, data)))
+        app, more = (yield from appsteps.ftp_session(req, sending, armed, exchange)) if req.app else (None, [])
+        exchanges += more
     finally:
         finished: Finished = yield Finish()
     if sending.mode is Mode.FROM_SSH:
@@ -138,7 +134,7 @@ def probe(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, full_sna
     after = yield Generation()
     armed = dataclasses.replace(armed, generations=armed.generations + (after,))
     return (yield from analysis.analyse(req, run_id, full, legacy_saved, sending, armed, tuple(exchanges), finished,
-                                        ebpf))
+                                        ebpf, app))
 
 
 def address(req: ProbeRequest) -> Steps[Target]:
@@ -259,10 +255,11 @@ def packets(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, target
                          "give both as IPv4 or both as IPv6")
     modes.check_addresses(target.src, target.dst, (yield ListAddresses()), mode is Mode.INGRESS)
     specs = tuple(build_specs(req, target.src, target.dst, rng))
+    app_specs = appsteps.data_specs(req, specs, rng)  # --app ftp: traced too, their ports learnt later
     # Below every chain of the ruleset on each hook, and on each device's ingress.
-    tplan = plan.trace_plan(run_id, list(specs), pid, plan.floors((yield ListBaseChains())))
+    tplan = plan.trace_plan(run_id, list(specs + app_specs), pid, plan.floors((yield ListBaseChains())))
     datas = yield BuildPackets(specs)  # built before anything is changed: bad input fails here
-    return Sending(mode, target, specs, tuple(datas), tplan)
+    return Sending(mode, target, specs, tuple(datas), tplan, app_specs=app_specs)
 
 
 def open_port(req: ProbeRequest, run_id: str, pid: int, rng: random.Random, sending: Sending) -> Steps[Sending]:

@@ -39,6 +39,7 @@ class Sending:
     tplan: plan.TracePlan
     caveats: tuple[str, ...] = ()
     fallback: Optional[str] = None  # "eth0: why simulated ingress was not possible"
+    app_specs: tuple[PacketSpec, ...] = ()  # --app ftp: the data probes, their ports learnt on the control session
 
     @property
     def via(self) -> Optional[str]:

@@ -163,7 +163,8 @@ def match_probe(spec: PacketSpec) -> str:
         # TCP probe is then its SYN (not the handshake's ACK, nor the RST that ends it)
         syn = " tcp flags & (syn | ack) == syn" if spec.proto is Proto.TCP else ""
         return f"{_l3(spec, False)} {p} sport {spec.sport} {p} dport {spec.dport}{syn}"
-    return f"{_l3(spec, False)} {ident} {p} sport {spec.sport} {p} dport {spec.dport}"
+    # dport 0: --app ftp's data probe, whose port the server names only during the run
+    return f"{_l3(spec, False)} {ident} {p} sport {spec.sport}" + (f" {p} dport {spec.dport}" if spec.dport else "")
 
 
 def match_replies(spec: PacketSpec) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
 from tracer.packet import parse_headers
 from tracer.report import classify
+from tracer.render import appview
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def summary(report: Any) -> str:
     if r.verdict is Verdict.ACCEPT and not dropped and r.kernel is None:
         by += f" ({r.reply.kind})"
     many = f" ({len(bad)} of {len(results)} packets)" if len(results) > 1 and out != "REACHED" else ""
-    return f"{out} {s.src} -> {s.dst} {what}: {by}{many}"
+    return f"{out} {s.src} -> {s.dst} {what}: {by}{many}{appview.summary(report)}"
 
 
 def tail(report: Any) -> Section:
@@ -315,6 +316,7 @@ def sections(report: Any) -> list[Section]:
     if report.caveats:
         out.append([Row("caveat", c, "warn") for c in report.caveats])
     out += [_with_client(report, packet(i, r), r) for i, r in enumerate(report.results, 1)]
+    out += [[Row(*row) for row in sec] for sec in appview.sections(report)]  # --app ftp
     f = findings(report)
     if f:
         out.append(f)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from tracer import diagnose
+from tracer.diagnose.ftp import FtpSession
 from tracer.errors import ExitStatus
 from tracer.model import Finding, Mode, PacketResult, ProbeRequest
 
@@ -61,6 +62,7 @@ class ProbeReport:
     # --from ssh://: what the client host's sockets saw of each probe: (sport, kind, text), kind one
     # of syn-ack, refused, icmp, reply, timeout, local, error, unknown
     client: tuple[tuple[int, str, str], ...] = ()
+    app: Optional[FtpSession] = None  # --app ftp: the control session and its passive data ports
 
     @property
     def ruleset_unchanged(self) -> Optional[bool]:
@@ -104,7 +106,7 @@ class ProbeReport:
                         "other_writers": self.other_writers, "legacy_unchanged": self.legacy_unchanged,
                         "checked": list(self.checked)},
         } | ({"from_ssh": req.from_ssh, "client_saw": [{"sport": p, "saw": k, "text": t} for p, k, t in self.client]}
-             if req.from_ssh is not None else {})
+             if req.from_ssh is not None else {}) | ({"app": self.app.to_json()} if self.app is not None else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -130,15 +132,17 @@ def build_report(request: ProbeRequest, run_id: str, results: Sequence[PacketRes
                  via: Optional[str] = None, caveats: Sequence[str] = (), notes: Sequence[str] = (),
                  own_commits: int = 0, legacy_unchanged: Optional[bool] = None,
                  unchanged: Optional[bool] = None, checked: Sequence[str] = (), ebpf: str = "",
-                 client: Sequence[tuple[int, str, str]] = ()) -> ProbeReport:
+                 client: Sequence[tuple[int, str, str]] = (), app: Optional[FtpSession] = None,
+                 app_findings: Sequence[Finding] = ()) -> ProbeReport:
     """The one place a report is put together: the packets explained, the cleanup proof beside."""
     findings, conclusions = explain(results, ctx)
+    findings += tuple(f for f in app_findings if f not in findings)
     return ProbeReport(
         request=request, run_id=run_id, results=tuple(results), findings=findings, cleanup_ok=not leftover,
         leftover=tuple(leftover), instrumentation=tuple(instrumentation), lost_events=lost_events,
         conclusions=conclusions, evidence=evidence, generations=tuple(generations), mode=mode, via=via,
         caveats=tuple(caveats), notes=tuple(notes), own_commits=own_commits, legacy_unchanged=legacy_unchanged,
-        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf, client=tuple(client),
+        unchanged=unchanged, checked=tuple(checked), ebpf=ebpf, client=tuple(client), app=app,
     )
 
 
@@ -146,4 +150,6 @@ def exit_status(report: ProbeReport) -> ExitStatus:
     """httpie-style: the status a finished probe exits with (errors map theirs in cli.main)."""
     if not report.cleanup_ok:
         return ExitStatus.LEFTOVER  # the report names what is left and the command that removes it
+    if report.app is not None and report.app.connected and report.app.error is not None:
+        return ExitStatus.APP_PROTOCOL  # --app ftp: the service accepted the connection but speaks no FTP
     return ExitStatus.OK if report.reached else ExitStatus.BLOCKED

@@ -60,6 +60,7 @@ class RunState(Protocol):
     stack: contextlib.ExitStack[Any]
     undo_errors: Optional[list[str]]
     ebpf: Any
+    app: Any
 
     @property
     def sender(self) -> Sender: ...
