@@ -47,7 +47,7 @@ class Script:
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
-            "StatefulFacts": c.StatefulTexts((), "", ""),
+            "StatefulFacts": c.StatefulTexts((), "", ()),
             "ReadCounters": {}, "KernelChecks": ({}, None, None), "ConnectCheck": "open",
             "ProcessFacts": ((), None, "", ""), **answers,
         }

@@ -290,7 +290,7 @@ def stateful_matches(req: ProbeRequest, sending: Sending,
     them (--src given, or the sender's own with --local / --from-netns), say what it uses up."""
     facts = yield StatefulFacts()
     found = stateful.Found(facts.recent, tuple(stateful.dynamic_sets(facts.sets)),
-                           stateful.spent([facts.ruleset, *legacy_saved.values()]))
+                           stateful.spent([facts.sets, *legacy_saved.values()], facts.spent))
     real = req.src is not None or sending.mode is not Mode.INGRESS
     text = stateful.warning(found, str(sending.specs[0].src)) if real else None
     if text:
