@@ -18,7 +18,8 @@ from tracer.system import nftlib
 
 LISTINGS = [["nft", "list", "chains"], ["nft", "-a", "list", "chain", "ip", "filter", "INPUT"], ["nft", "-a", "list", "ruleset"],
             ["nft", "-j", "-s", "list", "table", "ip", "filter"], ["nft", "list", "tables"], ["nft", "-a", "list", "table", "ip", "filter"],
-            ["nft", "-j", "list", "ruleset"], ["nft", "-a", "list", "chain", "ip", "nope", "x"]]
+            ["nft", "-j", "list", "ruleset"], ["nft", "-a", "list", "chain", "ip", "nope", "x"],
+            ["nft", "-t", "list", "sets"], ["nft", "-t", "list", "meters"], ["nft", "-t", "list", "ruleset"]]
 
 
 def test_in_process_listings_are_the_commands(lab: Lab) -> None:

@@ -152,3 +152,44 @@ def test_a_skipped_forget_is_caught_by_the_proof(lab: Lab, monkeypatch: Any, rul
             f"element set inet filter ssh_meter {{ {CLIENT4} }}: left behind (remedy: `{pre}nft delete element inet "
             f"filter ssh_meter {{ {CLIENT4} }}`)"]
     monkeypatch.delenv(SKIP_UNDO_ENV)
+
+
+SPENT_IPT = """*filter
+:INPUT ACCEPT [0:0]
+:limit - [0:0]
+-A INPUT -p tcp --dport 22 -m limit --limit 3/min -j ACCEPT
+-A INPUT -p tcp --dport 23 -m hashlimit --hashlimit-upto 3/min --hashlimit-name h23 -j ACCEPT
+-A INPUT -p tcp --dport 24 -m comment --comment "hashlimit connlimit" -j limit
+COMMIT
+"""
+SPENT_NFT = """table inet other {
+\tchain c {
+\t\ttype filter hook input priority 10; policy accept;
+\t\ttcp dport 25 ct count over 3 drop comment "limit"
+\t}
+}
+"""
+
+
+@pytest.mark.parametrize("rules", ["ipt", "nft", "meter", "comments only", "none"])
+def test_spent_kinds_over_netlink_are_the_listings(lab: Lab, rules: str) -> None:
+    """The kinds of state no undo gives back, found in the rules' expressions over netlink (not
+    in comments nor chain names), are what `nft -t list ruleset` shows."""
+    from tracer import system
+    from tracer.plan import stateful
+    from tracer.system import nlrules
+
+    if rules == "ipt":
+        lab.iptables_restore(lab.server, SPENT_IPT)
+    elif rules == "nft":
+        lab.nft(lab.server, SPENT_NFT)
+    elif rules == "meter":
+        lab.nft(lab.server, NFT_DYNAMIC)
+    elif rules == "comments only":
+        lab.iptables_restore(lab.server, SPENT_IPT.replace("-m limit --limit 3/min ", "").replace(
+            "-m hashlimit --hashlimit-upto 3/min --hashlimit-name h23 ", ""))
+    with system.netns(lab.server):
+        kinds = nlrules.expressions_used(stateful.SPENT_EXPRESSIONS)
+    text = stateful.spent([lab.run(lab.server, ["nft", "-t", "list", "ruleset"]).stdout])
+    expected = {"ipt": {"limit", "hashlimit"}, "nft": {"connlimit"}, "meter": {"limit"}}.get(rules, set())
+    assert kinds == expected and set(text) == expected

@@ -48,7 +48,7 @@ class Script:
             "Wait": None, "Conntrack": "none", "Finish": c.Finished(), "ProofListing": {}, "NftTables": {},
             "LegacyHasRaw": False, "SharedHeld": False, "MetChains": EMPTY,
             "Describe": "a reply", "RpFilter": False, "Listeners": (), "ListBaseChains": "", "Neighbour": SERVER_MAC,
-            "StatefulFacts": c.StatefulTexts((), "", ""),
+            "StatefulFacts": c.StatefulTexts((), "", ()),
             "ReadCounters": {}, "KernelChecks": ({}, None, None), "ConnectCheck": "open",
             "ProcessFacts": ((), None, "", ""), "SelinuxFacts": (None, "", "", ""), **answers,
         }
@@ -166,6 +166,30 @@ def test_waiting_rules_drop_then_reply() -> None:
     assert headers is not None
     w.feed(c.Polled(100.05, (), (c.Captured(headers, reply),)))
     assert w.reply is not None and w.until == pytest.approx(100.05 + DRAIN)
+
+
+def test_waiting_ends_once_the_traces_of_probe_and_reply_have_ended() -> None:
+    """No drain once the reply is caught and its trace reached fwtrace's postrouting end chain
+    (the probe's ended in the REJECT's drop); the drain still when that end is not yet read, or
+    when another source may still deliver (early off: kernel log, eBPF)."""
+    import dataclasses
+
+    from tracer import correlate
+
+    spec, roles, events, reply = _seed()
+    _, reply_events = correlate.split_events(events, spec, roles)
+    end = dataclasses.replace(reply_events[-1], table=reply_events[0].table, chain="post_end", handle=None, packet=None)
+    headers = parse_headers(reply)
+    assert headers is not None
+    for early, evs, until in ((True, (*events, end), 100.05), (True, tuple(events), 100.05 + DRAIN),
+                              (False, (*events, end), 100.05 + DRAIN)):
+        w = Waiter(spec, roles, deadline=101.0, early=early)
+        w.feed(c.Polled(100.05, evs, (c.Captured(headers, reply),)))
+        assert w.reply is not None and w.until == pytest.approx(until), (early, len(evs))
+    w = Waiter(spec, roles, deadline=101.0, early=True)  # the end read after the reply: stops then
+    w.feed(c.Polled(100.05, tuple(events), (c.Captured(headers, reply),)))
+    w.feed(c.Polled(100.06, (end,)))
+    assert w.until == pytest.approx(100.06)
 
 
 def test_waiting_rules_ignore_other_packets_replies() -> None:

@@ -65,6 +65,7 @@ class Run:
         self.undo_errors: Optional[list[str]] = None  # set once the undo ran (the interrupt message says it)
         self.ebpf: Any = None  # tracer.system.ebpf_phase.EbpfPhase, when the run loads the eBPF programs
         self.app: Any = None  # --app ftp: the open control session (tracer/system/ftpclient.py)
+        self.addresses_seen: dict[Optional[str], str] = {}  # `ip -j addr show` per namespace, until Begin (drive/host.py)
 
     def execute(self) -> ProbeReport:
         system.require_root()

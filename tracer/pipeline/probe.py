@@ -78,14 +78,14 @@ from tracer.plan import verify
 from tracer.plan.records import ForgetProbes, RunCommand, nft_undo
 from tracer.pipeline.state import Armed, Exchange, Sending, Target  # noqa: F401  (re-exported)
 from tracer.pipeline.probe_specs import (  # noqa: F401  (issue 19: no module over 400 lines)
-    _seen_as, build_specs, dropped, learned, pick_address)
+    _seen_as, answered, build_specs, dropped, learned, pick_address)
 
 if TYPE_CHECKING:
     from tracer.inject.ingress import Route
     from tracer.plan.narrow import Narrowed
 
 # After a reply (or a drop) the rest of the trace is already queued: the kernel notifies
-# synchronously while the packet is processed, so a short drain is enough.
+# synchronously while the packet is processed: a short drain (none once both ended: `answered`).
 DRAIN = 0.03
 # A REJECT sends its reply right after the drop event; give it this long to arrive.
 REJECT_GRACE = 0.25
@@ -287,7 +287,7 @@ def stateful_matches(req: ProbeRequest, sending: Sending,
     them (--src given, or the sender's own with --local / --from-netns), say what it uses up."""
     facts = yield StatefulFacts()
     found = stateful.Found(facts.recent, tuple(stateful.dynamic_sets(facts.sets)),
-                           stateful.spent([facts.ruleset, *legacy_saved.values()]))
+                           stateful.spent([facts.sets, *legacy_saved.values()], facts.spent))
     real = req.src is not None or sending.mode is not Mode.INGRESS
     text = stateful.warning(found, str(sending.specs[0].src)) if real else None
     if text:
@@ -346,9 +346,8 @@ class Waiter:
     """The waiting rules of one probe: until its timeout, or shortly after the answer is known
     (DRAIN after a reply, REJECT_GRACE after a drop for the REJECT's reply to arrive)."""
 
-    def __init__(self, spec: PacketSpec, roles: plan.Roles, deadline: float) -> None:
-        self.spec = spec
-        self.roles = roles
+    def __init__(self, spec: PacketSpec, roles: plan.Roles, deadline: float, early: bool = False) -> None:
+        self.spec, self.roles, self.early = spec, roles, early  # early: only the trace has events to come
         self.deadline = deadline
         self.settle: Optional[float] = None  # once known, stop at this time
         self.events: list[TraceEvent] = []
@@ -363,7 +362,8 @@ class Waiter:
         if self.reply is None:
             self.reply = next((c for c in polled.captures if correlate.is_reply(c.headers, self.spec)), None)
         if self.reply is not None:
-            self.settle = min(self.settle or self.deadline, polled.at + DRAIN)
+            done = self.early and answered(self.events, self.spec, self.roles)  # nothing more to come
+            self.settle = min(self.settle or self.deadline, polled.at + (0 if done else DRAIN))
         elif self.settle is None and dropped(self.events, self.spec, self.roles):
             self.settle = polled.at + REJECT_GRACE
 
@@ -375,7 +375,7 @@ def exchange(req: ProbeRequest, sending: Sending, armed: Armed, spec: PacketSpec
     if req.ebpf == "on":
         yield WatchEbpf(spec)
     sent = yield Send(spec, data)
-    waiter = Waiter(spec, roles, sent + req.timeout)
+    waiter = Waiter(spec, roles, sent + req.timeout, armed.kplan is None and req.ebpf != "on" and sending.mode is not Mode.FROM_SSH)
     while True:
         polled = yield Wait(waiter.until, replies=waiter.reply is None)
         if polled is None:

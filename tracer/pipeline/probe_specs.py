@@ -73,6 +73,20 @@ def learned(sending: Sending, exchanges: list[Exchange]) -> Sending:
     return dataclasses.replace(sending, specs=tuple(x.spec for x in exchanges), tplan=tplan)
 
 
+def answered(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
+    """The trace of the probe and of its reply have both ended: the probe's last nftrace event a
+    drop by the ruleset or one of fwtrace's end-of-hook chains, the reply's the postrouting one
+    (it left). The kernel emits a packet's trace while it processes it, in order on one socket,
+    so once the reply's end is read nothing more of this exchange can come from the trace."""
+    probe_events, reply_events = correlate.split_events(events, spec, roles)
+    traced = [e for e in probe_events if e.source == "nftrace"]
+    last = traced[-1] if traced else None
+    ended = correlate.delivered(traced) or (last is not None and not last.table.startswith(plan.TABLE_PREFIX)
+                                            and last.action is not None and last.action.action is Action.DROP)
+    replied = [e for e in reply_events if e.source == "nftrace"]
+    return ended and bool(replied) and replied[-1].table.startswith(plan.TABLE_PREFIX) and replied[-1].chain == "post_end"
+
+
 def dropped(events: list[TraceEvent], spec: PacketSpec, roles: plan.Roles) -> bool:
     probe_events, _ = correlate.split_events(events, spec, roles)
     # a rule's drop, or the kernel freeing the probe (eBPF: skb:kfree_skb)

@@ -88,7 +88,7 @@ class StatefulFacts(Command):
 class StatefulTexts:
     recent: tuple[str, ...]  # the names in /proc/net/xt_recent
     sets: str  # `nft -t list sets` and `nft -t list meters`
-    ruleset: str  # `nft -t list ruleset`
+    spent: tuple[str, ...]  # the stateful.SPENT kinds the nf_tables rules use (tracer/system/nlrules.py)
 
 
 @dataclass(frozen=True)

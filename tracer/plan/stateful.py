@@ -25,9 +25,9 @@ _FLAGS = re.compile(r"^\s*flags (\S+)")
 
 # What no undo gives back, as `nft list ruleset` and iptables-legacy-save print it.
 _SPENT = (
-    ("limit", re.compile(r"\blimit rate\b|xt match \"limit\"|-m limit\b")),
-    ("hashlimit", re.compile(r"xt match \"hashlimit\"|-m hashlimit\b")),
-    ("connlimit", re.compile(r"\bct count\b|xt match \"connlimit\"|-m connlimit\b")),
+    ("limit", re.compile(r"\blimit rate\b|xt match \"?limit\b|-m limit\b")),  # nft 1.0.6: xt match limit
+    ("hashlimit", re.compile(r"xt match \"?hashlimit\b|-m hashlimit\b")),
+    ("connlimit", re.compile(r"\bct count\b|xt match \"?connlimit\b|-m connlimit\b")),
 )
 
 
@@ -62,9 +62,16 @@ def dynamic_sets(terse: str) -> list[str]:
     return out
 
 
-def spent(ruleset_texts: Iterable[str]) -> tuple[str, ...]:
+# The same kinds as nf_tables expression / x_tables match names (a meter's or `update @set`'s
+# `limit rate` is a nested limit expression; `ct count` is connlimit).
+SPENT_EXPRESSIONS = ("limit", "hashlimit", "connlimit")
+
+
+def spent(ruleset_texts: Iterable[str], also: Iterable[str] = ()) -> tuple[str, ...]:
+    """The kinds in `_SPENT` the texts (`nft list` / iptables-save output) use, or `also` names."""
     text = "\n".join(ruleset_texts)
-    return tuple(name for name, rx in _SPENT if rx.search(text))
+    more = set(also)
+    return tuple(name for name, rx in _SPENT if name in more or rx.search(text))
 
 
 def recent_addresses(proc_text: str) -> set[str]:

@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 SYSTEM_NFT = ("/usr/sbin/nft", "/sbin/nft")
 # nft option -> libnftables output flag (nftables.Nftables.output_flags names)
-FLAGS = {"-a": "handle", "--handle": "handle", "-j": "json", "--json": "json", "-s": "stateless", "--stateless": "stateless"}
+FLAGS = {"-a": "handle", "--handle": "handle", "-j": "json", "--json": "json", "-s": "stateless", "--stateless": "stateless",
+         "-t": "terse", "--terse": "terse"}
 _LOCK = threading.Lock()  # libnftables 1.0.x keeps some global state: one call at a time
 _lib: Any = None
 
@@ -60,7 +61,7 @@ def run(argv: list[str], input: Optional[str]) -> Optional[tuple[int, str, str]]
             args = [input]
             break
         else:
-            return None  # --version, -c, -e, -t, ...: the command's own business
+            return None  # --version, -c, -e, ...: the command's own business
     if not args or (input is not None and args != [input]):
         return None
     text = args[0] if input is not None else " ".join(args)

@@ -109,6 +109,46 @@ def dump_chain(family: str, table: str, chain: str, wanted: frozenset[int]) -> C
                 off += (length + 3) & ~3
 
 
+def expressions_used(names: Iterable[str]) -> set[str]:
+    """Which of `names` (nf_tables expressions, or x_tables matches inside a `match` expression)
+    a rule of any table uses, from one GETRULE dump of the calling thread's namespace, nothing
+    rendered (`nft list ruleset` takes ~0.3 s for 20,000 rules). Both names are an attribute
+    `length, type 1, name, NUL`: that is searched for in each buffer, and where found, in the
+    expressions of each rule (not its comment, table or chain name)."""
+    pats = {n: struct.pack("=HH", 5 + len(n), 1) + n.encode() + b"\0" for n in names}
+    found: set[str] = set()
+    buf = bytearray(1 << 18)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.send(_msg(_rule_type(NFT_MSG_GETRULE), NLM_F_REQUEST | NLM_F_DUMP, 1, 0, b""))  # family 0: all
+        while True:
+            n = s.recv_into(buf)
+            data = bytes(buf[:n])
+            hits = [k for k, pat in pats.items() if k not in found and pat in data]
+            off = 0
+            while off < n:
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == NLMSG_DONE:
+                    return found
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    raise OSError(err, f"nf_tables: {os.strerror(err)}")
+                if hits:
+                    exprs = _expressions(data[off:off + length])
+                    found.update(k for k in hits if pats[k] in exprs)
+                off += (length + 3) & ~3
+
+
+def _expressions(m: bytes) -> bytes:
+    a, out = 20, []
+    while a + 4 <= len(m):
+        alen, kind = struct.unpack_from("=HH", m, a)
+        if kind & NLA_TYPE_MASK == NFTA_RULE_EXPRESSIONS:
+            out.append(m[a:a + alen])
+        a += (alen + 3) & ~3
+    return b"".join(out)
+
+
 def _walk(m: bytes) -> tuple[Optional[int], bytes]:
     """(handle, the attributes to copy) of one rule message."""
     a, handle, keep = 20, None, []
