@@ -244,6 +244,119 @@ NETAVARK = f"""table inet netavark {{
 """
 
 
+# Incus, a bridge network with an ACL attached (internal/server/firewall/drivers/
+# drivers_nftables_templates.go: nftablesNetACLSetup and nftablesNetACLRules; the ACL's rules and
+# its default ingress action, drop, as drivers_nftables.go renders them): eth0 stands for the
+# network's bridge, the client for an instance on it, probing a service of the host.
+INCUS = """table inet incus {
+	chain aclin.eth0 {
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" tcp dport 53 accept
+		iifname "eth0" udp dport 53 accept
+		iifname "eth0" udp dport 67 accept
+		iifname "eth0" udp dport 547 accept
+		iifname "eth0" icmp type { destination-unreachable, time-exceeded, parameter-problem } accept
+		iifname "eth0" jump acl.eth0
+	}
+	chain acl.eth0 {
+		ct state established,related accept
+		iifname "eth0" meta l4proto tcp th dport 22 accept
+		iifname "eth0" drop
+	}
+}
+"""
+
+# The admin's DNAT to a "workload" (a Service's NodePort, condensed to one rule), then Calico's
+# felix iptables dataplane (felix/rules/static.go, dispatch.go, endpoints.go: cali-FORWARD,
+# cali-to-wl-dispatch, cali-tw-<iface>, the policy chain cali-pi-*, and the drop commented "Drop
+# if no policies passed packet"); eth1 stands for the workload's cali interface.
+CALICO = f"""*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:cali-FORWARD - [0:0]
+:cali-pi-_wdvNQb1FsOfJUzCtj4W - [0:0]
+:cali-to-wl-dispatch - [0:0]
+:cali-tw-eth1 - [0:0]
+-A FORWARD -m comment --comment "cali:wUHhoiAYhphO9Mso" -j cali-FORWARD
+-A cali-FORWARD -m comment --comment "cali:vjrMJCRpqwy5oRoX" -j MARK --set-xmark 0x0/0xe0000
+-A cali-FORWARD -o eth1 -m comment --comment "cali:8ZoYfO5HKXWbB3pk" -j cali-to-wl-dispatch
+-A cali-to-wl-dispatch -o eth1 -m comment --comment "cali:Ho1fK_vVJjl8gKEW" -g cali-tw-eth1
+-A cali-pi-_wdvNQb1FsOfJUzCtj4W -p tcp -m comment --comment "cali:Kw7bEBJYWVaBdYlF" -m multiport --dports 443 -j MARK --set-xmark 0x10000/0x10000
+-A cali-pi-_wdvNQb1FsOfJUzCtj4W -m comment --comment "cali:1Im4ZeOtNvyL8Jjm" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-eth1 -m comment --comment "cali:kkzUWEsFRU_9MBf-" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-tw-eth1 -m comment --comment "cali:CSK53GJB3fYAaWPS" -m conntrack --ctstate INVALID -j DROP
+-A cali-tw-eth1 -m comment --comment "cali:3OiGlXKBw0f9kkJe" -j MARK --set-xmark 0x0/0x10000
+-A cali-tw-eth1 -m comment --comment "cali:8d5mEXpbxPrWwzbx" -m mark --mark 0x0/0x20000 -j cali-pi-_wdvNQb1FsOfJUzCtj4W
+-A cali-tw-eth1 -m comment --comment "cali:cPRcsX7zQGHOHPvE" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-eth1 -m comment --comment "cali:Y_cTNoyW-vTfvyC7" -m comment --comment "Drop if no policies passed packet" -m mark --mark 0x0/0x20000 -j DROP
+COMMIT
+"""
+
+# k3s's embedded kube-router network policy controller (pkg/controllers/netpol/
+# network_policy_controller.go, pod.go, policy.go: KUBE-ROUTER-FORWARD, a KUBE-POD-FW-<hash> chain
+# per Pod whose comments name it, KUBE-NWPLCY-<hash> per policy marking what it lets in, the
+# REJECT of what no policy marked), after the admin's DNAT to the Pod (198.51.100.2 on eth1).
+K3S = f"""*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d {SERVER4}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination {BACKEND4}:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-NWPLCY-DEFAULT - [0:0]
+:KUBE-NWPLCY-LBPSC5KQ2JHTBSVQ - [0:0]
+:KUBE-POD-FW-J5CAWR6T6GJCVXMF - [0:0]
+:KUBE-ROUTER-FORWARD - [0:0]
+-A FORWARD -m comment --comment "kube-router netpol - TEMCG2JMHZYE7H7T" -j KUBE-ROUTER-FORWARD
+-A KUBE-NWPLCY-DEFAULT -m comment --comment "rule to mark traffic matching a network policy" -j MARK --set-xmark 0x10000/0x10000
+-A KUBE-NWPLCY-LBPSC5KQ2JHTBSVQ -p tcp -m comment --comment "rule to ACCEPT traffic from all sources to dest pods selected by policy name: web-https namespace default" -m tcp --dport 443 -j MARK --set-xmark 0x10000/0x10000
+-A KUBE-POD-FW-J5CAWR6T6GJCVXMF -m comment --comment "rule for stateful firewall for pod" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUBE-POD-FW-J5CAWR6T6GJCVXMF -d {BACKEND4}/32 -m comment --comment "run through nw policy web-https" -j KUBE-NWPLCY-LBPSC5KQ2JHTBSVQ
+-A KUBE-POD-FW-J5CAWR6T6GJCVXMF -m comment --comment "rule to log dropped traffic POD name:web-0 namespace: default" -m mark ! --mark 0x10000/0x10000 -j NFLOG --nflog-group 100
+-A KUBE-POD-FW-J5CAWR6T6GJCVXMF -m comment --comment "rule to REJECT traffic destined for POD name:web-0 namespace: default" -m mark ! --mark 0x10000/0x10000 -j REJECT --reject-with icmp-port-unreachable
+-A KUBE-ROUTER-FORWARD -d {BACKEND4}/32 -m comment --comment "rule to jump traffic destined to POD name:web-0 namespace: default to chain KUBE-POD-FW-J5CAWR6T6GJCVXMF" -j KUBE-POD-FW-J5CAWR6T6GJCVXMF
+COMMIT
+"""
+
+# wg-quick with a default route through wg0 (src/wg-quick/linux.bash: add_default, nft branch):
+# table ip wg-quick-wg0, whose preraw chain drops packets for wg0's address that do not come in
+# through wg0. 10.66.0.1 on lo stands for wg0's address (no wg link in the lab).
+WG_QUICK = """table ip wg-quick-wg0 {
+	chain preraw {
+		type filter hook prerouting priority raw; policy accept;
+		iifname != "wg0" ip daddr 10.66.0.1 fib saddr type != local drop
+	}
+	chain premangle {
+		type filter hook prerouting priority mangle; policy accept;
+		meta l4proto udp meta mark set ct mark
+	}
+	chain postmangle {
+		type filter hook postrouting priority mangle; policy accept;
+		meta l4proto udp meta mark 0x0000ca6c ct mark set meta mark
+	}
+}
+"""
+WG_ADDR = ipaddress.ip_address("10.66.0.1")
+
+
+def _wg_quick(lab: Lab) -> None:
+    lab.ip(lab.server, "addr", "add", f"{WG_ADDR}/32", "dev", "lo")
+    lab.ip(lab.client, "route", "add", f"{WG_ADDR}/32", "via", str(SERVER4))
+    lab.nft(lab.server, WG_QUICK)
+
+
 @dataclass(frozen=True)
 class Layout:
     load: Callable[[Lab], None]
@@ -252,10 +365,11 @@ class Layout:
     chain: str  # the deciding chain
     rule: str  # a piece of the deciding rule's text
     first: tuple[str, ...]  # pieces of the first fix's first command
-    scope: str
+    scope: str  # client where the block is narrowed (a mark, an address): the raw fix lets in only the client
     src: Optional[Any] = None  # injected on eth0 from this address instead of sent by the client
     backend: bool = False
     after: Optional[int] = None  # run the first fix's command at this index, then probe again: reached
+    dst: Any = SERVER4
 
 
 def _ipt(rules: str) -> Callable[[Lab], None]:
@@ -291,6 +405,15 @@ LAYOUTS = {
                        ("add `IN ACCEPT -p tcp -dport 8080` to the [RULES] section", "host.fw"), "service"),
     "pve-blacklist": Layout(_pve_blacklist, 22, "pve", "PVEFW-HOST-IN", "PVEFW-0-blacklist-v4",
                             (f"pvesh delete /cluster/firewall/ipset/blacklist/{CLIENT4}",), "client"),
+    "incus-acl": Layout(_nft(INCUS), 8080, "incus", "acl.eth0", 'iifname "eth0" drop',
+                        ("incus network acl rule add ACL ingress action=allow protocol=tcp destination_port=8080",
+                         "incus network set eth0 security.acls=ACL"), "service"),
+    "calico": Layout(_ipt(CALICO), 8080, "calico", "cali-tw-eth1", "Drop if no policies passed packet",
+                     ("calicoctl get networkpolicy,globalnetworkpolicy",), "client", backend=True),
+    "k3s-kube-router": Layout(_ipt(K3S), 8080, "k3s", "KUBE-POD-FW-J5CAWR6T6GJCVXMF", "-j REJECT",
+                              ("the Pod default/web-0", "kubectl get networkpolicy -n default"), "client", backend=True),
+    "wg-quick": Layout(_wg_quick, 8080, "wg-quick", "preraw", 'iifname != "wg0"',
+                       ("wg-quick's rule for wg0", "/etc/wireguard/wg0.conf"), "client", dst=WG_ADDR),
     "podman-netavark": Layout(_nft(NETAVARK), 8080, "podman", "NETAVARK-ISOLATION-3", 'oifname "eth1" drop',
                               ("isolate=true", "add the raw rule below"), "service", backend=True),
 }
@@ -298,10 +421,10 @@ LAYOUTS = {
 
 def _probe(lab: Lab, case: Layout, src: Optional[Any] = None) -> Any:
     if src is not None:
-        req = ProbeRequest(dport=case.port, proto=Proto.TCP, netns=lab.server, src=src, via="eth0", dst=SERVER4,
+        req = ProbeRequest(dport=case.port, proto=Proto.TCP, netns=lab.server, src=src, via="eth0", dst=case.dst,
                            timeout=0.5)
     else:
-        req = ProbeRequest(dport=case.port, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=SERVER4,
+        req = ProbeRequest(dport=case.port, proto=Proto.TCP, netns=lab.server, from_netns=lab.client, dst=case.dst,
                            timeout=0.5)
     report = Run(req, log).execute()
     assert report.cleanup_ok and report.ruleset_unchanged

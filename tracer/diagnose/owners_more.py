@@ -51,8 +51,9 @@ CSF_CHAINS = frozenset(("LOCALINPUT", "LOCALOUTPUT", "ALLOWIN", "ALLOWOUT", "DEN
                         "LOGDROPOUT", "GALLOWIN", "GDENYIN", "CC_ALLOW", "CC_DENY", "CC_ALLOWP", "SYNFLOOD",
                         "PORTFLOOD", "UDPFLOOD", "INVDROP"))
 _PVE_GUEST = re.compile(r"^(?:tap|veth)(\d+)i\d+-(?:IN|OUT)$")
-_INCUS_NET = re.compile(r"^(?:in|out|fwd|aclin|aclout|aclfwd|prert|pstrt|egress|ingress)\.(.+)$")
-_WG = re.compile(r"wg-quick\(8\) rule for (\S+?)\"?$|^wg-quick-(\S+)$")
+_INCUS_NET = re.compile(r"^(?:in|out|fwd|acl|aclin|aclout|aclfwd|prert|pstrt|egress|ingress)\.(.+)$")
+_KR_POD = re.compile(r"POD name:(\S+?) namespace: ?([\w.-]+)")
+_WG = re.compile(r"wg-quick\(8\) rule for ([\w.-]+)|^wg-quick-(\S+)$")
 
 
 def detect(table: str, chain: str, text: str = "") -> Optional[tuple[str, str]]:
@@ -75,7 +76,8 @@ def detect(table: str, chain: str, text: str = "") -> Optional[tuple[str, str]]:
     if w:
         return "wg-quick", f"interface {w.group(1) or w.group(2)}"
     if chain.startswith(("FLANNEL-", "KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-")):
-        return "k3s", ""
+        pod = _KR_POD.search(text)  # kube-router's comments name the Pod a chain guards
+        return "k3s", f"Pod {pod.group(2)}/{pod.group(1)}" if pod else ""
     return None
 
 
@@ -126,8 +128,11 @@ def general(owner: Any, result: Any, proto: str, dport: int, dst: str) -> tuple[
         return (f"wg-quick's rule for {iface} drops packets for {iface}'s address that do not come through the tunnel "
                 f"(against spoofed tunnel traffic): reach {dst} over {iface}, or change /etc/wireguard/{iface}.conf "
                 "and `wg-quick down/up`",)
-    return ("a Kubernetes NetworkPolicy enforced by k3s's kube-router decides: `kubectl get networkpolicy -A` shows the "
-            "policy that selects the Pod; allow the port there",)
+    pod = _detail(owner)
+    ns = f"-n {pod.split('/')[0]}" if pod else "-A"
+    return (f"a Kubernetes NetworkPolicy enforced by k3s's kube-router selects {('the Pod ' + pod) if pod else 'the Pod'} "
+            f"and lets nothing in to {proto}/{dport}: `kubectl get networkpolicy {ns}` shows it; add an ingress rule for "
+            f"port {dport} there (`from:` an ipBlock narrows it to some clients)",)
 
 
 def client_fixes(p: Any, owner: Any, blk: Any, raw: str, why: str) -> list[Fix]:
