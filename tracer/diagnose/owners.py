@@ -20,7 +20,8 @@ and comments (taken from the tools' sources):
   sshguard    nft backend: table ip sshguard / ip6 sshguard6 (set attackers); iptables: chain sshguard
   OpenWrt     fw4: table inet fw4 (input_<zone>, reject_from_<zone>, ...)
   libvirt     LIBVIRT_INP, LIBVIRT_FWI, ...; nftables backend: table ip libvirt_network
-  Calico      cali-* chains
+  Calico      cali-* chains; nftables mode: table ip calico / ip6 calico
+  and tailscale, Podman, Incus/LXD, Proxmox VE, CSF, wg-quick, k3s: tracer/diagnose/owners_more.py
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from tracer.diagnose import owners_more
 from tracer.model import EventKind, PacketResult, Proto, RuleRef, Verdict
 
 
@@ -57,7 +59,7 @@ class OwnerFix:
 
 NAMES = {"docker": "Docker", "ufw": "ufw", "firewalld": "firewalld", "fail2ban": "fail2ban",
          "kube-proxy": "kube-proxy", "crowdsec": "CrowdSec", "fw4": "OpenWrt fw4", "libvirt": "libvirt",
-         "calico": "Calico", "sshguard": "sshguard"}
+         "calico": "Calico", "sshguard": "sshguard", **owners_more.NAMES}
 
 _FIREWALLD_ZONE = re.compile(r"^(?:filter_|nat_|mangle_|raw_)?(?:IN|FWD|FWDI|FWDO|PRE|POST)_(.+?)(?:_(?:pre|log|deny|allow|post|rich))?$")
 _FIREWALLD_IPT = re.compile(r"^(?:INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING)_(?:ZONES|direct|POLICIES)")
@@ -71,6 +73,9 @@ def owner_of(table: str, chain: str, text: str = "") -> Optional[Owner]:
     def mk(key: str, detail: str = "") -> Owner:
         return Owner(key, NAMES[key], detail)
 
+    more = owners_more.detect(table, chain, text)
+    if more is not None:
+        return mk(*more)
     if chain.startswith("DOCKER") or table == "docker-bridges":
         return mk("docker")
     if chain.startswith(("ufw-", "ufw6-")):
@@ -94,7 +99,7 @@ def owner_of(table: str, chain: str, text: str = "") -> Optional[Owner]:
         return mk("fw4", f"zone {z.group(1)}" if z else "")
     if chain.startswith("LIBVIRT_") or table.startswith("libvirt"):
         return mk("libvirt")
-    if chain.startswith("cali-"):
+    if chain.startswith("cali-") or table == "calico":
         return mk("calico")
     return None
 
@@ -167,7 +172,8 @@ def reload_note(owner: Owner) -> str:
               "fw4": "fw4 regenerates table inet fw4 from /etc/config/firewall at every reload",
               "libvirt": "libvirt rebuilds its chains when a virtual network starts",
               "calico": "Felix rewrites cali-* chains from the policies within seconds",
-              "sshguard": "sshguard owns the block list and flushes its table when it restarts"}[owner.key]
+              "sshguard": "sshguard owns the block list and flushes its table when it restarts",
+              **owners_more.RELOAD}[owner.key]
     return f"the decision belongs to {owner.describe()}: {reload}"
 
 
@@ -175,6 +181,8 @@ def _commands(owner: Owner, result: PacketResult, ref: RuleRef, proto: str, port
     src = str(result.spec.src)
     icmp = result.spec.proto is Proto.ICMP
     detail = owner.detail.split(" ", 1)[1] if " " in owner.detail else ""
+    if owner.key in owners_more.NAMES:
+        return owners_more.general(owner, result, proto, dport, dst)
     if owner.key == "firewalld":
         # A policy's chains (filter_IN_policy_NAME_deny) take --policy=NAME; there is no such zone.
         zone = f"--policy={detail[len('policy_'):]} " if detail.startswith("policy_") else \
@@ -213,7 +221,10 @@ def _commands(owner: Owner, result: PacketResult, ref: RuleRef, proto: str, port
                 f"uci set firewall.@rule[-1].proto='{proto}' && uci set firewall.@rule[-1].dest_port='{dport}' && "
                 "uci set firewall.@rule[-1].target='ACCEPT' && uci commit firewall && fw4 reload",)
     if owner.key == "libvirt":
-        return ("libvirt filters its virtual networks itself: change the network's forward mode "
-                "(`virsh net-edit NET`) or add your rule where libvirt leaves it alone (a libvirt hook script)",)
+        # src/network/network_iptables.c, network_nftables.c: LIBVIRT_FWI / guest_input reject what
+        # is routed into a NAT network unless related to a guest's own connection.
+        return ("change it in the network's XML (`virsh net-edit NET`: <forward mode='route'/> "
+                "or 'open' lets routed traffic in), or add the raw rule from /etc/libvirt/hooks/network (run at each "
+                "network start); a direct rule is lost when libvirt starts the network again",)
     return ("a Calico policy decides: `calicoctl get networkpolicy,globalnetworkpolicy -o wide` "
             "(Kubernetes: `kubectl get networkpolicy -A`)",)

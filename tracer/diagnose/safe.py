@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from tracer.diagnose import owners
+from tracer.diagnose import owners, owners_more
 from tracer.diagnose.context import Probe, backend_of, verb, where
 from tracer.diagnose.fixes import _insert, _service
 from tracer.ruleset.match.conditions import conditions
@@ -175,7 +175,7 @@ def _state_fixes(p: Probe, blk: Block, owner: Optional[owners.Owner]) -> list[Fi
 
 
 def _set_fix(p: Probe, ref: RuleRef, n: Narrowing, src: str, owner: Optional[owners.Owner]) -> list[Fix]:
-    if owner is not None and owner.key in ("fail2ban", "crowdsec"):
+    if owner is not None and owner.key in ("fail2ban", "crowdsec", "pve"):
         return []  # the tool's own command above; a raw delete would be refilled from its state
     rule = ref.rule
     if rule is not None and rule.ipt is not None and "--match-set" in rule.ipt:
@@ -214,7 +214,8 @@ def client_fixes(p: Probe, blk: Block) -> list[Fix]:
                      tuple(dict.fromkeys((*cmds, raw))), owner=owner.key, why=owners.reload_note(owner), raw=raw)
     else:
         accept = Fix("client", only(p), f"let in only this client, {place}: {raw}", (raw,))
-    ordered = first_state + [accept] + rest
+    own_first = owners_more.client_fixes(p, owner, blk, raw, owners.reload_note(owner)) if owner is not None else []
+    ordered = own_first + first_state + [accept] + rest
     return [f for f in ordered if f.scope == "client"] + [f for f in ordered if f.scope != "client"]
 
 
