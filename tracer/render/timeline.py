@@ -143,7 +143,8 @@ def verdict_text(r: PacketResult) -> str:
         return r.verdict.value.upper()
     num = f" rule {d.rule.number}" if d.rule else ""
     legacy = " (iptables-legacy)" if d.legacy else ""
-    return f"{r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
+    word = r.target.words() if r.target is not None else r.verdict.value.upper()  # SYNPROXY, NFQUEUE, TPROXY
+    return f"{word} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
 
 
 def packet(i: int, r: PacketResult) -> Section:
@@ -255,6 +256,8 @@ def summary(report: Any) -> str:
         by = "the reply was dropped on its way out"
     elif r.kernel is not None:
         by = f"dropped by the kernel: {r.kernel.cause}" + (f", {r.kernel.setting}" if r.kernel.setting else "")
+    elif r.target is not None and d is not None:
+        by = f"{r.target.words()} by {d.table} {d.chain} " + (f"rule {d.rule.number}" if d.rule else "policy")
     elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:
