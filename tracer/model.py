@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from tracer.rules import Backend, Chain, Rule, Ruleset, Table  # noqa: F401  (re-exported: part of the model)
-from tracer.verdict import Action, RuleVerdict  # noqa: F401  (re-exported: part of the model)
+from tracer.verdict import Action, RuleVerdict, TargetVerdict  # noqa: F401  (re-exported: part of the model)
 from tracer.findings import INTENTS, SCOPES, Finding, Fix  # noqa: F401  (re-exported: part of the model; issue 19: no module over 400 lines)
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -335,6 +335,7 @@ class PacketResult:
     kernel_checked: tuple[str, ...] = ()  # what was checked for a kernel drop (also when none was found)
     route_back: Optional[RouteLookup] = None  # the kernel's route back to the source, when it was asked
     after_accept: Optional[AfterAccept] = None  # a real connection after a SYN-ACK, when one was made
+    target: Optional[TargetVerdict] = None  # SYNPROXY, NFQUEUE, TPROXY decided it (tracer/diagnose/targets.py)
 
     @property
     def reply_dropped(self) -> bool:
@@ -343,6 +344,8 @@ class PacketResult:
     @property
     def final_verdict(self) -> Verdict:
         """The probe's fate: the firewall's verdict, or DROP when the kernel dropped it."""
+        if self.target is not None and self.target.verdict in ("accept", "drop"):
+            return Verdict(self.target.verdict)
         return Verdict.DROP if self.kernel is not None else self.verdict
 
     def to_json(self) -> dict[str, object]:
@@ -351,9 +354,10 @@ class PacketResult:
             "summary": spec.summary(),
             "probe": {"proto": spec.proto.value, "src": str(spec.src), "dst": str(spec.dst), "sport": spec.sport,
                       "dport": spec.dport, "flags": spec.flags, "ident": spec.ident},
-            "verdict": self.final_verdict.value,
+            "verdict": self.target.verdict if self.target else self.final_verdict.value,
             "firewall_verdict": self.verdict.value,
-            "decided_by": self.kernel.to_json() if self.kernel else self.decided_by.to_json() if self.decided_by else None,
+            "decided_by": self.kernel.to_json() if self.kernel else {**self.target.to_json(), "rule": self.decided_by.to_json()}
+            if self.target and self.decided_by else self.decided_by.to_json() if self.decided_by else None,
             "kernel_checked": list(self.kernel_checked),
             "after_accept": self.after_accept.to_json() if self.after_accept else None,
             "reply": self.reply.kind,

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from tracer.diagnose import nearfix
 from tracer.diagnose import ebpf_findings
-from tracer.diagnose import checks, decider, kernverdict, safe, service
+from tracer.diagnose import checks, decider, kernverdict, safe, service, targets
 from tracer.diagnose import kernel as kernel_findings
 from tracer.diagnose.context import (
     Context,
@@ -58,11 +58,24 @@ CHECKS: tuple[tuple[Check, ...], ...] = (
 # silence with no ICMP error counts too (a UDP service need not answer), and the text says so.
 REACHED_REPLIES = ("syn-ack", "udp", "echo-reply")
 NOT_REACHED = ("no-listener", "rp-filter", "reply-dropped", "unobserved-chains", "listener-address",
-               "reply-elsewhere", "closed-after-accept", "selinux") \
+               "reply-elsewhere", "closed-after-accept", "selinux", "nfqueue-unbound", "tproxy-no-socket") \
     + ebpf_findings.NOT_REACHED + tuple(kernverdict.CODES.values())
 
 
+# What a SYNPROXY, NFQUEUE or TPROXY rule's own finding (tracer/diagnose/targets.py) replaces: the
+# probe did not vanish in the stack, and the rule is no block to accept the probe before.
+BY_TARGET = ("stack-drop", "kernel-drop", "blocked-by-rule", "shadowed-rule", "unobserved-chains", "untracked",
+             "conntrack-invalid", "closed-after-accept")
+
+
 def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
+    own = targets.finding(result)
+    if own is not None:
+        return [f for f in _diagnose(result, ctx) if f.code not in BY_TARGET] + [own]
+    return _diagnose(result, ctx)
+
+
+def _diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
     p = probe_of(result, ctx)
     findings: list[Finding] = []
     for group in CHECKS:
@@ -86,6 +99,11 @@ def diagnose(result: PacketResult, ctx: Context) -> list[Finding]:
 
 def reached(result: PacketResult, findings: list[Finding]) -> bool:
     """Did the probe get through to a service, and its answer back out through the firewall?"""
+    t = result.target
+    if t is not None and t.kind == "synproxy":  # synproxy's SYN-ACK is not the service's: a connection must say so
+        return t.reached is True and not result.reply_dropped
+    if t is not None and t.kind == "queue" and t.program is not None:  # the program let it through, or not
+        return result.reply.kind in REACHED_REPLIES and result.reply.captured and not result.reply_dropped
     if result.verdict is not Verdict.ACCEPT or result.kernel is not None or result.reply_dropped \
             or any(f.code in NOT_REACHED for f in findings):
         return False
@@ -101,7 +119,7 @@ def conclusion(result: PacketResult, findings: list[Finding]) -> str:
     spec, ref = result.spec, result.decided_by
     codes = {f.code for f in findings}
     subject = f"{spec.proto.value} port {spec.dport}" if spec.proto is not Proto.ICMP else "ping"
-    dropped = kernel_findings.conclusion(result, subject)
+    dropped = kernel_findings.conclusion(result, subject) or targets.conclusion(result, subject)
     if dropped is not None:
         return dropped
     by_kernel = ebpf_findings.conclusion(result, findings)

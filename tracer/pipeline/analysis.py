@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from tracer.ruleset import compare
 from tracer import correlate, diagnose
-from tracer.diagnose import ftp, kernverdict, selinux, tcpwrap
+from tracer.diagnose import ftp, kernverdict, selinux, targets, tcpwrap
 from tracer.plan.commands import (
     ConnectCheck,
     Describe,
@@ -23,8 +23,9 @@ from tracer.plan.commands import (
     Steps,
     TakeSnapshot,
 )
-from tracer.correlate import ebpf_timeline
+from tracer.correlate import basechains, ebpf_timeline
 from tracer.plan.ebpf_commands import EbpfOutcome
+from tracer.plan.target_commands import QueueBindings
 from tracer.inject.ingress import port_names
 from tracer.plan.kernsteps import kernplan_json
 from tracer.model import AfterAccept, EventKind, Finding, Mode, PacketResult, PacketSpec, ProbeRequest, Proto, Reply, Verdict
@@ -99,8 +100,8 @@ def kernel_verdicts(sending: Sending, exchanges: tuple[Exchange, ...], results: 
     for r, x in zip(results, exchanges):
         by_rule = r.decided_by is not None and r.decided_by.rule is not None \
             and kernverdict.rpfilter_rule(r.decided_by.rule.display)  # explained by the route back
-        if not kernverdict.needs_check(r) and not by_rule:
-            out.append(r)
+        if (not kernverdict.needs_check(r) and not by_rule) or targets.step_of(r) is not None:
+            out.append(r)  # (a SYNPROXY, NFQUEUE or TPROXY rule took it: tracer/diagnose/targets.py)
             continue
         h = diagnose.seen(r)
         local = sending.mode is Mode.LOCAL
@@ -175,6 +176,25 @@ def refused_unheard(r: PacketResult, ctx: diagnose.Context) -> bool:
         not any(s.proto is r.spec.proto and s.port == diagnose.seen(r).dport for s in ctx.listeners)
 
 
+def target_verdicts(results: list[PacketResult], ctx: diagnose.Context) -> Steps[list[PacketResult]]:
+    """Each result a SYNPROXY, NFQUEUE or TPROXY rule took, with that target's verdict
+    (tracer/diagnose/targets.py); the queue bindings are read only for a queued probe."""
+    out, bound = [], None
+    for r in results:
+        took = targets.step_of(r)
+        if took is not None and took[0] == "queue" and bound is None:
+            bound = yield QueueBindings()
+        h = diagnose.seen(r)
+        t = targets.decide(r, bound or {}, ctx.listeners, h.dst, h.dport) if took is not None else None
+        if t is None or took is None:
+            out.append(r)
+            continue
+        ref = r.decided_by if r.decided_by is not None and r.decided_by.rule is took[1].rule \
+            else basechains.step_ref(took[1], ctx.ruleset)  # the target's rule decided, whatever came after
+        out.append(dataclasses.replace(r, target=t, decided_by=ref))
+    return out
+
+
 def client_reply(spec: PacketSpec, kind: str, text: str) -> Reply:
     """--from ssh://: the reply as the client host's socket saw it (no packet was captured:
     what the socket API tells is all there is; `text` says what it cannot tell apart)."""
@@ -216,7 +236,8 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     # costs one listing of the tables on the input and forward hooks, an accepted one nothing.
     blocked = any(r.verdict.value in ("drop", "reject") for r in results)
     near: Optional[Snapshot] = (full or (yield FilterView(legacy_saved))) if blocked else None
-    ports = tuple(sorted({diagnose.seen(r).dport for r in results} | {r.spec.dport for r in results}))
+    ports = tuple(sorted({diagnose.seen(r).dport for r in results} | {r.spec.dport for r in results}
+                         | {targets.tproxy_port(r) for r in results} - {None}))
     ctx = diagnose.Context(snap.ruleset, (yield Listeners(ports)), local=mode is Mode.LOCAL,
                            full_ruleset=near.ruleset if near is not None else None,
                            full_sets=parse_sets(near.nft_text) if near is not None else None,
@@ -230,6 +251,7 @@ def analyse(req: ProbeRequest, run_id: str, full: Optional[Snapshot], legacy_sav
     results = yield from kernel_verdicts(sending, exchanges, results, ctx, ebpf.status == "loaded")
     results = yield from after_accept(req, sending, results, ctx,
                                       uses_state(_texts(snap.nft_text, snap.ipt_text, legacy_saved)))
+    results = yield from target_verdicts(results, ctx)
     app_findings: tuple[Finding, ...] = ()
     if app is not None and app.passive:  # --app ftp: the helper's state needs the rules beyond the met chains
         rules = full or (yield TakeSnapshot())

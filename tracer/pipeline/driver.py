@@ -23,6 +23,7 @@ from tracer.plan.commands import drive
 from tracer.pipeline.drive import KILL_ENV, SIGINT_ENV, checkpoint  # noqa: F401  (the tests set these, by these names)
 from tracer.pipeline.drive import app, ebpf, host, inject, ruleset, sources, undo
 from tracer.plan import ebpf_commands as ec
+from tracer.plan.target_commands import QueueBindings
 from tracer.errors import CommandError
 from tracer.model import ProbeRequest
 from tracer.report.outcome import ProbeReport
@@ -198,6 +199,7 @@ HANDLERS: dict[type, Callable[[Run, Any], Any]] = {
     c.ProcessFacts: host.process_facts,
     c.SelinuxFacts: host.selinux_facts,
     c.KernelChecks: host.kernel_checks,
+    QueueBindings: host.queue_bindings,
     # changes, their undo, the cleanup proof's listings
     c.Change: undo.change,
     c.Finish: undo.finish,

@@ -13,6 +13,7 @@ from tracer.model import EventKind, PacketResult, Proto, Step, Verdict
 from tracer.packet import parse_headers
 from tracer.report import classify
 from tracer.render import appview
+from tracer.render.replaycmd import replay_command  # noqa: F401  (markdown and html take it from here)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def verdict_text(r: PacketResult) -> str:
         return r.verdict.value.upper()
     num = f" rule {d.rule.number}" if d.rule else ""
     legacy = " (iptables-legacy)" if d.legacy else ""
-    return f"{r.verdict.value.upper()} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
+    word = r.target.words() if r.target is not None else r.verdict.value.upper()  # SYNPROXY, NFQUEUE, TPROXY
+    return f"{word} by {d.family} {d.table} {d.chain}{legacy}{num}: {d.text}"
 
 
 def packet(i: int, r: PacketResult) -> Section:
@@ -256,6 +258,8 @@ def summary(report: Any) -> str:
         by = "the reply was dropped on its way out"
     elif r.kernel is not None:
         by = f"dropped by the kernel: {r.kernel.cause}" + (f", {r.kernel.setting}" if r.kernel.setting else "")
+    elif r.target is not None and d is not None:
+        by = f"{r.target.words()} by {d.table} {d.chain} " + (f"rule {d.rule.number}" if d.rule else "policy")
     elif d is None:
         by = f"no verdict traced, reply {r.reply.kind}"
     elif d.rule is not None:
@@ -340,43 +344,6 @@ def _with_client(report: Any, rows: Section, r: PacketResult) -> Section:
 
 def _ssh_host(url: str) -> str:
     return url[len("ssh://"):].rstrip("/") if url.startswith("ssh://") else url
-
-
-def replay_command(report: Any) -> str:
-    """The command that sends the same probe again (same addresses, ports, flags and mode)."""
-    req = report.request
-    r = report.results[0] if report.results else None
-    argv = ["fwtrace", "probe"]
-    if req.proto is not Proto.ICMP:
-        argv += ["--dport", str(req.dport)]
-    if getattr(req, "both", False):
-        argv += ["--proto", "both"] + (["--flags", req.flags] if req.flags != "S" else [])
-    elif req.proto is not Proto.TCP:
-        argv += ["--proto", req.proto.value]
-    elif req.flags != "S":
-        argv += ["--flags", req.flags]
-    if r is not None:
-        argv += ["--dst", str(r.spec.dst), "--src", str(r.spec.src)]
-        if req.proto is not Proto.ICMP:
-            argv += ["--sport", str(req.sport if req.sport is not None else r.spec.sport)]
-    if req.count != 1:
-        argv += ["--count", str(req.count)]
-    if req.timeout != 1.0:
-        argv += ["--timeout", f"{req.timeout:g}"]
-    if req.netns:
-        argv += ["--netns", req.netns]
-    mode = report.mode or req.mode
-    if mode == "from-netns":
-        argv += ["--from-netns", str(req.from_netns)]
-    elif mode == "from-ssh":
-        argv += ["--from", str(req.from_ssh)]
-    elif mode == "local":
-        argv += ["--local"]
-    elif report.via:
-        argv += ["--via", report.via]
-    if req.log:
-        argv += ["--log", req.log]
-    return " ".join(argv)
 
 
 def measured(report: Any) -> list[tuple[str, str]]:

@@ -28,6 +28,8 @@ def packet_outcome(r: PacketResult, findings: Sequence[Finding]) -> str:
         return "no-listener"
     if r.kernel is not None:
         return "blocked"  # by the kernel: decided_by says which check
+    if r.target is not None and r.target.kind == "synproxy":
+        return "unknown"  # SYNPROXY answered for the server; nothing showed whether the service answers
     if r.verdict is Verdict.UNKNOWN and r.decided_by is None and not r.path:
         return "unknown"
     return "blocked"

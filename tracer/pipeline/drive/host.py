@@ -106,6 +106,17 @@ def socket_owners(inodes: set[int]) -> dict[int, str]:
     return found
 
 
+def queue_bindings(run: RunState, cmd: Any) -> dict[int, str]:
+    """tracer.plan.target_commands.QueueBindings: the bound queues and the processes holding their
+    netlink sockets (portid -> inode in /proc/net/netlink -> /proc/PID/fd)."""
+    from tracer.diagnose import targets
+
+    bound = targets.parse_queue_bindings(system.proc_net("netfilter/nfnetlink_queue"))
+    inodes = targets.netlink_inodes(system.proc_net("netlink"), set(bound.values()))
+    owners = socket_owners(set(inodes.values())) if inodes else {}
+    return {q: owners.get(inodes.get(pid, -1), f"netlink portid {pid}") for q, pid in bound.items()}
+
+
 def conntrack(run: RunState, cmd: c.Conntrack) -> str:
     return conntrack_entry(cmd.spec)
 
