@@ -6,7 +6,8 @@ and --prove-fix would try it. tracer/pipeline/cmdcheck.py runs each command as p
 the table it names, in a throwaway network namespace (the target is never touched: even
 `iptables-legacy-restore --test` instantiates the tables it names); this module says what to
 copy and how to run the check, and takes the refused commands out of the report. Each sequence of commands (one finding's fix)
-runs in its own fresh copy, in order, every command for real: the copy is thrown away.
+runs in order, every command for real, in a copy reset to a new namespace's state before it
+(`empty_tables`): one throwaway namespace per run, thrown away at its end.
 """
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ def plan(command: str) -> Optional[Check]:
 
 
 _NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+
+# The built-in chains of each x_tables table (iptables(8), TABLES), policy ACCEPT when created.
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+                  "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"), "raw": ("PREROUTING", "OUTPUT"),
+                  "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def empty_tables(names: list[str]) -> str:
+    """iptables-legacy-restore text that puts `names` (/proc/net/ip_tables_names) back as a
+    command first instantiates them: no rule, no chain of one's own, built-in policies ACCEPT.
+    e.g. ["filter"] -> "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"."""
+    out = []
+    for t in sorted(names):
+        if t in BUILTIN_CHAINS:
+            out += [f"*{t}", *(f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS[t]), "COMMIT"]
+    return "".join(line + "\n" for line in out)
 
 
 def printed(report: Any) -> list[tuple[str, ...]]:
