@@ -165,6 +165,10 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
                     "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
                     "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
                     "overwritten; held by this run, so another run given the same path is refused")
+    pr.add_argument("--check-fixes", action=argparse.BooleanOptionalAction, default=None,
+                    help="try each suggested fix in a throwaway shadow copy of the firewall and probe a sample of "
+                    "other sources and ports before and after it: the report says whom else each fix lets in "
+                    "(`changes nothing else` only when checked). On by default with --evidence; the target is only read")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
@@ -214,6 +218,10 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any) -> int:
     from tracer.pipeline import cmdcheck
 
     report = cmdcheck.check(report, req.netns)  # every fix command it prints, run by its tool on a copy
+    if ns.check_fixes if ns.check_fixes is not None else held is not None:
+        from tracer.pipeline import checkfixes
+
+        report = checkfixes.check(report, log)  # whom else each fix changes, in a shadow copy
     steps: tuple[Any, ...] = ()
     if ns.prove_fix:
         from tracer.pipeline import provefix

@@ -16,6 +16,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tracer.plan.shadow import empty_tables  # noqa: F401  (one copy: the shadow resets with it too)
+
 IPT_TOOLS = ("iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy")
 
 
@@ -55,22 +57,6 @@ def plan(command: str) -> Optional[Check]:
 
 
 _NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
-
-# The built-in chains of each x_tables table (iptables(8), TABLES), policy ACCEPT when created.
-BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-                  "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"), "raw": ("PREROUTING", "OUTPUT"),
-                  "security": ("INPUT", "FORWARD", "OUTPUT")}
-
-
-def empty_tables(names: list[str]) -> str:
-    """iptables-legacy-restore text that puts `names` (/proc/net/ip_tables_names) back as a
-    command first instantiates them: no rule, no chain of one's own, built-in policies ACCEPT.
-    e.g. ["filter"] -> "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"."""
-    out = []
-    for t in sorted(names):
-        if t in BUILTIN_CHAINS:
-            out += [f"*{t}", *(f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS[t]), "COMMIT"]
-    return "".join(line + "\n" for line in out)
 
 
 def printed(report: Any) -> list[tuple[str, ...]]:
