@@ -31,7 +31,8 @@ def argv(command: str) -> Optional[list[str]]:
         words = shlex.split(command)
     except ValueError:
         return None
-    if not words or words[0] not in RUNNABLE or any(w in (">", ">>", "|", ";", "&&") for w in words):
+    # run as argv, never by a shell; a line a shell would split or redirect is not one of fwtrace's fixes
+    if not words or words[0] not in RUNNABLE or any(ch in command for ch in ";|&<>`$"):
         return None
     return ["nft", command.split(None, 1)[1]] if words[0] == "nft" else words
 
@@ -68,7 +69,7 @@ def with_neighbour(probes: list[Any], client: str, dport: int, proto: str, local
 
     ip = ipaddress.ip_address(client)
     taken = local | {client} | {p.source.addr for p in probes}
-    for cand in (int(ip) ^ 1, int(ip) + 1, int(ip) - 1):
+    for cand in (int(ip) ^ 1, int(ip) + 1, int(ip) - 1, int(ip) + 2):
         try:
             a = ipaddress.ip_address(cand) if ip.version == 4 else ipaddress.IPv6Address(cand)
         except ValueError:
