@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -127,3 +129,26 @@ def test_check_fixes_from_the_command_line_and_off_switch(make_lab: Callable[...
     saved = json.loads((tmp_path / "b" / "report.json").read_text())
     assert saved["findings"][0]["fixes"][0].get("collateral_check") is not None
     assert all("collateral" not in x for f in json.loads(off.stdout)["findings"] for x in f["fixes"])
+
+
+def test_interrupted_while_checking_fixes_leaves_no_shadow(make_lab: Callable[..., Lab]) -> None:
+    """SIGINT once the shadow exists (its namespaces are named after fwtrace's pid): exit 130,
+    the shadow's namespaces gone, the target as before."""
+    with make_lab() as lab:
+        CASES["xt-recent"].load(lab)
+        lab.listen(lab.server, Proto.TCP, 22)
+        before = listing(lab, dynamic=True)
+        p = subprocess.Popen([sys.executable, "-m", "tracer", "probe", "--dport", "22", "--netns", lab.server,
+                              "--from-netns", lab.client, "--timeout", "0.5", "--check-fixes"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        mine = f"fwtrace-shadow{p.pid}-"
+        while p.poll() is None and not any(n.startswith(mine) for n in system.netns_list()):
+            time.sleep(0.01)
+        assert p.poll() is None, "the run ended before its shadow was seen"
+        time.sleep(0.2)  # into the copy's probes
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert "interrupted (SIGINT)" in err
+        assert not [n for n in system.netns_list() if n.startswith(mine)]
+        assert listing(lab, dynamic=True) == before

@@ -39,7 +39,7 @@ def test_plan_uses_the_raw_equivalent_of_an_owners_command_and_says_so() -> None
               owner="ufw", raw="iptables -I ufw-user-input 1 -s 192.0.2.2 -j ACCEPT")
     argvs, note = collateral.plan(own)
     assert argvs == (("iptables", "-I", "ufw-user-input", "1", "-s", "192.0.2.2", "-j", "ACCEPT"),)
-    assert "raw equivalent" in note and "ufw is not run" in note
+    assert note == "tried as its raw equivalent (ufw is not run in the copy)"
     assert collateral.plan(Fix("client", "x", "t", ("fail2ban-client set sshd unbanip 192.0.2.2",), owner="fail2ban")) == \
         (None, "fail2ban-client is not run in a copy of the firewall (it changes fail2ban-client's own state too)")
     assert collateral.plan(Fix("client", "changes no rule", "wait"))[0] is None

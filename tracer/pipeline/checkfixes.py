@@ -68,7 +68,7 @@ def check(report: Any, log: Any) -> Any:
                         found[x.commands] = _try(one, x, argvs, note, base, probes, before, dport, proto, log)
                 else:
                     found[x.commands] = _try(sh, x, argvs, note, base, probes, before, dport, proto, log)
-        how = "one copy, reset after each fix" if not fresh else "a fresh copy for each fix (the reset was not exact)"
+        how = "one copy, reset before each fix" if not fresh else "a fresh copy for each fix (the reset was not exact)"
         notes = (f"--check-fixes: {len(plans)} fix(es) tried in a shadow copy of the firewall ({how}), "
                  f"{len(probes)} sampled source/port pair(s) probed before and after each; the target was only read",)
     except FwtraceError as e:

@@ -50,7 +50,7 @@ def plan(fix: Fix) -> tuple[Optional[tuple[tuple[str, ...], ...]], str]:
     if fix.raw is not None and argv(fix.raw) is not None:
         if tuple(argv(fix.raw) or ()) not in ok:
             ok += (tuple(argv(fix.raw) or ()),)
-        return ok, f"with its raw equivalent `{fix.raw}` ({tool} is not run in the copy)"
+        return ok, f"tried as its raw equivalent ({tool} is not run in the copy)"
     return None, f"{tool} is not run in a copy of the firewall (it changes {tool}'s own state too)"
 
 
