@@ -59,6 +59,26 @@ def test_each_printed_command_is_run_by_its_tool_on_a_copy_and_the_target_only_r
     assert all(c not in (f.fix or "") for f in out.findings for c in BAD)
 
 
+def test_one_copy_per_run_is_reset_between_sequences(lab: Lab) -> None:
+    """The sequences share one throwaway namespace: each meets the target's tables, never what an
+    earlier sequence did to the copy (two inserts would let `-D INPUT 3` through; a legacy rule
+    appended by one would let another's `-D INPUT 1` through; a policy would stay DROP)."""
+    lab.iptables_restore(lab.server, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                                     "-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+    before = state(lab)
+    seqs = [("iptables -I INPUT 1 -p tcp --dport 80 -j ACCEPT", "iptables -I INPUT 1 -p tcp --dport 81 -j ACCEPT"),
+            ("iptables -D INPUT 3",),
+            ("iptables-legacy -A INPUT -j ACCEPT", "iptables-legacy -P INPUT DROP"),
+            ("iptables-legacy -D INPUT 1",), ("iptables-legacy -C INPUT -j ACCEPT",),
+            ("iptables -D INPUT 1",)]
+    real = report_of("seed-shadowed")
+    findings = tuple(Finding("x", "m", f"fix: {'; '.join(c)}", c) for c in seqs)
+    out = cmdcheck.check(dataclasses.replace(real, findings=findings, results=()), lab.server)
+    assert state(lab) == before, "the target changed"
+    assert set(out.refused) == {"iptables -D INPUT 3", "iptables-legacy -D INPUT 1", "iptables-legacy -C INPUT -j ACCEPT"}
+    assert [f.commands for f in out.findings] == [seqs[0], (), seqs[2], (), (), seqs[5]]
+
+
 def test_a_refused_prove_fix_rule_is_reported_and_the_run_undone(lab: Lab, monkeypatch: Any) -> None:
     """The proving run's narrowed rule is refused by iptables: the step says so, everything else the
     run put in is removed, and no journal is left for `fwtrace cleanup` (whose undo, the same rule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tracer.pipeline.fixcheck import Check, plan, printed, without
+from tracer.pipeline.fixcheck import Check, empty_tables, plan, printed, without
 from tracer.model import Finding
 from tracer.render import jsondoc
 
@@ -48,3 +48,10 @@ def test_every_finding_command_is_in_the_printed_list() -> None:
     r = dataclasses.replace(report, findings=report.findings + (Finding("x", "m", "ufw allow 80/tcp", ("ufw allow 80/tcp",)),))
     assert ("ufw allow 80/tcp",) not in printed(r)
     assert set(printed(report)) >= {f.commands for f in report.findings if f.commands}
+
+
+def test_empty_tables_puts_instantiated_tables_back_as_new() -> None:
+    assert empty_tables([]) == ""
+    assert empty_tables(["nat", "filter", "bogus"]) == (
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")

@@ -17,55 +17,8 @@ from tracer.model import Proto
 from tracer.cli.admin import EPILOG_CLEANUP, _add_cleanup, _add_demo, _add_doctor, cmd_cleanup, cmd_demo, cmd_doctor  # noqa: F401
 from tracer.cli.shadowcmd import EPILOG_REPLAY, EPILOG_WHATIF, _add_replay, _add_whatif, cmd_replay, cmd_whatif  # noqa: F401
 from tracer.cli.watchcmd import EPILOG_WATCH, _add_watch, cmd_watch  # noqa: F401
-from tracer.cli.servicecmd import EPILOG as EPILOG_SERVICE
+from tracer.cli.probehelp import EPILOG_PROBE
 
-EPILOG_PROBE = """\
-examples:
-  fwtrace probe --dport 8080 --src 203.0.113.5
-        why can't customer 203.0.113.5 reach port 8080 of this machine? The probe is received on
-        the interface of the route back to 203.0.113.5 (or --via IFACE) as if it came from there;
-        its reply is caught before it leaves the machine.
-  fwtrace probe --dport 8080 --netns srv --from-netns client
-        probe from a real second host: namespace client, on a link to the host in namespace srv
-  fwtrace probe --dport 8080 --local
-        send from the machine itself (OUTPUT -> lo -> INPUT); rules on eth0 are not exercised
-  fwtrace probe --dport 53 --proto udp --dst 192.0.2.1 --via eth1
-  fwtrace probe --dport 53 --proto both --dst 192.0.2.1   (DNS: tcp and udp in one run)
-  fwtrace probe --proto icmp --dst 2001:db8::1 --json
-__SERVICE_EPILOG__
-  fwtrace probe --dport 443 --flags A     (a stray ACK: what does conntrack/the firewall do?)
-  fwtrace probe --dport 8080 --prove-fix  (blocked? try the fix for this probe alone, and say if it is enough)
-  fwtrace probe --dport 22 --log          (also log the probe in every iptables chain it enters)
-  fwtrace probe --dport 22 --log kmsg     (... with LOG rules, as dmesg shows them)
-  fwtrace probe --dport 8080 --ebpf on    (the kernel's drop reason from the start: rp_filter, no socket,
-                                         a full accept queue, a netfilter drop outside the traced chains)
-
-"reached" means the service's answer came back out through the firewall: a SYN-ACK for a SYN,
-a RST for a stray ACK/FIN to a listening port, a UDP reply (or, for UDP, silence and no ICMP
-error: the text says which), an echo reply for ICMP. A reply dropped on its way out (OUTPUT,
-POSTROUTING) is not reached. With --count N every packet must have reached.
-
-  fwtrace probe --dport 8080 --evidence ticket-4711.tar.gz --redact
-        also write the evidence for a ticket: report.md/.html/.json, probe.pcapng, path.svg,
-        rulesets before and after with counters, environment; other addresses made placeholders
-
-fwtrace's own options (-v/-vv, --log-format, --traceback: see `fwtrace --help`) may also be
-given here, after `probe`.
-
-exit status:
-  0    the probe reached the service
-  1    blocked, no listener, or unanswered (or the reply was dropped)
-  2    usage error (bad option or value)
-  3    environment problem (not root, missing tool, unknown namespace, the report or the
-       evidence bundle could not be written: the report is printed first, no partial bundle)
-  4    internal error (a bug: rerun with --traceback and report it)
-  5    cleanup incomplete (the report names what is left and the command that removes it)
-  11   --service: no such service (not in /etc/services or /etc/rpc, no process of that name listening);
-       with --service the status is the highest of its probes'
-  12   --app ftp: the service answered but speaks no FTP (the report says what came back)
-  130  interrupted (SIGINT, SIGTERM, SIGHUP; changes undone)
-"""
-EPILOG_PROBE = EPILOG_PROBE.replace("__SERVICE_EPILOG__\n", EPILOG_SERVICE)
 PROBE_USAGE = """fwtrace probe --dport PORT [--proto tcp|udp|both] [options]   (--dport is required for tcp and udp)
        fwtrace probe --service NAME|rpc:PROGRAM [--proto tcp|udp|both] [options]
        fwtrace probe --proto icmp [options]"""
@@ -179,6 +132,10 @@ def _probe_output_options(pr: argparse.ArgumentParser) -> None:
                     "and after with counters and their deltas, the environment, the raw trace for replay; DIR must be "
                     "new or empty, a .tar.gz must not exist: checked before anything is changed, nothing is ever "
                     "overwritten; held by this run, so another run given the same path is refused")
+    pr.add_argument("--check-fixes", action=argparse.BooleanOptionalAction, default=None,
+                    help="try each suggested fix in a throwaway shadow copy of the firewall and probe a sample of "
+                    "other sources and ports before and after it: the report says whom else each fix lets in "
+                    "(`changes nothing else` only when checked). On by default with --evidence; the target is only read")
     pr.add_argument("--redact", action="store_true", help="in the evidence bundle, replace addresses other than the "
                     "probe's by stable placeholders")
     pr.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
@@ -232,6 +189,10 @@ def _probe(ns: argparse.Namespace, log: Any, req: Any, held: Any, emit: Optional
     from tracer.pipeline import cmdcheck
 
     report = cmdcheck.check(report, req.netns)  # every fix command it prints, run by its tool on a copy
+    if ns.check_fixes if ns.check_fixes is not None else held is not None:
+        from tracer.pipeline import checkfixes
+
+        report = checkfixes.check(report, log)  # whom else each fix changes, in a shadow copy
     steps: tuple[Any, ...] = ()
     if ns.prove_fix:
         from tracer.pipeline import provefix

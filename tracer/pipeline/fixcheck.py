@@ -6,7 +6,8 @@ and --prove-fix would try it. tracer/pipeline/cmdcheck.py runs each command as p
 the table it names, in a throwaway network namespace (the target is never touched: even
 `iptables-legacy-restore --test` instantiates the tables it names); this module says what to
 copy and how to run the check, and takes the refused commands out of the report. Each sequence of commands (one finding's fix)
-runs in its own fresh copy, in order, every command for real: the copy is thrown away.
+runs in order, every command for real, in a copy reset to a new namespace's state before it
+(`empty_tables`): one throwaway namespace per run, thrown away at its end.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import dataclasses
 import shlex
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from tracer.plan.shadow import empty_tables  # noqa: F401  (one copy: the shadow resets with it too)
 
 IPT_TOOLS = ("iptables", "ip6tables", "iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy")
 

@@ -124,6 +124,23 @@ def native_nft(ruleset: str, ipt: dict[str, str]) -> tuple[str, list[str]]:
     return "".join(out), notes
 
 
+# The built-in chains of each x_tables table (iptables(8), TABLES), policy ACCEPT when created.
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+                  "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"), "raw": ("PREROUTING", "OUTPUT"),
+                  "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def empty_tables(names: list[str]) -> str:
+    """iptables-legacy-restore text that puts `names` (/proc/net/ip_tables_names) back as a
+    command first instantiates them: no rule, no chain of one's own, built-in policies ACCEPT.
+    e.g. ["filter"] -> "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"."""
+    out = []
+    for t in sorted(names):
+        if t in BUILTIN_CHAINS:
+            out += [f"*{t}", *(f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS[t]), "COMMIT"]
+    return "".join(line + "\n" for line in out)
+
+
 # ---------------------------------------------------------------------------------------------
 # /proc/net/{tcp,udp}{,6}: the listening sockets
 
@@ -299,7 +316,7 @@ def sample_sources(state: State, client: str, version: int, limit: int = 12) -> 
     local = frozenset(a for lk in state.links for a, _ in lk.addrs)
 
     def add(token: str, label: str) -> None:
-        a = _one_of(token, local)
+        a = _one_of(token, local | {client})  # a range's sample is someone else than the client
         if a is not None and a.version == version and str(a) not in local and all(s.addr != str(a) for s in found):
             found.append(Source(str(a), label))
 

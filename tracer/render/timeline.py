@@ -231,6 +231,9 @@ def findings(report: Any) -> Section:
                 rows.append(Row(label, x.text, "fix" if i == 0 else "step"))
             if x.lets_in and (x.commands or x.scope != "client"):
                 rows.append(Row("scope", f"{x.scope}: {x.lets_in}", "dim"))
+            if x.collateral is not None and x.commands:  # --check-fixes; UNSAFE: its scope says fewer than get in
+                rows += [Row(*(("UNSAFE", t, "bad") if x.collateral.contradicts else ("checked", t, "dim")))
+                         for t in x.collateral.lines(x.scope)]
     return rows
 
 

@@ -248,6 +248,16 @@ class Shadow:
             if links and not any(r.family == fam and r.dst == "default" for r in s.routes) and \
                     any(ipaddress.ip_address(a).version == fam for lk in links for a, _ in lk.addrs):
                 self._default_route(fam, links[0])
+        self._load_rules()
+        for x in plan.stand_ins(s.listeners):
+            try:
+                self.lab.listen(self.netns, Proto(x.proto), x.port, x.addr)
+            except OSError as e:
+                self.notes.append(f"stand-in listener {x.proto} {x.addr}:{x.port}: not started ({e.strerror})")
+        self.log.info("shadow built", netns=self.netns, links=len(links), listeners=len(s.listeners))
+
+    def _load_rules(self, again: bool = False) -> None:
+        s = self.state
         if s.ipsets.strip():
             self._restore("ipsets", ["ipset", "restore"], s.ipsets)
         if s.nft.strip():
@@ -256,21 +266,54 @@ class Shadow:
             self._restore(f"{IPT_SAVE[fam]} tables", [IPT_RESTORE[fam]], text)
         for fam, text in s.legacy:
             self._restore(f"{LEGACY_SAVE[fam]} tables", [LEGACY_RESTORE[fam]], text)
+        want = dict(s.recent)
         with system.netns(self.netns):
-            for name, addrs in s.recent:
-                path = f"/proc/thread-self/net/xt_recent/{name}"
+            rdir = "/proc/thread-self/net/xt_recent"
+            # again: a list the flushed rules held may outlive them (nf_tables frees rules in a
+            # worker after the commit), and the new rules take it over with its entries: clear it
+            for name in sorted(set(want) | (set(os.listdir(rdir)) if again and os.path.isdir(rdir) else set())):
                 try:
-                    for a in addrs:
-                        with open(path, "w") as f:
+                    with open(f"{rdir}/{name}", "w") as f:
+                        if again:
+                            f.write("/\n")  # xt_recent: "/" forgets every entry
+                        for a in want.get(name, ()):
                             f.write(f"+{a}\n")
+                            f.flush()
                 except OSError as e:
                     self.notes.append(f"xt_recent list {name}: entries not copied ({e.strerror})")
-        for x in plan.stand_ins(s.listeners):
-            try:
-                self.lab.listen(self.netns, Proto(x.proto), x.port, x.addr)
-            except OSError as e:
-                self.notes.append(f"stand-in listener {x.proto} {x.addr}:{x.port}: not started ({e.strerror})")
-        self.log.info("shadow built", netns=self.netns, links=len(links), listeners=len(s.listeners))
+
+    def reset(self) -> None:
+        """The copy's rules and state back as built (a fix tried in it undone, the probes'
+        conntrack entries, meters, limits and xt_recent hits forgotten); addresses, routes,
+        sysctls and listeners stay. `rules_listing()` shows whether it worked."""
+        with system.netns(self.netns):
+            system.run(["nft", "flush", "ruleset"])  # iptables-nft's tables are nf_tables tables too
+            for names, tool in (("ip_tables_names", LEGACY_RESTORE["ip"]), ("ip6_tables_names", LEGACY_RESTORE["ip6"])):
+                text = plan.empty_tables(system.proc_net(names).split())  # x_tables tables cannot be removed
+                if text:
+                    system.run([tool], input=text)
+            for argv in (["ipset", "destroy"], ["conntrack", "-F"]):
+                try:
+                    system.run(argv, check=False)
+                except EnvironmentProblem:  # not installed: nothing of it to forget
+                    pass
+        self._load_rules(again=True)
+
+    def rules_listing(self) -> str:
+        """The copy's rules and state as text to compare (no counters, no expiry countdowns)."""
+        import re
+
+        with system.netns(self.netns):
+            out = [system.run(["nft", "-s", "list", "ruleset"], check=False).stdout]
+            out += [_out([LEGACY_SAVE[f]]) or "" for f in listing.legacy_families()]
+            out.append(_out(["ipset", "save"]) or "")
+            rdir = "/proc/thread-self/net/xt_recent"
+            for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else ():
+                with open(f"{rdir}/{name}") as f:
+                    out.append(f"xt_recent {name}: {' '.join(sorted(plan.parse_recent(f.read())))}")
+        text = "\n".join(out)
+        text = re.sub(r" expires \S+", "", text)
+        return re.sub(r"\[\d+:\d+\]", "", "\n".join(x for x in text.splitlines() if not x.startswith("#")))
 
     def _default_route(self, fam: int, link: plan.Link) -> None:
         """Sampled sources' replies need a way out: a stand-in gateway on the first link."""
