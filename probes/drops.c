@@ -16,6 +16,7 @@
 
 #define ROLE_PROBE 1
 #define ROLE_REPLY 2
+#define ROLE_WATCH 3  // a packet of `fwtrace watch`'s filter (`watchf`): reported by kfree_skb only
 
 #define EV_DROP 1
 #define EV_RESET 2
@@ -48,7 +49,19 @@ struct event_t {
     u8 pkt[PKT_MAX];
 };
 
+// fwtrace watch's filter (tracer/plan/ebpf_keys.py watch_key): family 0 = no watch; proto, port
+// (destination, host order) 0 = any; plen bits of addr (the source prefix), 0 = any source.
+struct watch_t {
+    u8 family;
+    u8 proto;
+    u16 port;
+    u32 plen;
+    u8 addr[16];
+};
+
 BPF_HASH(probes, struct key_t, u8, 256);
+BPF_ARRAY(watchf, struct watch_t, 2);  // [0] IPv4, [1] IPv6
+BPF_ARRAY(lost, u64, 1);  // records the full ring buffer refused (the watch's "events lost")
 BPF_RINGBUF_OUTPUT(events, 64);
 BPF_STACK_TRACE(stacks, 1024);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
@@ -64,6 +77,44 @@ static __always_inline u8 lookup(u8 family, u8 proto, u16 port, u32 ident, const
         __builtin_memset(k.addr + 4, 0, 12);
     u8 *role = probes.lookup(&k);
     return role ? *role : 0;
+}
+
+static __always_inline int in_prefix(const u8 *addr, const u8 *want, u32 plen) {
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (plen >= (u32)(i + 1) * 8) {
+            if (addr[i] != want[i])
+                return 0;
+        } else if (plen > (u32)i * 8) {
+            u8 mask = (u8)(0xff << (8 - (plen - i * 8)));
+            if ((addr[i] & mask) != (want[i] & mask))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static __always_inline u8 watched(u8 family, u8 proto, u16 dport, const u8 *src) {
+    int slot = family == 4 ? 0 : 1;
+    struct watch_t *w = watchf.lookup(&slot);
+    if (!w || w->family != family)
+        return 0;
+    if (w->proto && w->proto != proto)
+        return 0;
+    if (proto != 6 && proto != 17 && proto != (family == 4 ? 1 : 58))
+        return 0;  // as the watch's own matching (tracer/pipeline/watch.py matches)
+    if (w->port && (w->port != dport || (proto != 6 && proto != 17)))
+        return 0;
+    return in_prefix(src, w->addr, w->plen) ? ROLE_WATCH : 0;
+}
+
+static __always_inline void emit(struct event_t *ev) {
+    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+        int zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
 }
 
 // Which probe key the packet at `ip` (its network header) matches: ROLE_PROBE, ROLE_REPLY or 0.
@@ -104,7 +155,7 @@ static __always_inline u8 classify(const u8 *ip, u8 *family) {
         u8 type = l4[0];
         u16 id = ((u16)l4[4] << 8) | l4[5];
         if (type == 8 || type == 128)
-            return lookup(*family, proto, id, ident, src, alen) ? ROLE_PROBE : 0;
+            return lookup(*family, proto, id, ident, src, alen) ? ROLE_PROBE : watched(*family, proto, 0, src);
         if (type == 0 || type == 129)
             return lookup(*family, proto, id, 0, dst, alen) == ROLE_REPLY ? ROLE_REPLY : 0;
         return 0;  // ICMP errors: matched on the quoted packet by user space (see classify_error)
@@ -113,7 +164,7 @@ static __always_inline u8 classify(const u8 *ip, u8 *family) {
         return ROLE_PROBE;
     if (lookup(*family, proto, dport, 0, dst, alen) == ROLE_REPLY)
         return ROLE_REPLY;
-    return 0;
+    return watched(*family, proto, dport, src);
 }
 
 // An ICMP error whose quoted packet is a probe counts as a reply.
@@ -125,7 +176,7 @@ static __always_inline u8 classify_error(const u8 *ip, u8 family) {
     if (l4off + 8 + 48 > PKT_MAX)
         return 0;
     u8 inner_family = 0;
-    return classify(ip + (l4off & 0x3f) + 8, &inner_family) == ROLE_PROBE ? ROLE_REPLY : 0;
+    return classify(ip + (l4off & 0x3f) + 8, &inner_family) == ROLE_PROBE ? ROLE_REPLY : 0;  // (not ROLE_WATCH)
 }
 
 // Fill `ev` from the skb; 0 when the packet is none of ours.
@@ -187,7 +238,7 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
     ev->reason = args->reason;
     ev->location = (u64)args->location;
     ev->stack = stacks.get_stackid(args, 0);
-    events.ringbuf_output(ev, sizeof(*ev), 0);
+    emit(ev);
     return 0;
 }
 #endif
@@ -205,7 +256,7 @@ TRACEPOINT_PROBE(skb, consume_skb) {
     ev->location = (u64)args->location;
 #endif
     ev->stack = stacks.get_stackid(args, 0);
-    events.ringbuf_output(ev, sizeof(*ev), 0);
+    emit(ev);
     return 0;
 }
 #endif
@@ -214,14 +265,14 @@ TRACEPOINT_PROBE(skb, consume_skb) {
 // The RST the stack itself sends (no socket, a closed port): skbaddr is the packet answered.
 TRACEPOINT_PROBE(tcp, tcp_send_reset) {
     struct event_t *ev = fresh();
-    if (!ev || !from_skb((void *)args->skbaddr, ev))
+    if (!ev || !from_skb((void *)args->skbaddr, ev) || ev->role == ROLE_WATCH)
         return 0;
     ev->kind = EV_RESET;
 #ifdef HAVE_RST_REASON
     ev->reason = args->reason;
 #endif
     ev->stack = stacks.get_stackid(args, 0);
-    events.ringbuf_output(ev, sizeof(*ev), 0);
+    emit(ev);
     return 0;
 }
 #endif
@@ -230,13 +281,13 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset) {
 // An ICMP error the stack sends about a packet (skbaddr: the packet it quotes).
 TRACEPOINT_PROBE(icmp, icmp_send) {
     struct event_t *ev = fresh();
-    if (!ev || !from_skb((void *)args->skbaddr, ev))
+    if (!ev || !from_skb((void *)args->skbaddr, ev) || ev->role == ROLE_WATCH)
         return 0;
     ev->kind = EV_ICMP;
     ev->a = args->type;
     ev->b = args->code;
     ev->stack = stacks.get_stackid(args, 0);
-    events.ringbuf_output(ev, sizeof(*ev), 0);
+    emit(ev);
     return 0;
 }
 #endif
@@ -280,7 +331,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     ev->pkt[34] = args->dport >> 8;
     ev->pkt[35] = args->dport & 0xff;
     ev->plen = 36;
-    events.ringbuf_output(ev, sizeof(*ev), 0);
+    emit(ev);
     return 0;
 }
 #endif

@@ -233,4 +233,4 @@ def watch_request(ns: argparse.Namespace) -> Any:
         raise UsageError("--dport does not apply to --proto icmp", "drop --dport")
     f = WatchFilter(ns.src, ns.dport, proto, ns.all)
     return WatchRequest(f, ns.duration, ns.max_packets, ns.netns, ns.iface, packets=ns.packets,
-                        evidence=bool(getattr(ns, "evidence", None)))
+                        evidence=bool(getattr(ns, "evidence", None)), ebpf=getattr(ns, "ebpf", "off"))

@@ -30,7 +30,7 @@ exit status:
   0    no flow seen was blocked (a flow cut at the window's edge: unknown, neither)
   1    a flow was blocked, or nothing of the filter arrived
   2    usage error (bad option or value, unknown interface)
-  3    environment problem (not root, missing tool, unknown namespace)
+  3    environment problem (not root, missing tool, unknown namespace, --ebpf on where eBPF cannot run)
   5    cleanup incomplete
   130  interrupted before the watch began collecting (changes undone)
 """
@@ -50,6 +50,10 @@ def _add_watch(sub: Any) -> None:
     wa.add_argument("--max-packets", type=cliargs.max_packets, metavar="N", help="stop after N packets of the filter")
     wa.add_argument("--packets", action="store_true", help="list every traced packet of a flow, not only the roll-up")
     wa.add_argument("--all", action="store_true", help="allow a filter that matches everything (rate-limited still)")
+    wa.add_argument("--ebpf", choices=("auto", "on", "off"), default="auto",
+                    help="the kernel's drop reasons (eBPF, skb:kfree_skb) for the filter's packets: a flow the kernel "
+                    "dropped (rp_filter, no socket...) gets its kernel verdict. auto (default): where this machine can "
+                    "load them, else said in the notes; on: fail if it cannot; off: netfilter sources only")
     wa.add_argument("--json", action="store_true", help="ndjson: one object per flow event, then a summary object")
     wa.add_argument("--evidence", metavar="DIR|FILE.tar.gz", help="also write the watched packets (pcapng, trace id "
                     "per packet in a comment) and the flows table with timelines")

@@ -26,6 +26,7 @@ _TCP_FLAGS = "FSRPAUEC"
 KEEP = 8  # packets kept per flow and direction (Flows.trim), and per waiting answer's 5-tuple
 FOLLOWED = 1024  # trace ids followed at once (Flows._follow)
 WAITING = 256  # answers' 5-tuples waiting for their flow (across NAT) at most
+KERNEL_WAIT = 256  # eBPF events waiting for their packet's trace at most
 
 
 def flow_key(h: Headers, reply: bool = False) -> Optional[FlowKey]:
@@ -108,7 +109,9 @@ class Flow:
 
     def decisive(self) -> Optional[Packet]:
         """The packet whose fate stands for the flow: the first dropped one, else the first."""
-        return next((p for p in self.packets if p.quick == "drop"), self.packets[0] if self.packets else None)
+        return next((p for p in self.packets if p.quick == "drop"),
+                    next((p for p in self.packets if any(e.source == "ebpf" and e.kind is EventKind.DROP for e in p.events)),
+                         self.packets[0] if self.packets else None))
 
 
 class Flows:
@@ -127,6 +130,8 @@ class Flows:
         self.unplaced = 0  # events of packets not ours (before our chain) or of no flow
         self.max_flows = max_flows
         self.flows_dropped = 0  # flows beyond max_flows, counted only
+        self.kernel_events = 0  # eBPF events read (the kernel's drops of the filter's packets)
+        self.kernel_pending: list[TraceEvent] = []  # eBPF events whose packet's trace has not come (yet)
 
     def _flow(self, key: FlowKey, at: float) -> Optional[Flow]:
         flow = self.flows.get(key)
@@ -143,6 +148,10 @@ class Flows:
         changed: set[FlowKey] = set()
         for ev in events:
             self.events += 1
+            if ev.source == "ebpf":  # no trace id of netfilter's: placed by its headers
+                self.kernel_events += 1
+                self.kernel_pending.append(ev)
+                continue
             if ev.table == self.table and ev.kind is EventKind.RULE and ev.packet and ev.chain[-1:].isdigit() \
                     and ev.chain.rstrip("0123456789") in ("pre", "out", "ing"):
                 h = parse_headers(ev.packet)
@@ -183,6 +192,27 @@ class Flows:
                 self._conntrack(pkt, at)
             if pkt.key is not None and pkt.key in self.flows:
                 changed.add(pkt.key)
+        changed |= self._place_kernel()
+        return changed
+
+    def _place_kernel(self) -> set[FlowKey]:
+        """The eBPF events (the kernel's drop of a packet) joined to the traced packet they are of
+        (its flow, IPv4 id / IPv6 flow label); one whose trace has not come yet waits (a while)."""
+        changed: set[FlowKey] = set()
+        waiting = []
+        for ev in self.kernel_pending:
+            h = parse_headers(ev.packet) if ev.packet else None
+            key = flow_key(h) if h is not None else None
+            flow = self.flows.get(key) if key is not None else None
+            pkt = next((p for p in reversed(flow.packets) if p.headers.ident == h.ident), None) \
+                if flow is not None and h is not None else None
+            if pkt is None or key is None:
+                waiting.append(ev)
+                continue
+            pkt.events.append(ev)
+            changed.add(key)
+        self.unplaced += max(0, len(waiting) - KERNEL_WAIT)
+        self.kernel_pending = waiting[-KERNEL_WAIT:]
         return changed
 
     def _follow(self, trace_id: int, pkt: Packet) -> None:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tracer import correlate, diagnose
+from tracer.correlate import ebpf_timeline
+from tracer.diagnose import kernverdict
+from tracer.pipeline import watch_ebpf
 from tracer.correlate import flows as flows_
 from tracer.correlate.flows import Flow, Flows, key_text
 from tracer.errors import CommandError
@@ -37,8 +40,10 @@ from tracer.plan.commands import (
     RunArgv,
     Steps,
 )
+from tracer.plan.ebpf_commands import StartEbpf
 from tracer.plan.records import nft_undo
-from tracer.plan.watch_commands import CaptureStats, MarkCapture, Now, OpenCapture, PollWatch, Seen, Show, WatchPolled
+from tracer.plan.watch_commands import (CaptureStats, EbpfLost, MarkCapture, Now, OpenCapture, PollWatch, Seen, Show,
+                                        WatchPolled)
 from tracer.plan.watchplan import WatchFilter
 from tracer.report.watch import UPSTREAM, Accounting, FlowRow, Live, WatchSummary, WirePacket
 from tracer.ruleset.nftsets import parse_sets
@@ -61,6 +66,8 @@ class WatchRequest:
     burst: int = watchplan.BURST
     packets: bool = False  # --packets: every packet's line in the timeline, not only the decisive one's
     evidence: bool = False  # keep the watched packets for the bundle's pcapng (at most WIRE_MAX)
+    ebpf: str = "off"  # "on" / "auto": the kernel's drop reasons (probes/drops.c) too; auto goes on without them
+    notes: tuple[str, ...] = ()  # said before the watch began (--ebpf auto that could not)
 
 
 def matches(f: WatchFilter, h: Headers) -> bool:
@@ -88,6 +95,8 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     tplan = watchplan.watch_plan(run_id, req.filter, pid, plan.floors((yield ListBaseChains())), req.rate, req.burst)
     program = watchplan.capture_filter(req.filter)
     yield Begin()
+    if req.ebpf != "off":
+        yield StartEbpf()  # compiles in the background while the capture opens
     flows = Flows(tplan.table, dport=req.filter.dport)
     near: Counter[str] = Counter()
     lost = False
@@ -97,6 +106,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     conntrack: dict[flows_.FlowKey, str] = {}
     start_at = end_at = 0.0
     ifaces: tuple[str, ...] = ()
+    ebpf, ebpf_lost = "off", 0
     wire: list[Seen] = []
     early: tuple[Seen, ...] = ()
     before = 0
@@ -109,6 +119,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         # others arrived before the table (however long a loaded machine took to put it in) and
         # could not be traced, which is no sign that they never reached netfilter.
         ifaces = yield OpenCapture(program, req.iface)
+        ebpf = (yield from watch_ebpf.open_ebpf(req.filter, req.ebpf == "on")) if req.ebpf != "off" else "off"
         armed = yield from verify.before(tplan.table, None, {})
         generations.append((yield Generation()))
         yield Change(nft_undo(tplan.undo, f"table inet {tplan.table}"), RunArgv(("nft", "-f", "-"), tplan.batch),
@@ -129,6 +140,7 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
         except CommandError:
             pass
         cap = yield CaptureStats()
+        ebpf_lost = (yield EbpfLost()) if ebpf == "loaded" else 0
         for flow in list(flows.flows.values())[:CONNTRACK_FLOWS]:
             p = flow.decisive()
             if p is not None and p.spec.proto is not Proto.ICMP:
@@ -138,10 +150,12 @@ def watch(req: WatchRequest, run_id: str, pid: int) -> Steps[WatchSummary]:
     verdict = (yield from verify.after(armed, finished, req.netns)) if armed is not None else None
     left = list(finished.errors) + (list(verdict.texts) if verdict is not None else [])
     generations.append((yield Generation()))
-    rows = yield from _diagnosed(req, flows, conntrack)
+    rows = yield from _diagnosed(req, flows, conntrack, ebpf == "loaded")
     summary = _summary(req, run_id, tplan, ifaces, end_at - start_at, stopped, rows, flows, near, lost or finished.lost,
                        budget, cap, left)
-    summary = dataclasses.replace(summary, accounting=dataclasses.replace(summary.accounting, capture_before=before))
+    summary = dataclasses.replace(summary, accounting=dataclasses.replace(
+        summary.accounting, capture_before=before, ebpf=ebpf, ebpf_events=flows.kernel_events, ebpf_lost=ebpf_lost),
+        notes=req.notes + watch_ebpf.note(ebpf) + summary.notes)
     return dataclasses.replace(summary, wire=_wire(flows, rows, wire)) if req.evidence else summary
 
 
@@ -253,8 +267,10 @@ def _met(flow: Flow) -> set[tuple[str, str, str]]:
             and e.source == "nftrace"}
 
 
-def _diagnosed(req: WatchRequest, flows: Flows, conntrack: dict[flows_.FlowKey, str]) -> Steps[tuple[FlowRow, ...]]:
-    """Each flow through the probe's own correlation and diagnosis."""
+def _diagnosed(req: WatchRequest, flows: Flows, conntrack: dict[flows_.FlowKey, str],
+               ebpf: bool = False) -> Steps[tuple[FlowRow, ...]]:
+    """Each flow through the probe's own correlation and diagnosis (and, with eBPF, the probe's
+    kernel verdict for a flow the kernel dropped)."""
     traced = [f for f in flows.flows.values() if f.packets]
     rows: list[FlowRow] = []
     results: dict[flows_.FlowKey, PacketResult] = {}
@@ -266,9 +282,13 @@ def _diagnosed(req: WatchRequest, flows: Flows, conntrack: dict[flows_.FlowKey, 
             assert p is not None
             answer = flows_.reply_headers(f)
             said = "traced through netfilter to the end of POSTROUTING" if answer is not None else ""
-            results[f.key] = correlate.packet_result(p.spec, flows_.flow_events(f), snap.ruleset, answer, said, None)
+            nf, kernel = ebpf_timeline.split(flows_.flow_events(f))  # eBPF events join after correlation
+            r = correlate.packet_result(p.spec, nf, snap.ruleset, answer, said, None)
+            results[f.key] = ebpf_timeline.attach(r, kernel)
         blocked = any(r.verdict in (Verdict.DROP, Verdict.REJECT) for r in results.values())
         listeners = yield Listeners()
+        if ebpf:
+            yield from watch_ebpf.kernel_verdicts(results, listeners)
         nearview = (yield FilterView({})) if blocked else None
         base = diagnose.Context(snap.ruleset, listeners, local=False, mode=Mode.INGRESS,
                                 full_ruleset=nearview.ruleset if nearview is not None else None,
@@ -294,7 +314,10 @@ def _diagnosed(req: WatchRequest, flows: Flows, conntrack: dict[flows_.FlowKey, 
         if req.packets:
             timeline += tuple(f"packet {i + 1}: {pk.quick} [{flows_.flags(pk.headers) or pk.spec.proto.value}]"
                               for i, pk in enumerate(f.packets))
-        rows.append(dataclasses.replace(quick, verdict=r.verdict.value, decided_by=decided,
+        if r.kernel is not None:
+            decided = kernverdict.summary(r.kernel)
+        rows.append(dataclasses.replace(quick, verdict="drop" if r.kernel is not None else r.verdict.value,
+                                        decided_by=decided, kernel=r.kernel,
                                         conclusion=diagnose.conclusion(r, findings), findings=tuple(findings),
                                         timeline=timeline, conntrack=conntrack.get(f.key, "")))
     return tuple(rows)

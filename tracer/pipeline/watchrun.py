@@ -2,6 +2,7 @@
 its journal, undo and handlers) with the watch's own commands added."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,8 @@ HANDLERS: dict[type, Callable[[Any, Any], Any]] = {
     w.MarkCapture: handlers.mark_capture,
     w.Now: handlers.now,
     w.Show: handlers.show,
+    w.WatchEbpfFilter: handlers.watch_ebpf_filter,
+    w.EbpfLost: handlers.ebpf_lost,
 }
 
 
@@ -41,6 +44,13 @@ class WatchRun(driver.Run):
         from tracer.system.cleanup import warn_stale
 
         warn_stale(self.log)
+        if self.wreq.ebpf == "auto":  # a quick look first (no compile): --ebpf auto says why not
+            from tracer.system.ebpf_loader import unavailable
+
+            cannot = unavailable()
+            if cannot is not None:
+                self.wreq = dataclasses.replace(self.wreq, ebpf="off", notes=self.wreq.notes + (
+                    f"--ebpf auto: the kernel's drop reasons were not watched: {cannot}",))
         with system.netns(self.wreq.netns), self.stack:
             try:
                 summary: WatchSummary = drive(watch.watch(self.wreq, self.run_id, os.getpid()), self.carry_out)

@@ -70,3 +70,16 @@ class Show(Command):
     """Hand the live view (tracer.report.watch.Live) to whoever renders it -> None."""
 
     live: Any
+
+
+@dataclass(frozen=True)
+class WatchEbpfFilter(Command):
+    """Report the drops of the packets of the watch's filter from now on (`slots`:
+    tracer/plan/ebpf_keys.py watch_keys); taken out again before the programs detach -> None."""
+
+    slots: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
+class EbpfLost(Command):
+    """Records the kernel could not put in the full ring buffer -> int (0 without eBPF)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tracer.errors import ExitStatus
-from tracer.model import Finding
+from tracer.model import Finding, KernelDrop
 
 # What lies outside the host's reach when nothing arrived (the seed's first pitfall).
 UPSTREAM = ("a router ACL or firewall upstream", "a cloud security group / network ACL",
@@ -33,6 +33,7 @@ class FlowRow:
     last: float = 0.0
     ct_id: Optional[int] = None  # its conntrack entry's id, as the trace named it (Linux 6.16+)
     answers: int = 0  # the service's answers traced (kept: at most 8), across NAT too
+    kernel: Optional[KernelDrop] = None  # the kernel, not a rule, dropped it (eBPF's drop reason)
 
     def to_json(self) -> dict[str, object]:
         proto, src, sport, dst, dport = self.key
@@ -41,7 +42,7 @@ class FlowRow:
                 "interfaces": list(self.interfaces), "decided_by": self.decided_by or None,
                 "conclusion": self.conclusion or None, "findings": [f.to_json() for f in self.findings],
                 "timeline": list(self.timeline), "conntrack": self.conntrack or None, "conntrack_id": self.ct_id,
-                "answers_traced": self.answers}
+                "answers_traced": self.answers, "kernel": self.kernel.to_json() if self.kernel is not None else None}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Accounting:
     rate: int = 0
     burst: int = 0
     capture_before: int = 0  # packets of the filter captured before the table was in (untraced): left out
+    ebpf: str = "off"  # eBPF drop reasons: "off", "loaded", "unavailable: why" (--ebpf auto)
+    ebpf_events: int = 0  # their records of the filter's packets read
+    ebpf_lost: int = 0  # ... the kernel could not put in the full ring buffer (counted there)
 
     @property
     def budget_hit(self) -> Optional[bool]:
@@ -84,7 +88,8 @@ class Accounting:
                                                                          "untraced": self.budget_untraced},
                 "capture": {"passed_filter": self.capture_kernel, "dropped": self.capture_dropped,
                             "before_table_left_out": self.capture_before},
-                "flows_untracked": self.flows_untracked}
+                "flows_untracked": self.flows_untracked,
+                "ebpf": {"status": self.ebpf, "events": self.ebpf_events, "lost": self.ebpf_lost}}
 
     def text(self) -> str:
         budget = ("unknown (the counters could not be read)" if self.budget_hit is None else
@@ -95,7 +100,9 @@ class Accounting:
                 + (f"; the capture's buffer dropped {self.capture_dropped}" if self.capture_dropped else "")
                 + (f"; {self.capture_before} captured before the table was in, left out (they could not be traced)"
                    if self.capture_before else "")
-                + (f"; {self.flows_untracked} flow(s) beyond the table's bound counted only" if self.flows_untracked else ""))
+                + (f"; {self.flows_untracked} flow(s) beyond the table's bound counted only" if self.flows_untracked else "")
+                + (f"; eBPF drop reasons: {self.ebpf_events} event(s), {self.ebpf_lost} lost (the ring buffer was full)"
+                   if self.ebpf == "loaded" else ""))
 
 
 @dataclass(frozen=True)

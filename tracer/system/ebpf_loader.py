@@ -28,7 +28,7 @@ from tracer.model import PacketSpec, TraceEvent
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
-DROPS_MAPS = ("events", "stacks", "probes", "scratch")  # the maps probes/drops.c declares
+DROPS_MAPS = ("events", "stacks", "probes", "scratch", "watchf", "lost")  # the maps probes/drops.c declares
 
 
 class EbpfUnavailable(Exception):

@@ -67,3 +67,24 @@ def show(run: "RunState", cmd: w.Show) -> Any:
         on_show(cmd.live)
     checkpoint("show")
     return None
+
+
+def watch_ebpf_filter(run: "RunState", cmd: w.WatchEbpfFilter) -> None:
+    src = run.ebpf.source if run.ebpf is not None else None
+    if src is None:
+        return None
+    from tracer.system import ebpf_watch
+
+    slots = dict(cmd.slots)
+    ebpf_watch.set_filter(src, slots)
+    run.stack.callback(ebpf_watch.clear_filter, src, slots)  # before the source's close (LIFO)
+    return None
+
+
+def ebpf_lost(run: "RunState", cmd: w.EbpfLost) -> int:
+    src = run.ebpf.source if run.ebpf is not None else None
+    if src is None:
+        return 0
+    from tracer.system import ebpf_watch
+
+    return ebpf_watch.lost(src)
