@@ -37,3 +37,16 @@ def test_owner_of(table: str, chain: str, text: str, key: str, detail: str) -> N
 
 def test_no_owner_for_plain_chains() -> None:
     assert owner_of("filter", "INPUT") is None and owner_of("filter", "INVALID") is None
+
+
+def test_the_schema_knows_every_owner() -> None:
+    """A report naming an owner the schema does not list fails validation (sshguard and the owners
+    added with owners_more once did)."""
+    import json
+    from pathlib import Path
+
+    from tracer.diagnose import owners
+
+    schema = json.loads((Path(__file__).parents[2] / "schema" / "report.schema.json").read_text())
+    enum = schema["$defs"]["owner"]["properties"]["owner"]["enum"] if "$defs" in schema else None
+    assert enum is not None and set(enum) == set(owners.NAMES)
