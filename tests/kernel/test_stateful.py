@@ -193,3 +193,23 @@ def test_spent_kinds_over_netlink_are_the_listings(lab: Lab, rules: str) -> None
     text = stateful.spent([lab.run(lab.server, ["nft", "-t", "list", "ruleset"]).stdout])
     expected = {"ipt": {"limit", "hashlimit"}, "nft": {"connlimit"}, "meter": {"limit"}}.get(rules, set())
     assert kinds == expected and set(text) == expected
+
+
+@pytest.mark.parametrize("rules", ["meter only", "dynamic set", "plain set", "none"])
+def test_dynamic_set_check_agrees_with_nft_listings(lab: Lab, rules: str) -> None:
+    """nlrules.dynamic_set_exists (one GETSET dump) is False only where `nft -t list meters` lists
+    no meter and `nft -t list sets` no dynamic set: skipping the meters listing then loses nothing."""
+    from tracer import system
+    from tracer.plan import stateful
+    from tracer.system import nlrules
+
+    if rules == "meter only":
+        lab.nft(lab.server, METER)
+    elif rules == "dynamic set":
+        lab.nft(lab.server, "table ip d {\n\tset seen { type ipv4_addr; flags dynamic; }\n}\n")
+    elif rules == "plain set":
+        lab.nft(lab.server, "table ip p {\n\tset s { type ipv4_addr; elements = { 10.0.0.1 } }\n}\n")
+    with system.netns(lab.server):
+        exists = nlrules.dynamic_set_exists()
+    listed = stateful.dynamic_sets("".join(lab.run(lab.server, ["nft", "-t", "list", w]).stdout for w in ("sets", "meters")))
+    assert exists == bool(listed) == (rules in ("meter only", "dynamic set"))
